@@ -1,0 +1,1 @@
+"""One module per signal; each registers itself with analysis.registry on import."""
