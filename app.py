@@ -1,0 +1,8 @@
+"""Streamlit entry point: builds the navigation, nothing else."""
+import streamlit as st
+
+st.set_page_config(page_title="LoRA rank importance", layout="wide")
+navigation = st.navigation({
+    "Analysis": [st.Page("pages/analyze.py", title="Setup and results", icon=":material/insights:", default=True)],
+})
+navigation.run()
