@@ -1,0 +1,83 @@
+"""The command line as a user runs it: real processes, real cache, one-sentence errors."""
+import dataclasses
+import os
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.__main__ import main
+from analysis import registry
+from analysis.registry import get_signal
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(cache_dir, *args):
+    env = {**os.environ, "ANALYSIS_CACHE_DIR": str(cache_dir)}
+    return subprocess.run([sys.executable, "-m", "analysis", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def entries(cache_dir):
+    directory = Path(cache_dir) / "entries"
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def test_run_then_show_on_the_embedded_default(cache_dir):
+    first = cli(cache_dir, "run", "--val-size", "16")
+    assert first.returncode == 0, first.stderr
+    assert "computed" in first.stdout and len(entries(cache_dir)) >= 2
+    second = cli(cache_dir, "run", "--val-size", "16")
+    assert second.returncode == 0 and "computed" not in second.stdout and "cached" in second.stdout
+    shown = cli(cache_dir, "show", "--signal", "grad_norm", "--val-size", "16")
+    table = pd.read_csv(StringIO(shown.stdout))
+    assert list(table.columns) == ["signal", "layer", "module", "value"] and len(table) == 36
+    as_json = cli(cache_dir, "show", "--val-size", "16", "--format", "json")
+    assert set(pd.read_json(StringIO(as_json.stdout))["signal"]) == {"grad_norm", "state_change"}
+
+
+def _csv(tmp_path, rows):
+    path = tmp_path / "data.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["model", "column", "empty", "one-class", "cuda", "signal", "set", "budget"])
+def test_errors_are_one_sentence_with_nonzero_exit(cache_dir, tmp_path, case):
+    args = {
+        "model": ["run", "--model", "no-such-owner/no-such-model-xyz"],
+        "column": ["run", "--data", _csv(tmp_path, {"text": ["a", "b", "c"], "label": [0, 1, 0]}),
+                   "--label-column", "sentiment"],
+        "empty": ["run", "--data", _csv(tmp_path, {"text": ["", " "], "label": [0, 1]})],
+        "one-class": ["run", "--data", _csv(tmp_path, {"text": ["a", "b", "c"], "label": [1, 1, 1]})],
+        "cuda": ["run", "--device", "cuda"],
+        "signal": ["run", "--signals", "nope"],
+        "set": ["run", "--signals", "state_change", "--set", "state_change.nope=1"],
+        "budget": ["plan", "--budget", "0"],
+    }[case]
+    result = cli(cache_dir, *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and lines[0].endswith(".")
+    assert "Traceback" not in result.stderr
+    assert entries(cache_dir) == []
+
+
+def test_crash_inside_a_signal_leaves_no_entry(cache_dir, monkeypatch, capsys):
+    signal = get_signal("state_change")
+
+    def crash(context, config):
+        list(context.pooled_states("mean"))
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(registry._REGISTRY, "state_change", dataclasses.replace(signal, compute=crash))
+    code = main(["run", "--signals", "state_change", "--val-size", "8"])
+    error = capsys.readouterr().err
+    assert code == 1 and "Internal error (RuntimeError: boom)" in error
+    log = Path(error.split("traceback is in ")[1].rstrip(".\n"))
+    assert "Traceback" in log.read_text()
+    assert entries(cache_dir) == []

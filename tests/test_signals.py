@@ -1,0 +1,60 @@
+"""Registered signals: the tidy-table contract, and each signal against a direct reference computation."""
+import dataclasses
+
+import pytest
+import torch
+
+from analysis.context import AnalysisContext, RunSettings, prepare
+from analysis.errors import UserError
+from analysis.registry import TIDY_COLUMNS, all_signals, get_signal, make_config
+from analysis.store import Store
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("signals-cache"))
+    return AnalysisContext(prepare(RunSettings(val_size=12, batch_size=5, device="cpu"), store))
+
+
+@pytest.mark.parametrize("name", sorted(all_signals()))
+def test_every_signal_returns_a_tidy_table(context, name):
+    signal = get_signal(name)
+    table = signal.compute(context, make_config(signal)).table
+    assert list(table.columns[:4]) == list(TIDY_COLUMNS)
+    assert (table["signal"] == name).all() and table["value"].notna().all()
+    assert table["layer"].between(0, 5).all() and set(table["layer"]) == set(range(6))
+
+
+def test_grad_norm_equals_one_full_batch_gradient(context):
+    table = get_signal("grad_norm").compute(context, make_config(get_signal("grad_norm"))).table
+    model = context.model
+    frame = context.frame()
+    batch = context.loaded.tokenizer(frame["text"].tolist(), padding=True, truncation=True, max_length=128,
+                                     return_tensors="pt")
+    weights = [model.get_submodule(m.path).weight for m in context.modules]
+    loss = model(**batch, labels=torch.tensor(frame["label"].tolist())).loss
+    reference = [g.norm().item() for g in torch.autograd.grad(loss, weights)]
+    torch.testing.assert_close(torch.tensor(table["value"].tolist()), torch.tensor(reference), rtol=1e-4, atol=1e-7)
+    assert all(p.grad is None for p in model.parameters())  # the signal leaves the model as it found it
+
+
+def test_state_change_equals_transformers_hidden_states(context):
+    table = get_signal("state_change").compute(context, make_config(get_signal("state_change"))).table
+    frame = context.frame()
+    batch = context.loaded.tokenizer(frame["text"].tolist(), padding=True, truncation=True, max_length=128,
+                                     return_tensors="pt")
+    with torch.no_grad():
+        hidden = context.model.bert(**batch, output_hidden_states=True).hidden_states
+    mask = batch["attention_mask"].unsqueeze(-1).double()
+    pooled = [(h.double() * mask).sum(1) / mask.sum(1) for h in hidden]
+    reference = [((pooled[i + 1] - pooled[i]).norm(dim=-1) / pooled[i].norm(dim=-1)).mean().item() for i in range(6)]
+    torch.testing.assert_close(torch.tensor(table["value"].tolist(), dtype=torch.float64),
+                               torch.tensor(reference, dtype=torch.float64), rtol=1e-5, atol=1e-8)
+
+
+def test_config_overrides_are_typed_and_checked():
+    signal = get_signal("state_change")
+    assert make_config(signal, {"pooling": "cls"}).pooling == "cls"
+    with pytest.raises(UserError, match="has no option 'bogus'"):
+        make_config(signal, {"bogus": "1"})
+    assert all(f.metadata.get("help") for f in dataclasses.fields(signal.config))
