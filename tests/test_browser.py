@@ -1,0 +1,78 @@
+"""End to end: the dashboard served by Streamlit, opened in headless Chromium (Debian package)."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.store import Result, Store
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str:
+    path = os.environ.get("BROWSER_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "Debian's chromium is needed for the browser test: apt-get install chromium"
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def dashboard(cache_dir):
+    port = free_port()
+    env = {**os.environ, "ANALYSIS_CACHE_DIR": str(cache_dir)}
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                               "--server.port", str(port), "--server.address", "127.0.0.1",
+                               "--browser.gatherUsageStats", "false"], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "streamlit did not start"
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_dashboard_shows_cached_heatmap_in_chromium(dashboard, cache_dir, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    modules = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+    rows = [(layer, module, (layer + 1) * (i + 1) / 36) for layer in range(6) for i, module in enumerate(modules)]
+    table = pd.DataFrame(rows, columns=["layer", "module", "value"]).assign(signal="grad_norm")
+    Store(cache_dir).put("k", Result(table[["signal", "layer", "module", "value"]]),
+                         {"signal": "grad_norm", "title": "Gradient norm", "model": "minilm",
+                          "model_name": "all-MiniLM-L6-v2 (embedded)", "data": "rotten_tomatoes"})
+    screenshot = Path(os.environ.get("SCREENSHOT_PATH", tmp_path / "dashboard.png"))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        page.goto(dashboard)
+        page.get_by_text("Where should the LoRA rank go?").wait_for(timeout=60_000)
+        page.locator(".js-plotly-plot .heatmaplayer").first.wait_for(timeout=60_000)
+        assert page.get_by_text("Run analysis").count() == 1
+        assert page.locator(".js-plotly-plot").get_by_text("intermediate.dense").count() >= 1
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    assert screenshot.stat().st_size > 10_000
