@@ -127,16 +127,20 @@ def _backbone(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def pooled_hidden_states(model: nn.Module, batches, pooling: str, tokens_per_example: int = 8,
-                         seed: int = 0) -> Iterator[list[torch.Tensor]]:
-    """For each batch, a list of L+1 pooled states on the model's device (embeddings, then each block)."""
+def pooled_hidden_states(model: nn.Module, batches, poolings: list[str], tokens_per_example: int = 8,
+                         seed: int = 0) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """For each batch, {pooling: L+1 pooled states} on the model's device (embeddings, then each block).
+
+    Several poolings come out of one forward pass, so signals that pool differently share it.
+    """
     _, blocks = find_blocks(model)
-    captured: list[torch.Tensor | None] = [None] * (len(blocks) + 1)
+    captured: list[dict[str, torch.Tensor] | None] = [None] * (len(blocks) + 1)
     mask_holder: dict[str, torch.Tensor] = {}
     generator = torch.Generator().manual_seed(seed)
 
     def store(index: int, hidden: torch.Tensor) -> None:
-        captured[index] = pool(hidden, mask_holder["mask"], pooling, generator, tokens_per_example)
+        mask = mask_holder["mask"]
+        captured[index] = {p: pool(hidden, mask, p, generator, tokens_per_example) for p in poolings}
 
     def before_first(module, args, kwargs):
         store(0, args[0] if args else kwargs["hidden_states"])
@@ -152,11 +156,10 @@ def pooled_hidden_states(model: nn.Module, batches, pooling: str, tokens_per_exa
     try:
         for batch in batches:
             mask_holder["mask"] = batch["attention_mask"]
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            backbone(**inputs)
+            backbone(**{k: v for k, v in batch.items() if k != "labels"})
             if any(state is None for state in captured):
                 raise RuntimeError("a block hook did not fire; the block stack was not found correctly")
-            yield list(captured)
+            yield {p: [state[p] for state in captured] for p in poolings}
             captured[:] = [None] * len(captured)
     finally:
         for handle in handles:

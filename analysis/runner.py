@@ -30,9 +30,12 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
     store.clean_tmp()
     prepared = prepare(settings, store)
     context = AnalysisContext(prepared)
+    configs = [make_config(signal, (overrides or {}).get(signal.name)) for signal in signals]
+    for config in configs:  # signals that pool hidden states share one capture pass
+        if hasattr(config, "pooling"):
+            context.plan_pooling(config.pooling)
     results = []
-    for signal in signals:
-        config = make_config(signal, (overrides or {}).get(signal.name))
+    for signal, config in zip(signals, configs):
         key = signal_key(prepared, signal, config)
         if force and store.get(key):
             store.discard(key)

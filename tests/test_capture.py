@@ -63,7 +63,7 @@ def test_token_sampling_takes_only_real_tokens():
 def test_captured_states_equal_transformers_hidden_states_bert(minilm, pooling):
     batch = minilm.tokenizer(["a truly great film", "bad", "it is what it is, no more"], padding=True,
                              return_tensors="pt")
-    (states,) = list(pooled_hidden_states(minilm.model, [dict(batch)], pooling))
+    (states,) = [d[pooling] for d in pooled_hidden_states(minilm.model, [dict(batch)], [pooling])]
     with torch.no_grad():
         reference = minilm.model.bert(**batch, output_hidden_states=True).hidden_states
     assert len(states) == len(reference) == 7
@@ -74,14 +74,17 @@ def test_captured_states_equal_transformers_hidden_states_bert(minilm, pooling):
 def test_captured_states_llama_and_shapes():
     model = tiny_llama(layers=3)
     batch = random_batch()
-    (states,) = list(pooled_hidden_states(model, [batch], "last"))
+    (both,) = list(pooled_hidden_states(model, [batch], ["last", "mean"]))
+    states = both["last"]
     assert [tuple(s.shape) for s in states] == [(3, 32)] * 4
     with torch.no_grad():
         reference = model.model(**batch, output_hidden_states=True).hidden_states
     # transformers applies the final norm to its last entry; the raw block outputs before it must agree.
     for i in range(3):
         torch.testing.assert_close(states[i], _reference_pool(reference[i], batch["attention_mask"], "last"))
-    (tokens,) = list(pooled_hidden_states(model, [batch], "tokens", tokens_per_example=4))
+    for i in range(3):  # a second pooling from the same pass is as exact as the first
+        torch.testing.assert_close(both["mean"][i], _reference_pool(reference[i], batch["attention_mask"], "mean"))
+    (tokens,) = [d["tokens"] for d in pooled_hidden_states(model, [batch], ["tokens"], tokens_per_example=4)]
     assert tokens[0].shape == (4 + 4 + 4, 32)  # 9, 7 and 5 real tokens, at most 4 each
 
 
@@ -89,5 +92,5 @@ def test_no_hooks_left_behind(minilm):
     _, blocks = capture.find_blocks(minilm.model)
     before = [(dict(b._forward_hooks), dict(b._forward_pre_hooks)) for b in blocks]
     batch = dict(minilm.tokenizer(["x"], return_tensors="pt"))
-    list(pooled_hidden_states(minilm.model, [batch], "cls"))
+    list(pooled_hidden_states(minilm.model, [batch], ["cls"]))
     assert [(dict(b._forward_hooks), dict(b._forward_pre_hooks)) for b in blocks] == before

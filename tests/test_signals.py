@@ -58,3 +58,21 @@ def test_config_overrides_are_typed_and_checked():
     with pytest.raises(UserError, match="has no option 'bogus'"):
         make_config(signal, {"bogus": "1"})
     assert all(f.metadata.get("help") for f in dataclasses.fields(signal.config))
+
+
+def test_planned_poolings_share_one_capture_pass(tmp_path):
+    context = AnalysisContext(prepare(RunSettings(val_size=12, batch_size=5, device="cpu"), Store(tmp_path)))
+    context.plan_pooling("mean")
+    context.plan_pooling("cls")
+    calls = []
+    handle = context.model.bert.embeddings.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        cls_states = context.collected_states("cls")
+        mean_states = context.collected_states("mean")
+    finally:
+        handle.remove()
+    assert len(calls) == 3  # 12 examples in batches of 5: one pass served both poolings
+    streamed = [torch.cat(layer) for layer in zip(*context.pooled_states("mean"))]
+    assert len(mean_states) == 7 and mean_states[0].shape == (12, 384) and cls_states[3].shape == (12, 384)
+    for collected, reference in zip(mean_states, streamed):
+        torch.testing.assert_close(collected, reference)
