@@ -56,7 +56,7 @@ def resolve_device(name: str) -> torch.device:
     raise UserError(f"Unknown device '{name}'; use auto, cpu, cuda or cuda:N.")
 
 
-def _model_type(source: ModelSource) -> bool:
+def _is_decoder(source: ModelSource) -> bool:
     from transformers import AutoConfig
 
     from analysis.sources.models import is_decoder_config
@@ -90,7 +90,7 @@ def prepare(settings: RunSettings, store: Store) -> Prepared:
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     source = resolve_model(settings.model, store.root)
-    decoder = _model_type(source)
+    decoder = _is_decoder(source)
     task = resolve_task(settings.task, decoder)
     label_column = settings.label_column if task == "classification" else None
     data = load_data(settings.data, settings.text_column, label_column, settings.hub_split)

@@ -5,6 +5,7 @@ import dataclasses
 import sys
 
 from analysis.context import AnalysisContext, Prepared, RunSettings, prepare
+from analysis.errors import UserError
 from analysis.hashing import hash_json
 from analysis.registry import Signal, get_signal, make_config
 from analysis.store import Entry, Store
@@ -18,7 +19,6 @@ def signal_key(prepared: Prepared, signal: Signal, config) -> str:
 def parse_signal_list(text: str) -> list[Signal]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
-        from analysis.errors import UserError
         raise UserError("No signals were named; pass --signals with a comma-separated list.")
     return [get_signal(name) for name in names]
 
