@@ -6,7 +6,6 @@ Errors are one sentence on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time

@@ -1,8 +1,6 @@
 """Model and dataset sources: embedded defaults, local files and directories, clear failures."""
 import json
-import shutil
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch

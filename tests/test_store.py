@@ -1,5 +1,4 @@
 """The results cache on real disk: round trip, atomic writes, corrupt entries, concurrent writers."""
-import json
 import multiprocessing
 import time
 
