@@ -32,7 +32,7 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
     context = AnalysisContext(prepared)
     configs = [make_config(signal, (overrides or {}).get(signal.name)) for signal in signals]
     for config in configs:  # signals that pool hidden states share one capture pass
-        if hasattr(config, "pooling"):
+        if hasattr(config, "pooling") and getattr(config, "collects_states", True):
             context.plan_pooling(config.pooling)
     results = []
     for signal, config in zip(signals, configs):

@@ -1,14 +1,27 @@
 """Shared fixtures: an isolated cache per test, the embedded encoder, tiny config-built models."""
 from __future__ import annotations
 
+import base64
+import json
 import os
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "0")  # hub names must fail by reaching for the network, as for users
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def restore_main_module():
+    """Streamlit's AppTest leaves the page installed as sys.modules["__main__"]; spawned worker
+    processes would then re-run that page on start-up. Put the real one back after every test."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture
@@ -28,6 +41,16 @@ def session_cache(tmp_path_factory) -> Path:
 def minilm(session_cache):
     from analysis.sources import load_model, resolve_model
     return load_model(resolve_model("minilm", session_cache), "classification", num_labels=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def encoder_context(tmp_path_factory):
+    """The embedded MiniLM on 64 validation snippets, on the CPU, for checking signals against references."""
+    from analysis.context import AnalysisContext, RunSettings, prepare
+    from analysis.store import Store
+
+    store = Store(tmp_path_factory.mktemp("encoder-context-cache"))
+    return AnalysisContext(prepare(RunSettings(val_size=64, batch_size=16, device="cpu"), store))
 
 
 def tiny_llama(layers: int = 2, hidden: int = 32):
@@ -54,3 +77,35 @@ def random_batch(vocab: int = 128, batch: int = 3, length: int = 9, seed: int = 
     for b in range(batch):
         mask[b, length - 2 * b:] = 0
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def reference_states(context, pooling: str) -> list[torch.Tensor]:
+    """The validation split's pooled states straight from transformers (float64), for an encoder context."""
+    frame = context.frame()
+    batch = context.loaded.tokenizer(frame["text"].tolist(), padding=True, truncation=True,
+                                     max_length=context.settings.max_length, return_tensors="pt")
+    with torch.no_grad():
+        hidden = context.model.bert(**batch, output_hidden_states=True).hidden_states
+    if pooling == "cls":
+        return [h[:, 0].double() for h in hidden]
+    mask = batch["attention_mask"].unsqueeze(-1).double()
+    return [(h.double() * mask).sum(1) / mask.sum(1) for h in hidden]
+
+
+def _decoded(value):
+    """Plotly 6 writes numeric arrays as {"dtype", "bdata"(, "shape")}; back to plain lists."""
+    if isinstance(value, dict) and "bdata" in value and "dtype" in value:
+        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        if "shape" in value:
+            array = array.reshape([int(n) for n in str(value["shape"]).split(",")])
+        return array.tolist()
+    if isinstance(value, dict):
+        return {k: _decoded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decoded(v) for v in value]
+    return value
+
+
+def chart_specs(app) -> list[dict]:
+    """The plotly figures an AppTest run rendered, as plain dicts with lists."""
+    return [_decoded(json.loads(chart.proto.spec)) for chart in app.get("plotly_chart")]

@@ -37,7 +37,7 @@ def test_run_then_show_on_the_embedded_default(cache_dir):
     table = pd.read_csv(StringIO(shown.stdout))
     assert list(table.columns) == ["signal", "layer", "module", "value"] and len(table) == 36
     as_json = cli(cache_dir, "show", "--val-size", "16", "--format", "json")
-    assert set(pd.read_json(StringIO(as_json.stdout))["signal"]) == {"grad_norm", "state_change"}
+    assert set(pd.read_json(StringIO(as_json.stdout))["signal"]) == {"cka", "grad_norm", "id", "state_change"}
 
 
 def _csv(tmp_path, rows):
