@@ -4,5 +4,7 @@ import streamlit as st
 st.set_page_config(page_title="LoRA rank importance", layout="wide")
 navigation = st.navigation({
     "Analysis": [st.Page("pages/analyze.py", title="Setup and results", icon=":material/insights:", default=True)],
+    "Signals": [st.Page("pages/representation.py", title="CKA and intrinsic dimension",
+                        icon=":material/stacked_line_chart:")],
 })
 navigation.run()

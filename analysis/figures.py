@@ -35,3 +35,65 @@ def signal_figure(table: pd.DataFrame, title: str = "") -> go.Figure:
                              height=max(320, 28 * len(matrix) + 160))
     figure.update_layout(title=title, margin={"l": 60, "r": 20, "t": 50, "b": 60})
     return figure
+
+
+def _depth_axis(blocks: int) -> dict:
+    """x axis over depth: -1 is the embedding output, i the output of block i (the tidy `layer`)."""
+    step = max(1, blocks // 16)
+    ticks = [-1, *range(0, blocks, step)]
+    return {"tickvals": ticks, "ticktext": ["emb" if t < 0 else str(t) for t in ticks],
+            "title": "layer (emb = embedding output)"}
+
+
+def intrinsic_dimension_figure(table: pd.DataFrame, dimensions: pd.DataFrame, title: str = "") -> go.Figure:
+    """ID of every hidden state over depth (line) above GeLoRA's rank lower bound per block (bars).
+
+    `dimensions` has one row per state j (0 = embedding output); state j is plotted at layer j - 1
+    so a block's bound sits under the state it produces.
+    """
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12, row_heights=[0.55, 0.45],
+                           subplot_titles=("intrinsic dimension of the hidden state",
+                                           "GeLoRA rank lower bound  max(d_out - d_in, 0) + 1"))
+    figure.add_trace(go.Scatter(x=dimensions["state"] - 1, y=dimensions["id"], mode="lines+markers",
+                                line={"color": "#21918c"}, name="intrinsic dimension",
+                                hovertemplate="layer %{x}<br>ID %{y:.2f}<extra></extra>"), row=1, col=1)
+    figure.add_trace(go.Bar(x=table["layer"], y=table["value"], marker_color="#3b528b", name="rank bound",
+                            customdata=table[["id_in", "id_out"]].to_numpy(),
+                            hovertemplate="block %{x}<br>bound %{y}<br>ID %{customdata[0]:.2f} → "
+                                          "%{customdata[1]:.2f}<extra></extra>"), row=2, col=1)
+    figure.update_yaxes(title_text="ID", row=1, col=1)
+    figure.update_yaxes(title_text="rank", row=2, col=1, rangemode="tozero")
+    figure.update_xaxes(**_depth_axis(len(table)), row=2, col=1)
+    figure.update_layout(title=title, showlegend=False, height=520, margin={"l": 60, "r": 20, "t": 70, "b": 60})
+    return figure
+
+
+def cka_importance_figure(table: pd.DataFrame, title: str = "") -> go.Figure:
+    """1 - CKA per block as bars; degenerate blocks (constant state, CKA undefined) marked, not scored."""
+    scored = table[~table["degenerate"]]
+    figure = go.Figure(go.Bar(x=scored["layer"], y=scored["value"], marker_color="#3b528b",
+                              hovertemplate="block %{x}<br>1 - CKA %{y:.4f}<extra></extra>"))
+    for layer in table.loc[table["degenerate"], "layer"]:
+        figure.add_annotation(x=layer, y=0, text="degenerate", textangle=-90, yanchor="bottom",
+                              showarrow=False, font={"color": "#888888"})
+    figure.update_layout(title=title, xaxis={"title": "layer (block)", "dtick": max(1, len(table) // 16)},
+                         yaxis={"title": "importance  1 - CKA(input, output)", "rangemode": "tozero"},
+                         margin={"l": 60, "r": 20, "t": 50, "b": 60}, height=360)
+    return figure
+
+
+def cka_matrix_figure(matrix: pd.DataFrame, title: str = "") -> go.Figure:
+    """Layer x layer linear CKA between hidden states (0 = embedding output), blank where undefined."""
+    square = matrix.pivot(index="layer", columns="layer2", values="value").sort_index().sort_index(axis=1)
+    labels = ["emb" if j == 0 else str(j - 1) for j in square.index]
+    figure = go.Figure(go.Heatmap(z=square.to_numpy(), x=labels, y=labels, zmin=0, zmax=1,
+                                  colorscale=HEATMAP_SCALE, colorbar={"title": "CKA"},
+                                  hovertemplate="output of %{y}<br>output of %{x}<br>CKA %{z:.3f}<extra></extra>"))
+    side = max(520, 20 * len(labels) + 200)
+    figure.update_layout(title=title, height=side, xaxis={"title": "layer", "type": "category", "showgrid": False},
+                         yaxis={"title": "layer", "type": "category", "autorange": "reversed",
+                                "scaleanchor": "x", "showgrid": False},
+                         margin={"l": 60, "r": 20, "t": 50, "b": 60})
+    return figure

@@ -86,8 +86,8 @@ else:
 
     entry = st.selectbox("Cached result", entries, format_func=describe)
     table = entry.table()
-    st.plotly_chart(signal_figure(table, entry.meta.get("title", "")), use_container_width=True)
+    st.plotly_chart(signal_figure(table, entry.meta.get("title", "")))
     with st.expander("Tidy table", expanded=False):
-        st.dataframe(table, use_container_width=True, hide_index=True)
+        st.dataframe(table, hide_index=True)
         st.download_button("Download CSV", table.to_csv(index=False), file_name=f"{entry.meta['signal']}.csv",
                            mime="text/csv")

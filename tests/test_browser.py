@@ -76,3 +76,28 @@ def test_dashboard_shows_cached_heatmap_in_chromium(dashboard, cache_dir, tmp_pa
         page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
     assert screenshot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_representation_page_draws_real_cka_and_id_in_chromium(dashboard, cache_dir, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from analysis.context import RunSettings
+    from analysis.registry import get_signal
+    from analysis.runner import run_signals
+
+    run_signals(RunSettings(val_size=64, batch_size=16, device="cpu"), [get_signal("cka"), get_signal("id")],
+                store=Store(cache_dir))
+    screenshot = Path(os.environ.get("SCREENSHOT_PATH_REPRESENTATION", tmp_path / "representation.png"))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        page.goto(dashboard)  # from the start page, as a user does: the sidebar link is the navigation
+        page.get_by_text("CKA and intrinsic dimension").click()
+        page.get_by_text("Layer x layer CKA").wait_for(timeout=60_000)
+        page.locator(".js-plotly-plot .heatmaplayer").first.wait_for(timeout=60_000)
+        assert page.locator(".js-plotly-plot").count() == 3
+        assert page.locator(".js-plotly-plot").get_by_text("degenerate").count() == 1
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    assert screenshot.stat().st_size > 10_000
