@@ -1,0 +1,117 @@
+"""Monte Carlo Shapley values of gated players from gradients: our reading of ShapLoRA.
+
+The ShapLoRA paper's code is not public; this is what we implement, and what the tests check.
+
+Players are the gates of a gated LoRA (one per rank). A coalition is a 0/1 gate mask m; v(m) is the
+validation loss with those gates. The Shapley value of player i averages v(S + i) - v(S) over
+coalitions S without i, with weight w(S) = |S|! (n - |S| - 1)! / n!. One backward pass at mask m
+gives dv/dg_i for every player at once: with g_i = 0 (i not in m) it is the first-order estimate
+of i's marginal contribution to S = m; with g_i = 1 (i in m) the first-order estimate of its
+contribution to S = m - i, taken at the other end. Averaging both ends (trapezoid rule) is the
+"first-order Shapley value" we estimate; it is exact when v is quadratic in the gates.
+
+Coalitions are drawn with Shapley weights: a size k uniform in 0..n, then k players uniformly
+(the players before a cut point of a random order). With q(m) = 1 / ((n + 1) C(n, |m|)), each
+sample's contribution for player i is importance-weighted:
+    x_i(m) = (n + 1) / (2 (n - |m|)) * dv/dg_i(m)   if m_i = 0,
+    x_i(m) = (n + 1) / (2 |m|)       * dv/dg_i(m)   if m_i = 1,
+whose expectation under q is exactly the first-order Shapley value above. The estimate is the
+mean of x over samples, with standard error std / sqrt(samples); any sum of players (a module, a
+layer) gets its own standard error from the per-sample sums, covariances included.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+
+def sample_coalitions(count: int, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """(count, *shape) 0/1 masks: size uniform in 0..n, then a uniformly random set of that size."""
+    n = int(torch.Size(shape).numel())
+    sizes = torch.randint(0, n + 1, (count, 1), generator=generator)
+    order = torch.rand(count, n, generator=generator).argsort(dim=1).argsort(dim=1)  # a random rank per player
+    return (order < sizes).to(torch.float64).reshape(count, *shape)
+
+
+def contribution_weights(mask: torch.Tensor) -> torch.Tensor:
+    """Per player, the factor turning dv/dg_i at this mask into an unbiased Shapley sample."""
+    flat = mask.reshape(-1)
+    n, size = flat.numel(), float(flat.sum())
+    off = (n + 1) / (2 * (n - size)) if size < n else 0.0   # players outside the coalition
+    on = (n + 1) / (2 * size) if size > 0 else 0.0          # players inside it
+    weights = torch.tensor([off, on], dtype=torch.float64)
+    return weights[(flat > 0).long()].reshape(mask.shape)
+
+
+@dataclass
+class ShapleyEstimate:
+    samples: torch.Tensor          # (T, *players): per-sample contributions x, float64
+    masks: torch.Tensor            # (T, *players)
+    values: torch.Tensor           # (T,): v at each sampled mask
+
+    @property
+    def count(self) -> int:
+        return self.samples.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        return self.samples.mean(dim=0)
+
+    def stderr(self) -> torch.Tensor:
+        return standard_error(self.samples)
+
+
+def standard_error(samples: torch.Tensor) -> torch.Tensor:
+    """Standard error of the mean along dim 0 (NaN with a single sample)."""
+    if samples.shape[0] < 2:
+        return torch.full(samples.shape[1:], float("nan"), dtype=samples.dtype)
+    return samples.std(dim=0) / samples.shape[0] ** 0.5
+
+
+def resolved(total: torch.Tensor, squares: torch.Tensor, count: int, tolerance: float) -> bool:
+    """Stopping rule on groups of players, from running sums of their per-sample values: the mean
+    standard error is at most `tolerance` times the mean absolute estimate (estimates clear of noise)."""
+    if count < 2:
+        return False
+    mean = total / count
+    stderr = ((squares / count - mean ** 2).clamp_min(0) / (count - 1)).sqrt()
+    return bool(stderr.mean() <= tolerance * mean.abs().mean())
+
+
+def estimate(gradient_at: Callable[[torch.Tensor], tuple[float, torch.Tensor]], shape: tuple[int, ...],
+             max_samples: int, generator: torch.Generator, min_samples: int = 8, tolerance: float = 0.0,
+             groups: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             iterate: Callable[[range], Iterable[int]] = iter) -> ShapleyEstimate:
+    """Sample coalitions until `max_samples`, or earlier once the groups' estimates are resolved.
+
+    gradient_at(mask) returns (v(mask), dv/dmask). groups maps one sample (players) to a vector of
+    group sums (default: every player alone). tolerance 0 always takes max_samples. `iterate` wraps
+    the sample loop (a progress bar, say).
+    """
+    if max_samples < 1 or min_samples < 1:
+        raise ValueError("Shapley sampling needs at least one sample.")
+    masks = sample_coalitions(max_samples, shape, generator)
+    samples, values = [], []
+    total = squares = 0.0
+    for t in iterate(range(max_samples)):
+        value, gradient = gradient_at(masks[t])
+        sample = contribution_weights(masks[t]) * gradient.detach().to(torch.float64).cpu()
+        samples.append(sample)
+        values.append(float(value))
+        grouped = groups(sample) if groups else sample.reshape(-1)
+        total, squares = total + grouped, squares + grouped ** 2
+        if tolerance > 0 and t + 1 >= min_samples and resolved(total, squares, t + 1, tolerance):
+            break
+    return ShapleyEstimate(torch.stack(samples), masks[: len(samples)], torch.tensor(values, dtype=torch.float64))
+
+
+def running_estimates(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Estimate and standard error after 1, 2, ..., T samples (for convergence curves): (T, ...) each."""
+    count = torch.arange(1, samples.shape[0] + 1, dtype=samples.dtype).reshape(-1, *[1] * (samples.ndim - 1))
+    mean = samples.cumsum(dim=0) / count
+    squares = (samples ** 2).cumsum(dim=0) / count
+    variance = (squares - mean ** 2).clamp_min(0) * count / (count - 1).clamp_min(1)
+    stderr = (variance / count).sqrt()
+    stderr[0] = float("nan")
+    return mean, stderr
