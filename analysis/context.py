@@ -78,6 +78,7 @@ class Prepared:
     dtype: torch.dtype
     key: str
     description: dict
+    store: Store            # where signals cache intermediate work (a warmed-up adapter, say)
 
     @property
     def validation(self) -> pd.DataFrame:
@@ -104,7 +105,8 @@ def prepare(settings: RunSettings, store: Store) -> Prepared:
     description = {"model": settings.model, "model_name": source.display_name, "data": settings.data,
                    "task": task, "is_decoder": decoder, "settings": asdict(settings),
                    "split_sizes": {n: len(splits[n]) for n in ("train", "validation", "test")}}
-    return Prepared(settings, source, task, decoder, data, splits, device, dtype, hash_json(identity), description)
+    return Prepared(settings, source, task, decoder, data, splits, device, dtype, hash_json(identity), description,
+                    store)
 
 
 class AnalysisContext:

@@ -46,8 +46,7 @@ def _load_all() -> None:
 
 
 def all_signals() -> dict[str, Signal]:
-    if not _REGISTRY:
-        _load_all()
+    _load_all()  # every module under analysis/signals, even when one was imported directly first
     return dict(_REGISTRY)
 
 

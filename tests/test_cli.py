@@ -28,10 +28,11 @@ def entries(cache_dir):
 
 
 def test_run_then_show_on_the_embedded_default(cache_dir):
-    first = cli(cache_dir, "run", "--val-size", "16")
+    fast = "cka,id,grad_norm,state_change"  # the signals without a warm-up training
+    first = cli(cache_dir, "run", "--val-size", "16", "--signals", fast)
     assert first.returncode == 0, first.stderr
     assert "computed" in first.stdout and len(entries(cache_dir)) >= 2
-    second = cli(cache_dir, "run", "--val-size", "16")
+    second = cli(cache_dir, "run", "--val-size", "16", "--signals", fast)
     assert second.returncode == 0 and "computed" not in second.stdout and "cached" in second.stdout
     shown = cli(cache_dir, "show", "--signal", "grad_norm", "--val-size", "16")
     table = pd.read_csv(StringIO(shown.stdout))

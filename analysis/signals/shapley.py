@@ -1,0 +1,179 @@
+"""Shapley sensitivity (ShapLoRA): each LoRA rank's Shapley value for lowering the validation loss.
+
+Our faithful reading of ShapLoRA (the paper's code is not public): players are the ranks of a
+warmed-up uniform LoRA, one gate each; coalitions are sampled with Shapley weights and one
+forward+backward per coalition gives every rank's first-order marginal contribution (see
+analysis/shapley.py for the estimator and why it converges to the first-order Shapley value).
+
+value per (layer, module, rank) = -(Shapley value of the validation loss): the loss reduction the
+rank accounts for; `stderr` its Monte Carlo standard error. Extra tables: "modules" and "layers"
+(sums, each with the standard error of the sum), "convergence" (per-layer estimates after each
+sample) and, in reference mode, "reference": captum's ShapleyValueSampling with whole modules as
+players and true loss differences, with its Spearman agreement in the meta.
+
+What it implies for a plan: keep the globally best ranks until the budget is spent, then retrain
+from scratch with those counts (allocate-then-retrain).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from analysis import shapley
+from analysis.capture import find_blocks
+from analysis.progress import progress
+from analysis.rank_tables import per_rank_table
+from analysis.registry import Signal, register
+from analysis.results import spearman
+from analysis.store import Result
+from analysis.warmup import WarmupConfig, warm_adapter, warmup_options
+
+
+@dataclass
+class ShapleyConfig(WarmupConfig):
+    samples: int = field(default=64, metadata={"help": "most coalitions to sample (one forward+backward each)"})
+    min_samples: int = field(default=16, metadata={"help": "coalitions sampled before the stopping rule applies"})
+    tolerance: float = field(default=0.1, metadata={
+        "help": "stop once the mean per-module standard error is at most this fraction of the mean "
+                "|per-module value| (0: always take all samples)"})
+    batch_size: int = field(default=0, metadata={"help": "validation examples per forward pass (0: the run's)"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute activations in the backward pass (for models that do not fit otherwise)"})
+    reference: bool = field(default=False, metadata={
+        "help": "also run captum's ShapleyValueSampling with modules as players (slow; for checking)"})
+    reference_permutations: int = field(default=4, metadata={"help": "captum permutations in reference mode"})
+
+
+@contextlib.contextmanager
+def checkpointing_in_eval(model: torch.nn.Module, enabled: bool):
+    """Gradient checkpointing in eval mode: transformers checkpoints a block only while that block is
+    training, so the blocks alone are flagged as training; their children stay in eval (no dropout)."""
+    if not enabled:
+        yield
+        return
+    # transformers 5 renamed it activation checkpointing; older releases only have the first name.
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        disable = model.activation_checkpointing_disable
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        disable = model.gradient_checkpointing_disable
+    blocks = find_blocks(model)[1]
+    for block in blocks:
+        block.training = True
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block.training = False
+        disable()
+
+
+def loss_function(gated, batches: list[dict], task: str):
+    """v(gates) and dv/dgates over all validation batches, each batch weighted by what its loss averages."""
+    if task == "causal-lm":
+        counts = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
+    else:
+        counts = [b["input_ids"].shape[0] for b in batches]
+    total = sum(counts)
+
+    def gradient_at(mask: torch.Tensor) -> tuple[float, torch.Tensor]:
+        gated.gates.data.copy_(mask)
+        gated.gates.grad = None
+        value = 0.0
+        for batch, count in zip(batches, counts):
+            loss = gated.model(**batch).loss * (count / total)
+            loss.backward()
+            value += float(loss.detach())
+        return value, gated.gates.grad
+
+    def value_at(mask: torch.Tensor) -> float:
+        gated.gates.data.copy_(mask)
+        with torch.no_grad():
+            return sum(float(gated.model(**b).loss) * (c / total) for b, c in zip(batches, counts))
+
+    return gradient_at, value_at
+
+
+def _sums(samples: torch.Tensor, modules, by: str) -> pd.DataFrame:
+    """Per-module or per-layer sums of the per-sample contributions, with the standard error of each sum."""
+    per_module = -samples.sum(dim=2)                                     # (T, modules), loss reduction
+    if by == "layer":
+        layers = sorted({m.layer for m in modules})
+        index = torch.tensor([layers.index(m.layer) for m in modules])
+        sums = torch.zeros(samples.shape[0], len(layers), dtype=samples.dtype).index_add_(1, index, per_module)
+        return pd.DataFrame({"layer": layers, "value": sums.mean(0).tolist(),
+                             "stderr": shapley.standard_error(sums).tolist()})
+    return pd.DataFrame({"layer": [m.layer for m in modules], "module": [m.name for m in modules],
+                         "value": per_module.mean(0).tolist(), "stderr": shapley.standard_error(per_module).tolist()})
+
+
+def _convergence(samples: torch.Tensor, modules) -> pd.DataFrame:
+    layers = sorted({m.layer for m in modules})
+    index = torch.tensor([layers.index(m.layer) for m in modules])
+    per_layer = torch.zeros(samples.shape[0], len(layers), dtype=samples.dtype).index_add_(1, index, -samples.sum(2))
+    mean, stderr = shapley.running_estimates(per_layer)
+    count = samples.shape[0]
+    return pd.DataFrame({"samples": [t + 1 for t in range(count) for _ in layers],
+                         "layer": layers * count, "value": mean.reshape(-1).tolist(),
+                         "stderr": stderr.reshape(-1).tolist()})
+
+
+def _reference(value_at, modules, r_max: int, permutations: int, seed: int) -> pd.DataFrame:
+    """captum's ShapleyValueSampling over modules (a module's ranks all on or all off), true loss differences."""
+    from captum.attr import ShapleyValueSampling
+
+    def forward(module_mask: torch.Tensor) -> torch.Tensor:
+        gates = module_mask.reshape(-1, 1).expand(len(modules), r_max).to(torch.float32)
+        return torch.tensor([value_at(gates)], dtype=torch.float64)
+
+    torch.manual_seed(seed)
+    ones = torch.ones(1, len(modules), dtype=torch.float64)
+    steps = permutations * (len(modules) + 1)
+    bar = progress(range(steps), total=steps, desc="captum reference", unit="pass")
+
+    def counted(mask):
+        next(bar, None)
+        return forward(mask)
+
+    attributions = ShapleyValueSampling(counted).attribute(ones, baselines=torch.zeros_like(ones),
+                                                           n_samples=permutations, perturbations_per_eval=1)
+    return pd.DataFrame({"layer": [m.layer for m in modules], "module": [m.name for m in modules],
+                         "value": (-attributions[0]).tolist()})
+
+
+def compute(context, config: ShapleyConfig) -> Result:
+    model = context.model
+    with warm_adapter(context, warmup_options(config)) as (gated, warm):
+        gated.freeze_adapter(next(model.parameters()).dtype)
+        batches = list(context.batches("validation", config.batch_size or None, desc="tokenize validation"))
+        gradient_at, value_at = loss_function(gated, batches, context.prepared.task)
+        generator = torch.Generator().manual_seed(context.settings.seed)
+        with checkpointing_in_eval(model, config.gradient_checkpointing):
+            estimate = shapley.estimate(
+                gradient_at, tuple(gated.gates.shape), config.samples, generator, config.min_samples,
+                config.tolerance, groups=lambda sample: sample.sum(dim=1),
+                iterate=lambda steps: progress(steps, total=len(steps), desc="shapley", unit="sample"))
+        all_on, all_off = value_at(torch.ones_like(gated.gates)), value_at(torch.zeros_like(gated.gates))
+        reference = (_reference(value_at, context.modules, config.r_max, config.reference_permutations,
+                                context.settings.seed) if config.reference else None)
+    table = per_rank_table("shapley", context.modules, -estimate.mean(), estimate.stderr())
+    modules = _sums(estimate.samples, context.modules, "module")
+    tables = {"modules": modules, "layers": _sums(estimate.samples, context.modules, "layer"),
+              "convergence": _convergence(estimate.samples, context.modules)}
+    meta = {"samples": estimate.count, "loss_all_ranks": all_on, "loss_no_ranks": all_off,
+            "warmup_key": warm.key, "exact_total": all_off - all_on}
+    if reference is not None:
+        tables["reference"] = reference
+        meta["reference_spearman"] = spearman(modules, reference)
+    return Result(table, tables=tables, tensors={"samples": estimate.samples, "masks": estimate.masks}, meta=meta)
+
+
+register(Signal(
+    name="shapley", title="Shapley sensitivity (ShapLoRA)",
+    description="Monte Carlo Shapley value of each LoRA rank for the validation loss, from gate gradients "
+                "(our reading of ShapLoRA; the paper's code is not public).",
+    config=ShapleyConfig, compute=compute, version=1))

@@ -1,0 +1,125 @@
+"""The shapley and adalora signals on real models: warm-up cache, zero ranks, sums, captum reference, peft's scores."""
+import pandas as pd
+import pytest
+import torch
+
+from analysis.capture import adaptable_modules
+from analysis.gated_lora import gated_lora
+from analysis.registry import TIDY_COLUMNS, get_signal, make_config
+from analysis.shapley import estimate
+from analysis.signals.shapley import checkpointing_in_eval, loss_function
+from analysis.warmup import AdaLoRAScores, WarmupConfig, warm_up
+from tests.conftest import random_batch, tiny_llama
+
+FAST_WARMUP = {"warmup_steps": "6", "warmup_batch_size": "8", "r_max": "4"}
+
+
+def test_a_rank_whose_b_column_is_zero_has_shapley_value_zero():
+    model = tiny_llama()
+    modules = adaptable_modules(model)
+    batch = random_batch()
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with gated_lora(model, modules, r_max=4, alpha=8) as gated:
+        generator = torch.Generator().manual_seed(0)
+        gated.load_adapter_state({k: torch.randn(v.shape, generator=generator) * 0.3
+                                  for k, v in gated.adapter_state().items()})
+        with torch.no_grad():
+            gated.lora_layer(2).lora_B["default"].weight[:, 1] = 0
+        gated.freeze_adapter()
+        gradient_at, _ = loss_function(gated, [batch], "causal-lm")
+        result = estimate(gradient_at, tuple(gated.gates.shape), 12, torch.Generator().manual_seed(1))
+    assert result.samples[:, 2, 1].eq(0).all() and result.mean()[2, 1] == 0 and result.stderr()[2, 1] == 0
+    assert result.mean().abs().sum() > 0
+
+
+def test_shapley_signal_on_the_embedded_encoder(encoder_context):
+    signal = get_signal("shapley")
+    model = encoder_context.model
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    config = make_config(signal, {**FAST_WARMUP, "samples": "6", "tolerance": "0", "reference": "true",
+                                  "reference_permutations": "1"})
+    result = signal.compute(encoder_context, config)
+    table, modules, layers = result.table, result.tables["modules"], result.tables["layers"]
+    assert list(table.columns) == [*TIDY_COLUMNS, "stderr", "rank"] and len(table) == 36 * 4
+    assert table["rank"].tolist() == [0, 1, 2, 3] * 36 and (table["stderr"] > 0).all()
+    # Sums over ranks and modules; their standard errors come from the per-sample sums.
+    summed = table.groupby(["layer", "module"], sort=False)["value"].sum().to_numpy()
+    torch.testing.assert_close(torch.tensor(modules["value"].to_numpy()), torch.tensor(summed))
+    samples = -result.tensors["samples"]                                   # loss reduction per sample
+    per_layer = torch.stack([samples[:, 6 * l:6 * (l + 1)].sum(dim=(1, 2)) for l in range(6)], dim=1)
+    torch.testing.assert_close(torch.tensor(layers["stderr"].to_numpy()), per_layer.std(0) / 6 ** 0.5)
+    convergence = result.tables["convergence"]
+    final = convergence[convergence["samples"] == 6]
+    torch.testing.assert_close(torch.tensor(final["value"].to_numpy()), torch.tensor(layers["value"].to_numpy()))
+    assert result.meta["samples"] == 6 and -1 <= result.meta["reference_spearman"] <= 1
+    assert list(result.tables["reference"].columns) == ["layer", "module", "value"]
+    # The analysis leaves the model as it found it: no LoRA layers, same weights, head included.
+    assert not any("lora_" in name for name, _ in model.named_modules())
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+def test_warm_up_is_cached_and_shared_by_adalora_and_shapley(encoder_context):
+    config = WarmupConfig(warmup_steps=4, warmup_batch_size=8, r_max=2)
+    first = warm_up(encoder_context, config)
+    second = warm_up(encoder_context, config)
+    assert first.key == second.key and first.meta["created"] == second.meta["created"]
+    losses = first.table("losses")
+    assert losses["step"].tolist() == [1, 2, 3, 4] and losses["loss"].notna().all()
+    adalora = get_signal("adalora")
+    table = adalora.compute(encoder_context, make_config(adalora, {"warmup_steps": "4", "warmup_batch_size": "8",
+                                                                   "r_max": "2"})).table
+    assert result_uses(table, first) and (table["value"] >= 0).all() and len(table) == 36 * 2
+
+
+def result_uses(table: pd.DataFrame, warm) -> bool:
+    scores = warm.tensors()["adalora"].reshape(-1).double()
+    return torch.equal(torch.tensor(table["value"].to_numpy()), scores)
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_adalora_scores_equal_peft_rank_allocator(steps):
+    from peft import AdaLoraConfig
+    from peft.tuners.adalora.layer import RankAllocator
+
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.lora_A = torch.nn.ModuleDict({"default": torch.nn.Linear(7, 3, bias=False)})
+    model.lora_B = torch.nn.ModuleDict({"default": torch.nn.Linear(3, 5, bias=False)})
+    params = [model.lora_A["default"].weight, model.lora_B["default"].weight]
+    ours = AdaLoRAScores(params)
+    theirs = RankAllocator(model, AdaLoraConfig(total_step=100, target_r=2, init_r=3), "default")
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        ours.update()
+        theirs.update_ipt(model)
+    for p, smoothed, uncertainty in zip(params, ours.smoothed, ours.uncertainty):
+        name = next(n for n, q in model.named_parameters() if q is p)
+        torch.testing.assert_close(smoothed * uncertainty, theirs._element_score(name))
+    # Per rank: mean over the rank's row of A plus mean over its column of B, as RankAllocator combines them.
+    expected = theirs._element_score("lora_A.default.weight").mean(1) + \
+        theirs._element_score("lora_B.default.weight").mean(0)
+    torch.testing.assert_close(ours.per_rank()[0], expected)
+
+
+def test_gradient_checkpointing_changes_no_gate_gradient():
+    model = tiny_llama()
+    modules = adaptable_modules(model)
+    batch = random_batch()
+    batch["labels"] = batch["input_ids"]
+    with gated_lora(model, modules, r_max=4, alpha=8) as gated:
+        generator = torch.Generator().manual_seed(3)
+        gated.load_adapter_state({k: torch.randn(v.shape, generator=generator) * 0.3
+                                  for k, v in gated.adapter_state().items()})
+        gated.freeze_adapter()
+        gradient_at, _ = loss_function(gated, [batch], "causal-lm")
+        mask = torch.randint(0, 2, tuple(gated.gates.shape), generator=generator).float()
+        value, plain = gradient_at(mask)
+        plain = plain.clone()
+        with checkpointing_in_eval(model, True):
+            checkpointed_value, checkpointed = gradient_at(mask)
+            assert all(block.training for block in model.model.layers)
+            assert not any(m.training for block in model.model.layers for m in block.children())
+    assert not model.model.layers[0].training and not model.model.layers[0].gradient_checkpointing
+    assert value == checkpointed_value
+    torch.testing.assert_close(checkpointed, plain, rtol=1e-6, atol=1e-9)
