@@ -3,9 +3,18 @@ from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
 
 # Colour-blind-safe sequential scale (viridis) for importance heatmaps.
 HEATMAP_SCALE = "Viridis"
+
+
+def colour_scale(values) -> dict:
+    """Viridis for one-signed values; a diverging blue-red scale centred on 0 when signs are mixed."""
+    finite = pd.Series(values, dtype="float64").dropna()
+    if len(finite) and finite.min() < 0 < finite.max():
+        return {"colorscale": "RdBu", "zmid": 0}
+    return {"colorscale": HEATMAP_SCALE}
 
 
 def module_order(table: pd.DataFrame) -> list[str]:
@@ -97,3 +106,89 @@ def cka_matrix_figure(matrix: pd.DataFrame, title: str = "") -> go.Figure:
                                 "scaleanchor": "x", "showgrid": False},
                          margin={"l": 60, "r": 20, "t": 50, "b": 60})
     return figure
+
+
+def module_heatmap(modules: pd.DataFrame, title: str = "", value_label: str = "value") -> go.Figure:
+    """layer x module heatmap of per-module values, the standard error in the hover when there is one."""
+    matrix = layer_module_matrix(modules.assign(signal=""))
+    hover = f"layer %{{y}}<br>%{{x}}<br>{value_label} %{{z:.4g}}"
+    custom = None
+    if "stderr" in modules:
+        errors = modules.pivot(index="layer", columns="module", values="stderr")
+        custom = errors.reindex(index=matrix.index, columns=matrix.columns).to_numpy()
+        hover += " ± %{customdata:.2g}"
+    figure = go.Figure(go.Heatmap(z=matrix.values, x=list(matrix.columns), y=list(matrix.index), customdata=custom,
+                                  **colour_scale(matrix.values.ravel()), colorbar={"title": value_label},
+                                  hovertemplate=hover + "<extra></extra>"))
+    figure.update_layout(title=title, xaxis_title="module",
+                         yaxis={"title": "layer", "dtick": 1, "autorange": "reversed"},
+                         height=max(320, 24 * len(matrix) + 160), margin={"l": 60, "r": 20, "t": 50, "b": 60})
+    return figure
+
+
+def rank_heatmap(table: pd.DataFrame, title: str = "") -> go.Figure:
+    """(layer, module) rows x rank columns of a per-rank table, standard errors in the hover."""
+    rows = list(dict.fromkeys(zip(table["layer"], table["module"])))
+    labels = [f"{layer} · {module}" for layer, module in rows]
+    ranks = sorted(table["rank"].unique())
+    values = table.pivot_table(index=["layer", "module"], columns="rank", values="value", sort=False)
+    values = values.reindex(index=pd.MultiIndex.from_tuples(rows), columns=ranks)
+    custom = None
+    hover = "%{y}<br>rank %{x}<br>value %{z:.3g}"
+    if "stderr" in table:
+        errors = table.pivot_table(index=["layer", "module"], columns="rank", values="stderr", sort=False)
+        custom = errors.reindex(index=values.index, columns=ranks).to_numpy()
+        hover += " ± %{customdata:.2g}"
+    figure = go.Figure(go.Heatmap(z=values.to_numpy(), x=ranks, y=labels, customdata=custom,
+                                  **colour_scale(values.to_numpy().ravel()), colorbar={"title": "value"},
+                                  hovertemplate=hover + "<extra></extra>"))
+    figure.update_layout(title=title, xaxis={"title": "rank", "dtick": 1},
+                         yaxis={"title": "layer · module", "autorange": "reversed", "type": "category"},
+                         height=max(360, 14 * len(labels) + 160), margin={"l": 60, "r": 20, "t": 50, "b": 60})
+    return figure
+
+
+def layer_bars(layers: pd.DataFrame, title: str = "", value_label: str = "value") -> go.Figure:
+    """One bar per layer, with ±1 standard-error whiskers when the table has them."""
+    error = {"type": "data", "array": layers["stderr"], "visible": True} if "stderr" in layers else None
+    figure = go.Figure(go.Bar(x=layers["layer"], y=layers["value"], error_y=error, marker_color="#3b528b",
+                              hovertemplate="layer %{x}<br>%{y:.4g}<extra></extra>"))
+    figure.update_layout(title=title, xaxis={"title": "layer", "dtick": max(1, len(layers) // 16)},
+                         yaxis_title=value_label, height=360, margin={"l": 60, "r": 20, "t": 50, "b": 60})
+    return figure
+
+
+def convergence_figure(convergence: pd.DataFrame, title: str = "") -> go.Figure:
+    """Per-layer estimate after each sample, a ±1 standard-error band around each line."""
+    figure = go.Figure()
+    layers = sorted(convergence["layer"].unique())
+    colours = sample_colorscale(HEATMAP_SCALE, [i / max(1, len(layers) - 1) * 0.9 for i in range(len(layers))])
+    for layer, colour in zip(layers, colours):
+        rows = convergence[convergence["layer"] == layer]
+        band = rows.dropna(subset=["stderr"])
+        figure.add_trace(go.Scatter(x=list(band["samples"]) + list(band["samples"])[::-1],
+                                    y=list(band["value"] + band["stderr"]) + list(band["value"] - band["stderr"])[::-1],
+                                    fill="toself", fillcolor=colour, opacity=0.15, line={"width": 0},
+                                    hoverinfo="skip", showlegend=False))
+        figure.add_trace(go.Scatter(x=rows["samples"], y=rows["value"], mode="lines", name=f"layer {layer}",
+                                    line={"color": colour},
+                                    hovertemplate=f"layer {layer}<br>%{{x}} samples<br>%{{y:.4g}}<extra></extra>"))
+    figure.update_layout(title=title, xaxis_title="coalition samples", yaxis_title="estimate (loss reduction)",
+                         height=420, margin={"l": 60, "r": 20, "t": 50, "b": 60})
+    return figure
+
+
+def agreement_figure(left: pd.DataFrame, right: pd.DataFrame, left_name: str, right_name: str,
+                     title: str = "") -> go.Figure:
+    """Per-module scatter of two signals' values (matched on layer and module), ranks on both axes."""
+    joined = left.merge(right, on=["layer", "module"], suffixes=("_a", "_b"))
+    figure = go.Figure(go.Scatter(
+        x=joined["value_a"].rank(), y=joined["value_b"].rank(), mode="markers",
+        text=[f"layer {l} · {m}" for l, m in zip(joined["layer"], joined["module"])],
+        marker={"color": joined["layer"], "colorscale": HEATMAP_SCALE, "colorbar": {"title": "layer"}},
+        hovertemplate="%{text}<br>" + left_name + " rank %{x}<br>" + right_name + " rank %{y}<extra></extra>"))
+    figure.update_layout(title=title, xaxis_title=f"{left_name} (rank among modules)",
+                         yaxis_title=f"{right_name} (rank among modules)", height=420,
+                         margin={"l": 60, "r": 20, "t": 50, "b": 60})
+    return figure
+

@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import pandas as pd
+
 from analysis.store import Entry, Store
 
 
@@ -51,3 +53,9 @@ def describe_options(entry: Entry) -> str:
     """The entry's signal options in one line, for telling variants apart."""
     config = entry.meta.get("config", {})
     return ", ".join(f"{k}={v}" for k, v in config.items()) or "defaults"
+
+
+def spearman(left: pd.DataFrame, right: pd.DataFrame) -> float:
+    """Spearman correlation of two per-module tables' values, matched on layer and module."""
+    joined = left.merge(right, on=["layer", "module"], suffixes=("_a", "_b"))
+    return float(joined["value_a"].corr(joined["value_b"], method="spearman"))

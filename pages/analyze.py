@@ -73,7 +73,7 @@ def job_panel():
 job_panel()
 
 st.subheader("Results")
-entries = store.entries()
+entries = [e for e in store.entries() if e.meta.get("signal") in signals]  # not the warm-ups they train
 if not entries:
     st.info("No results yet: run an analysis above (or `python -m analysis run` on a GPU server with the same "
             "cache directory).")
