@@ -49,7 +49,7 @@ def contribution_weights(mask: torch.Tensor) -> torch.Tensor:
 class ShapleyEstimate:
     samples: torch.Tensor          # (T, *players): per-sample contributions x, float64
     masks: torch.Tensor            # (T, *players)
-    values: torch.Tensor           # (T,): v at each sampled mask
+    values: torch.Tensor           # (T,): v at each sampled mask (from its part, scaled to the whole)
 
     @property
     def count(self) -> int:
@@ -79,31 +79,43 @@ def resolved(total: torch.Tensor, squares: torch.Tensor, count: int, tolerance: 
     return bool(stderr.mean() <= tolerance * mean.abs().mean())
 
 
-def estimate(gradient_at: Callable[[torch.Tensor], tuple[float, torch.Tensor]], shape: tuple[int, ...],
-             max_samples: int, generator: torch.Generator, min_samples: int = 8, tolerance: float = 0.0,
+def estimate(gradient_at: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
+             shape: tuple[int, ...], max_samples: int, generator: torch.Generator, parts: int = 1,
+             min_samples: int = 8, tolerance: float = 0.0,
              groups: Callable[[torch.Tensor], torch.Tensor] | None = None,
              iterate: Callable[[range], Iterable[int]] = iter) -> ShapleyEstimate:
     """Sample coalitions until `max_samples`, or earlier once the groups' estimates are resolved.
 
-    gradient_at(mask) returns (v(mask), dv/dmask). groups maps one sample (players) to a vector of
-    group sums (default: every player alone). tolerance 0 always takes max_samples. `iterate` wraps
-    the sample loop (a progress bar, say).
+    The value is a sum over `parts` (validation batches, say): v = sum_b v_b, and
+    gradient_at(mask, b) returns (v_b(mask), dv_b/dmask). Coalition t is evaluated on part
+    t mod parts only, its contribution scaled by `parts`; by linearity of the Shapley value in v
+    this is unbiased for v's Shapley value, and one pass over all parts yields `parts` coalitions
+    for the cost of one full evaluation. With parts = 1 every coalition sees the whole v. The
+    standard error treats the samples as independent, which over unequal parts errs on the
+    large side. max_samples is rounded up to whole passes and the stopping rule is checked at whole
+    passes only, so every part weighs the same.
+
+    groups maps one sample (players) to a vector of group sums (default: every player alone).
+    tolerance 0 always takes max_samples. `iterate` wraps the sample loop (a progress bar, say).
     """
-    if max_samples < 1 or min_samples < 1:
-        raise ValueError("Shapley sampling needs at least one sample.")
+    if max_samples < 1 or min_samples < 1 or parts < 1:
+        raise ValueError("Shapley sampling needs at least one sample and one part.")
+    max_samples = -(-max_samples // parts) * parts  # whole passes, so every part weighs the same
     masks = sample_coalitions(max_samples, shape, generator)
     samples, values = [], []
     total = squares = 0.0
     for t in iterate(range(max_samples)):
-        value, gradient = gradient_at(masks[t])
-        sample = contribution_weights(masks[t]) * gradient.detach().to(torch.float64).cpu()
-        samples.append(sample)
-        values.append(float(value))
+        value, gradient = gradient_at(masks[t], t % parts)
+        weights = contribution_weights(masks[t]).to(gradient.device) * parts
+        sample = weights * gradient.detach().to(torch.float64)
+        samples.append(sample)  # kept on the device: no synchronisation per sample
+        values.append(torch.as_tensor(value).detach().double().reshape(()))
         grouped = groups(sample) if groups else sample.reshape(-1)
         total, squares = total + grouped, squares + grouped ** 2
-        if tolerance > 0 and t + 1 >= min_samples and resolved(total, squares, t + 1, tolerance):
+        whole_pass = (t + 1) % parts == 0
+        if tolerance > 0 and whole_pass and t + 1 >= min_samples and resolved(total, squares, t + 1, tolerance):
             break
-    return ShapleyEstimate(torch.stack(samples), masks[: len(samples)], torch.tensor(values, dtype=torch.float64))
+    return ShapleyEstimate(torch.stack(samples).cpu(), masks[: len(samples)], torch.stack(values).cpu() * parts)
 
 
 def running_estimates(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ def _cubic(n, seed):
 
 
 def _gradient_at(value):
-    def gradient_at(mask):
+    def gradient_at(mask, part=0):
         g = mask.clone().requires_grad_(True)
         v = value(g)
         return float(v.detach()), torch.autograd.grad(v, g)[0]
@@ -104,6 +104,22 @@ def test_estimate_converges_to_first_order_shapley_of_a_cubic_and_the_error_shri
         errors.append((result.mean() - truth).abs().max())
         assert ((result.mean() - truth).abs() <= 4 * result.stderr()).all()
     assert errors[1] < errors[0] / 2
+
+
+def test_a_coalition_per_part_converges_to_the_shapley_value_of_the_sum():
+    n, parts = 7, 4
+    values = [_quadratic(n, seed=10 + b) for b in range(parts)]
+    truth = exact_shapley(lambda g: sum(v(g) for v in values), n)
+    per_part = [_gradient_at(v) for v in values]
+    result = estimate(lambda mask, b: per_part[b](mask), (n,), max_samples=24_000, parts=parts,
+                      generator=torch.Generator().manual_seed(11))
+    assert result.count == 24_000
+    error = (result.mean() - truth).abs()
+    assert (error <= 4 * result.stderr()).all() and error.max() < 0.05 * truth.abs().max()
+    # Stopping happens at whole passes only.
+    stopped = estimate(lambda mask, b: per_part[b](mask), (n,), max_samples=24_000, parts=parts,
+                       generator=torch.Generator().manual_seed(12), min_samples=5, tolerance=0.2)
+    assert stopped.count % parts == 0 and stopped.count < 24_000
 
 
 def test_stopping_rule_stops_once_estimates_clear_their_noise():

@@ -24,6 +24,7 @@ import torch
 
 from analysis import shapley
 from analysis.capture import find_blocks
+from analysis.errors import UserError
 from analysis.progress import progress
 from analysis.rank_tables import per_rank_table
 from analysis.registry import Signal, register
@@ -34,7 +35,10 @@ from analysis.warmup import WarmupConfig, warm_adapter, warmup_options
 
 @dataclass
 class ShapleyConfig(WarmupConfig):
-    samples: int = field(default=64, metadata={"help": "most coalitions to sample (one forward+backward each)"})
+    samples: int = field(default=64, metadata={"help": "most coalitions to sample"})
+    coalition_per: str = field(default="pass", metadata={
+        "help": "pass (each coalition is evaluated on the whole validation set) or batch (a new coalition "
+                "for every validation batch: a pass gives as many coalitions as batches, each noisier)"})
     min_samples: int = field(default=16, metadata={"help": "coalitions sampled before the stopping rule applies"})
     tolerance: float = field(default=0.1, metadata={
         "help": "stop once the mean per-module standard error is at most this fraction of the mean "
@@ -42,6 +46,9 @@ class ShapleyConfig(WarmupConfig):
     batch_size: int = field(default=0, metadata={"help": "validation examples per forward pass (0: the run's)"})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute activations in the backward pass (for models that do not fit otherwise)"})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the gradient passes: on an H100 a 1B model's coalition takes 1.7 s instead of "
+                "2.8 s after about 100 s of compiling, so it pays from about 100 coalitions on"})
     reference: bool = field(default=False, metadata={
         "help": "also run captum's ShapleyValueSampling with modules as players (slow; for checking)"})
     reference_permutations: int = field(default=4, metadata={"help": "captum permutations in reference mode"})
@@ -72,28 +79,35 @@ def checkpointing_in_eval(model: torch.nn.Module, enabled: bool):
         disable()
 
 
-def loss_function(gated, batches: list[dict], task: str):
-    """v(gates) and dv/dgates over all validation batches, each batch weighted by what its loss averages."""
+def loss_function(gated, batches: list[dict], task: str, per_batch: bool, forward=None):
+    """gradient_at(mask, part) for the estimator, and value_at(mask) = v(mask) over all batches.
+
+    `forward` (default: the gated model) runs the gradient passes; a compiled model, say.
+    v is the validation loss: each batch's mean loss weighted by its share of what the losses
+    average (examples, or predicted tokens for causal LM). per_batch: part b is batch b alone
+    (a new coalition for every batch); otherwise part 0 is the whole validation set.
+    """
     if task == "causal-lm":
         counts = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
     else:
         counts = [b["input_ids"].shape[0] for b in batches]
-    total = sum(counts)
+    weights = [c / sum(counts) for c in counts]
+    run = gated.model if forward is None else forward  # (a compiled module has no truth value)
 
-    def gradient_at(mask: torch.Tensor) -> tuple[float, torch.Tensor]:
+    def gradient_at(mask: torch.Tensor, part: int) -> tuple[torch.Tensor, torch.Tensor]:
         gated.gates.data.copy_(mask)
         gated.gates.grad = None
-        value = 0.0
-        for batch, count in zip(batches, counts):
-            loss = gated.model(**batch).loss * (count / total)
+        value = torch.zeros((), device=gated.gates.device)
+        for b in ([part] if per_batch else range(len(batches))):
+            loss = run(**batches[b]).loss * weights[b]
             loss.backward()
-            value += float(loss.detach())
+            value += loss.detach()
         return value, gated.gates.grad
 
     def value_at(mask: torch.Tensor) -> float:
         gated.gates.data.copy_(mask)
         with torch.no_grad():
-            return sum(float(gated.model(**b).loss) * (c / total) for b, c in zip(batches, counts))
+            return sum(float(gated.model(**b).loss) * w for b, w in zip(batches, weights))
 
     return gradient_at, value_at
 
@@ -146,16 +160,21 @@ def _reference(value_at, modules, r_max: int, permutations: int, seed: int) -> p
 
 
 def compute(context, config: ShapleyConfig) -> Result:
+    if config.coalition_per not in ("batch", "pass"):
+        raise UserError(f"shapley.coalition_per must be batch or pass, not '{config.coalition_per}'.")
     model = context.model
     with warm_adapter(context, warmup_options(config)) as (gated, warm):
         gated.freeze_adapter(next(model.parameters()).dtype)
         batches = list(context.batches("validation", config.batch_size or None, desc="tokenize validation"))
-        gradient_at, value_at = loss_function(gated, batches, context.prepared.task)
+        per_batch = config.coalition_per == "batch"
+        forward = torch.compile(gated.model) if config.compile else None
+        gradient_at, value_at = loss_function(gated, batches, context.prepared.task, per_batch, forward)
         generator = torch.Generator().manual_seed(context.settings.seed)
         with checkpointing_in_eval(model, config.gradient_checkpointing):
             estimate = shapley.estimate(
-                gradient_at, tuple(gated.gates.shape), config.samples, generator, config.min_samples,
-                config.tolerance, groups=lambda sample: sample.sum(dim=1),
+                gradient_at, tuple(gated.gates.shape), config.samples, generator,
+                parts=len(batches) if per_batch else 1, min_samples=config.min_samples,
+                tolerance=config.tolerance, groups=lambda sample: sample.sum(dim=1),
                 iterate=lambda steps: progress(steps, total=len(steps), desc="shapley", unit="sample"))
         all_on, all_off = value_at(torch.ones_like(gated.gates)), value_at(torch.zeros_like(gated.gates))
         reference = (_reference(value_at, context.modules, config.r_max, config.reference_permutations,
