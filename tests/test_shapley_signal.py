@@ -1,4 +1,6 @@
 """The shapley and adalora signals on real models: warm-up cache, zero ranks, sums, captum reference, peft's scores."""
+import contextlib
+
 import pandas as pd
 import pytest
 import torch
@@ -15,19 +17,27 @@ from tests.conftest import random_batch, tiny_llama
 FAST_WARMUP = {"warmup_steps": "6", "warmup_batch_size": "8", "r_max": "4"}
 
 
-def test_a_rank_whose_b_column_is_zero_has_shapley_value_zero():
+@contextlib.contextmanager
+def random_gated_llama(r_max: int, seed: int, batches: int = 1, scale: float = 0.3):
+    """A tiny Llama with a gated adapter of random A and B (frozen) and LM batches with padding masked."""
     model = tiny_llama()
     modules = adaptable_modules(model)
-    batch = random_batch()
-    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    with gated_lora(model, modules, r_max=4, alpha=8) as gated:
-        generator = torch.Generator().manual_seed(0)
-        gated.load_adapter_state({k: torch.randn(v.shape, generator=generator) * 0.3
+    data = [random_batch(seed=s) for s in range(batches)]
+    for batch in data:
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with gated_lora(model, modules, r_max=r_max, alpha=2 * r_max) as gated:
+        generator = torch.Generator().manual_seed(seed)
+        gated.load_adapter_state({k: torch.randn(v.shape, generator=generator) * scale
                                   for k, v in gated.adapter_state().items()})
+        gated.freeze_adapter()
+        yield model, modules, gated, data, generator
+
+
+def test_a_rank_whose_b_column_is_zero_has_shapley_value_zero():
+    with random_gated_llama(r_max=4, seed=0) as (_, _, gated, batches, _):
         with torch.no_grad():
             gated.lora_layer(2).lora_B["default"].weight[:, 1] = 0
-        gated.freeze_adapter()
-        gradient_at, _ = loss_function(gated, [batch], "causal-lm", per_batch=False)
+        gradient_at, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
         result = estimate(gradient_at, tuple(gated.gates.shape), 12, torch.Generator().manual_seed(1))
     assert result.samples[:, 2, 1].eq(0).all() and result.mean()[2, 1] == 0 and result.stderr()[2, 1] == 0
     assert result.mean().abs().sum() > 0
@@ -105,16 +115,8 @@ def test_adalora_scores_equal_peft_rank_allocator(steps):
 
 
 def test_gradient_checkpointing_changes_no_gate_gradient():
-    model = tiny_llama()
-    modules = adaptable_modules(model)
-    batch = random_batch()
-    batch["labels"] = batch["input_ids"]
-    with gated_lora(model, modules, r_max=4, alpha=8) as gated:
-        generator = torch.Generator().manual_seed(3)
-        gated.load_adapter_state({k: torch.randn(v.shape, generator=generator) * 0.3
-                                  for k, v in gated.adapter_state().items()})
-        gated.freeze_adapter()
-        gradient_at, _ = loss_function(gated, [batch], "causal-lm", per_batch=False)
+    with random_gated_llama(r_max=4, seed=3) as (model, _, gated, batches, generator):
+        gradient_at, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
         mask = torch.randint(0, 2, tuple(gated.gates.shape), generator=generator).float()
         value, plain = gradient_at(mask, 0)
         plain = plain.clone()
@@ -128,16 +130,7 @@ def test_gradient_checkpointing_changes_no_gate_gradient():
 
 
 def test_a_coalition_per_batch_and_per_pass_estimate_the_same_values():
-    model = tiny_llama()
-    modules = adaptable_modules(model)
-    batches = [random_batch(seed=s) for s in range(4)]
-    for batch in batches:
-        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    with gated_lora(model, modules, r_max=2, alpha=4) as gated:
-        generator = torch.Generator().manual_seed(4)
-        gated.load_adapter_state({k: torch.randn(v.shape, generator=generator) * 0.5
-                                  for k, v in gated.adapter_state().items()})
-        gated.freeze_adapter()
+    with random_gated_llama(r_max=2, seed=4, batches=4, scale=0.5) as (_, modules, gated, batches, _):
         shape = tuple(gated.gates.shape)
         per_batch, _ = loss_function(gated, batches, "causal-lm", per_batch=True)
         per_pass, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
@@ -159,18 +152,10 @@ def test_coalition_mode_is_checked(encoder_context):
 
 
 def test_a_compiled_forward_gives_the_same_gate_gradient():
-    model = tiny_llama()
-    modules = adaptable_modules(model)
-    batch = random_batch()
-    batch["labels"] = batch["input_ids"]
-    with gated_lora(model, modules, r_max=2, alpha=4) as gated:
-        generator = torch.Generator().manual_seed(9)
-        gated.load_adapter_state({k: torch.randn(v.shape, generator=generator) * 0.3
-                                  for k, v in gated.adapter_state().items()})
-        gated.freeze_adapter()
+    with random_gated_llama(r_max=2, seed=9) as (_, _, gated, batches, generator):
         mask = torch.randint(0, 2, tuple(gated.gates.shape), generator=generator).float()
-        eager, _ = loss_function(gated, [batch], "causal-lm", per_batch=False)
-        compiled, _ = loss_function(gated, [batch], "causal-lm", per_batch=False,
+        eager, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
+        compiled, _ = loss_function(gated, batches, "causal-lm", per_batch=False,
                                     forward=torch.compile(gated.model, backend="eager"))
         expected = eager(mask, 0)[1].clone()
         torch.testing.assert_close(compiled(mask, 0)[1], expected, rtol=1e-5, atol=1e-7)
