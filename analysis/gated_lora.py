@@ -94,6 +94,7 @@ def gated_lora(model: nn.Module, modules: list[AdaptableModule], r_max: int, alp
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # the same A for the same seed, wherever it runs
         peft_model = get_peft_model(model, lora_config(modules, r_max, alpha, dropout))
+    peft_model.train(model.training)  # the new LoRA modules start in training mode; follow the model
     initial = gates if gates is not None else torch.ones(len(modules), r_max)
     gate_param = nn.Parameter(initial.to(device=device, dtype=torch.float32).clone())
     gated = GatedLoRA(peft_model, modules, gate_param, alpha / r_max)

@@ -8,7 +8,8 @@ the second signal reuses it.
 AdaLoRA's score (peft's RankAllocator, b1 = b2 = 0.85): per element I = |p * dL/dp|, smoothed
 I' <- b1 I' + (1 - b1) I, uncertainty U' <- b2 U' + (1 - b2) |I - I'|, score I' U'. A rank's score
 is the mean of its row of A plus the mean of its column of B (AdaLoRA's triplet score without the
-singular value, which plain LoRA does not have).
+singular value, which plain LoRA does not have). The scores are updated after each backward pass,
+before the optimizer step (peft updates them just after it; the two differ by one step's drift).
 
 For classification the head is trained with the adapter and stored beside it; `warm_adapter`
 puts both into the live model and restores the original head on exit.
@@ -82,36 +83,37 @@ def _train(context, config: WarmupConfig) -> Result:
     head = head_parameters(model, task)
     original_head = {name: p.detach().clone() for name, p in head.items()}
     was_training = model.training
-    with gated_lora(model, context.modules, config.r_max, config.alpha, seed=context.settings.seed) as gated:
-        gated.gates.requires_grad_(False)
-        for p in head.values():
-            p.requires_grad_(True)
-        params = gated.lora_parameters()
-        optimizer = torch.optim.AdamW(params + list(head.values()), lr=config.warmup_lr, weight_decay=0.0)
-        scores = AdaLoRAScores(params)
-        # Tokenized as consumed: only the first steps x batch-size training examples, cycled if fewer.
-        batches = itertools.cycle(context.batches("train", config.warmup_batch_size, desc="train batches"))
-        losses = []
-        started = time.perf_counter()
-        model.train()
-        try:
-            for step in progress(range(config.warmup_steps), total=config.warmup_steps, desc="warm-up"):
+    try:
+        with gated_lora(model, context.modules, config.r_max, config.alpha, seed=context.settings.seed) as gated:
+            gated.gates.requires_grad_(False)
+            for p in head.values():
+                p.requires_grad_(True)
+            params = gated.lora_parameters()
+            optimizer = torch.optim.AdamW(params + list(head.values()), lr=config.warmup_lr, weight_decay=0.0)
+            scores = AdaLoRAScores(params)
+            # Tokenized as consumed: only the first steps x batch-size training examples, cycled if fewer.
+            batches = itertools.cycle(context.batches("train", config.warmup_batch_size, desc="train batches"))
+            losses = []
+            started = time.perf_counter()
+            model.train()
+            for _ in progress(range(config.warmup_steps), total=config.warmup_steps, desc="warm-up"):
                 loss = gated.model(**next(batches)).loss
                 loss.backward()
                 scores.update()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                losses.append((step + 1, float(loss.detach())))
-        finally:
-            model.train(was_training)
-        tensors = {**{f"lora.{k}": v for k, v in gated.adapter_state().items()},
-                   **{f"head.{name}": p.detach().cpu() for name, p in head.items()},
-                   "adalora": scores.per_rank()}
-    with torch.no_grad():
-        for name, p in head.items():
-            p.copy_(original_head[name])
-    return Result(pd.DataFrame(columns=["signal", "layer", "module", "value"]),
-                  tables={"losses": pd.DataFrame(losses, columns=["step", "loss"])}, tensors=tensors,
+                losses.append(loss.detach())  # kept on the device: no synchronisation per step
+            tensors = {**{f"lora.{k}": v for k, v in gated.adapter_state().items()},
+                       **{f"head.{name}": p.detach().cpu() for name, p in head.items()},
+                       "adalora": scores.per_rank()}
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for name, p in head.items():
+                p.copy_(original_head[name])
+    curve = pd.DataFrame({"step": range(1, len(losses) + 1), "loss": torch.stack(losses).float().cpu().tolist()})
+    return Result(pd.DataFrame(columns=["signal", "layer", "module", "value"]), tables={"losses": curve},
+                  tensors=tensors,
                   meta={"seconds": time.perf_counter() - started, "modules": [m.path for m in context.modules]})
 
 

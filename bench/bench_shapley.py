@@ -122,7 +122,7 @@ def coalition_samples(model, modules, batches, r: int, repeats: int, samples: in
             gated.model = torch.compile(gated.model)
         shape = tuple(gated.gates.shape)
         mask = shapley.sample_coalitions(1, shape, torch.Generator().manual_seed(1))[0]
-        whole, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
+        whole, _, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
         torch.cuda.reset_peak_memory_stats()
         times = timed(lambda: whole(mask, 0), repeats)
         result = {"times_s": times, "median_s": statistics.median(times),
@@ -130,7 +130,7 @@ def coalition_samples(model, modules, batches, r: int, repeats: int, samples: in
         for mode, per_batch in (("per_batch", True), ("per_pass", False)):
             if not samples:
                 break
-            gradient_at, _ = loss_function(gated, batches, "causal-lm", per_batch=per_batch)
+            gradient_at, _, _ = loss_function(gated, batches, "causal-lm", per_batch=per_batch)
             torch.cuda.synchronize()
             started = time.perf_counter()
             estimate = shapley.estimate(gradient_at, shape, samples, torch.Generator().manual_seed(2),

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.capture import adaptable_modules
+from analysis.capture import adaptable_modules, find_blocks
 from analysis.errors import UserError
 from analysis.gated_lora import gated_lora
 from analysis.registry import TIDY_COLUMNS, get_signal, make_config
@@ -18,9 +18,9 @@ FAST_WARMUP = {"warmup_steps": "6", "warmup_batch_size": "8", "r_max": "4"}
 
 
 @contextlib.contextmanager
-def random_gated_llama(r_max: int, seed: int, batches: int = 1, scale: float = 0.3):
-    """A tiny Llama with a gated adapter of random A and B (frozen) and LM batches with padding masked."""
-    model = tiny_llama()
+def random_gated_llama(r_max: int, seed: int, batches: int = 1, scale: float = 0.3, build=tiny_llama):
+    """A tiny Llama (or `build()`) with a gated adapter of random A and B (frozen), LM batches with padding masked."""
+    model = build()
     modules = adaptable_modules(model)
     data = [random_batch(seed=s) for s in range(batches)]
     for batch in data:
@@ -37,7 +37,7 @@ def test_a_rank_whose_b_column_is_zero_has_shapley_value_zero():
     with random_gated_llama(r_max=4, seed=0) as (_, _, gated, batches, _):
         with torch.no_grad():
             gated.lora_layer(2).lora_B["default"].weight[:, 1] = 0
-        gradient_at, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
+        gradient_at, _, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
         result = estimate(gradient_at, tuple(gated.gates.shape), 12, torch.Generator().manual_seed(1))
     assert result.samples[:, 2, 1].eq(0).all() and result.mean()[2, 1] == 0 and result.stderr()[2, 1] == 0
     assert result.mean().abs().sum() > 0
@@ -61,6 +61,7 @@ def test_shapley_signal_on_the_embedded_encoder(encoder_context):
     per_layer = torch.stack([samples[:, 6 * l:6 * (l + 1)].sum(dim=(1, 2)) for l in range(6)], dim=1)
     torch.testing.assert_close(torch.tensor(layers["stderr"].to_numpy()), per_layer.std(0) / 8 ** 0.5)
     convergence = result.tables["convergence"]
+    assert sorted(convergence["samples"].unique()) == [4, 8]  # reported at whole passes over the 4 batches
     final = convergence[convergence["samples"] == 8]
     torch.testing.assert_close(torch.tensor(final["value"].to_numpy()), torch.tensor(layers["value"].to_numpy()))
     assert result.meta["samples"] == 8 and -1 <= result.meta["reference_spearman"] <= 1
@@ -114,26 +115,39 @@ def test_adalora_scores_equal_peft_rank_allocator(steps):
     torch.testing.assert_close(ours.per_rank()[0], expected)
 
 
-def test_gradient_checkpointing_changes_no_gate_gradient():
-    with random_gated_llama(r_max=4, seed=3) as (model, _, gated, batches, generator):
-        gradient_at, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
+def tiny_opt_with_dropout():
+    """OPT's decoder layer applies dropout itself when training: checkpointing must not switch it on."""
+    from transformers import OPTConfig, OPTForCausalLM
+    torch.manual_seed(0)
+    return OPTForCausalLM(OPTConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                                    num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32,
+                                    dropout=0.5, attention_dropout=0.5)).eval()
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_opt_with_dropout])
+def test_gradient_checkpointing_changes_no_gate_gradient(build):
+    with random_gated_llama(r_max=4, seed=3, build=build) as (model, _, gated, batches, generator):
+        gradient_at, _, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
         mask = torch.randint(0, 2, tuple(gated.gates.shape), generator=generator).float()
         value, plain = gradient_at(mask, 0)
         plain = plain.clone()
+        blocks = find_blocks(model)[1]
+        embedding_hooks = dict(model.get_input_embeddings()._forward_hooks)
         with checkpointing_in_eval(model, True):
+            assert all("forward" in vars(block) for block in blocks) and not model.config.use_cache
             checkpointed_value, checkpointed = gradient_at(mask, 0)
-            assert all(block.training for block in model.model.layers)
-            assert not any(m.training for block in model.model.layers for m in block.children())
-    assert not model.model.layers[0].training and not model.model.layers[0].gradient_checkpointing
-    assert torch.equal(value, checkpointed_value)
-    torch.testing.assert_close(checkpointed, plain, rtol=1e-6, atol=1e-9)
+            assert not any(m.training for m in model.modules())
+        assert torch.equal(value, checkpointed_value)
+        torch.testing.assert_close(checkpointed, plain, rtol=1e-6, atol=1e-9)
+    assert not any("forward" in vars(block) for block in blocks) and model.config.use_cache
+    assert dict(model.get_input_embeddings()._forward_hooks) == embedding_hooks
 
 
 def test_a_coalition_per_batch_and_per_pass_estimate_the_same_values():
     with random_gated_llama(r_max=2, seed=4, batches=4, scale=0.5) as (_, modules, gated, batches, _):
         shape = tuple(gated.gates.shape)
-        per_batch, _ = loss_function(gated, batches, "causal-lm", per_batch=True)
-        per_pass, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
+        per_batch, _, _ = loss_function(gated, batches, "causal-lm", per_batch=True)
+        per_pass, _, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
         by_batch = estimate(per_batch, shape, 1600, torch.Generator().manual_seed(5), parts=4)
         by_pass = estimate(per_pass, shape, 400, torch.Generator().manual_seed(6))
     # Per layer, as the tables report them.
@@ -154,8 +168,21 @@ def test_coalition_mode_is_checked(encoder_context):
 def test_a_compiled_forward_gives_the_same_gate_gradient():
     with random_gated_llama(r_max=2, seed=9) as (_, _, gated, batches, generator):
         mask = torch.randint(0, 2, tuple(gated.gates.shape), generator=generator).float()
-        eager, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
-        compiled, _ = loss_function(gated, batches, "causal-lm", per_batch=False,
+        eager, _, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
+        compiled, _, _ = loss_function(gated, batches, "causal-lm", per_batch=False,
                                     forward=torch.compile(gated.model, backend="eager"))
         expected = eager(mask, 0)[1].clone()
         torch.testing.assert_close(compiled(mask, 0)[1], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_batches_without_targets_are_left_out_and_none_at_all_is_an_error():
+    with random_gated_llama(r_max=2, seed=5, batches=2) as (_, _, gated, batches, _):
+        single = {"input_ids": batches[0]["input_ids"][:, :1], "attention_mask": batches[0]["attention_mask"][:, :1],
+                  "labels": batches[0]["labels"][:, :1]}  # one token each: nothing to predict, NaN loss
+        with_empty, _, parts = loss_function(gated, [batches[0], single, batches[1]], "causal-lm", per_batch=True)
+        without, _, _ = loss_function(gated, batches, "causal-lm", per_batch=True)
+        mask = torch.ones(tuple(gated.gates.shape))
+        assert parts == 2 and torch.isfinite(with_empty(mask, 1)[1]).all()
+        torch.testing.assert_close(with_empty(mask, 1)[1], without(mask, 1)[1])
+        with pytest.raises(UserError, match="No validation example has a token to predict"):
+            loss_function(gated, [single], "causal-lm", per_batch=False)

@@ -17,6 +17,7 @@ from scratch with those counts (allocate-then-retrain).
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -35,7 +36,8 @@ from analysis.warmup import WarmupConfig, warm_adapter, warmup_options
 
 @dataclass
 class ShapleyConfig(WarmupConfig):
-    samples: int = field(default=64, metadata={"help": "most coalitions to sample"})
+    samples: int = field(default=64, metadata={
+        "help": "most coalitions to sample (with coalition_per=batch, rounded up to whole passes)"})
     coalition_per: str = field(default="pass", metadata={
         "help": "pass (each coalition is evaluated on the whole validation set) or batch (a new coalition "
                 "for every validation batch: a pass gives as many coalitions as batches, each noisier)"})
@@ -56,31 +58,36 @@ class ShapleyConfig(WarmupConfig):
 
 @contextlib.contextmanager
 def checkpointing_in_eval(model: torch.nn.Module, enabled: bool):
-    """Gradient checkpointing in eval mode: transformers checkpoints a block only while that block is
-    training, so the blocks alone are flagged as training; their children stay in eval (no dropout)."""
+    """Activation checkpointing of every block with the whole model left in eval mode.
+
+    transformers checkpoints a block only while it is training, and some blocks apply dropout
+    themselves when training; so each block's forward is wrapped in torch's non-reentrant
+    checkpoint instead, and nothing is switched to training. The KV cache is off meanwhile (a
+    recomputed block must not append to it twice). Everything is undone on exit.
+    """
     if not enabled:
         yield
         return
-    # transformers 5 renamed it activation checkpointing; older releases only have the first name.
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        disable = model.activation_checkpointing_disable
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        disable = model.gradient_checkpointing_disable
+    from torch.utils.checkpoint import checkpoint
+
     blocks = find_blocks(model)[1]
+    use_cache = getattr(model.config, "use_cache", None)
+    model.config.use_cache = False
     for block in blocks:
-        block.training = True
+        original = block.forward
+        block.forward = functools.partial(checkpoint, original, use_reentrant=False)
     try:
         yield
     finally:
         for block in blocks:
-            block.training = False
-        disable()
+            del block.forward  # back to the class's forward
+        if use_cache is not None:
+            model.config.use_cache = use_cache
 
 
 def loss_function(gated, batches: list[dict], task: str, per_batch: bool, forward=None):
-    """gradient_at(mask, part) for the estimator, and value_at(mask) = v(mask) over all batches.
+    """gradient_at(mask, part) for the estimator, value_at(mask) = v(mask) over all batches, and the
+    number of parts the estimator should cycle through.
 
     `forward` (default: the gated model) runs the gradient passes; a compiled model, say.
     v is the validation loss: each batch's mean loss weighted by its share of what the losses
@@ -91,6 +98,11 @@ def loss_function(gated, batches: list[dict], task: str, per_batch: bool, forwar
         counts = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
     else:
         counts = [b["input_ids"].shape[0] for b in batches]
+    # A batch with nothing to predict (one-token texts) has a NaN loss: leave it out.
+    batches = [b for b, c in zip(batches, counts) if c > 0]
+    counts = [c for c in counts if c > 0]
+    if not batches:
+        raise UserError("No validation example has a token to predict after its first; use longer texts.")
     weights = [c / sum(counts) for c in counts]
     run = gated.model if forward is None else forward  # (a compiled module has no truth value)
 
@@ -109,7 +121,7 @@ def loss_function(gated, batches: list[dict], task: str, per_batch: bool, forwar
         with torch.no_grad():
             return sum(float(gated.model(**b).loss) * w for b, w in zip(batches, weights))
 
-    return gradient_at, value_at
+    return gradient_at, value_at, len(batches) if per_batch else 1
 
 
 def _sums(samples: torch.Tensor, modules, by: str) -> pd.DataFrame:
@@ -125,15 +137,16 @@ def _sums(samples: torch.Tensor, modules, by: str) -> pd.DataFrame:
                          "value": per_module.mean(0).tolist(), "stderr": shapley.standard_error(per_module).tolist()})
 
 
-def _convergence(samples: torch.Tensor, modules) -> pd.DataFrame:
+def _convergence(samples: torch.Tensor, modules, parts: int) -> pd.DataFrame:
+    """Per-layer estimates after each whole pass over the parts (mid-pass, some parts weigh more)."""
     layers = sorted({m.layer for m in modules})
     index = torch.tensor([layers.index(m.layer) for m in modules])
     per_layer = torch.zeros(samples.shape[0], len(layers), dtype=samples.dtype).index_add_(1, index, -samples.sum(2))
     mean, stderr = shapley.running_estimates(per_layer)
-    count = samples.shape[0]
-    return pd.DataFrame({"samples": [t + 1 for t in range(count) for _ in layers],
-                         "layer": layers * count, "value": mean.reshape(-1).tolist(),
-                         "stderr": stderr.reshape(-1).tolist()})
+    counts = list(range(parts, samples.shape[0] + 1, parts))
+    return pd.DataFrame({"samples": [t for t in counts for _ in layers], "layer": layers * len(counts),
+                         "value": mean[[t - 1 for t in counts]].reshape(-1).tolist(),
+                         "stderr": stderr[[t - 1 for t in counts]].reshape(-1).tolist()})
 
 
 def _reference(value_at, modules, r_max: int, permutations: int, seed: int) -> pd.DataFrame:
@@ -144,17 +157,18 @@ def _reference(value_at, modules, r_max: int, permutations: int, seed: int) -> p
         gates = module_mask.reshape(-1, 1).expand(len(modules), r_max).to(torch.float32)
         return torch.tensor([value_at(gates)], dtype=torch.float64)
 
-    torch.manual_seed(seed)
     ones = torch.ones(1, len(modules), dtype=torch.float64)
-    steps = permutations * (len(modules) + 1)
+    steps = 1 + permutations * len(modules)  # captum's forward calls: the baseline, then one per player
     bar = progress(range(steps), total=steps, desc="captum reference", unit="pass")
 
     def counted(mask):
         next(bar, None)
         return forward(mask)
 
-    attributions = ShapleyValueSampling(counted).attribute(ones, baselines=torch.zeros_like(ones),
-                                                           n_samples=permutations, perturbations_per_eval=1)
+    with torch.random.fork_rng(devices=[]):  # captum draws its permutations from the global generator
+        torch.manual_seed(seed)
+        attributions = ShapleyValueSampling(counted).attribute(ones, baselines=torch.zeros_like(ones),
+                                                               n_samples=permutations, perturbations_per_eval=1)
     return pd.DataFrame({"layer": [m.layer for m in modules], "module": [m.name for m in modules],
                          "value": (-attributions[0]).tolist()})
 
@@ -168,12 +182,12 @@ def compute(context, config: ShapleyConfig) -> Result:
         batches = list(context.batches("validation", config.batch_size or None, desc="tokenize validation"))
         per_batch = config.coalition_per == "batch"
         forward = torch.compile(gated.model) if config.compile else None
-        gradient_at, value_at = loss_function(gated, batches, context.prepared.task, per_batch, forward)
+        gradient_at, value_at, parts = loss_function(gated, batches, context.prepared.task, per_batch, forward)
         generator = torch.Generator().manual_seed(context.settings.seed)
         with checkpointing_in_eval(model, config.gradient_checkpointing):
             estimate = shapley.estimate(
                 gradient_at, tuple(gated.gates.shape), config.samples, generator,
-                parts=len(batches) if per_batch else 1, min_samples=config.min_samples,
+                parts=parts, min_samples=config.min_samples,
                 tolerance=config.tolerance, groups=lambda sample: sample.sum(dim=1),
                 iterate=lambda steps: progress(steps, total=len(steps), desc="shapley", unit="sample"))
         all_on, all_off = value_at(torch.ones_like(gated.gates)), value_at(torch.zeros_like(gated.gates))
@@ -182,7 +196,7 @@ def compute(context, config: ShapleyConfig) -> Result:
     table = per_rank_table("shapley", context.modules, -estimate.mean(), estimate.stderr())
     modules = _sums(estimate.samples, context.modules, "module")
     tables = {"modules": modules, "layers": _sums(estimate.samples, context.modules, "layer"),
-              "convergence": _convergence(estimate.samples, context.modules)}
+              "convergence": _convergence(estimate.samples, context.modules, parts)}
     meta = {"samples": estimate.count, "loss_all_ranks": all_on, "loss_no_ranks": all_off,
             "warmup_key": warm.key, "exact_total": all_off - all_on}
     if reference is not None:
