@@ -1,0 +1,82 @@
+"""SoRA: the proximal step by hand, zero gates staying zero, and pruning to a plain peft LoRA that
+computes what the gated model computes, with exact parameter counts."""
+import pytest
+import torch
+from peft import PeftModel
+
+from analysis.capture import adaptable_modules
+from analysis.gated_lora import gated_lora
+from analysis.sora import learned_ranks, lora_parameter_count, proximal_step, save_pruned
+from tests.conftest import random_batch, tiny_gpt2, tiny_llama
+
+
+def test_proximal_step_matches_a_hand_computed_example():
+    gates = torch.tensor([[0.5, -0.05, -0.3, 0.1], [0.0, 2.0, -2.0, 0.099]])
+    proximal_step(gates, 0.1)
+    expected = torch.tensor([[0.4, 0.0, -0.2, 0.0], [0.0, 1.9, -1.9, 0.0]])
+    torch.testing.assert_close(gates, expected)
+
+
+def test_gates_held_dead_stay_exactly_zero():
+    gates = torch.tensor([[0.0, 0.5, 1.0]])
+    alive = gates != 0
+    gates += torch.tensor([[0.3, 0.3, 0.3]])  # an optimizer step would revive the dead gate
+    proximal_step(gates, 0.01, alive)
+    assert gates[0, 0] == 0 and gates[0, 1] == pytest.approx(0.79) and gates[0, 2] == pytest.approx(1.29)
+
+
+def _sparse_gates(modules, r_max, seed):
+    generator = torch.Generator().manual_seed(seed)
+    gates = torch.randn(len(modules), r_max, generator=generator)
+    gates[torch.rand(gates.shape, generator=generator) < 0.4] = 0
+    gates[1] = 0  # a module with no rank left: pruning leaves it out
+    gates[0] = torch.randn(r_max, generator=generator)  # and one with every rank
+    return gates
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2])
+def test_pruned_peft_adapter_computes_what_the_gated_model_computes(build, tmp_path):
+    model = build()
+    modules = adaptable_modules(model)
+    batch = random_batch()
+    gates = _sparse_gates(modules, 4, seed=1)
+    with gated_lora(model, modules, r_max=4, alpha=8, gates=gates) as gated:
+        generator = torch.Generator().manual_seed(2)
+        gated.load_adapter_state({k: torch.randn(v.shape, generator=generator) * 0.3
+                                  for k, v in gated.adapter_state().items()})
+        with torch.no_grad():
+            expected = gated.model(**batch).logits
+        config = save_pruned(gated, build(), tmp_path / "pruned")
+    ranks = learned_ranks(gates)
+    loaded = PeftModel.from_pretrained(build(), tmp_path / "pruned").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, expected, rtol=1e-5, atol=1e-5)
+    assert modules[1].path not in config["target_modules"] and len(config["target_modules"]) == len(modules) - 1
+    trainable = sum(p.numel() for n, p in loaded.named_parameters() if "lora_" in n)
+    assert trainable == lora_parameter_count(modules, ranks) < lora_parameter_count(modules, [4] * len(modules))
+    for module, rank in zip(modules, ranks):
+        if rank:
+            layer = loaded.base_model.model.get_submodule(module.path)
+            assert layer.lora_A["default"].weight.shape[0] == rank
+            assert layer.scaling["default"] == pytest.approx(8 / 4)  # alpha / r kept: alpha = s * r
+
+
+def test_pruned_encoder_adapter_matches_on_the_embedded_model(minilm, tmp_path, session_cache):
+    from analysis.sources import load_model, resolve_model
+
+    model = minilm.model
+    modules = adaptable_modules(model)
+    batch = minilm.tokenizer(["a gripping, funny film", "dull"], padding=True, return_tensors="pt")
+    gates = _sparse_gates(modules, 4, seed=3)
+    with gated_lora(model, modules, r_max=4, alpha=8, gates=gates) as gated:
+        generator = torch.Generator().manual_seed(4)
+        gated.load_adapter_state({k: torch.randn(v.shape, generator=generator) * 0.05
+                                  for k, v in gated.adapter_state().items()})
+        with torch.no_grad():
+            expected = gated.model(**batch).logits
+        fresh = load_model(resolve_model("minilm", session_cache), "classification", num_labels=2, seed=0).model
+        save_pruned(gated, fresh, tmp_path / "pruned")
+    base = load_model(resolve_model("minilm", session_cache), "classification", num_labels=2, seed=0).model
+    loaded = PeftModel.from_pretrained(base, tmp_path / "pruned").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, expected, rtol=1e-5, atol=1e-5)
