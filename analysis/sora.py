@@ -14,9 +14,15 @@ alpha to s * r so that alpha / r, hence the output, is unchanged: a standard pef
 """
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass, field
+
 import torch
 
-from analysis.gated_lora import ADAPTER, GatedLoRA
+from analysis.errors import UserError
+from analysis.gated_lora import ADAPTER, GatedLoRA, gated_lora
+from analysis.progress import progress
+from analysis.warmup import head_parameters
 
 
 @torch.no_grad()
@@ -65,16 +71,107 @@ def lora_parameter_count(modules, ranks: list[int]) -> int:
     return sum(r * (m.d_in + m.d_out) for m, r in zip(modules, ranks))
 
 
-def save_pruned(gated: GatedLoRA, base_model: torch.nn.Module, directory) -> dict:
-    """Write the pruned adapter with save_pretrained (loadable with PeftModel.from_pretrained) onto a
-    fresh copy of the base model; returns the LoraConfig keyword arguments."""
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+def save_pruned(gated: GatedLoRA, directory, base_model_name_or_path: str | None = None) -> dict:
+    """Write the pruned adapter as peft's save_pretrained does (adapter_config.json and
+    adapter_model.safetensors), loadable with PeftModel.from_pretrained; no second model is built.
+    Returns the LoraConfig keyword arguments."""
+    from pathlib import Path
+
+    from peft import LoraConfig
+    from safetensors.torch import save_file
 
     config, weights = pruned_adapter(gated)
-    pruned = get_peft_model(base_model, LoraConfig(**config))
-    missing = set_peft_model_state_dict(pruned, weights)
-    unexpected = getattr(missing, "unexpected_keys", [])
-    if unexpected:
-        raise RuntimeError(f"Pruned adapter weights that peft did not place: {unexpected[:3]}")
-    pruned.save_pretrained(directory)
+    directory = Path(directory)
+    LoraConfig(**config, base_model_name_or_path=base_model_name_or_path).save_pretrained(directory)
+    save_file(weights, directory / "adapter_model.safetensors")
     return config
+
+
+@dataclass
+class SoraConfig:
+    r_max: int = field(default=8, metadata={"help": "gated ranks per adapted module at the start"})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale alpha / r_max, kept when pruning)"})
+    steps: int = field(default=300, metadata={"help": "sparse training steps on the train split"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of A, B (and the head)"})
+    gate_lr: float = field(default=1e-2, metadata={"help": "AdamW learning rate of the gates"})
+    l1: float = field(default=1e-3, metadata={"help": "weight of mean |gate| in the loss"})
+    xi: float = field(default=2e-3, metadata={"help": "proximal threshold of the gates during training (as given, "
+                                                     "not multiplied by the learning rate)"})
+    batch_size: int = field(default=16, metadata={"help": "training examples per step"})
+    snapshot_every: int = field(default=25, metadata={"help": "steps between gate snapshots"})
+    rounds: int = field(default=4, metadata={"help": "sparsifying-scheduler rounds after training (0: none)"})
+    round_steps: int = field(default=40, metadata={"help": "training steps per scheduler round"})
+    xi_max: float = field(default=2e-2, metadata={"help": "threshold of the last scheduler round"})
+    grid: str = field(default="log", metadata={"help": "log or linear spacing of the rounds' thresholds"})
+
+
+def scheduler_thresholds(config: SoraConfig) -> list[float]:
+    """The thresholds of the scheduler's rounds, rising from xi to xi_max on a linear or log grid."""
+    if config.rounds <= 0:
+        return []
+    if config.grid not in ("log", "linear"):
+        raise UserError(f"sora.grid must be log or linear, not '{config.grid}'.")
+    if not 0 < config.xi < config.xi_max:
+        raise UserError("sora needs 0 < xi < xi_max.")
+    fractions = [(k + 1) / config.rounds for k in range(config.rounds)]
+    if config.grid == "linear":
+        return [config.xi + f * (config.xi_max - config.xi) for f in fractions]
+    return [config.xi * (config.xi_max / config.xi) ** f for f in fractions]
+
+
+def train(context, config: SoraConfig, directory=None) -> dict:
+    """Sparse training, then the scheduler's rounds; gate snapshots along the way. With `directory`,
+    the pruned adapter after the training stage is saved there. Returns plain data for the store."""
+    model, modules = context.model, context.modules
+    head = head_parameters(model, context.prepared.task)
+    original_head = {name: p.detach().clone() for name, p in head.items()}
+    generator = torch.Generator().manual_seed(context.settings.seed)
+    initial = torch.randn(len(modules), config.r_max, generator=generator)
+    stages = [("train", config.xi, config.steps)] + [
+        (f"round {k + 1}", xi, config.round_steps) for k, xi in enumerate(scheduler_thresholds(config))]
+    snapshots, history, learned = [], [], None
+    was_training = model.training
+    try:
+        with gated_lora(model, modules, config.r_max, config.alpha, seed=context.settings.seed,
+                        gates=initial) as gated:
+            for p in head.values():
+                p.requires_grad_(True)
+            weights = torch.optim.AdamW(gated.lora_parameters() + list(head.values()), lr=config.lr,
+                                        weight_decay=0.0)
+            gate_optimizer = torch.optim.AdamW([gated.gates], lr=config.gate_lr, weight_decay=0.0)
+            batches = itertools.cycle(context.batches("train", config.batch_size, desc="train batches"))
+            model.train()
+            step = 0
+            total = sum(steps for _, _, steps in stages)
+            bar = progress(range(total), total=total, desc="sora", unit="step")
+            for stage, xi, steps in stages:
+                for _ in range(steps):
+                    next(bar, None)
+                    alive = gated.gates.detach() != 0
+                    task = gated.model(**next(batches)).loss
+                    loss = task + config.l1 * gated.gates.abs().sum() / gated.gates.numel()
+                    loss.backward()
+                    gated.gates.grad.mul_(alive)
+                    weights.step()
+                    gate_optimizer.step()
+                    proximal_step(gated.gates, xi, alive)
+                    weights.zero_grad(set_to_none=True)
+                    gate_optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    history.append((step, stage, xi, float(task.detach()), int((gated.gates != 0).sum())))
+                    if step % config.snapshot_every == 0 or step == total:
+                        snapshots.append((step, stage, xi, gated.gates.detach().cpu().clone()))
+                if not snapshots or snapshots[-1][0] != step:  # every stage ends with a snapshot
+                    snapshots.append((step, stage, xi, gated.gates.detach().cpu().clone()))
+                if stage == "train":
+                    learned = gated.gates.detach().cpu().clone()
+                    if directory is not None and not learned.any():
+                        raise UserError("SoRA pruned every rank during training; lower sora.xi or sora.l1.")
+                    if directory is not None:
+                        save_pruned(gated, directory, str(context.prepared.source.path))
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for name, p in head.items():
+                p.copy_(original_head[name])
+    return {"snapshots": snapshots, "history": history, "learned": learned}

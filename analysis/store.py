@@ -43,6 +43,7 @@ class Result:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # other artefacts by relative path (a saved adapter)
 
 
 class Entry:
@@ -63,6 +64,10 @@ class Entry:
     def tensors(self) -> dict[str, torch.Tensor]:
         path = self.directory / TENSORS
         return load_file(path) if path.exists() else {}
+
+    def path(self, name: str) -> Path:
+        """Where a stored file (see Result.files) lies, e.g. entry.path("adapter") for a saved adapter."""
+        return self.directory / name
 
 
 class CorruptEntry(Exception):
@@ -132,7 +137,14 @@ class Store:
                 frame.to_parquet(work / f"{name}.parquet", index=False)
             if result.tensors:
                 save_file({k: v.detach().contiguous().cpu() for k, v in result.tensors.items()}, work / TENSORS)
-            files = {p.name: {"size": p.stat().st_size, "sha256": hash_file(p)} for p in sorted(work.iterdir())}
+            for name, data in result.files.items():
+                target = work / name
+                if not target.resolve().is_relative_to(work.resolve()):
+                    raise ValueError(f"Result file '{name}' would land outside its entry.")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            files = {p.relative_to(work).as_posix(): {"size": p.stat().st_size, "sha256": hash_file(p)}
+                     for p in sorted(work.rglob("*")) if p.is_file()}
             full_meta = {**meta, **result.meta, "key": key, "created": time.time(), "files": files}
             (work / META).write_text(json.dumps(full_meta, indent=1, default=str))
             final = self.entries_dir / key

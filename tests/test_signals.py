@@ -18,7 +18,8 @@ def context(tmp_path_factory):
 
 
 # Signals that train first get a short warm-up here; everything else runs on its defaults.
-SHORT = {"shapley": {"warmup_steps": "4", "samples": "4", "min_samples": "2"}, "adalora": {"warmup_steps": "4"}}
+SHORT = {"shapley": {"warmup_steps": "4", "samples": "4", "min_samples": "2"}, "adalora": {"warmup_steps": "4"},
+         "sora": {"steps": "4", "rounds": "1", "round_steps": "2", "batch_size": "4"}}
 
 
 @pytest.mark.parametrize("name", sorted(all_signals()))

@@ -46,7 +46,7 @@ def test_pruned_peft_adapter_computes_what_the_gated_model_computes(build, tmp_p
                                   for k, v in gated.adapter_state().items()})
         with torch.no_grad():
             expected = gated.model(**batch).logits
-        config = save_pruned(gated, build(), tmp_path / "pruned")
+        config = save_pruned(gated, tmp_path / "pruned")
     ranks = learned_ranks(gates)
     loaded = PeftModel.from_pretrained(build(), tmp_path / "pruned").eval()
     with torch.no_grad():
@@ -74,9 +74,38 @@ def test_pruned_encoder_adapter_matches_on_the_embedded_model(minilm, tmp_path, 
                                   for k, v in gated.adapter_state().items()})
         with torch.no_grad():
             expected = gated.model(**batch).logits
-        fresh = load_model(resolve_model("minilm", session_cache), "classification", num_labels=2, seed=0).model
-        save_pruned(gated, fresh, tmp_path / "pruned")
+        save_pruned(gated, tmp_path / "pruned")
     base = load_model(resolve_model("minilm", session_cache), "classification", num_labels=2, seed=0).model
     loaded = PeftModel.from_pretrained(base, tmp_path / "pruned").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sora_signal_trains_sparsifies_and_saves_a_loadable_pruned_adapter(encoder_context, session_cache):
+    from analysis.registry import get_signal, make_config
+    from analysis.sources import load_model, resolve_model
+    from analysis.store import Store
+
+    signal = get_signal("sora")
+    model = encoder_context.model
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    config = make_config(signal, {"r_max": "4", "steps": "12", "rounds": "2", "round_steps": "6",
+                                  "snapshot_every": "4", "xi": "0.05", "xi_max": "0.4", "batch_size": "8"})
+    result = signal.compute(encoder_context, config)
+    table, history, schedule = result.table, result.tables["history"], result.tables["schedule"]
+    assert list(table.columns[:4]) == ["signal", "layer", "module", "value"] and len(table) == 36
+    # Dead gates stay dead: the count of non-zero gates never rises, and a larger xi never keeps more.
+    assert history["nonzero"].is_monotonic_decreasing and len(history) == 24
+    assert schedule["stage"].tolist() == ["train", "round 1", "round 2"]
+    assert schedule["xi"].is_monotonic_increasing and schedule["total_rank"].is_monotonic_decreasing
+    assert table["value"].sum() == history.loc[history["step"] == 12, "nonzero"].item()
+    assert sorted(result.tables["snapshots"]["step"].unique()) == [4, 8, 12, 16, 18, 20, 24]  # + stage ends
+    assert 0 < table["value"].sum() < 36 * 4  # some ranks pruned, some kept
+    # The pruned adapter, stored with the entry, loads with peft and has exactly the learned ranks.
+    entry = Store(encoder_context.prepared.store.root).put("sora-test", result, {"signal": "sora"})
+    base = load_model(resolve_model("minilm", session_cache), "classification", num_labels=2, seed=0).model
+    loaded = PeftModel.from_pretrained(base, entry.path("adapter"))
+    trainable = sum(p.numel() for n, p in loaded.named_parameters() if "lora_" in n)
+    assert trainable == result.meta["trainable_after"] < result.meta["trainable_before"]
+    # The model leaves as it came.
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())

@@ -108,3 +108,16 @@ def test_discard_and_crashed_writer_cleanup(tmp_path):
     stale.mkdir(parents=True)
     store.clean_tmp(older_than_s=-1)
     assert not stale.exists()
+
+
+def test_extra_files_are_stored_under_the_manifest(tmp_path):
+    store = Store(tmp_path)
+    result = Result(_result().table, files={"adapter/adapter_config.json": b"{}", "adapter/w.bin": b"\x00" * 10})
+    entry = store.put("k1", result, {})
+    assert entry.path("adapter/w.bin").read_bytes() == b"\x00" * 10
+    assert set(entry.meta["files"]) >= {"adapter/adapter_config.json", "adapter/w.bin", "main.parquet"}
+    entry.path("adapter/w.bin").write_bytes(b"\x01" * 10)  # same size, different bytes
+    assert store.get("k1") is None  # caught by the checksum, entry quarantined
+    with pytest.raises(ValueError, match="outside its entry"):
+        store.put("k2", Result(_result().table, files={"../escape.txt": b"x"}), {})
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "entries" / "k2").exists()
