@@ -5,6 +5,7 @@ st.set_page_config(page_title="LoRA rank importance", layout="wide")
 navigation = st.navigation({
     "Analysis": [st.Page("pages/analyze.py", title="Setup and results", icon=":material/insights:", default=True)],
     "Signals": [st.Page("pages/shapley.py", title="Shapley sensitivity", icon=":material/grid_on:"),
+                st.Page("pages/sora.py", title="SoRA gate sparsity", icon=":material/filter_alt:"),
                 st.Page("pages/representation.py", title="CKA and intrinsic dimension",
                         icon=":material/stacked_line_chart:")],
 })

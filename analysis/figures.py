@@ -192,3 +192,34 @@ def agreement_figure(left: pd.DataFrame, right: pd.DataFrame, left_name: str, ri
                          margin={"l": 60, "r": 20, "t": 50, "b": 60})
     return figure
 
+
+
+def rank_histogram(table: pd.DataFrame, r_max: int, title: str = "") -> go.Figure:
+    """How many modules learned each rank 0..r_max."""
+    counts = table["value"].value_counts().reindex(range(r_max + 1), fill_value=0)
+    figure = go.Figure(go.Bar(x=list(counts.index), y=list(counts.values), marker_color="#3b528b",
+                              hovertemplate="rank %{x}<br>%{y} modules<extra></extra>"))
+    figure.update_layout(title=title, xaxis={"title": "learned rank", "dtick": 1}, yaxis_title="modules",
+                         height=340, margin={"l": 60, "r": 20, "t": 50, "b": 60})
+    return figure
+
+
+def sparsity_path_figure(history: pd.DataFrame, schedule: pd.DataFrame, title: str = "") -> go.Figure:
+    """Total learned rank over training steps (left) and at the end of each scheduler round against
+    its threshold xi on a log axis (right)."""
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("non-zero gates over training",
+                                                           "learned rank vs threshold xi"))
+    figure.add_trace(go.Scatter(x=history["step"], y=history["nonzero"], mode="lines", line={"color": "#21918c"},
+                                hovertemplate="step %{x}<br>%{y} non-zero gates<extra></extra>"), row=1, col=1)
+    figure.add_trace(go.Scatter(x=schedule["xi"], y=schedule["total_rank"], mode="lines+markers",
+                                text=schedule["stage"], line={"color": "#3b528b"},
+                                hovertemplate="%{text}<br>xi %{x:.3g}<br>total rank %{y}<extra></extra>"),
+                     row=1, col=2)
+    figure.update_xaxes(title_text="step", row=1, col=1)
+    figure.update_xaxes(title_text="xi", type="log", row=1, col=2)
+    figure.update_yaxes(title_text="total rank", rangemode="tozero", row=1, col=1)
+    figure.update_yaxes(rangemode="tozero", row=1, col=2)
+    figure.update_layout(title=title, showlegend=False, height=380, margin={"l": 60, "r": 20, "t": 70, "b": 60})
+    return figure

@@ -1,6 +1,6 @@
 """Every signal through the real command line on the GPU, on a small config-built Llama and synthetic
 text (nothing downloaded): the GPU paths of warm-up, Shapley (eager, compiled, per batch, with the
-captum reference), AdaLoRA, CKA and ID run end to end and land in the store. Prints each step's time.
+captum reference), AdaLoRA, SoRA, CKA and ID run end to end and land in the store. Prints each step's time.
 
     python bench/gpu_signals.py --layers 4 --examples 128
 """
@@ -38,6 +38,7 @@ def main() -> None:
         "cka,id": [],
         "shapley,adalora": [a.format(s=s) for s in ("shapley", "adalora") for a in warmup]
                            + ["--set", "shapley.samples=16", "--set", "shapley.tolerance=0"],
+        "sora": ["--set", "sora.steps=30", "--set", "sora.round_steps=10", "--set", "sora.batch_size=8"],
         "shapley (compiled, a coalition per batch, captum reference)":
             [a.format(s="shapley") for a in warmup]
             + ["--set", "shapley.samples=16", "--set", "shapley.tolerance=0", "--set", "shapley.compile=true",
