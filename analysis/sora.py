@@ -119,6 +119,23 @@ def scheduler_thresholds(config: SoraConfig) -> list[float]:
     return [config.xi * (config.xi_max / config.xi) ** f for f in fractions]
 
 
+def sora_step(gated: GatedLoRA, batch: dict, weights: torch.optim.Optimizer,
+              gate_optimizer: torch.optim.Optimizer, l1: float, xi: float) -> torch.Tensor:
+    """One SoRA step: task loss + l1 * mean|g|, both optimizers, then the proximal step on the gates
+    with dead gates held at zero. Returns the task loss (detached)."""
+    alive = gated.gates.detach() != 0
+    task = gated.model(**batch).loss
+    loss = task + l1 * gated.gates.abs().sum() / gated.gates.numel()
+    loss.backward()
+    gated.gates.grad.mul_(alive)
+    weights.step()
+    gate_optimizer.step()
+    proximal_step(gated.gates, xi, alive)
+    weights.zero_grad(set_to_none=True)
+    gate_optimizer.zero_grad(set_to_none=True)
+    return task.detach()
+
+
 def train(context, config: SoraConfig, directory=None) -> dict:
     """Sparse training, then the scheduler's rounds; gate snapshots along the way. With `directory`,
     the pruned adapter after the training stage is saved there. Returns plain data for the store."""
@@ -147,16 +164,7 @@ def train(context, config: SoraConfig, directory=None) -> dict:
             for stage, xi, steps in stages:
                 for _ in range(steps):
                     next(bar, None)
-                    alive = gated.gates.detach() != 0
-                    task = gated.model(**next(batches)).loss
-                    loss = task + config.l1 * gated.gates.abs().sum() / gated.gates.numel()
-                    loss.backward()
-                    gated.gates.grad.mul_(alive)
-                    weights.step()
-                    gate_optimizer.step()
-                    proximal_step(gated.gates, xi, alive)
-                    weights.zero_grad(set_to_none=True)
-                    gate_optimizer.zero_grad(set_to_none=True)
+                    task = sora_step(gated, next(batches), weights, gate_optimizer, config.l1, xi)
                     step += 1
                     history.append((step, stage, xi, float(task.detach()), int((gated.gates != 0).sum())))
                     if step % config.snapshot_every == 0 or step == total:

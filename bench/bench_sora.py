@@ -24,7 +24,7 @@ from bench_shapley import build, make_batches, timed  # noqa: E402
 
 from analysis.capture import adaptable_modules  # noqa: E402
 from analysis.gated_lora import gated_lora, lora_config  # noqa: E402
-from analysis.sora import proximal_step  # noqa: E402
+from analysis.sora import sora_step  # noqa: E402
 
 
 def lora_steps(model, modules, batches, r: int, repeats: int) -> list[float]:
@@ -52,15 +52,7 @@ def sora_steps(model, modules, batches, r: int, repeats: int, l1: float, xi: flo
 
         def steps():
             for batch in batches:
-                alive = gated.gates.detach() != 0
-                loss = gated.model(**batch).loss + l1 * gated.gates.abs().sum() / gated.gates.numel()
-                loss.backward()
-                gated.gates.grad.mul_(alive)
-                weights.step()
-                gate_optimizer.step()
-                proximal_step(gated.gates, xi, alive)
-                weights.zero_grad(set_to_none=True)
-                gate_optimizer.zero_grad(set_to_none=True)
+                sora_step(gated, batch, weights, gate_optimizer, l1, xi)
 
         return timed(steps, repeats)
 
