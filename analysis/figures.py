@@ -108,8 +108,10 @@ def cka_matrix_figure(matrix: pd.DataFrame, title: str = "") -> go.Figure:
     return figure
 
 
-def module_heatmap(modules: pd.DataFrame, title: str = "", value_label: str = "value") -> go.Figure:
-    """layer x module heatmap of per-module values, the standard error in the hover when there is one."""
+def module_heatmap(modules: pd.DataFrame, title: str = "", value_label: str = "value",
+                   zrange: tuple[float, float] | None = None) -> go.Figure:
+    """layer x module heatmap of per-module values, the standard error in the hover when there is one;
+    `zrange` fixes the colour scale (so frames of a slider stay comparable)."""
     matrix = layer_module_matrix(modules.assign(signal=""))
     hover = f"layer %{{y}}<br>%{{x}}<br>{value_label} %{{z:.4g}}"
     custom = None
@@ -119,6 +121,7 @@ def module_heatmap(modules: pd.DataFrame, title: str = "", value_label: str = "v
         hover += " ± %{customdata:.2g}"
     figure = go.Figure(go.Heatmap(z=matrix.values, x=list(matrix.columns), y=list(matrix.index), customdata=custom,
                                   **colour_scale(matrix.values.ravel()), colorbar={"title": value_label},
+                                  zmin=zrange[0] if zrange else None, zmax=zrange[1] if zrange else None,
                                   hovertemplate=hover + "<extra></extra>"))
     figure.update_layout(title=title, xaxis_title="module",
                          yaxis={"title": "layer", "dtick": 1, "autorange": "reversed"},
@@ -218,7 +221,8 @@ def sparsity_path_figure(history: pd.DataFrame, schedule: pd.DataFrame, title: s
                                 hovertemplate="%{text}<br>xi %{x:.3g}<br>total rank %{y}<extra></extra>"),
                      row=1, col=2)
     figure.update_xaxes(title_text="step", row=1, col=1)
-    figure.update_xaxes(title_text="xi", type="log", row=1, col=2)
+    figure.update_xaxes(title_text="xi", type="log", tickvals=list(schedule["xi"]),
+                        ticktext=[f"{xi:.3g}" for xi in schedule["xi"]], row=1, col=2)
     figure.update_yaxes(title_text="total rank", rangemode="tozero", row=1, col=1)
     figure.update_yaxes(rangemode="tozero", row=1, col=2)
     figure.update_layout(title=title, showlegend=False, height=380, margin={"l": 60, "r": 20, "t": 70, "b": 60})

@@ -29,7 +29,7 @@ shown = snapshots[snapshots["step"] == step]
 stage, xi = shown["stage"].iloc[0], shown["xi"].iloc[0]
 st.plotly_chart(module_heatmap(shown.rename(columns={"nonzero": "value"})[["layer", "module", "value"]],
                                title=f"Non-zero gates at step {step} ({stage}, xi {xi:.3g})",
-                               value_label="non-zero gates"))
+                               value_label="non-zero gates", zrange=(0, int(config.get("r_max", 8)))))
 csv_button(run, snapshots, "sora_snapshots")
 
 st.plotly_chart(rank_histogram(table, int(config.get("r_max", table["value"].max())),

@@ -99,6 +99,7 @@ def test_sora_signal_trains_sparsifies_and_saves_a_loadable_pruned_adapter(encod
     assert schedule["stage"].tolist() == ["train", "round 1", "round 2"]
     assert schedule["xi"].is_monotonic_increasing and schedule["total_rank"].is_monotonic_decreasing
     assert table["value"].sum() == history.loc[history["step"] == 12, "nonzero"].item()
+    assert result.tables["layers"]["value"].tolist() == table.groupby("layer")["value"].sum().tolist()
     assert sorted(result.tables["snapshots"]["step"].unique()) == [4, 8, 12, 16, 18, 20, 24]  # + stage ends
     assert 0 < table["value"].sum() < 36 * 4  # some ranks pruned, some kept
     # The pruned adapter, stored with the entry, loads with peft and has exactly the learned ranks.

@@ -1,9 +1,9 @@
 """SoRA gate sparsity: the ranks a sparse, gated LoRA keeps when trained with proximal-gradient gates.
 
 value per (layer, module) = the learned rank, the number of non-zero gates at the end of sparse
-training (analysis/sora.py); `magnitude` = the mean |gate| of the kept ranks. Extra tables:
-"snapshots" (per module, non-zero gates and mean |gate| every `snapshot_every` steps and at the end
-of each stage), "history" (task loss and total non-zero gates per step), "schedule" (the
+training (analysis/sora.py); `magnitude` = the mean |gate| of the kept ranks. Extra tables: "layers"
+(learned rank summed per layer), "snapshots" (per module, non-zero gates and mean |gate| every
+`snapshot_every` steps and at the end of each stage), "history" (task loss and total non-zero gates per step), "schedule" (the
 sparsifying scheduler: total learned rank at the end of each round against its threshold xi).
 The pruned adapter (a plain peft LoRA with rank_pattern = the learned ranks) is saved in the store
 entry's `adapter/` folder, loadable with PeftModel.from_pretrained.
@@ -46,7 +46,9 @@ def compute(context, config: SoraConfig) -> Result:
     schedule = ends[["stage", "xi", "nonzero"]].rename(columns={"nonzero": "total_rank"}).reset_index(drop=True)
     meta = {"trainable_before": lora_parameter_count(modules, [config.r_max] * len(modules)),
             "trainable_after": lora_parameter_count(modules, ranks), "adapter_files": sorted(adapter)}
-    return Result(table, tables={"snapshots": snapshots, "history": history, "schedule": schedule},
+    layers = table.groupby("layer", as_index=False)["value"].sum()
+    tables = {"snapshots": snapshots, "history": history, "schedule": schedule, "layers": layers}
+    return Result(table, tables=tables,
                   files={f"adapter/{name}": data for name, data in adapter.items()}, meta=meta)
 
 
