@@ -91,7 +91,7 @@ def save_pruned(gated: GatedLoRA, directory, base_model_name_or_path: str | None
 class SoraConfig:
     r_max: int = field(default=8, metadata={"help": "gated ranks per adapted module at the start"})
     alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale alpha / r_max, kept when pruning)"})
-    steps: int = field(default=300, metadata={"help": "sparse training steps on the train split"})
+    steps: int = field(default=200, metadata={"help": "sparse training steps on the train split"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of A, B (and the head)"})
     gate_lr: float = field(default=1e-2, metadata={"help": "AdamW learning rate of the gates"})
     l1: float = field(default=1e-3, metadata={"help": "weight of mean |gate| in the loss"})
@@ -100,7 +100,7 @@ class SoraConfig:
     batch_size: int = field(default=16, metadata={"help": "training examples per step"})
     snapshot_every: int = field(default=25, metadata={"help": "steps between gate snapshots"})
     rounds: int = field(default=4, metadata={"help": "sparsifying-scheduler rounds after training (0: none)"})
-    round_steps: int = field(default=40, metadata={"help": "training steps per scheduler round"})
+    round_steps: int = field(default=25, metadata={"help": "training steps per scheduler round"})
     xi_max: float = field(default=2e-2, metadata={"help": "threshold of the last scheduler round"})
     grid: str = field(default="log", metadata={"help": "log or linear spacing of the rounds' thresholds"})
 
