@@ -5,6 +5,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
+from analysis.rank_tables import per_module
+
 # Colour-blind-safe sequential scale (viridis) for importance heatmaps.
 HEATMAP_SCALE = "Viridis"
 
@@ -30,20 +32,11 @@ def layer_module_matrix(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def signal_figure(table: pd.DataFrame, title: str = "") -> go.Figure:
-    """A layer x module heatmap; a bar per layer when the signal is layer-level (module == 'block')."""
+    """A layer x module heatmap (per-rank values summed); a bar per layer when the signal is layer-level
+    (module == 'block')."""
     if set(table["module"]) == {"block"}:
-        per_layer = table.groupby("layer")["value"].sum()
-        figure = go.Figure(go.Bar(x=per_layer.index, y=per_layer.values, marker_color="#3b528b"))
-        figure.update_layout(xaxis_title="layer", yaxis_title="value")
-    else:
-        matrix = layer_module_matrix(table)
-        figure = go.Figure(go.Heatmap(z=matrix.values, x=list(matrix.columns), y=list(matrix.index),
-                                      colorscale=HEATMAP_SCALE, colorbar={"title": "value"},
-                                      hovertemplate="layer %{y}<br>%{x}<br>value %{z:.4g}<extra></extra>"))
-        figure.update_layout(xaxis_title="module", yaxis_title="layer", yaxis={"dtick": 1, "autorange": "reversed"},
-                             height=max(320, 28 * len(matrix) + 160))
-    figure.update_layout(title=title, margin={"l": 60, "r": 20, "t": 50, "b": 60})
-    return figure
+        return layer_bars(table.groupby("layer", as_index=False)["value"].sum(), title)
+    return module_heatmap(per_module(table), title)
 
 
 def _depth_axis(blocks: int) -> dict:
@@ -112,7 +105,7 @@ def module_heatmap(modules: pd.DataFrame, title: str = "", value_label: str = "v
                    zrange: tuple[float, float] | None = None) -> go.Figure:
     """layer x module heatmap of per-module values, the standard error in the hover when there is one;
     `zrange` fixes the colour scale (so frames of a slider stay comparable)."""
-    matrix = layer_module_matrix(modules.assign(signal=""))
+    matrix = layer_module_matrix(modules)
     hover = f"layer %{{y}}<br>%{{x}}<br>{value_label} %{{z:.4g}}"
     custom = None
     if "stderr" in modules:

@@ -31,10 +31,6 @@ class Run:
     def newest(self) -> float:
         return max(e.meta.get("created", 0) for variants in self.entries.values() for e in variants)
 
-    def latest(self, signal: str) -> Entry | None:
-        variants = self.entries.get(signal)
-        return variants[0] if variants else None
-
 
 def runs(store: Store, signals: set[str] | None = None) -> list[Run]:
     """Runs holding at least one of `signals` (any signal when None), newest first."""
