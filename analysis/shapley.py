@@ -49,7 +49,6 @@ def contribution_weights(mask: torch.Tensor) -> torch.Tensor:
 class ShapleyEstimate:
     samples: torch.Tensor          # (T, *players): per-sample contributions x, float64
     masks: torch.Tensor            # (T, *players)
-    values: torch.Tensor           # (T,): v at each sampled mask (from its part, scaled to the whole)
 
     @property
     def count(self) -> int:
@@ -87,7 +86,7 @@ def estimate(gradient_at: Callable[[torch.Tensor, int], tuple[torch.Tensor, torc
     """Sample coalitions until `max_samples`, or earlier once the groups' estimates are resolved.
 
     The value is a sum over `parts` (validation batches, say): v = sum_b v_b, and
-    gradient_at(mask, b) returns (v_b(mask), dv_b/dmask). Coalition t is evaluated on part
+    gradient_at(mask, b) returns (v_b(mask), dv_b/dmask), of which the gradient is used. Coalition t is evaluated on part
     t mod parts only, its contribution scaled by `parts`; by linearity of the Shapley value in v
     this is unbiased for v's Shapley value, and one pass over all parts yields `parts` coalitions
     for the cost of one full evaluation. With parts = 1 every coalition sees the whole v. The
@@ -102,20 +101,19 @@ def estimate(gradient_at: Callable[[torch.Tensor, int], tuple[torch.Tensor, torc
         raise ValueError("Shapley sampling needs at least one sample and one part.")
     max_samples = -(-max_samples // parts) * parts  # whole passes, so every part weighs the same
     masks = sample_coalitions(max_samples, shape, generator)
-    samples, values = [], []
+    samples = []
     total = squares = 0.0
     for t in iterate(range(max_samples)):
-        value, gradient = gradient_at(masks[t], t % parts)
+        _, gradient = gradient_at(masks[t], t % parts)
         weights = contribution_weights(masks[t]).to(gradient.device) * parts
         sample = weights * gradient.detach().to(torch.float64)
         samples.append(sample)  # kept on the device: no synchronisation per sample
-        values.append(torch.as_tensor(value).detach().double().reshape(()))
         grouped = groups(sample) if groups else sample.reshape(-1)
         total, squares = total + grouped, squares + grouped ** 2
         whole_pass = (t + 1) % parts == 0
         if tolerance > 0 and whole_pass and t + 1 >= min_samples and resolved(total, squares, t + 1, tolerance):
             break
-    return ShapleyEstimate(torch.stack(samples).cpu(), masks[: len(samples)], torch.stack(values).cpu() * parts)
+    return ShapleyEstimate(torch.stack(samples).cpu(), masks[: len(samples)])
 
 
 def running_estimates(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

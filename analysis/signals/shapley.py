@@ -124,24 +124,28 @@ def loss_function(gated, batches: list[dict], task: str, per_batch: bool, forwar
     return gradient_at, value_at, len(batches) if per_batch else 1
 
 
+def _per_layer(samples: torch.Tensor, modules) -> tuple[list[int], torch.Tensor]:
+    """The layers and, per sample, each layer's summed loss reduction: (T, layers)."""
+    layers = sorted({m.layer for m in modules})
+    index = torch.tensor([layers.index(m.layer) for m in modules])
+    sums = torch.zeros(samples.shape[0], len(layers), dtype=samples.dtype)
+    return layers, sums.index_add_(1, index, -samples.sum(dim=2))
+
+
 def _sums(samples: torch.Tensor, modules, by: str) -> pd.DataFrame:
     """Per-module or per-layer sums of the per-sample contributions, with the standard error of each sum."""
-    per_module = -samples.sum(dim=2)                                     # (T, modules), loss reduction
     if by == "layer":
-        layers = sorted({m.layer for m in modules})
-        index = torch.tensor([layers.index(m.layer) for m in modules])
-        sums = torch.zeros(samples.shape[0], len(layers), dtype=samples.dtype).index_add_(1, index, per_module)
+        layers, sums = _per_layer(samples, modules)
         return pd.DataFrame({"layer": layers, "value": sums.mean(0).tolist(),
                              "stderr": shapley.standard_error(sums).tolist()})
+    per_module = -samples.sum(dim=2)                                     # (T, modules), loss reduction
     return pd.DataFrame({"layer": [m.layer for m in modules], "module": [m.name for m in modules],
                          "value": per_module.mean(0).tolist(), "stderr": shapley.standard_error(per_module).tolist()})
 
 
 def _convergence(samples: torch.Tensor, modules, parts: int) -> pd.DataFrame:
     """Per-layer estimates after each whole pass over the parts (mid-pass, some parts weigh more)."""
-    layers = sorted({m.layer for m in modules})
-    index = torch.tensor([layers.index(m.layer) for m in modules])
-    per_layer = torch.zeros(samples.shape[0], len(layers), dtype=samples.dtype).index_add_(1, index, -samples.sum(2))
+    layers, per_layer = _per_layer(samples, modules)
     mean, stderr = shapley.running_estimates(per_layer)
     counts = list(range(parts, samples.shape[0] + 1, parts))
     return pd.DataFrame({"samples": [t for t in counts for _ in layers], "layer": layers * len(counts),
