@@ -89,9 +89,9 @@ def estimate(gradient_at: Callable[[torch.Tensor, int], tuple[torch.Tensor, torc
     gradient_at(mask, b) returns (v_b(mask), dv_b/dmask), of which the gradient is used.
     Coalition t is evaluated on part t mod parts only, its contribution scaled by `parts`; by
     linearity of the Shapley value in v this is unbiased for v's Shapley value, and one pass over
-    all parts yields `parts` coalitions for the cost of one full evaluation. With parts = 1 every coalition sees the whole v. The
-    standard error treats the samples as independent, which over unequal parts errs on the
-    large side. max_samples is rounded up to whole passes and the stopping rule is checked at whole
+    all parts yields `parts` coalitions for the cost of one full evaluation. With parts = 1 every
+    coalition sees the whole v. The standard error treats the samples as independent, which over
+    unequal parts errs on the large side. max_samples is rounded up to whole passes and the stopping rule is checked at whole
     passes only, so every part weighs the same.
 
     groups maps one sample (players) to a vector of group sums (default: every player alone).
