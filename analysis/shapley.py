@@ -91,8 +91,8 @@ def estimate(gradient_at: Callable[[torch.Tensor, int], tuple[torch.Tensor, torc
     linearity of the Shapley value in v this is unbiased for v's Shapley value, and one pass over
     all parts yields `parts` coalitions for the cost of one full evaluation. With parts = 1 every
     coalition sees the whole v. The standard error treats the samples as independent, which over
-    unequal parts errs on the large side. max_samples is rounded up to whole passes and the stopping rule is checked at whole
-    passes only, so every part weighs the same.
+    unequal parts errs on the large side. max_samples is rounded up to whole passes and the
+    stopping rule is checked at whole passes only, so every part weighs the same.
 
     groups maps one sample (players) to a vector of group sums (default: every player alone).
     tolerance 0 always takes max_samples. `iterate` wraps the sample loop (a progress bar, say).
