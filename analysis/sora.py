@@ -22,7 +22,7 @@ import torch
 from analysis.errors import UserError
 from analysis.gated_lora import ADAPTER, GatedLoRA, gated_lora
 from analysis.progress import progress
-from analysis.warmup import head_parameters
+from analysis.warmup import head_kept
 
 
 @torch.no_grad()
@@ -45,7 +45,7 @@ def pruned_adapter(gated: GatedLoRA) -> tuple[dict, dict[str, torch.Tensor]]:
     ranks = learned_ranks(gates)
     kept = [i for i, r in enumerate(ranks) if r > 0]
     if not kept:
-        raise ValueError("Every gate is zero: the pruned adapter would be empty.")
+        raise UserError("Every gate is zero, so the pruned adapter would be empty; lower sora.xi or sora.l1.")
     base_rank = max(ranks)
     config = {
         "r": base_rank, "lora_alpha": gated.scaling * base_rank,
@@ -140,46 +140,37 @@ def train(context, config: SoraConfig, directory=None) -> dict:
     """Sparse training, then the scheduler's rounds; gate snapshots along the way. With `directory`,
     the pruned adapter after the training stage is saved there. Returns plain data for the store."""
     model, modules = context.model, context.modules
-    head = head_parameters(model, context.prepared.task)
-    original_head = {name: p.detach().clone() for name, p in head.items()}
     generator = torch.Generator().manual_seed(context.settings.seed)
     initial = torch.randn(len(modules), config.r_max, generator=generator)
     stages = [("train", config.xi, config.steps)] + [
         (f"round {k + 1}", xi, config.round_steps) for k, xi in enumerate(scheduler_thresholds(config))]
-    snapshots, history, learned = [], [], None
-    was_training = model.training
-    try:
-        with gated_lora(model, modules, config.r_max, config.alpha, seed=context.settings.seed,
-                        gates=initial) as gated:
-            for p in head.values():
-                p.requires_grad_(True)
-            weights = torch.optim.AdamW(gated.lora_parameters() + list(head.values()), lr=config.lr,
-                                        weight_decay=0.0)
-            gate_optimizer = torch.optim.AdamW([gated.gates], lr=config.gate_lr, weight_decay=0.0)
-            batches = itertools.cycle(context.batches("train", config.batch_size, desc="train batches"))
-            model.train()
-            step = 0
-            total = sum(steps for _, _, steps in stages)
-            bar = progress(range(total), total=total, desc="sora", unit="step")
-            for stage, xi, steps in stages:
-                for _ in range(steps):
-                    next(bar, None)
-                    task = sora_step(gated, next(batches), weights, gate_optimizer, config.l1, xi)
-                    step += 1
-                    history.append((step, stage, xi, float(task.detach()), int((gated.gates != 0).sum())))
-                    if step % config.snapshot_every == 0 or step == total:
-                        snapshots.append((step, stage, xi, gated.gates.detach().cpu().clone()))
-                if not snapshots or snapshots[-1][0] != step:  # every stage ends with a snapshot
+    total = sum(steps for _, _, steps in stages)
+    snapshots, steps_run, losses, nonzero, learned = [], [], [], [], None
+    with head_kept(model, context.prepared.task) as head, \
+            gated_lora(model, modules, config.r_max, config.alpha, seed=context.settings.seed, gates=initial) as gated:
+        for p in head.values():
+            p.requires_grad_(True)
+        weights = torch.optim.AdamW(gated.lora_parameters() + list(head.values()), lr=config.lr, weight_decay=0.0)
+        gate_optimizer = torch.optim.AdamW([gated.gates], lr=config.gate_lr, weight_decay=0.0)
+        batches = itertools.cycle(context.batches("train", config.batch_size, desc="train batches"))
+        model.train()
+        bar = progress(range(total), total=total, desc="sora", unit="step")
+        step = 0
+        for stage, xi, steps in stages:
+            for _ in range(steps):
+                next(bar, None)
+                losses.append(sora_step(gated, next(batches), weights, gate_optimizer, config.l1, xi))
+                nonzero.append((gated.gates != 0).sum())  # both kept on the device: no synchronisation per step
+                step += 1
+                steps_run.append((step, stage, xi))
+                if step % config.snapshot_every == 0:
                     snapshots.append((step, stage, xi, gated.gates.detach().cpu().clone()))
-                if stage == "train":
-                    learned = gated.gates.detach().cpu().clone()
-                    if directory is not None and not learned.any():
-                        raise UserError("SoRA pruned every rank during training; lower sora.xi or sora.l1.")
-                    if directory is not None:
-                        save_pruned(gated, directory, str(context.prepared.source.path))
-    finally:
-        model.train(was_training)
-        with torch.no_grad():
-            for name, p in head.items():
-                p.copy_(original_head[name])
+            if not snapshots or snapshots[-1][0] != step:  # every stage ends with a snapshot
+                snapshots.append((step, stage, xi, gated.gates.detach().cpu().clone()))
+            if stage == "train":
+                learned = gated.gates.detach().cpu().clone()
+                if directory is not None:
+                    save_pruned(gated, directory, str(context.prepared.source.path))
+    history = [(*row, loss, count) for row, loss, count in
+               zip(steps_run, torch.stack(losses).float().cpu().tolist(), torch.stack(nonzero).cpu().tolist())]
     return {"snapshots": snapshots, "history": history, "learned": learned}

@@ -56,6 +56,22 @@ def head_parameters(model: torch.nn.Module, task: str) -> dict[str, torch.nn.Par
     return {name: p for name, p in model.named_parameters() if not name.startswith(prefix)}
 
 
+@contextlib.contextmanager
+def head_kept(model: torch.nn.Module, task: str):
+    """Yields the task head's parameters (see head_parameters); on exit, however it comes, puts back
+    their values and the model's train/eval mode, so training a head here leaves no trace."""
+    head = head_parameters(model, task)
+    original = {name: p.detach().clone() for name, p in head.items()}
+    was_training = model.training
+    try:
+        yield head
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for name, p in head.items():
+                p.copy_(original[name])
+
+
 class AdaLoRAScores:
     """AdaLoRA's smoothed sensitivity x uncertainty, element-wise, over the steps it is updated."""
 
@@ -79,38 +95,30 @@ class AdaLoRAScores:
 
 
 def _train(context, config: WarmupConfig) -> Result:
-    model, task = context.model, context.prepared.task
-    head = head_parameters(model, task)
-    original_head = {name: p.detach().clone() for name, p in head.items()}
-    was_training = model.training
-    try:
-        with gated_lora(model, context.modules, config.r_max, config.alpha, seed=context.settings.seed) as gated:
-            gated.gates.requires_grad_(False)
-            for p in head.values():
-                p.requires_grad_(True)
-            params = gated.lora_parameters()
-            optimizer = torch.optim.AdamW(params + list(head.values()), lr=config.warmup_lr, weight_decay=0.0)
-            scores = AdaLoRAScores(params)
-            # Tokenized as consumed: only the first steps x batch-size training examples, cycled if fewer.
-            batches = itertools.cycle(context.batches("train", config.warmup_batch_size, desc="train batches"))
-            losses = []
-            started = time.perf_counter()
-            model.train()
-            for _ in progress(range(config.warmup_steps), total=config.warmup_steps, desc="warm-up"):
-                loss = gated.model(**next(batches)).loss
-                loss.backward()
-                scores.update()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.detach())  # kept on the device: no synchronisation per step
-            tensors = {**{f"lora.{k}": v for k, v in gated.adapter_state().items()},
-                       **{f"head.{name}": p.detach().cpu() for name, p in head.items()},
-                       "adalora": scores.per_rank()}
-    finally:
-        model.train(was_training)
-        with torch.no_grad():
-            for name, p in head.items():
-                p.copy_(original_head[name])
+    model = context.model
+    with head_kept(model, context.prepared.task) as head, \
+            gated_lora(model, context.modules, config.r_max, config.alpha, seed=context.settings.seed) as gated:
+        gated.gates.requires_grad_(False)
+        for p in head.values():
+            p.requires_grad_(True)
+        params = gated.lora_parameters()
+        optimizer = torch.optim.AdamW(params + list(head.values()), lr=config.warmup_lr, weight_decay=0.0)
+        scores = AdaLoRAScores(params)
+        # Tokenized as consumed: only the first steps x batch-size training examples, cycled if fewer.
+        batches = itertools.cycle(context.batches("train", config.warmup_batch_size, desc="train batches"))
+        losses = []
+        started = time.perf_counter()
+        model.train()
+        for _ in progress(range(config.warmup_steps), total=config.warmup_steps, desc="warm-up"):
+            loss = gated.model(**next(batches)).loss
+            loss.backward()
+            scores.update()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())  # kept on the device: no synchronisation per step
+        tensors = {**{f"lora.{k}": v for k, v in gated.adapter_state().items()},
+                   **{f"head.{name}": p.detach().cpu() for name, p in head.items()},
+                   "adalora": scores.per_rank()}
     curve = pd.DataFrame({"step": range(1, len(losses) + 1), "loss": torch.stack(losses).float().cpu().tolist()})
     return Result(pd.DataFrame(columns=["signal", "layer", "module", "value"]), tables={"losses": curve},
                   tensors=tensors,
@@ -129,24 +137,16 @@ def warm_up(context, config: WarmupConfig) -> Entry:
 
 @contextlib.contextmanager
 def warm_adapter(context, config: WarmupConfig):
-    """The model with the warmed-up gated adapter (and trained head) in place; yields (GatedLoRA, entry)."""
+    """The model in eval mode with the warmed-up gated adapter (and trained head) in place; yields
+    (GatedLoRA, entry)."""
     entry = warm_up(context, config)
     tensors = entry.tensors()
     model = context.model
-    head = head_parameters(model, context.prepared.task)
-    original_head = {name: p.detach().clone() for name, p in head.items()}
-    was_training = model.training
-    model.eval()
-    try:
+    with head_kept(model, context.prepared.task) as head:
+        model.eval()
         with torch.no_grad():
             for name, p in head.items():
                 p.copy_(tensors[f"head.{name}"])
         with gated_lora(model, context.modules, config.r_max, config.alpha, seed=context.settings.seed) as gated:
             gated.load_adapter_state({k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")})
             yield gated, entry
-    finally:
-        with torch.no_grad():
-            for name, p in head.items():
-                p.copy_(original_head[name])
-        model.train(was_training)
-

@@ -3,8 +3,9 @@
 value per (layer, module) = the learned rank, the number of non-zero gates at the end of sparse
 training (analysis/sora.py); `magnitude` = the mean |gate| of the kept ranks. Extra tables: "layers"
 (learned rank summed per layer), "snapshots" (per module, non-zero gates and mean |gate| every
-`snapshot_every` steps and at the end of each stage), "history" (task loss and total non-zero gates per step), "schedule" (the
-sparsifying scheduler: total learned rank at the end of each round against its threshold xi).
+`snapshot_every` steps and at the end of each stage), "history" (task loss and total non-zero gates
+per step), "schedule" (the sparsifying scheduler: total learned rank at the end of each round
+against its threshold xi).
 The pruned adapter (a plain peft LoRA with rank_pattern = the learned ranks) is saved in the store
 entry's `adapter/` folder, loadable with PeftModel.from_pretrained.
 
