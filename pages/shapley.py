@@ -3,7 +3,6 @@ AdaLoRA's sensitivity and with captum's exact-loss reference: all read from the 
 import streamlit as st
 
 from analysis.figures import agreement_figure, convergence_figure, layer_bars, module_heatmap, rank_heatmap
-from analysis.rank_tables import per_module
 from analysis.results import spearman
 from pages.shared.widgets import choose_run, csv_button, pick
 
@@ -48,12 +47,12 @@ else:
 
 st.header("Agreement")
 if shapley_modules is not None and adalora_entry is not None:
-    adalora_modules = per_module(adalora_entry.table())
+    adalora_modules = adalora_entry.table("modules")
     rho = spearman(shapley_modules, adalora_modules)
     st.plotly_chart(agreement_figure(shapley_modules, adalora_modules, "Shapley", "AdaLoRA",
                                      title=f"Shapley vs AdaLoRA sensitivity per module: Spearman {rho:.2f}"))
 elif adalora_entry is not None:
-    st.plotly_chart(module_heatmap(per_module(adalora_entry.table()), title="AdaLoRA sensitivity per module",
+    st.plotly_chart(module_heatmap(adalora_entry.table("modules"), title="AdaLoRA sensitivity per module",
                                    value_label="score"))
     st.info("Compute `shapley` for this run to compare it with AdaLoRA's sensitivity.")
 else:

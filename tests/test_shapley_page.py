@@ -5,6 +5,7 @@ import pandas as pd
 from streamlit.testing.v1 import AppTest
 
 from analysis.context import RunSettings
+from analysis.rank_tables import per_module
 from analysis.registry import get_signal
 from analysis.runner import run_signals
 from analysis.store import Result, Store
@@ -48,8 +49,8 @@ def test_real_results_render_every_view_with_standard_errors(cache_dir):
 def test_adalora_alone_is_shown_and_shapley_asked_for(cache_dir):
     table = pd.DataFrame({"signal": "adalora", "layer": [0, 0, 1, 1], "module": ["q", "q", "k", "k"],
                           "value": [0.1, 0.2, 0.3, 0.4], "rank": [0, 1, 0, 1]})
-    Store(cache_dir).put("a1", Result(table), {"signal": "adalora", "context_key": "ctx", "model_name": "tiny",
-                                               "data": "d", "config": {}})
+    Store(cache_dir).put("a1", Result(table, tables={"modules": per_module(table)}),
+                         {"signal": "adalora", "context_key": "ctx", "model_name": "tiny", "data": "d", "config": {}})
     app = _page()
     assert not app.exception
     assert any("not computed for this run yet (signal `shapley`)" in info.value for info in app.info)
