@@ -69,6 +69,13 @@ def tiny_gpt2(layers: int = 2, hidden: int = 32):
                                       n_positions=64)).eval()
 
 
+def randomize_adapter(gated, generator: torch.Generator, scale: float = 0.3) -> dict[str, torch.Tensor]:
+    """Random A and B (normal, times `scale`) for a gated adapter, so that it changes the outputs."""
+    state = {name: torch.randn(t.shape, generator=generator) * scale for name, t in gated.adapter_state().items()}
+    gated.load_adapter_state(state)
+    return state
+
+
 def random_batch(vocab: int = 128, batch: int = 3, length: int = 9, seed: int = 0):
     """Token ids with ragged right padding: example b has length - 2*b real tokens."""
     generator = torch.Generator().manual_seed(seed)

@@ -5,14 +5,7 @@ from peft import get_peft_model
 
 from analysis.capture import adaptable_modules
 from analysis.gated_lora import gated_lora, lora_config
-from tests.conftest import random_batch, tiny_gpt2, tiny_llama
-
-
-def _randomize_adapter(gated, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    state = {name: torch.randn(t.shape, generator=generator) * 0.3 for name, t in gated.adapter_state().items()}
-    gated.load_adapter_state(state)
-    return state
+from tests.conftest import random_batch, randomize_adapter, tiny_gpt2, tiny_llama
 
 
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2])
@@ -23,7 +16,7 @@ def test_all_gates_on_equals_the_plain_peft_adapter(build):
     with torch.no_grad():
         base = model(**batch).logits
     with gated_lora(model, modules, r_max=4, alpha=8) as gated:
-        state = _randomize_adapter(gated)
+        state = randomize_adapter(gated, torch.Generator().manual_seed(1))
         with torch.no_grad():
             gated_out = gated.model(**batch).logits
     plain_model = build()
@@ -49,7 +42,7 @@ def test_gate_gradient_equals_finite_differences_and_masks_remove_ranks():
     batch = random_batch()
     with gated_lora(model, modules, r_max=3, alpha=6) as gated:
         gated.freeze_adapter(torch.float64)  # peft keeps adapters in float32 unless told otherwise
-        _randomize_adapter(gated)
+        randomize_adapter(gated, torch.Generator().manual_seed(1))
         gated.gates.data = gated.gates.data.double()
 
         def loss(gates):

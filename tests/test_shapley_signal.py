@@ -12,7 +12,7 @@ from analysis.registry import TIDY_COLUMNS, get_signal, make_config
 from analysis.shapley import estimate
 from analysis.signals.shapley import checkpointing_in_eval, loss_function
 from analysis.warmup import AdaLoRAScores, WarmupConfig, warm_up
-from tests.conftest import random_batch, tiny_llama
+from tests.conftest import random_batch, randomize_adapter, tiny_llama
 
 FAST_WARMUP = {"warmup_steps": "6", "warmup_batch_size": "8", "r_max": "4"}
 
@@ -27,8 +27,7 @@ def random_gated_llama(r_max: int, seed: int, batches: int = 1, scale: float = 0
         batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     with gated_lora(model, modules, r_max=r_max, alpha=2 * r_max) as gated:
         generator = torch.Generator().manual_seed(seed)
-        gated.load_adapter_state({k: torch.randn(v.shape, generator=generator) * scale
-                                  for k, v in gated.adapter_state().items()})
+        randomize_adapter(gated, generator, scale)
         gated.freeze_adapter()
         yield model, modules, gated, data, generator
 

@@ -7,7 +7,7 @@ from peft import PeftModel
 from analysis.capture import adaptable_modules
 from analysis.gated_lora import gated_lora
 from analysis.sora import learned_ranks, lora_parameter_count, proximal_step, save_pruned
-from tests.conftest import random_batch, tiny_gpt2, tiny_llama
+from tests.conftest import random_batch, randomize_adapter, tiny_gpt2, tiny_llama
 
 
 def test_proximal_step_matches_a_hand_computed_example():
@@ -34,19 +34,22 @@ def _sparse_gates(modules, r_max, seed):
     return gates
 
 
+def _gated_then_pruned(model, modules, batch, gates, seed, scale, directory):
+    """The gated model's logits with random A and B and these gates, and the pruned adapter saved."""
+    with gated_lora(model, modules, r_max=4, alpha=8, gates=gates) as gated:
+        randomize_adapter(gated, torch.Generator().manual_seed(seed), scale)
+        with torch.no_grad():
+            expected = gated.model(**batch).logits
+        return expected, save_pruned(gated, directory)
+
+
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2])
 def test_pruned_peft_adapter_computes_what_the_gated_model_computes(build, tmp_path):
     model = build()
     modules = adaptable_modules(model)
     batch = random_batch()
     gates = _sparse_gates(modules, 4, seed=1)
-    with gated_lora(model, modules, r_max=4, alpha=8, gates=gates) as gated:
-        generator = torch.Generator().manual_seed(2)
-        gated.load_adapter_state({k: torch.randn(v.shape, generator=generator) * 0.3
-                                  for k, v in gated.adapter_state().items()})
-        with torch.no_grad():
-            expected = gated.model(**batch).logits
-        config = save_pruned(gated, tmp_path / "pruned")
+    expected, config = _gated_then_pruned(model, modules, batch, gates, 2, 0.3, tmp_path / "pruned")
     ranks = learned_ranks(gates)
     loaded = PeftModel.from_pretrained(build(), tmp_path / "pruned").eval()
     with torch.no_grad():
@@ -64,17 +67,10 @@ def test_pruned_peft_adapter_computes_what_the_gated_model_computes(build, tmp_p
 def test_pruned_encoder_adapter_matches_on_the_embedded_model(minilm, tmp_path, session_cache):
     from analysis.sources import load_model, resolve_model
 
-    model = minilm.model
-    modules = adaptable_modules(model)
+    modules = adaptable_modules(minilm.model)
     batch = minilm.tokenizer(["a gripping, funny film", "dull"], padding=True, return_tensors="pt")
     gates = _sparse_gates(modules, 4, seed=3)
-    with gated_lora(model, modules, r_max=4, alpha=8, gates=gates) as gated:
-        generator = torch.Generator().manual_seed(4)
-        gated.load_adapter_state({k: torch.randn(v.shape, generator=generator) * 0.05
-                                  for k, v in gated.adapter_state().items()})
-        with torch.no_grad():
-            expected = gated.model(**batch).logits
-        save_pruned(gated, tmp_path / "pruned")
+    expected, _ = _gated_then_pruned(minilm.model, modules, batch, gates, 4, 0.05, tmp_path / "pruned")
     base = load_model(resolve_model("minilm", session_cache), "classification", num_labels=2, seed=0).model
     loaded = PeftModel.from_pretrained(base, tmp_path / "pruned").eval()
     with torch.no_grad():
