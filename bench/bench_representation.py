@@ -21,10 +21,12 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from analysis.context import AnalysisContext, RunSettings, prepare  # noqa: E402
 from analysis.registry import get_signal, make_config  # noqa: E402
 from analysis.store import Store  # noqa: E402
 from analysis.twonn import twonn  # noqa: E402
+from llama_shapes import random_llama  # noqa: E402
 
 
 def synchronize():
@@ -34,14 +36,9 @@ def synchronize():
 
 def build_model_dir(root: Path, layers: int) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    config = LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=layers,
-                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
-                         tie_word_embeddings=True, rope_theta=500000.0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(root)
+    random_llama("1b", layers).save_pretrained(root)
     vocab = {"[PAD]": 0, "[UNK]": 1, **{f"w{i}": i + 2 for i in range(20000)}}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()

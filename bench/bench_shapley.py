@@ -19,28 +19,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from analysis import shapley  # noqa: E402
 from analysis.capture import adaptable_modules  # noqa: E402
 from analysis.gated_lora import gated_lora, lora_config  # noqa: E402
 from analysis.signals.shapley import checkpointing_in_eval, loss_function  # noqa: E402
-
-SHAPES = {
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8),
-    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8),
-}
-
-
-def build(shape: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=128256, max_position_embeddings=4096, tie_word_embeddings=shape == "1b",
-                         rope_theta=500000.0, **SHAPES[shape])
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-    return model.eval()
+from llama_shapes import random_llama  # noqa: E402
 
 
 def make_batches(examples: int, length: int, batch_size: int) -> list[dict]:
@@ -156,7 +140,7 @@ def main() -> None:
     results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                      "date": time.strftime("%Y-%m-%d"), "args": {k: str(v) for k, v in vars(args).items()}}
 
-    model = build("1b")
+    model = random_llama("1b", device="cuda")
     modules = adaptable_modules(model)
     batches = make_batches(args.examples, args.length, args.batch_size)
     results["floor"] = floor_passes(model, batches, args.repeats)
@@ -173,7 +157,7 @@ def main() -> None:
     del model, batches
     torch.cuda.empty_cache()
     if args.large_examples:
-        model = build("8b")
+        model = random_llama("8b", device="cuda")
         batches = make_batches(args.large_examples, args.length, args.batch_size)
         results["8b_checkpointed"] = coalition_samples(model, adaptable_modules(model), batches, args.rank, 1, 0,
                                                        True)

@@ -20,7 +20,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from bench_shapley import build, make_batches, timed  # noqa: E402
+from bench_shapley import make_batches, timed  # noqa: E402
+from llama_shapes import random_llama  # noqa: E402
 
 from analysis.capture import adaptable_modules  # noqa: E402
 from analysis.gated_lora import gated_lora, lora_config  # noqa: E402
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench_sora.json"))
     args = parser.parse_args()
-    model = build("1b")
+    model = random_llama("1b", device="cuda")
     modules = adaptable_modules(model)
     batches = make_batches(args.steps * args.batch_size, args.length, args.batch_size)
     lora = lora_steps(model, modules, batches, args.rank, args.repeats)
