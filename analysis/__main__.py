@@ -1,4 +1,4 @@
-"""Command line: python -m analysis {run, show, list, signals, plan, retrain, export}.
+"""Command line: python -m analysis {run, show, list, signals, plan, retrain, compare, export}.
 
 Every flag is optional; the defaults are the embedded MiniLM encoder and Rotten Tomatoes.
 Errors are one sentence on stderr and a non-zero exit code, never a traceback.
@@ -16,7 +16,7 @@ from analysis.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
-NOT_YET = {"plan": "rank plans from a budget", "retrain": "retraining with a plan", "export": "figure export"}
+NOT_YET = {"export": "figure export"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -141,6 +141,109 @@ def cmd_signals(args) -> int:
     return 0
 
 
+def _limits(args):
+    from analysis.allocate import Limits
+    types = tuple(t.strip() for t in args.modules.split(",") if t.strip()) if args.modules else None
+    return Limits(args.min_rank, args.max_rank, types, args.block_rank)
+
+
+def _plan_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("budget and limits")
+    group.add_argument("--budget", default="r4", help="trainable LoRA parameters (150000, 150k, 1.2M) or an "
+                       "average rank (r4: what uniform rank 4 costs) (default: %(default)s)")
+    group.add_argument("--min-rank", type=int, default=0, help="every allowed module gets at least this rank "
+                       "(default 0: modules may be left out)")
+    group.add_argument("--max-rank", type=int, default=64, help="no module gets more (default: %(default)s)")
+    group.add_argument("--modules", default=None, help="comma-separated module types that may receive rank "
+                       "(e.g. query,value or q_proj,v_proj; default: all)")
+    group.add_argument("--block-rank", type=int, default=8, help="rank of each block a CKA plan selects "
+                       "(default: %(default)s)")
+    group.add_argument("--alpha-ratio", type=float, default=2.0, help="lora_alpha = ratio x rank in every module "
+                       "(default: %(default)s)")
+    parser.add_argument("--set", action="append", metavar="SIGNAL.OPTION=VALUE",
+                        help="which cached variant of a signal to plan from (default: the newest)")
+
+
+def cmd_plan(args) -> int:
+    from analysis.context import prepare
+    from analysis.plan import write_plan
+    from analysis.methods import make_plan
+    prepared = prepare(_settings(args), _store(args))
+    plan = make_plan(prepared, args.signal, args.budget, _limits(args), args.alpha_ratio, args.rslora,
+                     args.dropout, _overrides(args.set))
+    for warning in plan["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    write_plan(plan, args.out)
+    ranks = sorted(set([plan["r"], *plan["rank_pattern"].values()]))
+    print(f"{plan['signal']}: {plan['trainable_params']:,} of {plan['budget']:,} parameters, "
+          f"{len(plan['target_modules'])} modules, ranks {ranks[0]}..{ranks[-1]}; wrote {args.out}")
+    return 0
+
+
+def _retrain_config(args):
+    from analysis.retrain import RetrainConfig
+    return RetrainConfig(steps=args.steps, lr=args.lr, batch_size=args.train_batch_size,
+                         test_size=args.test_size, checkpoint_every=args.checkpoint_every,
+                         seed=getattr(args, "seed_train", 0))
+
+
+def _retrain_arguments(parser: argparse.ArgumentParser) -> None:
+    from analysis.retrain import RetrainConfig
+    d = RetrainConfig()
+    group = parser.add_argument_group("training")
+    group.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default: %(default)s)")
+    group.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    group.add_argument("--train-batch-size", type=int, default=d.batch_size,
+                       help="examples per step and process (default: %(default)s)")
+    group.add_argument("--test-size", type=int, default=d.test_size,
+                       help="test examples to evaluate on (default 0: all)")
+    group.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                       help="steps between resumable checkpoints (default: %(default)s)")
+
+
+def cmd_retrain(args) -> int:
+    from analysis.plan import read_plan
+    from analysis.retrain import retrain, write_outputs
+    plan = read_plan(args.plan)
+    entry = retrain(plan, _retrain_config(args), _store(args), args.device)
+    if entry is None:  # a non-main process under accelerate launch
+        return 0
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in entry.meta["metrics"].items())
+    print(f"{plan.get('signal', 'plan')}: {metrics} ({entry.meta['train_seconds']:.1f}s training)")
+    if args.out:
+        write_outputs(entry, args.out)
+        print(f"wrote {args.out / 'metrics.json'}")
+    _write_job_result({"status": "done", "keys": {"retrain": entry.key}})
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from analysis.compare import compare, formatted, markdown
+    from analysis.context import prepare
+    from analysis.registry import all_signals
+    settings = _settings(args)
+    if args.signals:
+        methods = [m.strip() for m in args.signals.split(",") if m.strip()]
+    else:  # every signal already computed for this setting
+        prepared = prepare(settings, _store(args))
+        cached = {e.meta.get("signal") for e in prepared.store.entries() if e.meta.get("context_key") == prepared.key}
+        methods = [name for name in all_signals() if name in cached]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated integers, not '{args.seeds}'.") from None
+    entry = compare(settings, methods, args.budget, seeds, _retrain_config(args), _limits(args), args.alpha_ratio,
+                    _store(args), overrides=_overrides(args.set))
+    print(markdown(formatted(entry.table(), entry.meta["task"])))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        entry.table().to_csv(args.out / "summary.csv", index=False)
+        entry.table("runs").to_csv(args.out / "runs.csv", index=False)
+        print(f"wrote {args.out / 'summary.csv'} and runs.csv")
+    _write_job_result({"status": "done", "keys": {"comparison": entry.key}})
+    return 0
+
+
 def cmd_not_yet(args) -> int:
     raise UserError(f"'{args.verb}' ({NOT_YET[args.verb]}) is not yet available in this version.")
 
@@ -165,6 +268,34 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--cache-dir", type=Path, default=None)
     listing.set_defaults(handler=cmd_list)
     verbs.add_parser("signals", help="list signals and their options").set_defaults(handler=cmd_signals)
+    plan = verbs.add_parser("plan", help="a rank plan (peft LoraConfig JSON) from a signal and a budget")
+    _settings_arguments(plan)
+    plan.add_argument("--signal", default="uniform", help="uniform, a signal name, or a blend such as "
+                      "'0.7*shapley+0.3*cka' (default: %(default)s)")
+    _plan_arguments(plan)
+    plan.add_argument("--rslora", action="store_true", help="rank-stabilised LoRA: one alpha, scaling alpha/sqrt(r)")
+    plan.add_argument("--dropout", type=float, default=0.0, help="lora_dropout (default: %(default)s)")
+    plan.add_argument("--out", type=Path, default=Path("plan.json"), help="where to write (default: %(default)s)")
+    plan.set_defaults(handler=cmd_plan)
+    retrain = verbs.add_parser("retrain", help="train a plan from scratch on train, evaluate on test")
+    retrain.add_argument("--plan", type=Path, required=True, help="a plan JSON from 'plan'")
+    retrain.add_argument("--out", type=Path, default=None, help="also write metrics.json, curve.csv, plan.json and "
+                         "adapter/ here")
+    retrain.add_argument("--seed", dest="seed_train", type=int, default=0, help="initialisation and data-order seed")
+    retrain.add_argument("--device", default=None, help="override the plan's device (auto, cpu, cuda, cuda:N)")
+    retrain.add_argument("--cache-dir", type=Path, default=None)
+    _retrain_arguments(retrain)
+    retrain.set_defaults(handler=cmd_retrain)
+    comparison = verbs.add_parser("compare", help="retrain uniform LoRA and each method's plan at one budget, "
+                                  "with several seeds")
+    _settings_arguments(comparison)
+    comparison.add_argument("--signals", default=None, help="comma-separated methods (signal names or blends); "
+                            "default: every signal cached for this setting")
+    comparison.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
+    comparison.add_argument("--out", type=Path, default=None, help="also write summary.csv and runs.csv here")
+    _plan_arguments(comparison)
+    _retrain_arguments(comparison)
+    comparison.set_defaults(handler=cmd_compare)
     for verb, what in NOT_YET.items():
         verbs.add_parser(verb, help=f"{what} (not yet available)").set_defaults(handler=cmd_not_yet)
     return parser

@@ -150,7 +150,7 @@ class AnalysisContext:
         raw = capture.tokenize_batches(self.loaded.tokenizer, frame["text"].tolist(), size,
                                        self.settings.max_length, self.device, labels)
         if self.prepared.task == "causal-lm":
-            raw = (_with_lm_labels(batch) for batch in raw)
+            raw = (with_lm_labels(batch) for batch in raw)
         return progress(raw, total=self.num_batches(split, size), desc=desc or split)
 
     def pooled_states(self, pooling: str = "auto", desc: str = "capture", tokens_per_example: int = 8):
@@ -184,6 +184,6 @@ class AnalysisContext:
         return self._collected[pooling]
 
 
-def _with_lm_labels(batch: dict) -> dict:
+def with_lm_labels(batch: dict) -> dict:
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     return {**batch, "labels": labels}

@@ -26,6 +26,7 @@ class Signal:
     compute: Callable             # (AnalysisContext, config) -> store.Result
     version: int = 1              # bump when the computation changes, so old cache entries are not reused
     needs_labels: bool = False
+    plan: str | None = None       # how allocation reads the table (analysis/allocate.py); None: inferred
 
 
 _REGISTRY: dict[str, Signal] = {}

@@ -40,7 +40,7 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
         if force and store.get(key):
             store.discard(key)
         meta = {"signal": signal.name, "title": signal.title, "config": dataclasses.asdict(config),
-                "context_key": prepared.key, **prepared.description}
+                "version": signal.version, "context_key": prepared.key, **prepared.description}
         entry, computed = store.get_or_compute(
             key, lambda: signal.compute(context, config), meta,
             on_wait=lambda: print(f"Another process is computing {signal.name} for this setting; waiting for it.",

@@ -90,4 +90,4 @@ register(Signal(
     name="cka", title="CKA layer importance",
     description="1 - linear CKA between each block's input and output hidden states; "
                 "the plan adapts the most important blocks at a uniform rank.",
-    config=CKAConfig, compute=compute, version=2))
+    config=CKAConfig, compute=compute, version=2, plan="blocks"))

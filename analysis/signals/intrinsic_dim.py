@@ -90,4 +90,4 @@ def compute(context, config: IntrinsicDimConfig) -> Result:
 register(Signal(
     name="id", title="Intrinsic dimension (GeLoRA)",
     description="Per-block LoRA rank lower bound from the growth of the hidden states' intrinsic dimension.",
-    config=IntrinsicDimConfig, compute=compute, version=1))
+    config=IntrinsicDimConfig, compute=compute, version=1, plan="bounds"))

@@ -2,7 +2,7 @@
 
 value per (layer, module) = the learned rank, the number of non-zero gates at the end of sparse
 training (analysis/sora.py); `magnitude` = the mean |gate| of the kept ranks. Extra tables: "layers"
-(learned rank summed per layer), "snapshots" (per module, non-zero gates and mean |gate| every
+(learned rank summed per layer), "gates" (every final gate, per rank; 0 = pruned), "snapshots" (per module, non-zero gates and mean |gate| every
 `snapshot_every` steps and at the end of each stage), "history" (task loss and total non-zero gates
 per step), "schedule" (the sparsifying scheduler: total learned rank at the end of each round
 against its threshold xi).
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.rank_tables import per_rank_table
 from analysis.registry import Signal, register
 from analysis.sora import SoraConfig, learned_ranks, lora_parameter_count, train
 from analysis.store import Result
@@ -48,7 +49,8 @@ def compute(context, config: SoraConfig) -> Result:
     meta = {"trainable_before": lora_parameter_count(modules, [config.r_max] * len(modules)),
             "trainable_after": lora_parameter_count(modules, ranks), "adapter_files": sorted(adapter)}
     layers = table.groupby("layer", as_index=False)["value"].sum()
-    tables = {"snapshots": snapshots, "history": history, "schedule": schedule, "layers": layers}
+    tables = {"snapshots": snapshots, "history": history, "schedule": schedule, "layers": layers,
+              "gates": per_rank_table("sora", modules, out["learned"].double().cpu())}
     return Result(table, tables=tables,
                   files={f"adapter/{name}": data for name, data in adapter.items()}, meta=meta)
 
@@ -57,4 +59,4 @@ register(Signal(
     name="sora", title="SoRA gate sparsity",
     description="Learned rank per module from sparse LoRA training with proximal-gradient gates, "
                 "and how ranks shrink as the threshold rises.",
-    config=SoraConfig, compute=compute, version=1))
+    config=SoraConfig, compute=compute, version=2, plan="learned"))
