@@ -42,20 +42,39 @@ def jobs_dir(cache_root: Path) -> Path:
     return cache_root / "jobs"
 
 
+def _launch(directory: Path, argv: list[str], cache_root: Path, label: str) -> None:
+    env = {**os.environ, "ANALYSIS_JOB_DIR": str(directory), "ANALYSIS_CACHE_DIR": str(cache_root),
+           "PYTHONUNBUFFERED": "1"}
+    with open(directory / "log.txt", "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "analysis", *argv], cwd=REPO, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)  # outlives the dashboard, cancellable as a group
+    write_json_atomic(directory / "job.json", {"id": directory.name, "argv": argv, "label": label,
+                                               "pid": process.pid,
+                                               "create_time": psutil.Process(process.pid).create_time(),
+                                               "started": time.time()})
+
+
 def start_job(argv: list[str], cache_root: Path, label: str = "") -> str:
     job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     directory = jobs_dir(cache_root) / job_id
     directory.mkdir(parents=True)
-    env = {**os.environ, "ANALYSIS_JOB_DIR": str(directory), "ANALYSIS_CACHE_DIR": str(cache_root),
-           "PYTHONUNBUFFERED": "1"}
-    with open(directory / "log.txt", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "analysis", *argv], cwd=REPO, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)  # outlives the dashboard, cancellable as a group
-    write_json_atomic(directory / "job.json", {"id": job_id, "argv": argv, "label": label, "pid": process.pid,
-                                               "create_time": psutil.Process(process.pid).create_time(),
-                                               "started": time.time()})
+    _launch(directory, argv, cache_root, label)
     return job_id
+
+
+def resume_job(cache_root: Path, job_id: str) -> None:
+    """Run a died or cancelled job's command again in its directory; a retrain continues from its checkpoint
+    and signals already in the cache are not computed again."""
+    directory = jobs_dir(cache_root) / job_id
+    info = _read(directory / "job.json")
+    if info is None or _alive(info):
+        return
+    for name in ("cancelled", "result.json", "progress.json"):
+        (directory / name).unlink(missing_ok=True)
+    with open(directory / "log.txt", "a") as log:
+        log.write(f"\n--- resumed {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+    _launch(directory, info["argv"], cache_root, info.get("label", ""))
 
 
 def _read(path: Path) -> dict | None:

@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,8 +48,8 @@ CHECKPOINT = "checkpoint.pt"
 
 @dataclass
 class RetrainConfig:
-    steps: int = field(default=300, metadata={"help": "optimizer steps on the train split"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (linear warm-up and decay)"})
+    steps: int = field(default=150, metadata={"help": "optimizer steps on the train split"})
+    lr: float = field(default=3e-3, metadata={"help": "AdamW peak learning rate (linear warm-up and decay)"})
     batch_size: int = field(default=16, metadata={"help": "training examples per step and process"})
     eval_batch_size: int = field(default=64, metadata={"help": "examples per evaluation batch"})
     warmup_fraction: float = field(default=0.06, metadata={"help": "fraction of steps with a rising learning rate"})
@@ -58,10 +59,10 @@ class RetrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of the adapter and head initialisation and the data order"})
 
 
-def retrain_key(context_key: str, plan: dict, config: RetrainConfig) -> str:
+def retrain_key(context_key: str, plan: dict, config: RetrainConfig, processes: int = 1) -> str:
     lora = {k: plan[k] for k in LORA_KEYS if k in plan}
     return "retrain-" + hash_json({"context": context_key, "lora": lora, "config": asdict(config),
-                                   "version": VERSION})[:24]
+                                   "processes": processes, "version": VERSION})[:24]
 
 
 def batch_indices(step: int, size: int, n: int, seed: int) -> np.ndarray:
@@ -157,7 +158,7 @@ def retrain(plan: dict, config: RetrainConfig, store: Store | None = None, devic
         settings.device = device
     prepared = prepare(settings, store)
     accelerator = Accelerator(cpu=prepared.device.type == "cpu")
-    key = retrain_key(prepared.key, plan, config)
+    key = retrain_key(prepared.key, plan, config, accelerator.num_processes)  # processes set the global batch
     cached = store.get(key)
     if cached:
         return cached
@@ -169,7 +170,9 @@ def retrain(plan: dict, config: RetrainConfig, store: Store | None = None, devic
                         prepared.dtype)
     validate(plan, layout_of(loaded.model))
     torch.manual_seed(config.seed)
-    model = get_peft_model(loaded.model, lora_config(plan))
+    with warnings.catch_warnings():  # transformers' deprecation note on a name peft still calls
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        model = get_peft_model(loaded.model, lora_config(plan))
     check_peft_model(plan, model)
     for p in head_parameters(model.base_model.model, prepared.task).values():
         p.requires_grad_(True)
