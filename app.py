@@ -8,5 +8,6 @@ navigation = st.navigation({
                 st.Page("pages/sora.py", title="SoRA gate sparsity", icon=":material/filter_alt:"),
                 st.Page("pages/representation.py", title="CKA and intrinsic dimension",
                         icon=":material/stacked_line_chart:")],
+    "Retrain": [st.Page("pages/retrain.py", title="Retrain and compare", icon=":material/model_training:")],
 })
 navigation.run()

@@ -220,3 +220,18 @@ def sparsity_path_figure(history: pd.DataFrame, schedule: pd.DataFrame, title: s
     figure.update_yaxes(rangemode="tozero", row=1, col=2)
     figure.update_layout(title=title, showlegend=False, height=380, margin={"l": 60, "r": 20, "t": 70, "b": 60})
     return figure
+
+
+def learning_curves_figure(curves: pd.DataFrame, title: str = "", smooth: int = 10) -> go.Figure:
+    """Training loss per step for each run (`run`, `step`, `loss`), a running mean over `smooth` steps."""
+    figure = go.Figure()
+    runs = list(dict.fromkeys(curves["run"]))
+    colours = sample_colorscale(HEATMAP_SCALE, [i / max(1, len(runs) - 1) * 0.9 for i in range(len(runs))])
+    for run, colour in zip(runs, colours):
+        rows = curves[curves["run"] == run].sort_values("step")
+        figure.add_trace(go.Scatter(x=rows["step"], y=rows["loss"].rolling(smooth, min_periods=1).mean(),
+                                    mode="lines", name=run, line={"color": colour},
+                                    hovertemplate=f"{run}<br>step %{{x}}<br>loss %{{y:.4g}}<extra></extra>"))
+    figure.update_layout(title=title, xaxis_title="step", yaxis_title=f"training loss (mean of {smooth} steps)",
+                         height=360, margin={"l": 60, "r": 20, "t": 50, "b": 60})
+    return figure

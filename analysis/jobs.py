@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import psutil
 
 from analysis.progress import write_json_atomic
@@ -31,11 +32,29 @@ class JobStatus:
     started: float
     progress: dict | None
     result: dict | None
+    label: str = ""
 
     @property
     def log_tail(self) -> str:
         path = self.directory / "log.txt"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    @property
+    def curve(self) -> pd.DataFrame:
+        """The live learning curve a retrain or comparison writes (run, step, loss); empty before any."""
+        path = self.directory / "curve.jsonl"
+        if not path.exists() or path.stat().st_size == 0:
+            return pd.DataFrame(columns=["run", "step", "loss"])
+        lines = path.read_text().splitlines()
+        rows = pd.DataFrame([json.loads(line) for line in lines if line.endswith("}")])  # not a line being written
+        return rows.drop_duplicates(["run", "step"], keep="last")  # a resumed run repeats steps after its checkpoint
+
+
+def settings_argv(settings: dict) -> list[str]:
+    """Command-line flags that reproduce an analysis setting (RunSettings as a dict)."""
+    flags = ["model", "data", "text_column", "label_column", "task", "seed", "val_size", "max_length",
+             "batch_size", "device", "dtype", "hub_split"]
+    return [part for name in flags if name in settings for part in (f"--{name.replace('_', '-')}", str(settings[name]))]
 
 
 def jobs_dir(cache_root: Path) -> Path:
@@ -107,7 +126,7 @@ def job_status(directory: Path) -> JobStatus | None:
     else:
         state = "died"
     return JobStatus(info["id"], directory, info["argv"], state, info["started"],
-                     _read(directory / "progress.json"), result)
+                     _read(directory / "progress.json"), result, info.get("label", ""))
 
 
 def list_jobs(cache_root: Path) -> list[JobStatus]:

@@ -7,6 +7,7 @@ from analysis import jobs
 from analysis.figures import signal_figure
 from analysis.registry import all_signals
 from analysis.store import Store
+from pages.shared.widgets import job_panel
 
 store = Store()
 signals = all_signals()
@@ -46,31 +47,7 @@ if submitted:
         st.toast(f"Started analysis job {job_id}")
 
 
-@st.fragment(run_every=1.0)
-def job_panel():
-    recent = jobs.list_jobs(store.root)[:5]
-    if not recent:
-        return
-    st.subheader("Jobs")
-    for job in recent:
-        label = " ".join(job.argv[1:5])
-        if job.state == "running":
-            done, total = (job.progress or {}).get("n", 0), (job.progress or {}).get("total") or 0
-            step = (job.progress or {}).get("desc", "starting")
-            eta = (job.progress or {}).get("eta")
-            text = f"{label}: {step} {done}/{total}" + (f", about {eta:.0f}s left" if eta else "")
-            st.progress(min(done / total, 1.0) if total else 0.0, text=text)
-            if st.button("Cancel", key=f"cancel-{job.id}"):
-                jobs.cancel_job(store.root, job.id)
-        elif job.state == "failed":
-            st.error(f"{label}: {job.result.get('message', 'failed')}")
-        elif job.state == "done":
-            st.success(f"{label}: finished {time.strftime('%H:%M:%S', time.localtime(job.result['finished']))}")
-        else:
-            st.warning(f"{label}: {job.state}")
-
-
-job_panel()
+job_panel(store, {"run"})
 
 st.subheader("Results")
 entries = [e for e in store.entries() if e.meta.get("signal") in signals]  # not the warm-ups they train

@@ -2,8 +2,12 @@
 
 Kept under pages/shared/ so that Streamlit never mistakes this module for a page of its own.
 """
+import time
+
 import streamlit as st
 
+from analysis import jobs
+from analysis.figures import learning_curves_figure
 from analysis.results import Run, describe_options, runs
 from analysis.store import Store
 
@@ -28,3 +32,38 @@ def pick(run: Run, signal: str, label: str):
 def csv_button(run: Run, frame, name: str) -> None:
     st.download_button(f"CSV: {name}", frame.to_csv(index=False), file_name=f"{name}.csv", mime="text/csv",
                        key=f"csv-{name}-{run.key}")
+
+
+def _job_title(job: jobs.JobStatus) -> str:
+    return job.label or " ".join(job.argv[:5])
+
+
+@st.fragment(run_every=2.0)
+def job_panel(store: Store, verbs: set[str], limit: int = 5, curves: bool = False) -> None:
+    """The newest background jobs of these kinds, read from disk on every tick (so a restarted dashboard
+    finds them): progress and cancel while running, resume when killed or cancelled, live loss curves."""
+    recent = [job for job in jobs.list_jobs(store.root) if job.argv and job.argv[0] in verbs][:limit]
+    if not recent:
+        return
+    st.subheader("Jobs")
+    for job in recent:
+        title = _job_title(job)
+        if job.state == "running":
+            info = job.progress or {}
+            done, total, eta = info.get("n", 0), info.get("total") or 0, info.get("eta")
+            text = f"{title}: {info.get('desc', 'starting')} {done}/{total}" + (f", about {eta:.0f}s left" if eta else "")
+            st.progress(min(done / total, 1.0) if total else 0.0, text=text)
+            if st.button("Cancel", key=f"cancel-{job.id}"):
+                jobs.cancel_job(store.root, job.id)
+        elif job.state == "failed":
+            st.error(f"{title}: {job.result.get('message', 'failed')}")
+        elif job.state == "done":
+            st.success(f"{title}: finished {time.strftime('%H:%M:%S', time.localtime(job.result['finished']))}")
+        else:
+            st.warning(f"{title}: {job.state}; resuming continues from its last checkpoint and reuses cached work.")
+            if st.button("Resume", key=f"resume-{job.id}"):
+                jobs.resume_job(store.root, job.id)
+        if curves and job.state in ("running", "died", "cancelled"):
+            curve = job.curve
+            if len(curve):
+                st.plotly_chart(learning_curves_figure(curve, f"Training loss: {title}"), key=f"curve-{job.id}")
