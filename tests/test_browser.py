@@ -101,3 +101,34 @@ def test_representation_page_draws_real_cka_and_id_in_chromium(dashboard, cache_
         page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
     assert screenshot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_launching_a_comparison_from_the_browser_trains_and_shows_results(dashboard, cache_dir, tmp_path):
+    """A user opens Retrain and compare, sets a tiny run, launches it and watches it finish: the job is a
+    real background process and its results table appears without reloading the page."""
+    from playwright.sync_api import sync_playwright
+
+    from analysis.context import RunSettings
+    from analysis.registry import get_signal
+    from analysis.runner import run_signals
+
+    run_signals(RunSettings(val_size=16, batch_size=8, device="cpu"), [get_signal("cka")], store=Store(cache_dir))
+    screenshot = Path(os.environ.get("SCREENSHOT_PATH_RETRAIN", tmp_path / "retrain.png"))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1700})
+        page.goto(dashboard)
+        page.get_by_text("Retrain and compare").first.click()
+        page.get_by_text("Plans at this budget").wait_for(timeout=60_000)
+        page.get_by_label("Seeds").fill("0,1")
+        page.get_by_label("Steps").fill("4")
+        page.get_by_label("Test examples (0 = all)").fill("16")
+        page.get_by_role("button", name="Retrain and compare").click()
+        page.get_by_text("Compare at r4").first.wait_for(timeout=60_000)   # the job panel picked it up
+        page.get_by_text("Mean ± standard deviation over seeds").wait_for(timeout=300_000)   # results appeared
+        assert page.locator("th", has_text="accuracy (%)").count() == 1   # the table grid's header row
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    runs = [e for e in Store(cache_dir).entries() if e.meta.get("signal") == "retrain"]
+    assert len(runs) == 4 and {e.meta["config"]["steps"] for e in runs} == {4}

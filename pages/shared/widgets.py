@@ -43,6 +43,12 @@ def job_panel(store: Store, verbs: set[str], limit: int = 5, curves: bool = Fals
     """The newest background jobs of these kinds, read from disk on every tick (so a restarted dashboard
     finds them): progress and cancel while running, resume when killed or cancelled, live loss curves."""
     recent = [job for job in jobs.list_jobs(store.root) if job.argv and job.argv[0] in verbs][:limit]
+    running = {job.id for job in recent if job.state == "running"}
+    watched = f"running-{'-'.join(sorted(verbs))}"
+    ended = st.session_state.get(watched, set()) - running
+    st.session_state[watched] = running
+    if ended:  # a job this page watched has finished: redraw the whole page, so its results appear
+        st.rerun()
     if not recent:
         return
     st.subheader("Jobs")
