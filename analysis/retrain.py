@@ -137,6 +137,38 @@ def _save_checkpoint(path: Path, step: int, trainable: dict, optimizer, schedule
     os.replace(tmp, path)
 
 
+def _peft_model(plan: dict, prepared, seed: int):
+    """The base model with a fresh LoRA of the plan's ranks (checked against the plan) and, for
+    classification, a trainable head initialised from `seed`."""
+    from peft import get_peft_model
+
+    labels = prepared.data.label_names
+    loaded = load_model(prepared.source, prepared.task, len(labels) if labels else None, seed, prepared.dtype)
+    validate(plan, layout_of(loaded.model))
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():  # transformers' deprecation note on a name peft still calls
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        model = get_peft_model(loaded.model, lora_config(plan))
+    check_peft_model(plan, model)
+    for p in head_parameters(model.base_model.model, prepared.task).values():
+        p.requires_grad_(True)
+    return loaded, model
+
+
+def _restore(path: Path, trainable: dict, optimizer, scheduler) -> tuple[int, list[float], float]:
+    """Load a checkpoint into the live weights, optimizer, scheduler and random state; (step, losses, elapsed)."""
+    state = torch.load(path, weights_only=False)
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            trainable[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["step"], state["losses"], state["elapsed"]
+
+
 def _adapter_files(peft_model) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as scratch:
         peft_model.save_pretrained(scratch)
@@ -144,10 +176,10 @@ def _adapter_files(peft_model) -> dict[str, bytes]:
 
 
 def retrain(plan: dict, config: RetrainConfig, store: Store | None = None, device: str | None = None,
-            label: str | None = None) -> Entry:
-    """Train the plan (or fetch the cached run); returns the store entry with metrics and curve."""
+            label: str | None = None) -> Entry | None:
+    """Train the plan (or fetch the cached run); the store entry with metrics and curve (None in the
+    non-main processes of a data-parallel launch)."""
     from accelerate import Accelerator
-    from peft import get_peft_model
 
     store = store or Store()
     if config.steps <= 0 or config.batch_size <= 0:
@@ -165,32 +197,13 @@ def retrain(plan: dict, config: RetrainConfig, store: Store | None = None, devic
     work = store.root / "retrain" / key
     work.mkdir(parents=True, exist_ok=True)
     checkpoint_path = work / CHECKPOINT
-    loaded = load_model(prepared.source, prepared.task,
-                        len(prepared.data.label_names) if prepared.data.label_names else None, config.seed,
-                        prepared.dtype)
-    validate(plan, layout_of(loaded.model))
-    torch.manual_seed(config.seed)
-    with warnings.catch_warnings():  # transformers' deprecation note on a name peft still calls
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        model = get_peft_model(loaded.model, lora_config(plan))
-    check_peft_model(plan, model)
-    for p in head_parameters(model.base_model.model, prepared.task).values():
-        p.requires_grad_(True)
+    loaded, model = _peft_model(plan, prepared, config.seed)
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(trainable.values(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     start, losses, elapsed = 0, [], 0.0
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
-        with torch.no_grad():
-            for name, value in state["trainable"].items():
-                trainable[name].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, losses, elapsed = state["step"], state["losses"], state["elapsed"]
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        start, losses, elapsed = _restore(checkpoint_path, trainable, optimizer, scheduler)
         accelerator.print(f"Resuming from the checkpoint at step {start} of {config.steps}.")
     model, optimizer = accelerator.prepare(model, optimizer)
     train = prepared.splits.train
