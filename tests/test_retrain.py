@@ -106,6 +106,21 @@ def test_a_killed_retrain_resumes_from_its_checkpoint_and_ends_as_if_never_stopp
 
 
 @pytest.mark.slow
+def test_cancel_stops_the_process_and_leaves_no_entry_until_resumed(cache_dir, uniform_plan):
+    job_id = jobs.start_job(["retrain", "--plan", str(uniform_plan), *FAST], cache_dir, label="retrain")
+    job_dir = jobs.jobs_dir(cache_dir) / job_id
+    assert _wait(lambda: (jobs.job_status(job_dir).progress or {}).get("desc") == "retrain")
+    info = json.loads((job_dir / "job.json").read_text())
+    jobs.cancel_job(cache_dir, job_id)
+    assert jobs.job_status(job_dir).state == "cancelled"
+    assert _wait(lambda: not jobs._alive(info), 30)   # the whole process group got SIGTERM
+    assert retrain_entries(cache_dir) == []
+    jobs.resume_job(cache_dir, job_id)
+    assert _wait(lambda: jobs.job_status(job_dir).state not in ("running", "cancelled"))
+    assert jobs.job_status(job_dir).state == "done" and len(retrain_entries(cache_dir)) == 1
+
+
+@pytest.mark.slow
 def test_two_data_parallel_processes(cache_dir, uniform_plan, tmp_path):
     """The launcher accelerate uses for several GPUs is torchrun; on this CPU-only machine it runs two
     gloo processes through the same Accelerator code path."""
