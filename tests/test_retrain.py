@@ -2,6 +2,7 @@
 processes under accelerate launch, a causal LM, and the comparison."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -57,7 +58,8 @@ def test_retrain_beats_chance_on_the_embedded_data_and_writes_its_outputs(cache_
     from peft import PeftModel
     # peft may shorten the saved target_modules to suffixes that match the same modules; what counts is
     # that the loaded adapter has exactly the plan's ranks and parameter count
-    loaded = PeftModel.from_pretrained(minilm.model, out / "adapter", is_trainable=True)
+    # a copy: from_pretrained adapts the model in place, and the session's shared model must stay plain
+    loaded = PeftModel.from_pretrained(copy.deepcopy(minilm.model), out / "adapter", is_trainable=True)
     check_peft_model(read_plan(uniform_plan), loaded)
     assert len(retrain_entries(cache_dir)) == 1
     again = cli(cache_dir, "retrain", "--plan", str(uniform_plan), "--steps", "60", "--test-size", "200")
