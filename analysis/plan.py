@@ -10,6 +10,7 @@ with the plan.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -52,8 +53,12 @@ def lora_config(plan: dict):
 
 
 def _pattern_matches(key: str, names) -> list[str]:
+    """Names that peft's pattern rule matches with `key`. A name can only match if it ends with the key's
+    last dotted part when that part is literal text, so only those names are tried (200x fewer on 8B)."""
     from peft.utils.other import get_pattern_key
-    return [name for name in names if get_pattern_key([key], name) == key]
+    tail = key.rsplit(".", 1)[-1]
+    candidates = [name for name in names if name.endswith(tail)] if re.escape(tail) == tail else names
+    return [name for name in candidates if get_pattern_key([key], name) == key]
 
 
 def _target_matches(config, names) -> list[str]:

@@ -235,3 +235,14 @@ def test_validation_catches_typos_ambiguous_keys_alpha_and_counts():
             validate(bad, layout)
     rslora = build_plan(layout, ranks, "test", 10**6, rslora=True)
     assert rslora["alpha_pattern"] == {} and lora_config(rslora).use_rslora
+
+
+def test_pattern_matching_shortcut_agrees_with_peft_on_every_name():
+    from peft.utils.other import get_pattern_key
+
+    from analysis.plan import _pattern_matches
+    layout = layout_of(tiny_llama(layers=12))
+    keys = [m.path for m in layout.modules] + ["q_proj", "layers.1.mlp.down_proj", "model.layers.1.mlp",
+                                                "mlp.*_proj", r"layers\.1\d\..*", "self_attn"]
+    for key in keys:
+        assert _pattern_matches(key, layout.names) == [n for n in layout.names if get_pattern_key([key], n) == key]
