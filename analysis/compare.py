@@ -52,7 +52,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 def compare(settings: RunSettings, methods: list[str], budget: str, seeds: list[int], config: RetrainConfig,
             limits: Limits = Limits(), alpha_ratio: float = 2.0, store: Store | None = None,
-            device: str | None = None, overrides: dict[str, dict[str, str]] | None = None) -> Entry:
+            overrides: dict[str, dict[str, str]] | None = None) -> Entry:
     store = store or Store()
     prepared = prepare(settings, store)
     layout = layout_for(prepared)
@@ -67,7 +67,7 @@ def compare(settings: RunSettings, methods: list[str], budget: str, seeds: list[
     for method, plan in plans.items():
         for seed in seeds:
             print(f"retrain {method} (seed {seed}, {plan['trainable_params']:,} parameters)", flush=True)
-            entry = retrain(plan, RetrainConfig(**{**asdict(config), "seed": seed}), store, device,
+            entry = retrain(plan, RetrainConfig(**{**asdict(config), "seed": seed}), store,
                             label=f"{method} · seed {seed}")
             rows.append({"method": method, "seed": seed, "trainable_params": plan["trainable_params"],
                          **entry.meta["metrics"], "train_seconds": entry.meta["train_seconds"],

@@ -21,7 +21,6 @@ from analysis.layout import Layout
 
 LORA_KEYS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora", "lora_dropout",
              "bias", "task_type")
-EXTRA_KEYS = ("signal", "budget", "trainable_params", "warnings", "settings")
 
 
 def build_plan(layout: Layout, ranks: np.ndarray, signal: str, budget: int, alpha_ratio: float = 2.0,
@@ -59,11 +58,6 @@ def _pattern_matches(key: str, names) -> list[str]:
     tail = key.rsplit(".", 1)[-1]
     candidates = [name for name in names if name.endswith(tail)] if re.escape(tail) == tail else names
     return [name for name in candidates if get_pattern_key([key], name) == key]
-
-
-def _target_matches(config, names) -> list[str]:
-    from peft.tuners.tuners_utils import check_target_module_exists
-    return [name for name in names if check_target_module_exists(config, name)]
 
 
 def validate(plan: dict, layout: Layout) -> None:
