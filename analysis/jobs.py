@@ -5,6 +5,7 @@ result.json), so a restarted dashboard finds running and finished jobs again.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -51,9 +52,10 @@ class JobStatus:
 
 
 def settings_argv(settings: dict) -> list[str]:
-    """Command-line flags that reproduce an analysis setting (RunSettings as a dict)."""
-    flags = ["model", "data", "text_column", "label_column", "task", "seed", "val_size", "max_length",
-             "batch_size", "device", "dtype", "hub_split"]
+    """Command-line flags that reproduce an analysis setting (RunSettings as a dict): each field is a flag of
+    the same name, except the split fractions, which the command line does not set."""
+    from analysis.context import RunSettings
+    flags = [f.name for f in dataclasses.fields(RunSettings) if f.name != "fractions"]
     return [part for name in flags if name in settings for part in (f"--{name.replace('_', '-')}", str(settings[name]))]
 
 
