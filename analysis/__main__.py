@@ -121,14 +121,14 @@ def cmd_show(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from analysis.results import when
     entries = _store(args).entries()
     if not entries:
         print("The cache is empty.")
     for entry in entries:
         meta = entry.meta
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.get("created", 0)))
-        print(f"{entry.key[:12]}  {when}  {meta.get('signal', '?'):14s} {meta.get('model', '?')} / "
-              f"{meta.get('data', '?')}  ({meta.get('seconds', 0):.1f}s)")
+        print(f"{entry.key[:12]}  {when(meta.get('created', 0))}  {meta.get('signal', '?'):14s} "
+              f"{meta.get('model', '?')} / {meta.get('data', '?')}  ({meta.get('seconds', 0):.1f}s)")
     return 0
 
 

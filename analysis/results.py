@@ -13,6 +13,11 @@ import pandas as pd
 from analysis.store import Entry, Store
 
 
+def when(timestamp: float) -> str:
+    """A creation time as the pages and the command line show it."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
 @dataclass
 class Run:
     key: str
@@ -23,9 +28,8 @@ class Run:
     def label(self) -> str:
         d = self.description
         settings = d.get("settings") or {}
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.newest))
         return (f"{d.get('model_name', d.get('model'))} · {d.get('data')} · "
-                f"{settings.get('val_size', '?')} validation examples · {when}")
+                f"{settings.get('val_size', '?')} validation examples · {when(self.newest)}")
 
     @property
     def newest(self) -> float:

@@ -1,11 +1,10 @@
 """Pick model and data, start an analysis in the background, and look at cached results."""
-import time
-
 import streamlit as st
 
 from analysis import jobs
 from analysis.figures import signal_figure
 from analysis.registry import all_signals
+from analysis.results import when
 from analysis.store import Store
 from pages.shared.widgets import job_panel
 
@@ -57,9 +56,8 @@ if not entries:
 else:
     def describe(entry):
         meta = entry.meta
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.get("created", 0)))
         return f"{meta.get('title', meta.get('signal'))} · {meta.get('model_name', meta.get('model'))} · " \
-               f"{meta.get('data')} · {when}"
+               f"{meta.get('data')} · {when(meta.get('created', 0))}"
 
     entry = st.selectbox("Cached result", entries, format_func=describe)
     table = entry.table()

@@ -1,7 +1,6 @@
 """Plans at a budget from the cached signals, a comparison retrain in the background (uniform LoRA first,
 several seeds) with live loss curves, and the results table."""
 import json
-import time
 
 import streamlit as st
 
@@ -12,6 +11,7 @@ from analysis.context import RunSettings, prepare
 from analysis.errors import UserError
 from analysis.methods import UNIFORM, layout_for, make_plan
 from analysis.registry import all_signals
+from analysis.results import when
 from analysis.retrain import RetrainConfig
 from analysis.store import Store
 from pages.shared.widgets import choose_run, csv_button, job_panel
@@ -103,9 +103,8 @@ if not comparisons:
 else:
     def describe(entry):
         meta = entry.meta
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.get("created", 0)))
         return f"budget {meta['budget']:,} ({meta.get('budget_spec')}) · seeds {meta['seeds']} · " \
-               f"{meta['config']['steps']} steps · {when}"
+               f"{meta['config']['steps']} steps · {when(meta.get('created', 0))}"
 
     entry = st.selectbox("Comparison", comparisons, format_func=describe)
     st.dataframe(formatted(entry.table(), entry.meta["task"]), hide_index=True)
