@@ -69,12 +69,19 @@ def method_scores(prepared: Prepared, method: str, layout: Layout,
     return blend(loaded)
 
 
-def make_plan(prepared: Prepared, method: str, budget: str, limits: Limits = Limits(), alpha_ratio: float = 2.0,
-              rslora: bool = False, dropout: float = 0.0, overrides: dict[str, dict[str, str]] | None = None,
-              layout: Layout | None = None) -> dict:
-    layout = layout or layout_for(prepared)
-    scores = method_scores(prepared, method, layout, overrides)
+def plan_from_scores(prepared: Prepared, scores: Scores | None, layout: Layout, budget: str,
+                     limits: Limits = Limits(), alpha_ratio: float = 2.0, rslora: bool = False,
+                     dropout: float = 0.0) -> dict:
+    """The plan for already loaded scores (None: uniform LoRA); what a budget move recomputes."""
     amount = parse_budget(budget, layout, limits)
     allocation = allocate(scores, layout, amount, limits)
     return build_plan(layout, allocation.ranks, scores.name if scores else UNIFORM, amount, alpha_ratio, rslora,
                       dropout, allocation.warnings, settings=asdict(prepared.settings))
+
+
+def make_plan(prepared: Prepared, method: str, budget: str, limits: Limits = Limits(), alpha_ratio: float = 2.0,
+              rslora: bool = False, dropout: float = 0.0, overrides: dict[str, dict[str, str]] | None = None,
+              layout: Layout | None = None) -> dict:
+    layout = layout or layout_for(prepared)
+    return plan_from_scores(prepared, method_scores(prepared, method, layout, overrides), layout, budget, limits,
+                            alpha_ratio, rslora, dropout)

@@ -9,7 +9,7 @@ from analysis.allocate import Limits, uniform_cost
 from analysis.compare import formatted
 from analysis.context import RunSettings, prepare
 from analysis.errors import UserError
-from analysis.methods import UNIFORM, layout_for, make_plan
+from analysis.methods import UNIFORM, layout_for, method_scores, plan_from_scores
 from analysis.registry import all_signals
 from analysis.results import when
 from analysis.retrain import RetrainConfig
@@ -31,6 +31,13 @@ run = choose_run(set(signals), "No signals computed yet: run an analysis on the 
 def setting(key: str, _settings: dict):
     prepared = prepare(RunSettings(**_settings), store)
     return prepared, layout_for(prepared)
+
+
+@st.cache_resource(show_spinner=False)
+def scores(key: str, method: str, entries: tuple[str, ...], _prepared, _layout):
+    """A method's scores, read from the cache once per set of cached entries (`entries` changes when a
+    signal is computed again), so moving the budget only re-allocates."""
+    return method_scores(_prepared, method, _layout)
 
 
 prepared, layout = setting(run.key, run.description["settings"])
@@ -56,10 +63,12 @@ with st.expander("Limits"):
                     block_rank=a.number_input("Rank of each block a CKA plan selects", 1, 256, 8))
 methods = [UNIFORM, *methods, *([blend.strip()] if blend.strip() else [])]
 
+newest = tuple(variants[0].key for variants in run.entries.values())
 rows, plans = [], {}
 for method in methods:
     try:
-        plan = make_plan(prepared, method, budget, limits, layout=layout)
+        plan = plan_from_scores(prepared, scores(run.key, method, newest, prepared, layout), layout, budget,
+                                limits)
     except UserError as error:
         rows.append({"method": method, "trainable params": "—", "of budget": "—", "modules": "—", "ranks": "—",
                      "note": str(error)})
