@@ -29,10 +29,6 @@ class GatedLoRA:
     gates: nn.Parameter              # (len(modules), r_max)
     scaling: float                   # s = alpha / r_max
 
-    @property
-    def r_max(self) -> int:
-        return self.gates.shape[1]
-
     def lora_layer(self, index: int) -> nn.Module:
         return self.model.base_model.model.get_submodule(self.modules[index].path)
 
@@ -75,17 +71,17 @@ def _gate_hook(gates: nn.Parameter, index: int):
     return hook
 
 
-def lora_config(modules: list[AdaptableModule], r: int, alpha: float, dropout: float = 0.0):
+def lora_config(modules: list[AdaptableModule], r: int, alpha: float):
     from peft import LoraConfig
 
     # Full module paths: each matches exactly one module (peft would match a bare "dense" everywhere).
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=[m.path for m in modules],
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=[m.path for m in modules],
                       bias="none")
 
 
 @contextlib.contextmanager
 def gated_lora(model: nn.Module, modules: list[AdaptableModule], r_max: int, alpha: float,
-               dropout: float = 0.0, seed: int = 0, gates: torch.Tensor | None = None):
+               seed: int = 0, gates: torch.Tensor | None = None):
     """Yields a GatedLoRA on `model` (base weights frozen, A kaiming, B zero, gates 1 unless given)."""
     from peft import get_peft_model
 
@@ -93,7 +89,7 @@ def gated_lora(model: nn.Module, modules: list[AdaptableModule], r_max: int, alp
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # the same A for the same seed, wherever it runs
-        peft_model = get_peft_model(model, lora_config(modules, r_max, alpha, dropout))
+        peft_model = get_peft_model(model, lora_config(modules, r_max, alpha))
     peft_model.train(model.training)  # the new LoRA modules start in training mode; follow the model
     initial = gates if gates is not None else torch.ones(len(modules), r_max)
     gate_param = nn.Parameter(initial.to(device=device, dtype=torch.float32).clone())

@@ -24,7 +24,7 @@ from analysis.sora import SoraConfig, learned_ranks, lora_parameter_count, train
 from analysis.store import Result
 
 
-def _per_module(gates, modules) -> tuple[list[int], list[float]]:
+def _per_module(gates) -> tuple[list[int], list[float]]:
     ranks = learned_ranks(gates)
     magnitude = [float(g[g != 0].abs().mean()) if r else 0.0 for g, r in zip(gates, ranks)]
     return ranks, magnitude
@@ -35,12 +35,12 @@ def compute(context, config: SoraConfig) -> Result:
     with tempfile.TemporaryDirectory() as scratch:
         out = train(context, config, Path(scratch) / "adapter")
         adapter = {path.name: path.read_bytes() for path in (Path(scratch) / "adapter").iterdir()}
-    ranks, magnitude = _per_module(out["learned"], modules)
+    ranks, magnitude = _per_module(out["learned"])
     table = pd.DataFrame({"signal": "sora", "layer": [m.layer for m in modules],
                           "module": [m.name for m in modules], "value": ranks, "magnitude": magnitude})
     rows = []
     for step, stage, xi, gates in out["snapshots"]:
-        nonzero, mean = _per_module(gates, modules)
+        nonzero, mean = _per_module(gates)
         rows += [(step, stage, xi, m.layer, m.name, n, g) for m, n, g in zip(modules, nonzero, mean)]
     snapshots = pd.DataFrame(rows, columns=["step", "stage", "xi", "layer", "module", "nonzero", "magnitude"])
     history = pd.DataFrame(out["history"], columns=["step", "stage", "xi", "loss", "nonzero"])
