@@ -26,8 +26,7 @@ def module_order(table: pd.DataFrame) -> list[str]:
 
 def layer_module_matrix(table: pd.DataFrame) -> pd.DataFrame:
     """layer x module matrix of `value` (summed over ranks when the table is per rank)."""
-    summed = table.groupby(["layer", "module"], sort=False)["value"].sum().reset_index()
-    matrix = summed.pivot(index="layer", columns="module", values="value")
+    matrix = per_module(table).pivot(index="layer", columns="module", values="value")
     return matrix.reindex(columns=module_order(table)).sort_index()
 
 
