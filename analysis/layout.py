@@ -35,6 +35,11 @@ class Layout:
         return [m.d_in + m.d_out for m in self.modules]
 
 
+def lora_parameter_count(modules, ranks) -> int:
+    """Exact trainable LoRA parameters: r * (d_in + d_out) per module."""
+    return int(sum(int(r) * (m.d_in + m.d_out) for m, r in zip(modules, ranks)))
+
+
 def layout_of(model: torch.nn.Module) -> Layout:
     return Layout(tuple(adaptable_modules(model)), tuple(name for name, _ in model.named_modules()))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.errors import UserError
-from analysis.layout import Layout
+from analysis.layout import Layout, lora_parameter_count
 
 LORA_KEYS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora", "lora_dropout",
              "bias", "task_type")
@@ -34,7 +34,7 @@ def build_plan(layout: Layout, ranks: np.ndarray, signal: str, budget: int, alph
     alpha = alpha_ratio * r
     plan = {
         "signal": signal, "budget": int(budget),
-        "trainable_params": int(sum(int(rank) * (m.d_in + m.d_out) for m, rank in zip(layout.modules, ranks))),
+        "trainable_params": lora_parameter_count(layout.modules, ranks),
         "r": r, "lora_alpha": alpha, "target_modules": list(chosen),
         "rank_pattern": {path: rank for path, rank in chosen.items() if rank != r},
         "alpha_pattern": {} if rslora else {path: alpha_ratio * rank for path, rank in chosen.items() if rank != r},
@@ -87,7 +87,7 @@ def validate(plan: dict, layout: Layout) -> None:
             if not np.isclose(alpha / rank, ratio):
                 raise UserError(f"Module '{path}' has alpha {alpha} at rank {rank}, so alpha / r differs from the "
                                 f"plan's {ratio:g}; alpha must follow the rank unless rsLoRA is on.")
-    count = sum(rank * (by_path[path].d_in + by_path[path].d_out) for path, rank in ranks.items())
+    count = lora_parameter_count([by_path[path] for path in ranks], ranks.values())
     if count != plan["trainable_params"]:
         raise UserError(f"The plan says {plan['trainable_params']:,} trainable parameters but its ranks give "
                         f"{count:,}.")

@@ -66,11 +66,6 @@ def pruned_adapter(gated: GatedLoRA) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, weights
 
 
-def lora_parameter_count(modules, ranks: list[int]) -> int:
-    """Exact trainable LoRA parameters: r * (d_in + d_out) per module."""
-    return sum(r * (m.d_in + m.d_out) for m, r in zip(modules, ranks))
-
-
 def save_pruned(gated: GatedLoRA, directory, base_model_name_or_path: str | None = None) -> dict:
     """Write the pruned adapter as peft's save_pretrained does (adapter_config.json and
     adapter_model.safetensors), loadable with PeftModel.from_pretrained; no second model is built.

@@ -6,7 +6,8 @@ from peft import PeftModel
 
 from analysis.capture import adaptable_modules
 from analysis.gated_lora import gated_lora
-from analysis.sora import learned_ranks, lora_parameter_count, proximal_step, save_pruned
+from analysis.layout import lora_parameter_count
+from analysis.sora import learned_ranks, proximal_step, save_pruned
 from tests.conftest import random_batch, randomize_adapter, tiny_gpt2, tiny_llama
 
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.layout import lora_parameter_count
 from analysis.rank_tables import per_rank_table
 from analysis.registry import Signal, register
-from analysis.sora import SoraConfig, learned_ranks, lora_parameter_count, train
+from analysis.sora import SoraConfig, learned_ranks, train
 from analysis.store import Result
 
 
