@@ -39,7 +39,7 @@ from analysis.layout import layout_of
 from analysis.plan import LORA_KEYS, check_peft_model, lora_config, validate
 from analysis.progress import progress, write_json_atomic
 from analysis.sources import load_model
-from analysis.store import Entry, Result, Store
+from analysis.store import Entry, Result, Store, files_under
 from analysis.warmup import head_parameters
 
 VERSION = 1
@@ -172,7 +172,7 @@ def _restore(path: Path, trainable: dict, optimizer, scheduler) -> tuple[int, li
 def _adapter_files(peft_model) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as scratch:
         peft_model.save_pretrained(scratch)
-        return {f"adapter/{p.name}": p.read_bytes() for p in Path(scratch).iterdir() if p.is_file()}
+        return files_under(Path(scratch), "adapter")
 
 
 def retrain(plan: dict, config: RetrainConfig, store: Store | None = None, device: str | None = None,

@@ -46,6 +46,11 @@ class Result:
     files: dict[str, bytes] = field(default_factory=dict)  # other artefacts by relative path (a saved adapter)
 
 
+def files_under(directory: Path, prefix: str) -> dict[str, bytes]:
+    """The files of a directory as Result.files entries under `prefix/` (a saved adapter, say)."""
+    return {f"{prefix}/{p.name}": p.read_bytes() for p in Path(directory).iterdir() if p.is_file()}
+
+
 class Entry:
     """A finished cache entry; tables and tensors are read lazily."""
 

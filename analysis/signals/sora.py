@@ -22,7 +22,7 @@ from analysis.layout import lora_parameter_count
 from analysis.rank_tables import per_rank_table
 from analysis.registry import Signal, register
 from analysis.sora import SoraConfig, learned_ranks, train
-from analysis.store import Result
+from analysis.store import Result, files_under
 
 
 def _per_module(gates) -> tuple[list[int], list[float]]:
@@ -35,7 +35,7 @@ def compute(context, config: SoraConfig) -> Result:
     modules = context.modules
     with tempfile.TemporaryDirectory() as scratch:
         out = train(context, config, Path(scratch) / "adapter")
-        adapter = {path.name: path.read_bytes() for path in (Path(scratch) / "adapter").iterdir()}
+        adapter = files_under(Path(scratch) / "adapter", "adapter")
     ranks, magnitude = _per_module(out["learned"])
     table = pd.DataFrame({"signal": "sora", "layer": [m.layer for m in modules],
                           "module": [m.name for m in modules], "value": ranks, "magnitude": magnitude})
@@ -48,12 +48,13 @@ def compute(context, config: SoraConfig) -> Result:
     ends = history.groupby("stage", sort=False).tail(1)
     schedule = ends[["stage", "xi", "nonzero"]].rename(columns={"nonzero": "total_rank"}).reset_index(drop=True)
     meta = {"trainable_before": lora_parameter_count(modules, [config.r_max] * len(modules)),
-            "trainable_after": lora_parameter_count(modules, ranks), "adapter_files": sorted(adapter)}
+            "trainable_after": lora_parameter_count(modules, ranks),
+            "adapter_files": sorted(Path(name).name for name in adapter)}
     layers = table.groupby("layer", as_index=False)["value"].sum()
     tables = {"snapshots": snapshots, "history": history, "schedule": schedule, "layers": layers,
               "gates": per_rank_table("sora", modules, out["learned"].double().cpu())}
     return Result(table, tables=tables,
-                  files={f"adapter/{name}": data for name, data in adapter.items()}, meta=meta)
+                  files=adapter, meta=meta)
 
 
 register(Signal(
