@@ -164,6 +164,13 @@ class AnalysisContext:
         """Announce a pooling a later signal will collect, so one capture pass serves every signal."""
         self._planned_poolings.add(capture.resolve_pooling(pooling, self.prepared.is_decoder))
 
+    def plan_collections(self, configs) -> None:
+        """Plan the pooling of every signal config that will collect states (says `collects_states`);
+        signals that only stream batches through `pooled_states` need no shared pass."""
+        for config in configs:
+            if getattr(config, "collects_states", False):
+                self.plan_pooling(config.pooling)
+
     def collected_states(self, pooling: str = "auto") -> list[torch.Tensor]:
         """All validation examples' pooled states: one (N, D) tensor per state, on the device.
 

@@ -31,9 +31,7 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
     prepared = prepare(settings, store)
     context = AnalysisContext(prepared)
     configs = [make_config(signal, (overrides or {}).get(signal.name)) for signal in signals]
-    for config in configs:  # signals that pool hidden states share one capture pass
-        if hasattr(config, "pooling") and getattr(config, "collects_states", True):
-            context.plan_pooling(config.pooling)
+    context.plan_collections(configs)  # signals that collect pooled states share one capture pass
     results = []
     for signal, config in zip(signals, configs):
         key = signal_key(prepared, signal, config)

@@ -72,9 +72,7 @@ def time_signals(prepared, loaded, names: list[str]) -> tuple[float, dict]:
     context.__dict__["loaded"] = loaded  # reuse the loaded model: loading is not part of the analysis
     signals = [get_signal(n) for n in names]
     configs = [make_config(s) for s in signals]
-    for config in configs:
-        if hasattr(config, "pooling"):
-            context.plan_pooling(config.pooling)
+    context.plan_collections(configs)
     synchronize()
     started = time.perf_counter()
     tables = {s.name: s.compute(context, c).table for s, c in zip(signals, configs)}

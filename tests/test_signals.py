@@ -81,3 +81,12 @@ def test_planned_poolings_share_one_capture_pass(tmp_path):
     assert len(mean_states) == 7 and mean_states[0].shape == (12, 384) and cls_states[3].shape == (12, 384)
     for collected, reference in zip(mean_states, streamed):
         torch.testing.assert_close(collected, reference)
+
+
+def test_only_signals_that_collect_states_plan_a_pooling(tmp_path):
+    context = AnalysisContext(prepare(RunSettings(val_size=12, batch_size=5, device="cpu"), Store(tmp_path)))
+    configs = [make_config(get_signal("cka"), {"pooling": "cls"}), make_config(get_signal("id"), {"pooling": "last"}),
+               make_config(get_signal("cka"), {"pooling": "mean", "accumulate": "true"}),
+               make_config(get_signal("state_change"), {"pooling": "tokens"})]
+    context.plan_collections(configs)
+    assert context._planned_poolings == {"cls", "last"}   # streaming CKA and state_change keep nothing

@@ -39,6 +39,11 @@ class IntrinsicDimConfig:
     discard_fraction: float = field(default=0.1, metadata={
         "help": "fraction of the largest neighbour-distance ratios TwoNN leaves out of its fit"})
 
+    @property
+    def collects_states(self) -> bool:
+        """Every example's states are kept: the estimate needs them all at once (the shared capture pass)."""
+        return True
+
 
 def _scikit_estimators() -> dict[str, type]:
     import skdim.id
