@@ -1,13 +1,19 @@
-"""Streamlit entry point: builds the navigation, nothing else."""
+"""Streamlit entry point: builds the navigation (and keeps the choices that span pages), nothing else."""
 import streamlit as st
 
-st.set_page_config(page_title="LoRA rank importance", layout="wide")
+from pages.shared.widgets import PERSISTENT_KEYS, keep
+
+st.set_page_config(page_title="LoRA rank importance", layout="wide", page_icon=":material/tune:")
+keep(*PERSISTENT_KEYS)
 navigation = st.navigation({
-    "Analysis": [st.Page("pages/analyze.py", title="Setup and results", icon=":material/insights:", default=True)],
-    "Signals": [st.Page("pages/shapley.py", title="Shapley sensitivity", icon=":material/grid_on:"),
+    "Setup": [st.Page("pages/setup.py", title="Setup and runs", icon=":material/settings:", default=True)],
+    "Signals": [st.Page("pages/overview.py", title="All signals", icon=":material/dashboard:"),
+                st.Page("pages/shapley.py", title="Shapley sensitivity", icon=":material/grid_on:"),
                 st.Page("pages/sora.py", title="SoRA gate sparsity", icon=":material/filter_alt:"),
                 st.Page("pages/representation.py", title="CKA and intrinsic dimension",
                         icon=":material/stacked_line_chart:")],
+    "Budget": [st.Page("pages/budget.py", title="Budget and plans", icon=":material/tune:")],
     "Retrain": [st.Page("pages/retrain.py", title="Retrain and compare", icon=":material/model_training:")],
+    "Export": [st.Page("pages/export.py", title="Export for papers", icon=":material/download:")],
 })
 navigation.run()

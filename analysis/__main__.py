@@ -16,7 +16,6 @@ from analysis.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
-NOT_YET = {"export": "figure export"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,6 +40,8 @@ def _settings_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--task", default=d.task, choices=["auto", "classification", "causal-lm"],
                        help="auto: classification for encoders, causal-lm for decoders")
     group.add_argument("--seed", type=int, default=d.seed, help="split and head-initialisation seed")
+    group.add_argument("--fractions", type=_fractions, default=d.fractions, metavar="TRAIN,VALIDATION,TEST",
+                       help="split fractions (default: 0.8,0.1,0.1)")
     group.add_argument("--val-size", type=int, default=d.val_size, help="validation examples used for importance")
     group.add_argument("--max-length", type=int, default=d.max_length, help="tokens per example (truncation)")
     group.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -50,12 +51,23 @@ def _settings_arguments(parser: argparse.ArgumentParser) -> None:
                         "$ANALYSIS_CACHE_DIR)")
 
 
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) <= 0 or abs(sum(parts) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(f"expects three positive fractions that add up to 1, such as 0.8,0.1,0.1, "
+                                         f"not '{text}'")
+    return parts
+
+
 def _settings(args):
     from analysis.context import RunSettings
     return RunSettings(model=args.model, data=args.data, text_column=args.text_column,
                        label_column=args.label_column, task=args.task, seed=args.seed, val_size=args.val_size,
                        max_length=args.max_length, batch_size=args.batch_size, device=args.device,
-                       dtype=args.dtype, hub_split=args.hub_split)
+                       dtype=args.dtype, hub_split=args.hub_split, fractions=args.fractions)
 
 
 def _overrides(pairs: list[str]) -> dict[str, dict[str, str]]:
@@ -244,8 +256,26 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_not_yet(args) -> int:
-    raise UserError(f"'{args.verb}' ({NOT_YET[args.verb]}) is not yet available in this version.")
+def cmd_export(args) -> int:
+    from analysis.context import prepare
+    from analysis.exhibits import exhibits_for, render
+    from analysis.progress import write_bytes_atomic
+    prepared = prepare(_settings(args), _store(args))
+    found = exhibits_for(prepared, args.signal, args.budget, _limits(args), _overrides(args.set))
+    if args.list:
+        for exhibit in found:
+            kind = "figure" if exhibit.figure else "table"
+            print(f"{exhibit.name:28s} {kind:7s} {exhibit.title}")
+        return 0
+    chosen = next((e for e in found if e.name == args.figure), None) if args.figure else found[0]
+    if chosen is None:
+        raise UserError(f"'{args.signal}' has no figure '{args.figure}'; it has: {', '.join(e.name for e in found)}.")
+    if args.out is None:
+        raise UserError("Name the file to write with --out, e.g. --out figure.pdf.")
+    fmt = args.format or args.out.suffix.lstrip(".").lower()
+    write_bytes_atomic(args.out, render(chosen, fmt, args.width, args.grayscale))
+    print(f"wrote {chosen.name} ({chosen.title}) to {args.out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,8 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
     _plan_arguments(comparison)
     _retrain_arguments(comparison)
     comparison.set_defaults(handler=cmd_compare)
-    for verb, what in NOT_YET.items():
-        verbs.add_parser(verb, help=f"{what} (not yet available)").set_defaults(handler=cmd_not_yet)
+    export = verbs.add_parser("export", help="write a figure (paper style) or the table behind it")
+    _settings_arguments(export)
+    export.add_argument("--signal", required=True, help="a signal name, 'all' (every cached signal side by side), "
+                        "'plans' (every method's plan at --budget) or 'comparison' (the retrain results table)")
+    export.add_argument("--figure", default=None, help="which of its figures (default: the first; see --list)")
+    export.add_argument("--list", action="store_true", help="list the figures and tables it has, and stop")
+    export.add_argument("--format", choices=["pdf", "svg", "png", "csv", "tex"], default=None,
+                        help="default: from the --out suffix")
+    export.add_argument("--out", type=Path, default=None, help="file to write")
+    export.add_argument("--width", choices=["column", "page"], default="column",
+                        help="one column (3.4 in) or the full text width (7 in) (default: %(default)s)")
+    export.add_argument("--grayscale", action="store_true", help="grays and dash patterns instead of colours")
+    _plan_arguments(export)
+    export.set_defaults(handler=cmd_export)
     return parser
 
 
@@ -310,9 +352,7 @@ def _write_job_result(value: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.verb not in NOT_YET:  # the placeholder verbs take any flags, to say "not yet"
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parser.parse_args(argv)
     try:
         return args.handler(args)
     except UserError as exc:

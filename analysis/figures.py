@@ -1,6 +1,7 @@
-"""Plotly figures built from tidy tables; shared by the dashboard and (later) the export command."""
+"""Plotly figures built from tidy tables; shared by the dashboard and the export command."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
@@ -100,6 +101,40 @@ def cka_matrix_figure(matrix: pd.DataFrame, title: str = "") -> go.Figure:
     return figure
 
 
+def peak(values: pd.Series) -> float:
+    """Largest |value| (1 when there is none), what normalised figures divide by."""
+    largest = values.abs().max()
+    return float(largest) if largest and np.isfinite(largest) else 1.0
+
+
+def side_by_side_heatmaps(frames: dict[str, pd.DataFrame], titles: dict[str, str] | None = None,
+                          normalise: bool = True, value_label: str = "scaled value") -> go.Figure:
+    """One layer x module heatmap per frame on a shared layer axis and one colour scale. `normalise` divides
+    each frame by its largest |value| (signals in different units); the hover always shows the raw value."""
+    from plotly.subplots import make_subplots
+
+    names, titles = list(frames), titles or {}
+    widths = [max(2, frames[n]["module"].nunique()) for n in names]   # a block-level panel still fits its title
+    layers = sorted(set().union(*(frames[n]["layer"] for n in names)))
+    figure = make_subplots(rows=1, cols=len(names), shared_yaxes=True, horizontal_spacing=0.02,
+                           column_widths=widths, subplot_titles=[titles.get(n, n) for n in names])
+    signed = any((frames[n]["value"] < 0).any() for n in names)
+    for column, name in enumerate(names, start=1):
+        matrix = layer_module_matrix(frames[name]).reindex(layers)
+        scale = peak(frames[name]["value"]) if normalise else 1.0
+        figure.add_trace(go.Heatmap(z=matrix.to_numpy() / scale, x=list(matrix.columns), y=layers,
+                                    customdata=matrix.to_numpy(), coloraxis="coloraxis",
+                                    hovertemplate=f"{titles.get(name, name)}<br>layer %{{y}} · %{{x}}<br>"
+                                                  "%{customdata:.4g}<extra></extra>"), row=1, col=column)
+    colours = {"colorscale": "RdBu", "cmid": 0} if signed else {"colorscale": HEATMAP_SCALE, "cmin": 0}
+    figure.update_layout(coloraxis={**colours, "colorbar": {"title": value_label}},
+                         height=max(360, 22 * len(layers) + 180), margin={"l": 60, "r": 20, "t": 60, "b": 80})
+    figure.update_yaxes(autorange="reversed", dtick=1 if len(layers) <= 40 else 2)
+    figure.update_yaxes(title_text="layer", row=1, col=1)
+    figure.update_xaxes(tickangle=-60)
+    return figure
+
+
 def module_heatmap(modules: pd.DataFrame, title: str = "", value_label: str = "value",
                    zrange: tuple[float, float] | None = None) -> go.Figure:
     """layer x module heatmap of per-module values, the standard error in the hover when there is one;
@@ -163,7 +198,7 @@ def convergence_figure(convergence: pd.DataFrame, title: str = "") -> go.Figure:
         band = rows.dropna(subset=["stderr"])
         figure.add_trace(go.Scatter(x=list(band["samples"]) + list(band["samples"])[::-1],
                                     y=list(band["value"] + band["stderr"]) + list(band["value"] - band["stderr"])[::-1],
-                                    fill="toself", fillcolor=colour, opacity=0.15, line={"width": 0},
+                                    fill="toself", fillcolor=colour, opacity=0.15, mode="lines", line={"width": 0},
                                     hoverinfo="skip", showlegend=False))
         figure.add_trace(go.Scatter(x=rows["samples"], y=rows["value"], mode="lines", name=f"layer {layer}",
                                     line={"color": colour},

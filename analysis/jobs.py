@@ -53,10 +53,14 @@ class JobStatus:
 
 def settings_argv(settings: dict) -> list[str]:
     """Command-line flags that reproduce an analysis setting (RunSettings as a dict): each field is a flag of
-    the same name, except the split fractions, which the command line does not set."""
+    the same name; the split fractions are written comma-separated."""
     from analysis.context import RunSettings
-    flags = [f.name for f in dataclasses.fields(RunSettings) if f.name != "fractions"]
-    return [part for name in flags if name in settings for part in (f"--{name.replace('_', '-')}", str(settings[name]))]
+
+    def text(value) -> str:
+        return ",".join(f"{v:g}" for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+    flags = [f.name for f in dataclasses.fields(RunSettings)]
+    return [part for name in flags if name in settings for part in (f"--{name.replace('_', '-')}", text(settings[name]))]
 
 
 def jobs_dir(cache_root: Path) -> Path:

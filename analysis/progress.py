@@ -16,10 +16,15 @@ from tqdm.auto import tqdm
 T = TypeVar("T")
 
 
-def write_json_atomic(path: Path, value) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write whole or not at all: a reader (or a crash) never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, default=str))
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, value) -> None:
+    write_bytes_atomic(path, json.dumps(value, default=str).encode())
 
 
 def _report(job_dir: Path, bar: tqdm) -> None:

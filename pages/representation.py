@@ -1,8 +1,8 @@
 """CKA layer importance and intrinsic dimension (GeLoRA) of one cached run, read from the store."""
 import streamlit as st
 
-from analysis.figures import cka_importance_figure, cka_matrix_figure, intrinsic_dimension_figure
-from pages.shared.widgets import choose_run, csv_button, pick
+from analysis.exhibits import signal_exhibits
+from pages.shared.widgets import choose_run, pick, show
 
 st.title("Representation signals")
 st.caption("How much each block re-shapes the pooled hidden states (CKA) and how the states' intrinsic "
@@ -16,35 +16,30 @@ entry = pick(run, "id", "Intrinsic-dimension options")
 if entry is None:
     st.info("Intrinsic dimension is not computed for this run yet (signal `id`).")
 else:
-    table, dimensions = entry.table(), entry.table("dimensions")
-    st.plotly_chart(intrinsic_dimension_figure(table, dimensions))
+    show(signal_exhibits(entry)[0])
     config = entry.meta.get("config", {})
     st.caption(f"{config.get('estimator', 'twonn')} on {config.get('pooling', '?')}-pooled states of "
                f"{entry.meta.get('points', '?')} examples. GeLoRA gives every adapted matrix of block i at "
                "least this rank (alpha = 32 r); scaling the bounds to a budget is the Budget page's work.")
-    csv_button(run, table, "gelora_bounds")
 
 st.header("CKA layer importance")
 entry = pick(run, "cka", "CKA options")
 if entry is None:
     st.info("CKA is not computed for this run yet (signal `cka`).")
 else:
-    table = entry.table()
-    st.plotly_chart(cka_importance_figure(table))
+    table, exhibits = entry.table(), {e.name: e for e in signal_exhibits(entry)}
+    show(exhibits["cka_importance"])
     degenerate = table.loc[table["degenerate"], "layer"].tolist()
     if degenerate:
         st.caption(f"Block(s) {', '.join(map(str, degenerate))}: the state on one side is the same vector for "
                    "every example (an encoder's CLS at the embedding output), so CKA is undefined there; "
                    "the plan leaves such blocks out.")
     st.caption("The CKA plan adapts the most important blocks at one uniform rank, as many as the budget allows.")
-    csv_button(run, table, "cka_importance")
-    if "matrix" in entry.table_names:
-        matrix = entry.table("matrix")
+    if "cka_matrix" in exhibits:
         st.subheader("Layer x layer CKA")
-        st.plotly_chart(cka_matrix_figure(matrix))
+        show(exhibits["cka_matrix"])
         if degenerate:
             st.caption("Blank rows and columns: a constant state, with which CKA is undefined.")
-        csv_button(run, matrix, "cka_matrix")
     else:
         st.caption("This CKA run streamed its statistics batch by batch (accumulate), which gives the "
                    "consecutive pairs only, not the full layer x layer matrix.")

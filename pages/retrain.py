@@ -1,20 +1,18 @@
-"""Plans at a budget from the cached signals, a comparison retrain in the background (uniform LoRA first,
-several seeds) with live loss curves, and the results table."""
-import json
-
+"""Retrain the plans at the budget set here or on the Budget page, next to uniform LoRA and over several seeds,
+in the background with live loss curves; then the results table across plans and seeds."""
 import streamlit as st
 
 from analysis import jobs
-from analysis.allocate import Limits, uniform_cost
-from analysis.compare import formatted
-from analysis.context import RunSettings, prepare
+from analysis.allocate import parse_budget
 from analysis.errors import UserError
-from analysis.methods import UNIFORM, layout_for, method_scores, plan_from_scores
+from analysis.exhibits import comparison_exhibits
+from analysis.methods import UNIFORM
+from analysis.preview import preview, summary
 from analysis.registry import all_signals
 from analysis.results import when
 from analysis.retrain import RetrainConfig
 from analysis.store import Store
-from pages.shared.widgets import choose_run, csv_button, job_panel
+from pages.shared.widgets import budget_controls, cached_scores, choose_run, job_panel, planning, table_downloads
 
 store = Store()
 signals = all_signals()
@@ -25,65 +23,25 @@ st.caption("Each method turns its signal into per-module ranks under the same pa
 
 run = choose_run(set(signals), "No signals computed yet: run an analysis on the Setup page, or "
                  "`python -m analysis run`.")
-
-
-@st.cache_resource(show_spinner="Reading the model's layout")
-def setting(key: str, _settings: dict):
-    prepared = prepare(RunSettings(**_settings), store)
-    return prepared, layout_for(prepared)
-
-
-@st.cache_resource(show_spinner=False)
-def scores(key: str, method: str, entries: tuple[str, ...], _prepared, _layout):
-    """A method's scores, read from the cache once per set of cached entries (`entries` changes when a
-    signal is computed again), so moving the budget only re-allocates."""
-    return method_scores(_prepared, method, _layout)
-
-
-prepared, layout = setting(run.key, run.description["settings"])
+prepared, layout = planning(run.key, run.description["settings"])
 available = [name for name in signals if name in run.entries]
-
-left, right = st.columns(2)
-unit = left.radio("Budget as", ["average rank", "parameters"], horizontal=True)
-if unit == "average rank":
-    rank = left.number_input("Average rank (what uniform LoRA of this rank costs)", 0.25, 64.0, 4.0, 0.25)
-    budget = f"r{rank:g}"
-else:
-    budget = str(left.number_input("Trainable LoRA parameters", min_value=1, value=uniform_cost(layout, 4),
-                                   step=1000))
-methods = right.multiselect("Methods (uniform LoRA is always included)", available, default=available,
-                            format_func=lambda name: signals[name].title)
-blend = right.text_input("Blend (optional)", placeholder="e.g. 0.7*shapley+0.3*cka")
-with st.expander("Limits"):
-    a, b, c = st.columns(3)
-    limits = Limits(min_rank=a.number_input("Minimum rank per module", 0, 64, 0),
-                    max_rank=b.number_input("Maximum rank per module", 1, 256, 64),
-                    module_types=tuple(c.multiselect("Module types that may receive rank", layout.module_types,
-                                                     default=layout.module_types)),
-                    block_rank=a.number_input("Rank of each block a CKA plan selects", 1, 256, 8))
-methods = [UNIFORM, *methods, *([blend.strip()] if blend.strip() else [])]
+budget, methods, limits = budget_controls(layout, available, {n: s.title for n, s in signals.items()})
+methods = [UNIFORM, *methods]
 
 newest = tuple(variants[0].key for variants in run.entries.values())
-rows, plans = [], {}
-for method in methods:
-    try:
-        plan = plan_from_scores(prepared, scores(run.key, method, newest, prepared, layout), layout, budget,
-                                limits)
-    except UserError as error:
-        rows.append({"method": method, "trainable params": "—", "of budget": "—", "modules": "—", "ranks": "—",
-                     "note": str(error)})
-        continue
-    plans[method] = plan
-    ranks = [plan["r"], *plan["rank_pattern"].values()]
-    rows.append({"method": plan["signal"], "trainable params": f"{plan['trainable_params']:,}",
-                 "of budget": f"{plan['trainable_params'] / plan['budget']:.1%}",
-                 "modules": f"{len(plan['target_modules'])} of {len(layout.modules)}",
-                 "ranks": f"{min(ranks)}–{max(ranks)}", "note": " ".join(plan["warnings"])})
+try:
+    amount = parse_budget(budget, layout, limits)
+    outcomes = preview({m: cached_scores(run.key, m, newest, prepared, layout) for m in methods}, layout, amount,
+                       limits)
+except UserError as error:
+    st.error(str(error))
+    st.stop()
+planned = [o.method for o in outcomes if o.allocation is not None]
 st.subheader("Plans at this budget")
-st.dataframe(rows, hide_index=True)
-for column, (method, plan) in zip(st.columns(max(1, len(plans))), plans.items()):
-    column.download_button(f"Plan: {method}", json.dumps(plan, indent=1), file_name=f"plan-{method}.json",
-                           mime="application/json", key=f"plan-{method}")
+st.dataframe(summary(outcomes, layout, amount), hide_index=True,
+             column_config={"trainable params": st.column_config.NumberColumn(format="localized"),
+                            "of budget": st.column_config.NumberColumn(format="percent")})
+st.caption("The Budget page shows each plan as a heatmap and offers its JSON.")
 
 st.subheader("Retrain")
 defaults = RetrainConfig()
@@ -93,9 +51,9 @@ with st.form("retrain"):
     steps = b.number_input("Steps", 1, 100_000, defaults.steps)
     lr = c.number_input("Learning rate", 1e-6, 1.0, defaults.lr, format="%.4g")
     test_size = d.number_input("Test examples (0 = all)", 0, 1_000_000, defaults.test_size)
-    start = st.form_submit_button("Retrain and compare", type="primary", disabled=len(plans) < 2)
+    start = st.form_submit_button("Retrain and compare", type="primary", disabled=len(planned) < 2)
 if start:
-    chosen = [m for m in plans if m != UNIFORM]
+    chosen = [m for m in planned if m != UNIFORM]
     argv = ["compare", *jobs.settings_argv(run.description["settings"]), "--signals", ",".join(chosen),
             "--budget", budget, "--seeds", seeds, "--steps", str(steps), "--lr", str(lr), "--test-size",
             str(test_size), "--min-rank", str(limits.min_rank), "--max-rank", str(limits.max_rank),
@@ -116,7 +74,10 @@ else:
                f"{meta['config']['steps']} steps · {when(meta.get('created', 0))}"
 
     entry = st.selectbox("Comparison", comparisons, format_func=describe)
-    st.dataframe(formatted(entry.table(), entry.meta["task"]), hide_index=True)
+    summary_table, runs_table = comparison_exhibits(entry)
+    st.dataframe(summary_table.data(), hide_index=True)
     st.caption("Mean ± standard deviation over seeds; the test split is never used for the importance signals.")
-    csv_button(run, entry.table(), "comparison_summary")
-    csv_button(run, entry.table("runs"), "comparison_runs")
+    table_downloads(summary_table, latex=True)
+    with st.expander("Every run"):
+        st.dataframe(runs_table.data(), hide_index=True)
+        table_downloads(runs_table)

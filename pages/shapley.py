@@ -2,9 +2,10 @@
 AdaLoRA's sensitivity and with captum's exact-loss reference: all read from the store."""
 import streamlit as st
 
-from analysis.figures import agreement_figure, convergence_figure, layer_bars, module_heatmap, rank_heatmap
+from analysis.exhibits import signal_exhibits
+from analysis.figures import agreement_figure
 from analysis.results import spearman
-from pages.shared.widgets import choose_run, csv_button, pick
+from pages.shared.widgets import chart, choose_run, pick, show
 
 st.title("Shapley sensitivity (ShapLoRA)")
 st.caption("Each LoRA rank's Shapley value for lowering the validation loss, estimated from gate gradients at "
@@ -20,9 +21,8 @@ if shapley_entry is None:
     st.info("Shapley sensitivity is not computed for this run yet (signal `shapley`).")
     shapley_modules = None
 else:
-    meta = shapley_entry.meta
+    meta, exhibits = shapley_entry.meta, {e.name: e for e in signal_exhibits(shapley_entry)}
     table, shapley_modules = shapley_entry.table(), shapley_entry.table("modules")
-    layers = shapley_entry.table("layers")
     left, middle, right = st.columns(3)
     left.metric("Coalition samples", meta.get("samples"))
     middle.metric("Loss, all ranks on", f"{meta.get('loss_all_ranks', float('nan')):.4f}")
@@ -30,39 +30,29 @@ else:
     st.caption(f"Sum of the estimates {table['value'].sum():.4g} vs the exact total loss reduction "
                f"{meta.get('exact_total', float('nan')):.4g} (Shapley values add up to it; the gap is the "
                "first-order approximation plus Monte Carlo noise). Values are ± one standard error.")
-    by_layer, by_module, by_rank, convergence = st.tabs(["Per layer", "Per module", "Per rank", "Convergence"])
-    with by_layer:
-        st.plotly_chart(layer_bars(layers, value_label="loss reduction"))
-        csv_button(run, layers, "shapley_layers")
-    with by_module:
-        st.plotly_chart(module_heatmap(shapley_modules, value_label="loss reduction"))
-        csv_button(run, shapley_modules, "shapley_modules")
-    with by_rank:
-        st.plotly_chart(rank_heatmap(table))
-        csv_button(run, table, "shapley_ranks")
-    with convergence:
-        curve = shapley_entry.table("convergence")
-        st.plotly_chart(convergence_figure(curve))
-        csv_button(run, curve, "shapley_convergence")
+    tabs = st.tabs(["Per layer", "Per module", "Per rank", "Convergence"])
+    for tab, name in zip(tabs, ["shapley_layers", "shapley_modules", "shapley_ranks", "shapley_convergence"]):
+        with tab:
+            show(exhibits[name])
 
 st.header("Agreement")
 if shapley_modules is not None and adalora_entry is not None:
     adalora_modules = adalora_entry.table("modules")
     rho = spearman(shapley_modules, adalora_modules)
-    st.plotly_chart(agreement_figure(shapley_modules, adalora_modules, "Shapley", "AdaLoRA",
-                                     title=f"Shapley vs AdaLoRA sensitivity per module: Spearman {rho:.2f}"))
+    chart(agreement_figure(shapley_modules, adalora_modules, "Shapley", "AdaLoRA",
+                           title=f"Shapley vs AdaLoRA sensitivity per module: Spearman {rho:.2f}"),
+          lambda: shapley_modules.merge(adalora_modules, on=["layer", "module"], suffixes=("_shapley", "_adalora")),
+          "shapley_vs_adalora")
 elif adalora_entry is not None:
-    st.plotly_chart(module_heatmap(adalora_entry.table("modules"), title="AdaLoRA sensitivity per module",
-                                   value_label="score"))
+    show(signal_exhibits(adalora_entry)[0])
     st.info("Compute `shapley` for this run to compare it with AdaLoRA's sensitivity.")
 else:
     st.info("AdaLoRA's sensitivity is not computed for this run yet (signal `adalora`); it is the baseline "
             "the Shapley estimate is compared with.")
 if shapley_entry is not None and "reference" in shapley_entry.table_names:
-    reference = shapley_entry.table("reference")
-    rho = shapley_entry.meta.get("reference_spearman")
-    st.plotly_chart(agreement_figure(shapley_modules, reference, "Shapley (gradients)", "captum (exact losses)",
-                                     title=f"Cheap estimate vs captum's ShapleyValueSampling: Spearman {rho:.2f}"))
+    st.caption(f"Cheap estimate vs captum's ShapleyValueSampling: Spearman "
+               f"{shapley_entry.meta.get('reference_spearman'):.2f}")
+    show(exhibits["shapley_vs_captum"])
 elif shapley_entry is not None:
     st.caption("Run with `--set shapley.reference=true` to compare the estimate with captum's "
                "ShapleyValueSampling on true loss differences (modules as players; slow).")

@@ -2,8 +2,9 @@
 their histogram, and how the total rank shrinks as the scheduler raises the threshold."""
 import streamlit as st
 
-from analysis.figures import module_heatmap, rank_histogram, sparsity_path_figure
-from pages.shared.widgets import choose_run, csv_button, pick
+from analysis.exhibits import signal_exhibits
+from analysis.figures import module_heatmap
+from pages.shared.widgets import chart, choose_run, pick, show
 
 st.title("SoRA gate sparsity")
 st.caption("A gated LoRA trained with proximal-gradient gates (sparse LoRA): a rank whose gate reaches zero is "
@@ -13,9 +14,9 @@ st.caption("A gated LoRA trained with proximal-gradient gates (sparse LoRA): a r
 run = choose_run({"sora"}, "No SoRA results yet: run an analysis with the sora signal on the Setup page, or "
                  "`python -m analysis run --signals sora`.")
 entry = pick(run, "sora", "SoRA options")
-table, snapshots = entry.table(), entry.table("snapshots")
-history, schedule = entry.table("history"), entry.table("schedule")
+table, snapshots, history = entry.table(), entry.table("snapshots"), entry.table("history")
 config, meta = entry.meta.get("config", {}), entry.meta
+exhibits = {e.name: e for e in signal_exhibits(entry)}
 
 left, middle, right = st.columns(3)
 left.metric("Total learned rank", int(table["value"].sum()))
@@ -27,15 +28,11 @@ end_of_training = int(history.loc[history["stage"] == "train", "step"].max())
 step = st.select_slider("Training step", options=steps, value=end_of_training)
 shown = snapshots[snapshots["step"] == step]
 stage, xi = shown["stage"].iloc[0], shown["xi"].iloc[0]
-st.plotly_chart(module_heatmap(shown.rename(columns={"nonzero": "value"})[["layer", "module", "value"]],
-                               title=f"Non-zero gates at step {step} ({stage}, xi {xi:.3g})",
-                               value_label="non-zero gates", zrange=(0, int(config.get("r_max", 8)))))
-csv_button(run, snapshots, "sora_snapshots")
-
-st.plotly_chart(rank_histogram(table, int(config.get("r_max", table["value"].max())),
-                               title="Learned ranks after training"))
-csv_button(run, table, "sora_learned_ranks")
-st.plotly_chart(sparsity_path_figure(history, schedule))
-csv_button(run, schedule, "sora_schedule")
+chart(module_heatmap(shown.rename(columns={"nonzero": "value"})[["layer", "module", "value"]],
+                     title=f"Non-zero gates at step {step} ({stage}, xi {xi:.3g})",
+                     value_label="non-zero gates", zrange=(0, int(config.get("r_max", 8)))),
+      lambda: snapshots, "sora_snapshots")
+show(exhibits["sora_rank_histogram"])
+show(exhibits["sora_sparsity_path"])
 st.caption(f"The pruned adapter (a plain peft LoRA with rank_pattern = the learned ranks, gates folded into B) "
            f"is in `{entry.path('adapter')}`; load it with `PeftModel.from_pretrained(model, path)`.")

@@ -1,4 +1,5 @@
-"""Widgets the signal pages share: choosing a cached run, a variant of a signal in it, CSV downloads.
+"""Widgets the pages share: the current run, a variant of a signal in it, figures with their downloads,
+the budget controls, and the job panel.
 
 Kept under pages/shared/ so that Streamlit never mistakes this module for a page of its own.
 """
@@ -7,18 +8,53 @@ import time
 import streamlit as st
 
 from analysis import jobs
+from analysis.allocate import Limits, uniform_cost
+from analysis.context import RunSettings, prepare
+from analysis.exhibits import Exhibit, render
 from analysis.figures import learning_curves_figure
+from analysis.methods import layout_for, method_scores
+from analysis.paper import MIME, WIDTHS, figure_bytes, paper_style
 from analysis.results import Run, describe_options, runs
 from analysis.store import Store
 
+RUN_KEY = "current_run"   # the run every page opens with: the one last chosen on any page
 
-def choose_run(signals: set[str], empty_message: str) -> Run:
-    """A select box over the runs holding any of `signals`; stops the page with `empty_message` if none."""
+
+def _use_app_navigation() -> None:
+    """When a fresh server's first request names a page (a bookmark), Streamlit sees the pages/ folder beside
+    app.py and runs that file alone, with file names as navigation, for the life of the process. Leave that
+    mode and rerun through app.py's grouped navigation; this runs once, when a page first imports this module."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_use_app_navigation()
+
+
+def keep(*keys: str) -> None:
+    """Keep these widgets' values when the user switches pages (Streamlit drops the state of widgets a
+    page does not draw)."""
+    for key in keys:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+def choose_run(signals: set[str] | None, empty_message: str) -> Run:
+    """A select box over the runs holding any of `signals` (any signal: None), opened on the current run;
+    stops the page with `empty_message` if there is none."""
     found = runs(Store(), signals)
     if not found:
         st.info(empty_message)
         st.stop()
-    return st.selectbox("Run", found, format_func=lambda r: r.label)
+    keys = [r.key for r in found]
+    current = st.session_state.get(RUN_KEY)
+    chosen = st.selectbox("Run", found, index=keys.index(current) if current in keys else 0,
+                          format_func=lambda r: r.label)
+    st.session_state[RUN_KEY] = chosen.key
+    return chosen
 
 
 def pick(run: Run, signal: str, label: str):
@@ -29,9 +65,100 @@ def pick(run: Run, signal: str, label: str):
     return variants[0] if variants else None
 
 
-def csv_button(run: Run, frame, name: str) -> None:
-    st.download_button(f"CSV: {name}", frame.to_csv(index=False), file_name=f"{name}.csv", mime="text/csv",
-                       key=f"csv-{name}-{run.key}")
+def export_style() -> tuple[str, bool]:
+    """The paper style chosen on the Export page (one column, colour by default)."""
+    return st.session_state.get("export_width", "column"), st.session_state.get("export_grayscale", False)
+
+
+def downloads(figure, data, name: str) -> None:
+    """PDF, SVG and PNG of the figure in paper style, and the CSV behind it; files are made on click."""
+    width, grayscale = export_style()
+    with st.popover("Download", icon=":material/download:"):
+        st.caption(f"Paper style: {WIDTHS[width]} in wide{', grayscale' if grayscale else ''} "
+                   "(change it on the Export page).")
+        columns = st.columns(4)
+        for column, fmt in zip(columns, ("pdf", "svg", "png")):
+            column.download_button(fmt.upper(), lambda fmt=fmt: figure_bytes(paper_style(figure, width, grayscale), fmt),
+                                   file_name=f"{name}.{fmt}", mime=MIME[fmt], key=f"{fmt}-{name}", on_click="ignore")
+        columns[3].download_button("CSV", lambda: data().to_csv(index=False), file_name=f"{name}.csv",
+                                   mime="text/csv", key=f"csv-{name}", on_click="ignore")
+
+
+def table_downloads(exhibit: Exhibit, latex: bool = False) -> None:
+    """The table as CSV and, for a results table, as LaTeX (booktabs)."""
+    columns = st.columns(6)
+    columns[0].download_button("CSV", lambda: render(exhibit, "csv"), file_name=f"{exhibit.name}.csv",
+                               mime=MIME["csv"], key=f"csv-{exhibit.name}", on_click="ignore")
+    if latex:
+        columns[1].download_button("LaTeX", lambda: render(exhibit, "tex"), file_name=f"{exhibit.name}.tex",
+                                   mime=MIME["tex"], key=f"tex-{exhibit.name}", on_click="ignore")
+
+
+def chart(figure, data, name: str) -> None:
+    """A figure on the page with its downloads; `data` returns the table behind it."""
+    st.plotly_chart(figure, key=f"chart-{name}")
+    downloads(figure, data, name)
+
+
+def show(exhibit: Exhibit) -> None:
+    chart(exhibit.figure(), exhibit.data, exhibit.name)
+
+
+@st.cache_resource(show_spinner="Reading the model's layout")
+def planning(run_key: str, _settings: dict):
+    """The run's prepared setting and the model's layout (from its config, no weights), once per run."""
+    prepared = prepare(RunSettings(**_settings), Store())
+    return prepared, layout_for(prepared)
+
+
+@st.cache_resource(show_spinner=False)
+def cached_scores(run_key: str, method: str, entries: tuple[str, ...], _prepared, _layout):
+    """A method's scores, read from the cache once per set of cached entries (`entries` changes when a
+    signal is computed again), so moving the budget only re-allocates."""
+    return method_scores(_prepared, method, _layout)
+
+
+BUDGET_KEYS = ("budget_unit", "budget_rank", "budget_params", "plan_methods", "plan_blend", "min_rank", "max_rank",
+               "module_types", "block_rank")
+PERSISTENT_KEYS = (*BUDGET_KEYS, "plan_difference", "export_width", "export_grayscale")
+
+
+def current_budget() -> str:
+    """The budget last set on the Budget or Retrain page, as a budget string (r4 by default)."""
+    state = st.session_state
+    if state.get("budget_unit") == "parameters" and "budget_params" in state:
+        return str(state["budget_params"])
+    return f"r{state.get('budget_rank', 4.0):g}"
+
+
+def budget_controls(layout, available: list[str], titles: dict[str, str]) -> tuple[str, list[str], Limits]:
+    """Budget (an average rank on a slider, or parameters), methods, an optional blend and limits; shared
+    by the Budget and Retrain pages, so a budget set on one is the budget on the other."""
+    state = st.session_state
+    state.setdefault("budget_unit", "average rank")
+    state.setdefault("budget_rank", 4.0)
+    state.setdefault("budget_params", uniform_cost(layout, 4))
+    for key, default in (("min_rank", 0), ("max_rank", 64), ("block_rank", 8)):
+        state.setdefault(key, default)
+    state["plan_methods"] = [m for m in state.get("plan_methods", available) if m in available]
+    state["module_types"] = [t for t in state.get("module_types", layout.module_types) if t in layout.module_types]
+    left, right = st.columns(2)
+    unit = left.radio("Budget as", ["average rank", "parameters"], horizontal=True, key="budget_unit")
+    if unit == "average rank":
+        left.slider("Average rank (what uniform LoRA of this rank costs)", 0.5, 32.0, step=0.5, key="budget_rank")
+    else:
+        left.number_input("Trainable LoRA parameters", min_value=1, step=1000, key="budget_params")
+    methods = right.multiselect("Methods (uniform LoRA is always included)", available, key="plan_methods",
+                                format_func=lambda name: titles.get(name, name))
+    blend = right.text_input("Blend (optional)", placeholder="e.g. 0.7*shapley+0.3*cka", key="plan_blend")
+    with st.expander("Limits"):
+        a, b, c = st.columns(3)
+        limits = Limits(min_rank=a.number_input("Minimum rank per module", 0, 64, key="min_rank"),
+                        max_rank=b.number_input("Maximum rank per module", 1, 256, key="max_rank"),
+                        module_types=tuple(c.multiselect("Module types that may receive rank", layout.module_types,
+                                                         key="module_types")),
+                        block_rank=a.number_input("Rank of each block a CKA plan selects", 1, 256, key="block_rank"))
+    return current_budget(), [*methods, *([blend.strip()] if blend.strip() else [])], limits
 
 
 def _job_title(job: jobs.JobStatus) -> str:

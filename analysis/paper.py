@@ -1,0 +1,133 @@
+"""Figures and tables for papers: a print style, PDF/SVG/PNG through kaleido, and LaTeX tables.
+
+kaleido 1.x renders with a Chromium on the machine (Debian package `chromium`, found by itself or
+through BROWSER_PATH), offline: plotly.js comes from the plotly package and no label uses MathJax.
+Chromium's PDF embeds the font as a TrueType subset (no Type 3). One Chromium is kept running after
+the first export, so later exports take a fraction of a second instead of seconds.
+"""
+from __future__ import annotations
+
+import atexit
+import threading
+import warnings
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from analysis.errors import UserError
+
+FORMATS = ("pdf", "svg", "png")
+MIME = {"pdf": "application/pdf", "svg": "image/svg+xml", "png": "image/png", "csv": "text/csv",
+        "tex": "application/x-tex"}
+# Text widths in inches: one column of a two-column paper (ACL, NeurIPS-style double column, IEEE)
+# and the full text width. Sizes are in CSS pixels, 96 to the inch, which is what kaleido's PDF uses.
+WIDTHS = {"column": 3.4, "page": 7.0}
+PIXELS_PER_INCH = 96
+FONT = "Liberation Sans, Arial, Helvetica, sans-serif"   # metric twin of Arial; Debian fonts-liberation
+FONT_SIZE = 10          # CSS px = 7.5 pt, the usual size of figure text in a paper
+PNG_SCALE = 3           # 288 dpi
+GRAYS = ["#000000", "#555555", "#888888", "#aaaaaa", "#cccccc"]
+DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+
+_server_lock = threading.Lock()
+_server_started = False
+
+
+def paper_style(figure: go.Figure, width: str = "column", grayscale: bool = False) -> go.Figure:
+    """A copy of `figure` sized for `width` ('column' or 'page') with print typography: white background,
+    black text in one embedded sans font, thin axes, tight margins; `grayscale` maps every colour scale
+    to grays and tells lines apart by dash pattern instead of colour."""
+    if width not in WIDTHS:
+        raise UserError(f"Unknown width '{width}'; choose one of: {', '.join(WIDTHS)}.")
+    styled = go.Figure(figure)
+    pixels = round(WIDTHS[width] * PIXELS_PER_INCH)
+    screen_height = styled.layout.height or 450
+    # Heatmaps grow with the number of layers on screen; keep that proportion at print width.
+    height = max(round(0.62 * pixels), round(screen_height * pixels / 760))
+    # Room above the plot for the title and the subplot titles (which may run over several lines).
+    title_lines = max((a.text.count("<br>") + 1 for a in styled.layout.annotations
+                       if a.yref == "paper" and a.yanchor == "bottom"),
+                      default=0)
+    top = 10 + (FONT_SIZE + 6) * title_lines + (FONT_SIZE + 10 if styled.layout.title.text else 0)
+    styled.update_layout(template="simple_white", width=pixels, height=height,
+                         font={"family": FONT, "size": FONT_SIZE, "color": "black"},
+                         title={"font": {"size": FONT_SIZE + 1}, "x": 0.5, "xanchor": "center"},
+                         margin={"l": 48, "r": 8, "t": top, "b": 40},
+                         legend={"font": {"size": FONT_SIZE - 1}})
+    styled.update_annotations(font_size=FONT_SIZE)   # subplot titles
+    styled.update_xaxes(ticks="outside", ticklen=3, linewidth=0.8, title_standoff=4)
+    styled.update_yaxes(ticks="outside", ticklen=3, linewidth=0.8, title_standoff=4)
+    styled.update_traces(colorbar={"thickness": 10, "len": 0.9}, selector={"type": "heatmap"})
+    if styled.layout.coloraxis.colorbar is not None:
+        styled.update_layout(coloraxis_colorbar={"thickness": 10, "len": 0.9})
+    if grayscale:
+        _to_grayscale(styled)
+    return styled
+
+
+def _to_grayscale(figure: go.Figure) -> None:
+    """Colour scales become gray ramps (dark = high, or black-white-black for a diverging scale); bars and
+    lines take gray levels, and lines a dash pattern each, so nothing depends on hue."""
+    def ramp(diverging: bool):
+        return [[0, "#000000"], [0.5, "#ffffff"], [1, "#000000"]] if diverging else "Greys"
+
+    for trace in figure.data:
+        if trace.type == "heatmap" and getattr(trace, "coloraxis", None) is None:
+            trace.colorscale = ramp(trace.zmid is not None)
+    if figure.layout.coloraxis.colorscale is not None:
+        figure.layout.coloraxis.colorscale = ramp(figure.layout.coloraxis.cmid is not None)
+    lines = 0
+    for trace in figure.data:
+        if trace.type in ("scatter", "bar"):
+            gray = GRAYS[lines % len(GRAYS)]
+            if trace.type == "scatter" and trace.fill:          # an error band
+                trace.fillcolor = "#bbbbbb"
+                continue
+            if trace.type == "scatter":
+                trace.line.color, trace.line.dash = gray, DASHES[lines % len(DASHES)]
+                if not isinstance(trace.marker.color, (list, tuple)) and trace.marker.colorscale is None:
+                    trace.marker.color = gray
+                else:
+                    trace.marker.colorscale = "Greys"
+            else:
+                trace.marker.color = "#555555"
+            lines += 1
+
+
+def _ensure_server() -> None:
+    """Start kaleido's Chromium once for this process; it is stopped when the process exits."""
+    global _server_started
+    import kaleido
+
+    with _server_lock:
+        if not _server_started:
+            kaleido.start_sync_server(silence_warnings=True)
+            atexit.register(kaleido.stop_sync_server, silence_warnings=True)
+            _server_started = True
+
+
+def figure_bytes(figure: go.Figure, fmt: str) -> bytes:
+    """The figure as PDF, SVG or PNG bytes at its own width and height."""
+    if fmt not in FORMATS:
+        raise UserError(f"Figures export as {', '.join(FORMATS)}, not '{fmt}'.")
+    import plotly.io as pio
+    from choreographer.errors import BrowserFailedError, ChromeNotFoundError
+
+    _ensure_server()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # plotly notes that its kaleido options go unused with a server
+            return pio.to_image(figure, format=fmt, scale=PNG_SCALE if fmt == "png" else 1)
+    except (ChromeNotFoundError, BrowserFailedError):
+        raise UserError("Exporting figures needs a Chromium on this machine: install Debian's package "
+                        "(sudo apt-get install chromium) or point BROWSER_PATH at a Chrome.") from None
+
+
+def latex_table(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:
+    """A booktabs table; text is escaped for LaTeX and '±' becomes $\\pm$."""
+    styler = frame.style.hide(axis="index").format(escape="latex", precision=3)
+    styler = styler.format_index(escape="latex", axis="columns")
+    text = styler.to_latex(hrules=True, column_format="l" + "r" * (len(frame.columns) - 1),
+                           caption=caption or None, label=label or None, position="t",
+                           position_float="centering")
+    return text.replace("±", r"$\pm$")

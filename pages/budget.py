@@ -1,0 +1,63 @@
+"""The budget preview: drag the budget and see the plan every selected method implies, side by side, re-planned
+from the cached tables only (no model), with parameter counts, the difference from uniform LoRA and each plan's
+JSON."""
+import json
+import re
+
+import streamlit as st
+
+from analysis.allocate import parse_budget
+from analysis.errors import UserError
+from analysis.exhibits import plan_exhibit
+from analysis.methods import UNIFORM
+from analysis.preview import plan_json, preview, summary
+from analysis.registry import all_signals
+from pages.shared.widgets import budget_controls, cached_scores, chart, choose_run, planning
+
+signals = all_signals()
+
+st.title("Budget")
+st.caption("Every method spends the same number of trainable LoRA parameters (a rank r costs r x (d_in + d_out) "
+           "in a module). Uniform LoRA is the reference; an average rank of 4 means what uniform rank 4 costs.")
+
+run = choose_run(set(signals), "No signals computed yet: run an analysis on the Setup page, or "
+                 "`python -m analysis run`; until then only uniform LoRA can be planned.")
+prepared, layout = planning(run.key, run.description["settings"])
+available = [name for name in signals if name in run.entries]
+missing = [signals[name].title for name in signals if name not in run.entries]
+budget, methods, limits = budget_controls(layout, available, {n: s.title for n, s in signals.items()})
+methods = [UNIFORM, *methods]
+if missing:
+    st.caption(f"Not computed for this run yet, so not offered: {', '.join(missing)}.")
+
+newest = tuple(variants[0].key for variants in run.entries.values())
+try:
+    amount = parse_budget(budget, layout, limits)
+    outcomes = preview({m: cached_scores(run.key, m, newest, prepared, layout) for m in methods}, layout, amount,
+                       limits)
+except UserError as error:
+    st.error(str(error))
+    st.stop()
+
+st.subheader(f"Plans at {amount:,} trainable parameters")
+st.dataframe(summary(outcomes, layout, amount), hide_index=True,
+             column_config={"trainable params": st.column_config.NumberColumn(format="localized"),
+                            "of budget": st.column_config.NumberColumn(format="percent")})
+difference = st.toggle("Show each plan minus uniform LoRA's ranks", key="plan_difference")
+exhibit = plan_exhibit(outcomes, layout, amount, difference)
+if any(o.allocation is not None for o in outcomes if o.method != UNIFORM) or not difference:
+    chart(exhibit.figure(), exhibit.data, exhibit.name)
+
+st.subheader("Plan JSON")
+st.caption("peft.LoraConfig's arguments with full module paths (rank_pattern, alpha_pattern), checked against "
+           "the model's module names; train one with `python -m analysis retrain --plan plan.json`, or compare "
+           "them all on the Retrain page.")
+planned = [o for o in outcomes if o.allocation is not None]
+for column, outcome in zip(st.columns(max(1, len(planned))), planned):
+    stem = re.sub(r"[^\w.+-]", "_", outcome.method)   # a blend such as 0.7*shapley+0.3*cka
+    column.download_button(
+        outcome.method, lambda o=outcome: json.dumps(plan_json(o, layout, amount, run.description["settings"]),
+                                                     indent=1),
+        file_name=f"plan-{stem}-{amount}.json", mime="application/json", key=f"plan-{outcome.method}",
+        on_click="ignore", icon=":material/download:")
+st.caption("To train these plans next to uniform LoRA, open **Retrain and compare**: it starts at this budget.")

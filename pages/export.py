@@ -1,0 +1,83 @@
+"""Figures and tables for the paper: choose the print style once, preview a figure as it will print, and
+download any figure as PDF, SVG or PNG with the CSV behind it, the results table also as LaTeX, or
+everything at once as a zip."""
+import io
+import zipfile
+
+import streamlit as st
+
+from analysis.errors import UserError
+from analysis.exhibits import comparison_exhibits, exhibits_for, overview_exhibits, render, signal_exhibits
+from analysis.paper import FORMATS, MIME, WIDTHS, paper_style
+from analysis.registry import all_signals
+from analysis.store import Store
+from pages.shared.widgets import choose_run, current_budget, planning
+
+signals = all_signals()
+
+st.title("Export")
+st.caption("Paper style: white background, one embedded sans-serif font (Liberation Sans, Arial's metric twin) "
+           "at 7.5 pt, sized for one column or the full text width, colour-blind-safe scales (viridis, a "
+           "blue-red diverging scale, Okabe-Ito lines), optionally grayscale. The same files come from "
+           "`python -m analysis export`.")
+
+run = choose_run(set(signals), "No signals computed yet: run an analysis on the Setup page, or "
+                 "`python -m analysis run`.")
+left, right = st.columns(2)
+st.session_state.setdefault("export_width", "column")
+left.radio("Width", list(WIDTHS), format_func=lambda w: f"{w} ({WIDTHS[w]} in)", horizontal=True, key="export_width")
+right.toggle("Grayscale", key="export_grayscale")
+width, grayscale = st.session_state["export_width"], st.session_state["export_grayscale"]
+
+entries = {name: run.entries[name][0] for name in signals if name in run.entries}
+groups = {"All signals": overview_exhibits(entries)}
+for name, entry in entries.items():
+    groups[signals[name].title] = signal_exhibits(entry)
+prepared, _ = planning(run.key, run.description["settings"])
+budget = current_budget()
+try:
+    groups[f"Plans at {budget} (the Budget page's budget)"] = exhibits_for(prepared, "plans", budget)
+except UserError as error:
+    st.caption(f"No plan figure: {error}")
+comparisons = [e for e in Store().entries() if e.meta.get("signal") == "comparison"
+               and e.meta.get("context_key") == run.key]
+if comparisons:
+    groups["Retrain comparison (newest)"] = comparison_exhibits(comparisons[0])
+else:
+    st.caption("No retrain comparison for this run yet; its results table (CSV, LaTeX) appears here once one has "
+               "finished.")
+exhibits = [e for group in groups.values() for e in group]
+
+st.subheader("Preview as printed")
+figures = [e for e in exhibits if e.figure is not None]
+chosen = st.selectbox("Figure", figures, format_func=lambda e: f"{e.title} ({e.name})")
+st.plotly_chart(paper_style(chosen.figure(), width, grayscale), theme=None, width="content")
+
+
+def everything() -> bytes:
+    """Every figure as PDF and every table as CSV (results also as LaTeX), in one zip."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for exhibit in exhibits:
+            archive.writestr(f"{exhibit.name}.csv", render(exhibit, "csv"))
+            if exhibit.figure is not None:
+                archive.writestr(f"{exhibit.name}.pdf", render(exhibit, "pdf", width, grayscale))
+            else:
+                archive.writestr(f"{exhibit.name}.tex", render(exhibit, "tex"))
+    return buffer.getvalue()
+
+
+st.download_button("Everything (PDF figures, CSV and LaTeX tables) as a zip", everything, file_name="figures.zip",
+                   mime="application/zip", on_click="ignore", type="primary", icon=":material/folder_zip:")
+
+for group, members in groups.items():
+    st.subheader(group)
+    for exhibit in members:
+        name, buttons = st.columns([3, 4])
+        name.markdown(f"**{exhibit.title}**  \n`{exhibit.name}`")
+        formats = [*FORMATS, "csv"] if exhibit.figure is not None else ["csv", "tex"]
+        for column, fmt in zip(buttons.columns(len(formats)), formats):
+            column.download_button(fmt.upper() if fmt != "tex" else "LaTeX",
+                                   lambda e=exhibit, f=fmt: render(e, f, width, grayscale),
+                                   file_name=f"{exhibit.name}.{fmt}", mime=MIME[fmt],
+                                   key=f"export-{exhibit.name}-{fmt}", on_click="ignore")

@@ -1,0 +1,109 @@
+"""A cache filled by the real runner with random results in each signal's real table schema, for any model
+whose config is on disk: page tests and the budget bench run on a 30-layer decoder or an 8B shape without
+training anything. `test_synthetic_store.py` checks that these schemas equal what the real signals write.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from analysis.context import RunSettings
+from analysis.methods import layout_for
+from analysis.registry import get_signal
+from analysis.runner import run_signals
+from analysis.store import Result, Store
+
+R_MAX = 8
+
+
+def _per_rank(name, modules, values, stderr=None) -> pd.DataFrame:
+    table = pd.DataFrame({"signal": name, "layer": np.repeat([m.layer for m in modules], R_MAX),
+                          "module": np.repeat([m.name for m in modules], R_MAX), "value": values.reshape(-1)})
+    if stderr is not None:
+        table["stderr"] = stderr.reshape(-1)
+    table["rank"] = np.tile(np.arange(R_MAX), len(modules))
+    return table
+
+
+def _module_frame(modules, **columns) -> pd.DataFrame:
+    return pd.DataFrame({"layer": [m.layer for m in modules], "module": [m.name for m in modules], **columns})
+
+
+def _shapley(modules, layers, rng) -> Result:
+    values, errors = rng.normal(0.01, 0.02, (len(modules), R_MAX)), rng.uniform(0.001, 0.01, (len(modules), R_MAX))
+    table = _per_rank("shapley", modules, values, errors)
+    per_module = _module_frame(modules, value=values.sum(1), stderr=np.sqrt((errors ** 2).sum(1)))
+    per_layer = per_module.groupby("layer", as_index=False).agg(value=("value", "sum"),
+                                                                stderr=("stderr", lambda e: np.sqrt((e ** 2).sum())))
+    convergence = pd.concat([per_layer.assign(samples=t, value=per_layer["value"] + rng.normal(0, 0.01, len(layers)),
+                                              stderr=per_layer["stderr"] * 8 / t) for t in (8, 16, 32, 64)])
+    return Result(table, tables={"modules": per_module, "layers": per_layer,
+                                 "convergence": convergence[["samples", "layer", "value", "stderr"]]},
+                  meta={"samples": 64, "loss_all_ranks": 0.4, "loss_no_ranks": 0.7, "exact_total": 0.3})
+
+
+def _adalora(modules, layers, rng) -> Result:
+    table = _per_rank("adalora", modules, rng.gamma(2.0, 0.01, (len(modules), R_MAX)))
+    return Result(table, tables={"modules": table.groupby(["layer", "module"], sort=False, as_index=False)["value"]
+                                 .sum()})
+
+
+def _sora(modules, layers, rng) -> Result:
+    gates = rng.normal(0, 0.3, (len(modules), R_MAX)) * (rng.random((len(modules), R_MAX)) < 0.6)
+    learned = (gates != 0).sum(1)
+    table = _module_frame(modules, value=learned, magnitude=np.abs(gates).sum(1) / np.maximum(learned, 1))
+    table.insert(0, "signal", "sora")
+    snapshots = pd.concat([_module_frame(modules, nonzero=np.minimum(R_MAX, learned + 4 - k), magnitude=0.1)
+                           .assign(step=10 * (k + 1), stage="train", xi=0.0) for k in range(4)])
+    history = pd.DataFrame({"step": [10, 20, 30, 40, 50], "stage": ["train"] * 4 + ["xi 0.1"], "xi": [0.0] * 4 + [0.1],
+                            "loss": [0.7, 0.6, 0.5, 0.45, 0.5], "nonzero": [int(learned.sum()) + 12 - 3 * k
+                                                                            for k in range(5)]})
+    schedule = pd.DataFrame({"stage": ["train", "xi 0.1"], "xi": [0.01, 0.1],
+                             "total_rank": [int(learned.sum()), int(learned.sum()) // 2]})
+    return Result(table, tables={"snapshots": snapshots[["step", "stage", "xi", "layer", "module", "nonzero",
+                                                         "magnitude"]],
+                                 "history": history, "schedule": schedule,
+                                 "layers": table.groupby("layer", as_index=False)["value"].sum(),
+                                 "gates": _per_rank("sora", modules, gates)},
+                  meta={"trainable_before": 1, "trainable_after": 1, "adapter_files": []})
+
+
+def _intrinsic_dimension(modules, layers, rng) -> Result:
+    dims = np.cumsum(rng.uniform(0, 3, len(layers) + 1)) + 5
+    blocks = range(len(layers))
+    table = pd.DataFrame({"signal": "id", "layer": blocks, "module": "block",
+                          "value": [int(np.ceil(max(dims[i + 1] - dims[i], 0))) + 1 for i in blocks],
+                          "id_in": dims[:-1], "id_out": dims[1:]})
+    return Result(table, tables={"dimensions": pd.DataFrame({"state": range(len(dims)), "id": dims})},
+                  meta={"points": 64, "estimator": "twonn"})
+
+
+def _cka(modules, layers, rng) -> Result:
+    size = len(layers) + 1
+    similarity = np.clip(1 - np.abs(np.subtract.outer(range(size), range(size))) * 0.05, 0, 1)
+    consecutive = similarity.diagonal(1) - rng.uniform(0, 0.1, size - 1)
+    table = pd.DataFrame({"signal": "cka", "layer": range(size - 1), "module": "block", "value": 1 - consecutive,
+                          "degenerate": False})
+    matrix = pd.DataFrame({"layer": np.repeat(range(size), size), "layer2": np.tile(range(size), size),
+                           "value": similarity.reshape(-1)})
+    return Result(table, tables={"matrix": matrix}, meta={"examples": 64, "accumulated": False})
+
+
+MAKERS = {"shapley": _shapley, "adalora": _adalora, "sora": _sora, "id": _intrinsic_dimension, "cka": _cka}
+
+
+def fill(cache_dir, settings: RunSettings, signals=tuple(MAKERS), seed: int = 0) -> Store:
+    """Run `signals` through the real runner (real keys, metadata and store), each computing random tables of
+    its real schema for the model's layout instead of training."""
+    store, rng = Store(cache_dir), np.random.default_rng(seed)
+
+    def synthetic(name):
+        def compute(context, config):
+            modules = list(layout_for(context.prepared).modules)
+            return MAKERS[name](modules, sorted({m.layer for m in modules}), rng)
+        return dataclasses.replace(get_signal(name), compute=compute)
+
+    run_signals(settings, [synthetic(name) for name in signals], store=store)
+    return store
