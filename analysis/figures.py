@@ -107,32 +107,49 @@ def peak(values: pd.Series) -> float:
     return float(largest) if largest and np.isfinite(largest) else 1.0
 
 
+def _grid(frame: pd.DataFrame, layers: list[int]) -> tuple[np.ndarray, list[str]]:
+    """layers x modules array of a per-module frame (one row per layer and module), NaN where absent; numpy
+    indexing rather than a pandas pivot, since the budget preview redraws several of these per move."""
+    modules = module_order(frame)
+    grid = np.full((len(layers), len(modules)), np.nan)
+    rows = np.searchsorted(layers, frame["layer"].to_numpy())
+    columns = pd.Index(modules).get_indexer(frame["module"])
+    grid[rows, columns] = frame["value"].to_numpy(dtype=float)
+    return grid, modules
+
+
 def side_by_side_heatmaps(frames: dict[str, pd.DataFrame], titles: dict[str, str] | None = None,
                           normalise: bool = True, value_label: str = "scaled value") -> go.Figure:
-    """One layer x module heatmap per frame on a shared layer axis and one colour scale. `normalise` divides
-    each frame by its largest |value| (signals in different units); the hover always shows the raw value."""
-    from plotly.subplots import make_subplots
-
+    """One layer x module heatmap per frame (one row per layer and module) on a shared layer axis and one
+    colour scale. `normalise` divides each frame by its largest |value| (signals in different units); the
+    hover always shows the raw value. Panels are laid out by hand: make_subplots costs more than the whole
+    budget preview may take."""
     names, titles = list(frames), titles or {}
-    widths = [max(2, frames[n]["module"].nunique()) for n in names]   # a block-level panel still fits its title
     layers = sorted(set().union(*(frames[n]["layer"] for n in names)))
-    figure = make_subplots(rows=1, cols=len(names), shared_yaxes=True, horizontal_spacing=0.02,
-                           column_widths=widths, subplot_titles=[titles.get(n, n) for n in names])
+    widths = np.array([max(2, frames[n]["module"].nunique()) for n in names], dtype=float)  # a block still fits its title
+    gap = 0.02
+    spans = widths / widths.sum() * (1 - gap * (len(names) - 1))
+    starts = np.concatenate([[0], np.cumsum(spans + gap)[:-1]])
     signed = any((frames[n]["value"] < 0).any() for n in names)
-    for column, name in enumerate(names, start=1):
-        matrix = layer_module_matrix(frames[name]).reindex(layers)
+    traces, layout = [], {}
+    for index, name in enumerate(names):
+        grid, modules = _grid(frames[name], layers)
         scale = peak(frames[name]["value"]) if normalise else 1.0
-        figure.add_trace(go.Heatmap(z=matrix.to_numpy() / scale, x=list(matrix.columns), y=layers,
-                                    customdata=matrix.to_numpy(), coloraxis="coloraxis",
-                                    hovertemplate=f"{titles.get(name, name)}<br>layer %{{y}} · %{{x}}<br>"
-                                                  "%{customdata:.4g}<extra></extra>"), row=1, col=column)
+        axis = "" if index == 0 else str(index + 1)
+        traces.append(go.Heatmap(z=grid / scale, x=modules, y=layers, customdata=grid, coloraxis="coloraxis",
+                                 xaxis=f"x{axis}", yaxis="y",
+                                 hovertemplate=f"{titles.get(name, name)}<br>layer %{{y}} · %{{x}}<br>"
+                                               "%{customdata:.4g}<extra></extra>"))
+        layout[f"xaxis{axis}"] = {"domain": [starts[index], starts[index] + spans[index]], "tickangle": -60,
+                                  "anchor": "y"}
     colours = {"colorscale": "RdBu", "cmid": 0} if signed else {"colorscale": HEATMAP_SCALE, "cmin": 0}
-    figure.update_layout(coloraxis={**colours, "colorbar": {"title": value_label}},
-                         height=max(360, 22 * len(layers) + 180), margin={"l": 60, "r": 20, "t": 60, "b": 80})
-    figure.update_yaxes(autorange="reversed", dtick=1 if len(layers) <= 40 else 2)
-    figure.update_yaxes(title_text="layer", row=1, col=1)
-    figure.update_xaxes(tickangle=-60)
-    return figure
+    annotations = [{"text": titles.get(name, name), "x": starts[i] + spans[i] / 2, "y": 1.0, "xref": "paper",
+                    "yref": "paper", "xanchor": "center", "yanchor": "bottom", "showarrow": False}
+                   for i, name in enumerate(names)]
+    return go.Figure(traces, {
+        **layout, "yaxis": {"title": "layer", "autorange": "reversed", "dtick": 1 if len(layers) <= 40 else 2},
+        "coloraxis": {**colours, "colorbar": {"title": value_label}}, "annotations": annotations,
+        "height": max(360, 22 * len(layers) + 180), "margin": {"l": 60, "r": 20, "t": 60, "b": 80}})
 
 
 def module_heatmap(modules: pd.DataFrame, title: str = "", value_label: str = "value",

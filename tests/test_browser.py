@@ -8,10 +8,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from analysis.store import Result, Store
+from analysis.context import RunSettings
+from analysis.store import Store
+from tests.synthetic_store import fill
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -55,24 +56,30 @@ def dashboard(cache_dir):
 
 
 @pytest.mark.slow
-def test_dashboard_shows_cached_heatmap_in_chromium(dashboard, cache_dir, tmp_path):
+def test_budget_preview_follows_the_slider_in_chromium(dashboard, cache_dir, tmp_path):
+    """A bookmark to the Budget page as a fresh server's first request: the grouped navigation, then the plans
+    re-drawn as the average rank moves from 4 to 6."""
     from playwright.sync_api import sync_playwright
 
-    modules = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
-    rows = [(layer, module, (layer + 1) * (i + 1) / 36) for layer in range(6) for i, module in enumerate(modules)]
-    table = pd.DataFrame(rows, columns=["layer", "module", "value"]).assign(signal="grad_norm")
-    Store(cache_dir).put("k", Result(table[["signal", "layer", "module", "value"]]),
-                         {"signal": "grad_norm", "title": "Gradient norm", "model": "minilm",
-                          "model_name": "all-MiniLM-L6-v2 (embedded)", "data": "rotten_tomatoes"})
-    screenshot = Path(os.environ.get("SCREENSHOT_PATH", tmp_path / "dashboard.png"))
+    fill(cache_dir, RunSettings(val_size=16, device="cpu"))
+    uniform = 4 * sum(768 if i < 4 else 1920 for i in range(6)) * 6   # rank 4 on every MiniLM linear
+    screenshot = Path(os.environ.get("SCREENSHOT_PATH", tmp_path / "budget.png"))
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1500})
-        page.goto(dashboard)
-        page.get_by_text("Where should the LoRA rank go?").wait_for(timeout=60_000)
-        page.locator(".js-plotly-plot .heatmaplayer").first.wait_for(timeout=60_000)
-        assert page.get_by_text("Run analysis").count() == 1
-        assert page.locator(".js-plotly-plot").get_by_text("intermediate.dense").count() >= 1
+        page = browser.new_page(viewport={"width": 1400, "height": 1700})
+        page.goto(f"{dashboard}/budget")
+        page.get_by_text(f"Plans at {uniform:,} trainable parameters").wait_for(timeout=90_000)
+        navigation = page.locator("[data-testid=stSidebarNav]").inner_text()
+        assert "Budget and plans" in navigation and "Export for papers" in navigation and "budget\n" not in navigation
+        panels = page.locator(".js-plotly-plot .heatmaplayer")
+        panels.first.wait_for(timeout=30_000)
+        assert page.locator(".js-plotly-plot").get_by_text(f"{uniform:,}").count() >= 1   # uniform's panel title
+        page.get_by_role("slider").first.focus()
+        for _ in range(4):   # 0.5 per step: average rank 4 -> 6
+            page.keyboard.press("ArrowRight")
+        larger = uniform * 6 // 4
+        page.get_by_text(f"Plans at {larger:,} trainable parameters").wait_for(timeout=30_000)
+        page.locator(".js-plotly-plot").get_by_text(f"{larger:,}").first.wait_for(timeout=30_000)
         page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
     assert screenshot.stat().st_size > 10_000
