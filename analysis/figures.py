@@ -140,7 +140,7 @@ def side_by_side_heatmaps(frames: dict[str, pd.DataFrame], titles: dict[str, str
                                  xaxis=f"x{axis}", yaxis="y",
                                  hovertemplate=f"{titles.get(name, name)}<br>layer %{{y}} · %{{x}}<br>"
                                                "%{customdata:.4g}<extra></extra>"))
-        layout[f"xaxis{axis}"] = {"domain": [starts[index], starts[index] + spans[index]], "tickangle": -60,
+        layout[f"xaxis{axis}"] = {"domain": [starts[index], min(1.0, starts[index] + spans[index])], "tickangle": -60,
                                   "anchor": "y"}
     colours = {"colorscale": "RdBu", "cmid": 0} if signed else {"colorscale": HEATMAP_SCALE, "cmin": 0}
     annotations = [{"text": titles.get(name, name), "x": starts[i] + spans[i] / 2, "y": 1.0, "xref": "paper",
