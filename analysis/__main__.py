@@ -354,12 +354,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()   # inside the try: a closed pipe shows up here, not at interpreter exit
+        return code
     except UserError as exc:
         message = str(exc)
         code = EXIT_USER_ERROR
     except KeyboardInterrupt:
         message, code = "Interrupted; nothing partial was written to the cache.", 130
+    except BrokenPipeError:   # the reader went away (`... | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # a bug: keep the traceback on disk, show one sentence
         from analysis.store import default_cache_dir
         log = default_cache_dir() / "logs" / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"

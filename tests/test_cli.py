@@ -82,3 +82,12 @@ def test_crash_inside_a_signal_leaves_no_entry(cache_dir, monkeypatch, capsys):
     log = Path(error.split("traceback is in ")[1].rstrip(".\n"))
     assert "Traceback" in log.read_text()
     assert entries(cache_dir) == []
+
+
+def test_a_closed_pipe_is_not_an_error(cache_dir):
+    """`python -m analysis signals | true`: the reader is gone before the first line; no error message."""
+    process = subprocess.Popen(f"{sys.executable} -m analysis signals | true", shell=True, cwd=REPO,
+                               env={**os.environ, "ANALYSIS_CACHE_DIR": str(cache_dir)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = process.communicate(timeout=120)
+    assert err == "", err
