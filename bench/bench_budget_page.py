@@ -26,7 +26,6 @@ from analysis.allocate import parse_budget  # noqa: E402
 from analysis.context import RunSettings, prepare  # noqa: E402
 from analysis.methods import UNIFORM, layout_for, method_scores  # noqa: E402
 from analysis.preview import plan_figure, preview, summary  # noqa: E402
-from analysis.store import Store  # noqa: E402
 from bench.llama_shapes import SHAPES  # noqa: E402
 from tests.synthetic_store import fill  # noqa: E402
 
