@@ -30,11 +30,9 @@ methods = [UNIFORM, *methods]
 if missing:
     st.caption(f"Not computed for this run yet, so not offered: {', '.join(missing)}.")
 
-newest = tuple(variants[0].key for variants in run.entries.values())
 try:
     amount = parse_budget(budget, layout, limits)
-    outcomes = preview({m: cached_scores(run.key, m, newest, prepared, layout) for m in methods}, layout, amount,
-                       limits)
+    outcomes = preview({m: cached_scores(run, m, prepared, layout) for m in methods}, layout, amount, limits)
 except UserError as error:
     st.error(str(error))
     st.stop()
@@ -45,7 +43,8 @@ st.dataframe(summary(outcomes, layout, amount), hide_index=True,
                             "of budget": st.column_config.NumberColumn(format="percent")})
 difference = st.toggle("Show each plan minus uniform LoRA's ranks", key="plan_difference")
 exhibit = plan_exhibit(outcomes, layout, amount, difference)
-if any(o.allocation is not None for o in outcomes if o.method != UNIFORM) or not difference:
+drawn = [o for o in outcomes if o.allocation is not None and not (difference and o.method == UNIFORM)]
+if drawn:
     chart(exhibit.figure(), exhibit.data, exhibit.name)
 
 st.subheader("Plan JSON")

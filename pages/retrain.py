@@ -28,11 +28,9 @@ available = [name for name in signals if name in run.entries]
 budget, methods, limits = budget_controls(layout, available, {n: s.title for n, s in signals.items()})
 methods = [UNIFORM, *methods]
 
-newest = tuple(variants[0].key for variants in run.entries.values())
 try:
     amount = parse_budget(budget, layout, limits)
-    outcomes = preview({m: cached_scores(run.key, m, newest, prepared, layout) for m in methods}, layout, amount,
-                       limits)
+    outcomes = preview({m: cached_scores(run, m, prepared, layout) for m in methods}, layout, amount, limits)
 except UserError as error:
     st.error(str(error))
     st.stop()

@@ -112,10 +112,15 @@ def planning(run_key: str, _settings: dict):
 
 
 @st.cache_resource(show_spinner=False)
-def cached_scores(run_key: str, method: str, entries: tuple[str, ...], _prepared, _layout):
-    """A method's scores, read from the cache once per set of cached entries (`entries` changes when a
-    signal is computed again), so moving the budget only re-allocates."""
+def _scores(run_key: str, method: str, entries: tuple, _prepared, _layout):
     return method_scores(_prepared, method, _layout)
+
+
+def cached_scores(run: Run, method: str, prepared, layout):
+    """A method's scores, read from the cache once per state of the run's entries, so moving the budget only
+    re-allocates. An entry recomputed with --force keeps its key, so its creation time is part of the state."""
+    entries = tuple((variants[0].key, variants[0].meta.get("created")) for variants in run.entries.values())
+    return _scores(run.key, method, entries, prepared, layout)
 
 
 BUDGET_KEYS = ("budget_unit", "budget_rank", "budget_params", "plan_methods", "plan_blend", "min_rank", "max_rank",
