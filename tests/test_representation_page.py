@@ -47,7 +47,8 @@ def test_real_cka_and_id_results_render_all_three_views(cache_dir):
     z = matrix["data"][0]["z"]
     assert len(z) == 7 and all(math.isnan(v) for v in z[0]) and all(abs(z[j][j] - 1) < 1e-12 for j in range(1, 7))
     assert matrix["data"][0]["x"] == ["emb", "0", "1", "2", "3", "4", "5"]
-    assert len(app.get("download_button")) == 3
+    buttons = [b.label for b in app.get("download_button")]
+    assert buttons == ["PDF", "SVG", "PNG", "CSV"] * 3   # each figure in paper style, and its data
 
 
 def test_missing_signal_and_streamed_cka_are_explained(cache_dir):

@@ -40,13 +40,11 @@ def test_plans_follow_the_budget_and_the_comparison_is_listed(filled):
     assert not app.exception
     plans = _table(app, 0)
     assert plans["method"].tolist() == ["uniform", "cka", "grad_norm"]
-    params = [int(p.replace(",", "")) for p in plans["trainable params"]]
+    params = plans["trainable params"].tolist()
     assert params[0] == 4 * sum(768 if i < 4 else 1920 for i in range(6)) * 6   # uniform rank 4 on MiniLM
     assert all(p <= params[0] for p in params)
-    downloads = [b for b in app.get("download_button") if b.proto.label.startswith("Plan:")]
-    assert len(downloads) == 3
-    app.number_input[0].set_value(2.0).run()   # average rank 4 -> 2
-    smaller = [int(p.replace(",", "")) for p in _table(app, 0)["trainable params"]]
+    app.slider[0].set_value(2.0).run()   # average rank 4 -> 2
+    smaller = _table(app, 0)["trainable params"].tolist()
     assert smaller[0] == params[0] // 2 and all(p <= smaller[0] for p in smaller)
     results = _table(app, 1)
     assert results["method"].tolist() == ["uniform", "grad_norm"] and (results["seeds"] == 2).all()

@@ -41,8 +41,9 @@ def test_real_results_render_every_view_with_standard_errors(cache_dir):
     assert bars["y"] == layers["value"].tolist() and bars["error_y"]["array"] == layers["stderr"].tolist()
     assert len(specs[1]["data"][0]["z"]) == 6 and len(specs[1]["data"][0]["z"][0]) == 6  # layer x module
     assert len(specs[2]["data"][0]["y"]) == 36 and specs[2]["data"][0]["x"] == [0, 1]     # (layer, module) x rank
-    assert sum(trace.get("mode") == "lines" for trace in specs[3]["data"]) == 6              # a curve per layer
-    assert "Spearman" in specs[4]["layout"]["title"]["text"] and "captum" in specs[5]["layout"]["title"]["text"]
+    curves = [t for t in specs[3]["data"] if t.get("name", "").startswith("layer")]
+    assert len(curves) == 6 and sum(t.get("fill") == "toself" for t in specs[3]["data"]) == 6  # a curve and band per layer
+    assert "Spearman" in specs[4]["layout"]["title"]["text"] and "captum" in specs[5]["layout"]["yaxis"]["title"]["text"]
     assert [m.value for m in app.metric][0] == "4"
 
 
