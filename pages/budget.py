@@ -6,13 +6,12 @@ import re
 
 import streamlit as st
 
-from analysis.allocate import parse_budget
-from analysis.errors import UserError
 from analysis.exhibits import plan_exhibit
 from analysis.methods import UNIFORM
-from analysis.preview import plan_json, preview, summary
+from analysis.preview import plan_json
 from analysis.registry import all_signals
-from pages.shared.widgets import budget_controls, cached_scores, chart, choose_run, planning
+from pages.shared.planning import plans_at_budget, summary_table
+from pages.shared.widgets import chart, choose_run
 
 signals = all_signals()
 
@@ -22,25 +21,13 @@ st.caption("Every method spends the same number of trainable LoRA parameters (a 
 
 run = choose_run(set(signals), "No signals computed yet: run an analysis on the Setup page, or "
                  "`python -m analysis run`; until then only uniform LoRA can be planned.")
-prepared, layout = planning(run.key, run.description["settings"])
-available = [name for name in signals if name in run.entries]
+prepared, layout, budget, amount, limits, outcomes = plans_at_budget(run, signals)
 missing = [signals[name].title for name in signals if name not in run.entries]
-budget, methods, limits = budget_controls(layout, available, {n: s.title for n, s in signals.items()})
-methods = [UNIFORM, *methods]
 if missing:
     st.caption(f"Not computed for this run yet, so not offered: {', '.join(missing)}.")
 
-try:
-    amount = parse_budget(budget, layout, limits)
-    outcomes = preview({m: cached_scores(run, m, prepared, layout) for m in methods}, layout, amount, limits)
-except UserError as error:
-    st.error(str(error))
-    st.stop()
-
 st.subheader(f"Plans at {amount:,} trainable parameters")
-st.dataframe(summary(outcomes, layout, amount), hide_index=True,
-             column_config={"trainable params": st.column_config.NumberColumn(format="localized"),
-                            "of budget": st.column_config.NumberColumn(format="percent")})
+summary_table(outcomes, layout, amount)
 difference = st.toggle("Show each plan minus uniform LoRA's ranks", key="plan_difference")
 exhibit = plan_exhibit(outcomes, layout, amount, difference)
 drawn = [o for o in outcomes if o.allocation is not None and not (difference and o.method == UNIFORM)]

@@ -11,7 +11,8 @@ from analysis.exhibits import comparison_exhibits, exhibits_for, overview_exhibi
 from analysis.paper import FORMATS, MIME, WIDTHS, paper_style
 from analysis.registry import all_signals
 from analysis.store import Store
-from pages.shared.widgets import choose_run, current_budget, planning
+from pages.shared.planning import current_budget, planning
+from pages.shared.widgets import choose_run
 
 signals = all_signals()
 

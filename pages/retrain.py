@@ -3,16 +3,14 @@ in the background with live loss curves; then the results table across plans and
 import streamlit as st
 
 from analysis import jobs
-from analysis.allocate import parse_budget
-from analysis.errors import UserError
 from analysis.exhibits import comparison_exhibits
 from analysis.methods import UNIFORM
-from analysis.preview import preview, summary
 from analysis.registry import all_signals
 from analysis.results import when
 from analysis.retrain import RetrainConfig
 from analysis.store import Store
-from pages.shared.widgets import budget_controls, cached_scores, choose_run, job_panel, planning, table_downloads
+from pages.shared.planning import plans_at_budget, summary_table
+from pages.shared.widgets import choose_run, job_panel, table_downloads
 
 store = Store()
 signals = all_signals()
@@ -23,22 +21,10 @@ st.caption("Each method turns its signal into per-module ranks under the same pa
 
 run = choose_run(set(signals), "No signals computed yet: run an analysis on the Setup page, or "
                  "`python -m analysis run`.")
-prepared, layout = planning(run.key, run.description["settings"])
-available = [name for name in signals if name in run.entries]
-budget, methods, limits = budget_controls(layout, available, {n: s.title for n, s in signals.items()})
-methods = [UNIFORM, *methods]
-
-try:
-    amount = parse_budget(budget, layout, limits)
-    outcomes = preview({m: cached_scores(run, m, prepared, layout) for m in methods}, layout, amount, limits)
-except UserError as error:
-    st.error(str(error))
-    st.stop()
+prepared, layout, budget, amount, limits, outcomes = plans_at_budget(run, signals)
 planned = [o.method for o in outcomes if o.allocation is not None]
 st.subheader("Plans at this budget")
-st.dataframe(summary(outcomes, layout, amount), hide_index=True,
-             column_config={"trainable params": st.column_config.NumberColumn(format="localized"),
-                            "of budget": st.column_config.NumberColumn(format="percent")})
+summary_table(outcomes, layout, amount)
 st.caption("The Budget page shows each plan as a heatmap and offers its JSON.")
 
 st.subheader("Retrain")

@@ -8,7 +8,7 @@ from analysis.context import RunSettings
 from analysis.registry import all_signals
 from analysis.results import runs, when
 from analysis.store import Store
-from pages.shared.widgets import RUN_KEY, job_panel
+from pages.shared.widgets import choose_run, job_panel
 
 store = Store()
 signals = all_signals()
@@ -88,10 +88,6 @@ else:
         "signals": ", ".join(name for name in signals if name in r.entries),
         "missing": ", ".join(name for name in signals if name not in r.entries) or "—",
         "newest": when(r.newest)} for r in found]), hide_index=True)
-    keys = [r.key for r in found]
-    current = st.session_state.get(RUN_KEY)
-    run = st.selectbox("Run to open", found, index=keys.index(current) if current in keys else 0,
-                       format_func=lambda r: r.label)
+    choose_run(set(signals), "")
     if st.button("Open on the signal pages", icon=":material/open_in_new:"):
-        st.session_state[RUN_KEY] = run.key
         st.switch_page("pages/overview.py")
