@@ -6,6 +6,7 @@ Errors are one sentence on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -56,7 +57,7 @@ def _fractions(text: str) -> tuple[float, float, float]:
         parts = tuple(float(p) for p in text.split(","))
     except ValueError:
         parts = ()
-    if len(parts) != 3 or min(parts) <= 0 or abs(sum(parts) - 1) > 1e-6:
+    if len(parts) != 3 or not all(math.isfinite(p) and p > 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
         raise argparse.ArgumentTypeError(f"expects three positive fractions that add up to 1, such as 0.8,0.1,0.1, "
                                          f"not '{text}'")
     return parts
@@ -272,6 +273,8 @@ def cmd_export(args) -> int:
         raise UserError(f"'{args.signal}' has no figure '{args.figure}'; it has: {', '.join(e.name for e in found)}.")
     if args.out is None:
         raise UserError("Name the file to write with --out, e.g. --out figure.pdf.")
+    if not args.out.parent.is_dir():
+        raise UserError(f"The folder '{args.out.parent}' does not exist; create it or choose another --out.")
     fmt = args.format or args.out.suffix.lstrip(".").lower()
     write_bytes_atomic(args.out, render(chosen, fmt, args.width, args.grayscale))
     print(f"wrote {chosen.name} ({chosen.title}) to {args.out}")
@@ -350,6 +353,23 @@ def _write_job_result(value: dict) -> None:
         write_json_atomic(Path(job_dir) / "result.json", {**value, "finished": time.time()})
 
 
+def _internal_error(exc: BaseException) -> str:
+    """Keep the traceback on disk; return the one sentence the user sees."""
+    from analysis.store import default_cache_dir
+    log = default_cache_dir() / "logs" / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(traceback.format_exc())
+    return f"Internal error ({type(exc).__name__}: {str(exc)[:200]}); the traceback is in {log}."
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on the write end)."""
+    import select
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLERR)
+    return bool(poller.poll(0))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -362,16 +382,14 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_USER_ERROR
     except KeyboardInterrupt:
         message, code = "Interrupted; nothing partial was written to the cache.", 130
-    except BrokenPipeError:   # the reader went away (`... | head`): not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():
+            message, code = _internal_error(exc), EXIT_INTERNAL_ERROR
+        else:   # the reader went away (`... | head`): not an error of ours
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     except Exception as exc:  # a bug: keep the traceback on disk, show one sentence
-        from analysis.store import default_cache_dir
-        log = default_cache_dir() / "logs" / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(traceback.format_exc())
-        message = f"Internal error ({type(exc).__name__}: {str(exc)[:200]}); the traceback is in {log}."
-        code = EXIT_INTERNAL_ERROR
+        message, code = _internal_error(exc), EXIT_INTERNAL_ERROR
     print(f"error: {message}", file=sys.stderr)
     _write_job_result({"status": "failed", "message": message})
     return code

@@ -12,8 +12,16 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis import figures
-from analysis.overview import (agreement, agreement_figure, layer_curves_figure, layer_importance,
+from analysis.allocate import Limits, parse_budget
+from analysis.compare import formatted
+from analysis.errors import UserError
+from analysis.methods import UNIFORM, cached_entry, layout_for, method_scores
+from analysis.overview import (agreement, agreement_matrix_figure, layer_curves_figure, layer_importance,
                                module_importance)
+from analysis.paper import FORMATS, figure_bytes, latex_table, paper_style
+from analysis.preview import plan_figure, plan_table, preview
+from analysis.registry import all_signals
+from analysis.results import comparisons, newest_entries, runs
 from analysis.store import Entry
 
 
@@ -94,13 +102,12 @@ def overview_exhibits(entries: dict[str, Entry]) -> list[Exhibit]:
         Exhibit("all_signals_layers", "All signals per layer", lambda: tidy(layers()),
                 lambda: layer_curves_figure(layers())),
         Exhibit("signal_agreement", "Agreement between signals (Spearman, per layer)", agreement_table,
-                lambda: agreement_figure(agreement(layers(), ["layer"]))),
+                lambda: agreement_matrix_figure(agreement(layers(), ["layer"]))),
     ]
 
 
 def comparison_exhibits(entry: Entry) -> list[Exhibit]:
     """The retrain comparison: its summary (mean ± std, also as LaTeX) and every run."""
-    from analysis.compare import formatted
 
     return [Exhibit("comparison_summary", "Retrain comparison at one budget",
                     lambda: formatted(entry.table(), entry.meta["task"])),
@@ -109,39 +116,22 @@ def comparison_exhibits(entry: Entry) -> list[Exhibit]:
 
 def plan_exhibit(outcomes, layout, budget: int, difference: bool = False) -> Exhibit:
     """The budget preview: every method's ranks at one budget (or their difference from uniform LoRA)."""
-    from analysis.preview import plan_figure, rank_table
 
-    def data():
-        return pd.concat([rank_table(layout, o.allocation.ranks).rename(columns={"value": "rank"})
-                          .assign(method=o.method) for o in outcomes if o.allocation is not None],
-                         ignore_index=True)
-
-    suffix = "_vs_uniform" if difference else ""
     title = f"Rank plans at {budget:,} parameters" + (", minus uniform LoRA's ranks" if difference else "")
-    return Exhibit(f"plans_{budget}{suffix}", title, data,
-                   lambda: plan_figure(outcomes, layout, difference))
+    return Exhibit(f"plans_{budget}{'_vs_uniform' if difference else ''}", title,
+                   lambda: plan_table(outcomes, layout, difference), lambda: plan_figure(outcomes, layout, difference))
 
 
 def cached_signals(prepared) -> dict[str, Entry]:
     """The newest entry of every signal computed for this setting (current signal versions only)."""
-    from analysis.registry import all_signals
 
-    signals, found = all_signals(), {}
-    for entry in prepared.store.entries():   # newest first
-        name = entry.meta.get("signal")
-        if (entry.meta.get("context_key") == prepared.key and name in signals and name not in found
-                and entry.meta.get("version") == signals[name].version):
-            found[name] = entry
-    return {name: found[name] for name in signals if name in found}   # registry order
+    run = next((r for r in runs(prepared.store) if r.key == prepared.key), None)
+    return newest_entries(run, all_signals()) if run else {}
 
 
 def exhibits_for(prepared, what: str, budget: str = "r4", limits=None, overrides=None) -> list[Exhibit]:
     """A signal's exhibits, or 'all' (every cached signal side by side), 'plans' (every method's plan at
     `budget`) or 'comparison' (the newest retrain comparison of this setting)."""
-    from analysis.allocate import Limits, parse_budget
-    from analysis.errors import UserError
-    from analysis.methods import UNIFORM, cached_entry, layout_for, method_scores
-    from analysis.preview import preview
 
     if what == "all":
         entries = cached_signals(prepared)
@@ -156,8 +146,7 @@ def exhibits_for(prepared, what: str, budget: str = "r4", limits=None, overrides
                            limits)
         return [plan_exhibit(outcomes, layout, amount), plan_exhibit(outcomes, layout, amount, difference=True)]
     if what == "comparison":
-        found = [e for e in prepared.store.entries() if e.meta.get("signal") == "comparison"
-                 and e.meta.get("context_key") == prepared.key]
+        found = comparisons(prepared.store, prepared.key)
         if not found:
             raise UserError("No retrain comparison has finished for this model and data; run: "
                             "python -m analysis compare")
@@ -167,8 +156,6 @@ def exhibits_for(prepared, what: str, budget: str = "r4", limits=None, overrides
 
 def render(exhibit: Exhibit, fmt: str, width: str = "column", grayscale: bool = False) -> bytes:
     """The exhibit as a file: its figure in paper style (pdf, svg, png) or its data (csv, tex)."""
-    from analysis.errors import UserError
-    from analysis.paper import FORMATS, figure_bytes, latex_table, paper_style
 
     if fmt == "csv":
         return exhibit.data().to_csv(index=False).encode()

@@ -57,7 +57,7 @@ def settings_argv(settings: dict) -> list[str]:
     from analysis.context import RunSettings
 
     def text(value) -> str:
-        return ",".join(f"{v:g}" for v in value) if isinstance(value, (list, tuple)) else str(value)
+        return ",".join(repr(float(v)) for v in value) if isinstance(value, (list, tuple)) else str(value)
 
     flags = [f.name for f in dataclasses.fields(RunSettings)]
     return [part for name in flags if name in settings for part in (f"--{name.replace('_', '-')}", text(settings[name]))]

@@ -43,7 +43,7 @@ def layer_importance(entry: Entry) -> pd.DataFrame:
 
 def agreement(frames: dict[str, pd.DataFrame], on: list[str]) -> pd.DataFrame:
     """Spearman correlation between every pair of signals, matched on the `on` columns (NaN: fewer than
-    three shared rows)."""
+    three shared rows, or a signal constant on them)."""
     names = list(frames)
     matrix = pd.DataFrame(np.nan, index=names, columns=names)
     for i, a in enumerate(names):
@@ -79,7 +79,7 @@ def layer_curves_figure(frames: dict[str, pd.DataFrame]) -> go.Figure:
     return figure
 
 
-def agreement_figure(matrix: pd.DataFrame) -> go.Figure:
+def agreement_matrix_figure(matrix: pd.DataFrame) -> go.Figure:
     """The Spearman matrix as an annotated heatmap on a fixed -1..1 diverging scale."""
     labels = list(matrix.index)
     text = [[("" if np.isnan(v) else f"{v:.2f}") for v in row] for row in matrix.to_numpy()]

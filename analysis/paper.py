@@ -7,7 +7,7 @@ the first export, so later exports take a fraction of a second instead of second
 """
 from __future__ import annotations
 
-import atexit
+import os
 import threading
 import warnings
 
@@ -19,8 +19,9 @@ from analysis.errors import UserError
 FORMATS = ("pdf", "svg", "png")
 MIME = {"pdf": "application/pdf", "svg": "image/svg+xml", "png": "image/png", "csv": "text/csv",
         "tex": "application/x-tex"}
-# Text widths in inches: one column of a two-column paper (ACL, NeurIPS-style double column, IEEE)
-# and the full text width. Sizes are in CSS pixels, 96 to the inch, which is what kaleido's PDF uses.
+# Text widths in inches: one column of a two-column paper (IEEE 3.5, ICML 3.25; an ACL column of 3.0 in
+# shrinks the 7.5 pt text to 6.6 pt) and the full text width. Sizes are in CSS pixels, 96 to the inch,
+# which is what kaleido's PDF uses.
 WIDTHS = {"column": 3.4, "page": 7.0}
 PIXELS_PER_INCH = 96
 FONT = "Liberation Sans, Arial, Helvetica, sans-serif"   # metric twin of Arial; Debian fonts-liberation
@@ -29,8 +30,9 @@ PNG_SCALE = 3           # 288 dpi
 GRAYS = ["#000000", "#555555", "#888888", "#aaaaaa", "#cccccc"]
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
 
-_server_lock = threading.Lock()
-_server_started = False
+# kaleido's one Chromium serves one figure at a time: its queue hands back whichever result comes first, so
+# two downloads at once (two users, two clicks) could swap files without this lock.
+_render_lock = threading.Lock()
 
 
 def paper_style(figure: go.Figure, width: str = "column", grayscale: bool = False) -> go.Figure:
@@ -68,8 +70,8 @@ def paper_style(figure: go.Figure, width: str = "column", grayscale: bool = Fals
 def _to_grayscale(figure: go.Figure) -> None:
     """Colour scales become gray ramps (dark = high, or black-white-black for a diverging scale); bars and
     lines take gray levels, and lines a dash pattern each, so nothing depends on hue."""
-    def ramp(diverging: bool):
-        return [[0, "#000000"], [0.5, "#ffffff"], [1, "#000000"]] if diverging else "Greys"
+    def ramp(diverging: bool):   # a diverging scale keeps its sign: negative dark, zero mid-gray, positive light
+        return [[0, "#000000"], [0.5, "#969696"], [1, "#ffffff"]] if diverging else "Greys"
 
     for trace in figure.data:
         if trace.type == "heatmap" and getattr(trace, "coloraxis", None) is None:
@@ -94,33 +96,34 @@ def _to_grayscale(figure: go.Figure) -> None:
             lines += 1
 
 
-def _ensure_server() -> None:
-    """Start kaleido's Chromium once for this process; it is stopped when the process exits."""
-    global _server_started
-    import kaleido
+def browser_path() -> str | None:
+    """The Chromium kaleido would use (BROWSER_PATH, a system chromium or chrome, or kaleido's own), or None."""
+    from choreographer.browsers.chromium import Chromium
 
-    with _server_lock:
-        if not _server_started:
-            kaleido.start_sync_server(silence_warnings=True)
-            atexit.register(kaleido.stop_sync_server, silence_warnings=True)
-            _server_started = True
+    if "BROWSER_PATH" in os.environ:
+        path = os.environ["BROWSER_PATH"]
+        return path if os.access(path, os.X_OK) else None
+    return Chromium.find_browser(skip_local=False)
+
+
+NO_BROWSER = ("Exporting figures needs a Chromium on this machine: install Debian's package (sudo apt-get install "
+              "chromium) or point BROWSER_PATH at a Chrome.")
 
 
 def figure_bytes(figure: go.Figure, fmt: str) -> bytes:
     """The figure as PDF, SVG or PNG bytes at its own width and height."""
     if fmt not in FORMATS:
         raise UserError(f"Figures export as {', '.join(FORMATS)}, not '{fmt}'.")
+    # Checked first: without a browser kaleido's server thread dies and the export would wait forever.
+    if browser_path() is None:
+        raise UserError(NO_BROWSER)
+    import kaleido
     import plotly.io as pio
-    from choreographer.errors import BrowserFailedError, ChromeNotFoundError
 
-    _ensure_server()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # plotly notes that its kaleido options go unused with a server
-            return pio.to_image(figure, format=fmt, scale=PNG_SCALE if fmt == "png" else 1)
-    except (ChromeNotFoundError, BrowserFailedError):
-        raise UserError("Exporting figures needs a Chromium on this machine: install Debian's package "
-                        "(sudo apt-get install chromium) or point BROWSER_PATH at a Chrome.") from None
+    with _render_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # plotly notes that its kaleido options go unused with a server
+        kaleido.start_sync_server(silence_warnings=True)   # once per process; kaleido stops it at exit
+        return pio.to_image(figure, format=fmt, scale=PNG_SCALE if fmt == "png" else 1)
 
 
 def latex_table(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:

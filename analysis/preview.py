@@ -41,10 +41,10 @@ def rank_table(layout: Layout, ranks: np.ndarray) -> pd.DataFrame:
                          "value": np.asarray(ranks, dtype=np.int64)})
 
 
-def summary(outcomes: list[Outcome], layout: Layout, budget: int, uniform: str = "uniform") -> pd.DataFrame:
+def summary(outcomes: list[Outcome], budget: int, uniform: str = "uniform") -> pd.DataFrame:
     """One row per method: parameters, share of the budget, adapted modules, rank range, and how many modules
     get more or less rank than uniform LoRA at this budget."""
-    base = next((o.allocation.ranks for o in outcomes if o.method == uniform and o.allocation), None)
+    base = uniform_ranks(outcomes, uniform)
     rows = []
     for outcome in outcomes:
         if outcome.allocation is None:
@@ -69,17 +69,40 @@ def plan_json(outcome: Outcome, layout: Layout, budget: int, settings: dict, alp
                       warnings=outcome.allocation.warnings, settings=settings)
 
 
-def plan_figure(outcomes: list[Outcome], layout: Layout, difference: bool = False, uniform: str = "uniform"):
+def uniform_ranks(outcomes: list[Outcome], uniform: str = "uniform") -> np.ndarray | None:
+    return next((o.allocation.ranks for o in outcomes if o.method == uniform and o.allocation), None)
+
+
+def drawn(outcomes: list[Outcome], difference: bool = False, uniform: str = "uniform") -> list[Outcome]:
+    """The plans a figure shows: every planned method, without uniform itself when showing differences
+    from it (and none then when uniform has no plan at this budget)."""
+    if difference and uniform_ranks(outcomes, uniform) is None:
+        return []
+    return [o for o in outcomes if o.allocation is not None and not (difference and o.method == uniform)]
+
+
+def plan_table(outcomes: list[Outcome], layout: Layout, difference: bool = False) -> pd.DataFrame:
+    """method, layer, module, rank (and rank_minus_uniform when `difference`) of every drawn plan."""
+    columns = ["method", "layer", "module", "rank", *(["rank_minus_uniform"] if difference else [])]
+    base = uniform_ranks(outcomes)
+    frames = [rank_table(layout, o.allocation.ranks).rename(columns={"value": "rank"}).assign(method=o.method)
+              for o in drawn(outcomes, difference)]
+    if difference:
+        frames = [f.assign(rank_minus_uniform=f["rank"].to_numpy() - base) for f in frames]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def plan_figure(outcomes: list[Outcome], layout: Layout, difference: bool = False):
     """The methods' ranks as layer x module heatmaps side by side on one colour scale, titled with their
     parameter counts; `difference` shows each method's rank minus uniform LoRA's (uniform itself omitted)."""
     from analysis.figures import side_by_side_heatmaps
 
-    planned = [o for o in outcomes if o.allocation is not None]
-    base = next((o.allocation.ranks for o in planned if o.method == uniform), None)
-    if difference and base is not None:
-        planned = [o for o in planned if o.method != uniform]
-    frames = {o.method: rank_table(layout, o.allocation.ranks - (base if difference and base is not None else 0))
-              for o in planned}
-    titles = {o.method: f"{o.method}<br>{o.allocation.cost:,}" for o in planned}
+    shown = drawn(outcomes, difference)
+    if not shown:
+        raise UserError("No method has a plan at this budget" + (" (uniform LoRA has none to subtract)."
+                                                                  if difference else "."))
+    base = uniform_ranks(outcomes) if difference else 0
+    frames = {o.method: rank_table(layout, o.allocation.ranks - base) for o in shown}
+    titles = {o.method: f"{o.method}<br>{o.allocation.cost:,}" for o in shown}
     return side_by_side_heatmaps(frames, titles, normalise=False,
-                                 value_label="rank − uniform" if difference and base is not None else "rank")
+                                 value_label="rank − uniform" if difference else "rank")

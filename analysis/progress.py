@@ -19,8 +19,11 @@ T = TypeVar("T")
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write whole or not at all: a reader (or a crash) never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, value) -> None:

@@ -48,7 +48,7 @@ def _load_all() -> None:
 
 def all_signals() -> dict[str, Signal]:
     _load_all()  # every module under analysis/signals, even when one was imported directly first
-    return dict(_REGISTRY)
+    return dict(sorted(_REGISTRY.items()))  # by name: import order would differ between processes
 
 
 def get_signal(name: str) -> Signal:

@@ -59,3 +59,19 @@ def spearman(left: pd.DataFrame, right: pd.DataFrame) -> float:
     """Spearman correlation of two per-module tables' values, matched on layer and module."""
     joined = left.merge(right, on=["layer", "module"], suffixes=("_a", "_b"))
     return float(joined["value_a"].corr(joined["value_b"], method="spearman"))
+
+
+def newest_entries(run: Run, signals: dict) -> dict[str, Entry]:
+    """Each registered signal's newest entry in the run from its current code version (an older version's
+    tables may have another schema), in registry order."""
+    found = {}
+    for name, signal in signals.items():
+        entry = next((e for e in run.entries.get(name, []) if e.meta.get("version") == signal.version), None)
+        if entry is not None:
+            found[name] = entry
+    return found
+
+
+def comparisons(store: Store, run_key: str) -> list[Entry]:
+    """The retrain comparisons of one analysis setting, newest first."""
+    return [e for e in store.entries() if e.meta.get("signal") == "comparison" and e.meta.get("context_key") == run_key]

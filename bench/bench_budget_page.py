@@ -78,7 +78,7 @@ def main() -> None:
         outcomes = preview(scores, layout, budget)
         parts["allocate all methods"].append(time.perf_counter() - started)
         started = time.perf_counter()
-        summary(outcomes, layout, budget)
+        summary(outcomes, budget)
         parts["summary table"].append(time.perf_counter() - started)
         started = time.perf_counter()
         figure = plan_figure(outcomes, layout)

@@ -7,8 +7,7 @@ import re
 import streamlit as st
 
 from analysis.exhibits import plan_exhibit
-from analysis.methods import UNIFORM
-from analysis.preview import plan_json
+from analysis.preview import drawn, plan_json, uniform_ranks
 from analysis.registry import all_signals
 from pages.shared.planning import plans_at_budget, summary_table
 from pages.shared.widgets import chart, choose_run
@@ -21,18 +20,21 @@ st.caption("Every method spends the same number of trainable LoRA parameters (a 
 
 run = choose_run(set(signals), "No signals computed yet: run an analysis on the Setup page, or "
                  "`python -m analysis run`; until then only uniform LoRA can be planned.")
-prepared, layout, budget, amount, limits, outcomes = plans_at_budget(run, signals)
+layout, budget, amount, limits, outcomes = plans_at_budget(run, signals)
 missing = [signals[name].title for name in signals if name not in run.entries]
 if missing:
     st.caption(f"Not computed for this run yet, so not offered: {', '.join(missing)}.")
 
 st.subheader(f"Plans at {amount:,} trainable parameters")
-summary_table(outcomes, layout, amount)
+summary_table(outcomes, amount)
 difference = st.toggle("Show each plan minus uniform LoRA's ranks", key="plan_difference")
 exhibit = plan_exhibit(outcomes, layout, amount, difference)
-drawn = [o for o in outcomes if o.allocation is not None and not (difference and o.method == UNIFORM)]
-if drawn:
+if drawn(outcomes, difference):
     chart(exhibit.figure(), exhibit.data, exhibit.name)
+elif difference and uniform_ranks(outcomes) is None:
+    st.info("Uniform LoRA has no plan at this budget, so there is nothing to subtract.")
+else:
+    st.info("No method has a plan at this budget.")
 
 st.subheader("Plan JSON")
 st.caption("peft.LoraConfig's arguments with full module paths (rank_pattern, alpha_pattern), checked against "

@@ -6,12 +6,13 @@ import zipfile
 
 import streamlit as st
 
-from analysis.errors import UserError
-from analysis.exhibits import comparison_exhibits, exhibits_for, overview_exhibits, render, signal_exhibits
+from analysis.exhibits import comparison_exhibits, overview_exhibits, plan_exhibit, render, signal_exhibits
 from analysis.paper import FORMATS, MIME, WIDTHS, paper_style
+from analysis.preview import drawn
 from analysis.registry import all_signals
+from analysis.results import comparisons, newest_entries
 from analysis.store import Store
-from pages.shared.planning import current_budget, planning
+from pages.shared.planning import current_plans
 from pages.shared.widgets import choose_run
 
 signals = all_signals()
@@ -30,20 +31,17 @@ left.radio("Width", list(WIDTHS), format_func=lambda w: f"{w} ({WIDTHS[w]} in)",
 right.toggle("Grayscale", key="export_grayscale")
 width, grayscale = st.session_state["export_width"], st.session_state["export_grayscale"]
 
-entries = {name: run.entries[name][0] for name in signals if name in run.entries}
+entries = newest_entries(run, signals)
 groups = {"All signals": overview_exhibits(entries)}
 for name, entry in entries.items():
     groups[signals[name].title] = signal_exhibits(entry)
-prepared, _ = planning(run.key, run.description["settings"])
-budget = current_budget()
-try:
-    groups[f"Plans at {budget} (the Budget page's budget)"] = exhibits_for(prepared, "plans", budget)
-except UserError as error:
-    st.caption(f"No plan figure: {error}")
-comparisons = [e for e in Store().entries() if e.meta.get("signal") == "comparison"
-               and e.meta.get("context_key") == run.key]
-if comparisons:
-    groups["Retrain comparison (newest)"] = comparison_exhibits(comparisons[0])
+layout, amount, outcomes = current_plans(run, signals)
+plans = [plan_exhibit(outcomes, layout, amount, difference) for difference in (False, True) if drawn(outcomes, difference)]
+if plans:
+    groups[f"Plans at {amount:,} parameters (the budget and limits of the Budget page)"] = plans
+found = comparisons(Store(), run.key)
+if found:
+    groups["Retrain comparison (newest)"] = comparison_exhibits(found[0])
 else:
     st.caption("No retrain comparison for this run yet; its results table (CSV, LaTeX) appears here once one has "
                "finished.")

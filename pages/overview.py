@@ -4,6 +4,7 @@ import streamlit as st
 
 from analysis.exhibits import overview_exhibits
 from analysis.registry import all_signals
+from analysis.results import newest_entries
 from pages.shared.widgets import choose_run, show
 
 signals = all_signals()
@@ -15,8 +16,8 @@ st.caption("Each signal is scaled by its largest |value| (they come in different
 
 run = choose_run(set(signals), "No signals computed yet: run an analysis on the Setup page, or "
                  "`python -m analysis run`.")
-entries = {name: run.entries[name][0] for name in signals if name in run.entries}
-missing = [f"{signals[name].title} (`{name}`)" for name in signals if name not in run.entries]
+entries = newest_entries(run, signals)
+missing = [f"{signals[name].title} (`{name}`)" for name in signals if name not in entries]
 st.caption(" · ".join(f"**{name}**: {signals[name].title}" for name in entries))
 if missing:
     st.info(f"Not computed for this run yet: {', '.join(missing)}. Run them on the Setup page.")
@@ -32,5 +33,5 @@ if len(entries) < 2:
     st.info("Agreement needs at least two signals.")
 else:
     st.caption("Spearman rank correlation of the signals' per-layer values: 1 means they order the layers alike. "
-               "Blank: fewer than three layers scored by both.")
+               "Blank: fewer than three layers scored by both, or a signal constant on them.")
     show(agreement)

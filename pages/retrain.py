@@ -6,7 +6,7 @@ from analysis import jobs
 from analysis.exhibits import comparison_exhibits
 from analysis.methods import UNIFORM
 from analysis.registry import all_signals
-from analysis.results import when
+from analysis.results import comparisons, when
 from analysis.retrain import RetrainConfig
 from analysis.store import Store
 from pages.shared.planning import plans_at_budget, summary_table
@@ -21,10 +21,10 @@ st.caption("Each method turns its signal into per-module ranks under the same pa
 
 run = choose_run(set(signals), "No signals computed yet: run an analysis on the Setup page, or "
                  "`python -m analysis run`.")
-prepared, layout, budget, amount, limits, outcomes = plans_at_budget(run, signals)
+layout, budget, amount, limits, outcomes = plans_at_budget(run, signals)
 planned = [o.method for o in outcomes if o.allocation is not None]
 st.subheader("Plans at this budget")
-summary_table(outcomes, layout, amount)
+summary_table(outcomes, amount)
 st.caption("The Budget page shows each plan as a heatmap and offers its JSON.")
 
 st.subheader("Retrain")
@@ -48,8 +48,8 @@ if start:
 job_panel(store, {"compare", "retrain"}, curves=True)
 
 st.subheader("Results")
-comparisons = [e for e in store.entries() if e.meta.get("signal") == "comparison" and e.meta.get("context_key") == run.key]
-if not comparisons:
+found = comparisons(store, run.key)
+if not found:
     st.info("No comparison has finished for this setting yet.")
 else:
     def describe(entry):
@@ -57,11 +57,11 @@ else:
         return f"budget {meta['budget']:,} ({meta.get('budget_spec')}) · seeds {meta['seeds']} · " \
                f"{meta['config']['steps']} steps · {when(meta.get('created', 0))}"
 
-    entry = st.selectbox("Comparison", comparisons, format_func=describe)
-    summary_table, runs_table = comparison_exhibits(entry)
-    st.dataframe(summary_table.data(), hide_index=True)
+    entry = st.selectbox("Comparison", found, format_func=describe)
+    results, runs_table = comparison_exhibits(entry)
+    st.dataframe(results.data(), hide_index=True)
     st.caption("Mean ± standard deviation over seeds; the test split is never used for the importance signals.")
-    table_downloads(summary_table, latex=True)
+    table_downloads(results, latex=True)
     with st.expander("Every run"):
         st.dataframe(runs_table.data(), hide_index=True)
         table_downloads(runs_table)

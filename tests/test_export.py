@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 
 from analysis.allocate import Limits, allocate, parse_budget
 from analysis.context import RunSettings, prepare
-from analysis.exhibits import exhibits_for, overview_exhibits, render
+from analysis.exhibits import exhibits_for, overview_exhibits, plan_exhibit, render
 from analysis.methods import UNIFORM, layout_for, make_plan, method_scores
 from analysis.overview import agreement, layer_importance, module_importance
 from analysis.paper import PIXELS_PER_INCH, PNG_SCALE, WIDTHS, latex_table, paper_style
@@ -144,7 +144,7 @@ def test_preview_equals_the_allocator_and_the_plan_command(prepared):
                                                                          limits).ranks)
         expected = make_plan(prepared, outcome.method, "r3", limits, layout=layout)
         assert plan_json(outcome, layout, budget, expected["settings"]) == expected
-    table = summary(outcomes, layout, budget)
+    table = summary(outcomes, budget)
     base = outcomes[0].allocation.ranks
     for row, outcome in zip(table.to_dict("records"), outcomes):
         assert row["trainable params"] == outcome.allocation.cost <= budget
@@ -158,7 +158,7 @@ def test_a_budget_a_method_cannot_meet_is_an_outcome_not_an_exception(prepared):
     assert [o.allocation for o in outcomes] == [None, None]
     assert "below uniform LoRA's smallest plan" in outcomes[0].error
     assert "does not fit a single block" in outcomes[1].error
-    assert summary(outcomes, layout, 2000)["note"].tolist() == [o.error for o in outcomes]
+    assert summary(outcomes, 2000)["note"].tolist() == [o.error for o in outcomes]
 
 
 def test_plan_figure_difference_is_rank_minus_uniform(prepared):
@@ -195,6 +195,10 @@ def test_export_command_writes_every_format_atomically(store_dir, tmp_path):
     (["--signal", "grad_norm", "--out", "{tmp}/x.pdf"], "has not been computed"),
     (["--signal", "comparison", "--out", "{tmp}/x.tex"], "No retrain comparison"),
     (["--signal", "shapley"], "--out"),
+    (["--signal", "shapley", "--out", "{tmp}/missing/x.pdf"], "does not exist"),
+    (["--signal", "plans", "--budget", "r0.5", "--figure", "plans_20736_vs_uniform", "--out", "{tmp}/x.pdf"],
+     "uniform LoRA has none to subtract"),
+    (["--signal", "shapley", "--fractions", "nan,0.5,0.5", "--out", "{tmp}/x.csv"], "three positive fractions"),
 ])
 def test_export_errors_are_one_sentence_and_write_nothing(store_dir, tmp_path, args, message):
     result = cli(store_dir, "export", "--val-size", "16", *[a.format(tmp=tmp_path) for a in args])
@@ -209,3 +213,22 @@ def test_plan_json_round_trips(prepared, tmp_path):
     outcome = preview({"sora": method_scores(prepared, "sora", layout)}, layout, budget)[0]
     plan = plan_json(outcome, layout, budget, {})
     assert json.loads(json.dumps(plan)) == plan and plan["trainable_params"] == outcome.allocation.cost
+
+
+def test_without_a_browser_figures_fail_in_one_sentence_and_tables_still_export(store_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chrome"))
+    figure = cli(store_dir, "export", "--signal", "cka", "--val-size", "16", "--out", str(tmp_path / "f.pdf"))
+    assert figure.returncode == 2 and "needs a Chromium" in figure.stderr and "apt-get install chromium" in figure.stderr
+    assert not (tmp_path / "f.pdf").exists()
+    table = cli(store_dir, "export", "--signal", "cka", "--val-size", "16", "--out", str(tmp_path / "t.csv"))
+    assert table.returncode == 0 and (tmp_path / "t.csv").read_text().startswith("signal,layer")
+
+
+def test_the_plan_table_of_a_budget_nothing_fits_is_empty_with_its_columns(prepared):
+    layout = layout_for(prepared)
+    outcomes = preview({UNIFORM: None}, layout, 100)
+    empty = plan_exhibit(outcomes, layout, 100, difference=True).data()
+    assert list(empty.columns) == ["method", "layer", "module", "rank", "rank_minus_uniform"] and empty.empty
+    data = exhibits_for(prepared, "plans", "r4")[1].data()
+    shapley = data[data["method"] == "shapley"]
+    assert "uniform" not in set(data["method"]) and (shapley["rank_minus_uniform"] == shapley["rank"] - 4).all()

@@ -481,7 +481,7 @@ def test_a_budget_set_on_the_budget_page_is_the_budget_on_retrain_and_export(min
     assert app.subheader[0].value == "Plans at 100,000 trainable parameters"
     app.switch_page("pages/export.py").run()
     no_exception(app)
-    assert "Plans at 100000 (the Budget page's budget)" in [s.value for s in app.subheader]
+    assert "Plans at 100,000 parameters (the budget and limits of the Budget page)" in [s.value for s in app.subheader]
     assert {"export-plans_100000-pdf", "export-plans_100000_vs_uniform-csv"} <= download_keys(app)
 
 

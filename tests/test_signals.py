@@ -90,3 +90,14 @@ def test_only_signals_that_collect_states_plan_a_pooling(tmp_path):
                make_config(get_signal("state_change"), {"pooling": "tokens"})]
     context.plan_collections(configs)
     assert context._planned_poolings == {"cls", "last"}   # streaming CKA and state_change keep nothing
+
+
+def test_signal_order_does_not_depend_on_import_order():
+    """Pages list signals in registry order; a signal module imported first must not jump the queue."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = "import analysis.signals.sora; from analysis.registry import all_signals; print(','.join(all_signals()))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True, timeout=300).stdout.strip().split(",")
+    assert out == sorted(out) and "sora" in out and out[0] != "sora"

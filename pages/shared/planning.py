@@ -1,5 +1,7 @@
 """The budget and the plans at it, shared by the Budget and Retrain pages: the controls (so a budget set on one
 page is the budget on the other), the run's layout and scores read once, and the preview at the budget."""
+import dataclasses
+
 import streamlit as st
 
 from analysis.allocate import Limits, parse_budget, uniform_cost
@@ -12,14 +14,26 @@ from analysis.results import Run
 from analysis.store import Store
 
 
-@st.cache_resource(show_spinner="Reading the model's layout")
-def planning(run_key: str, _settings: dict):
-    """The run's prepared setting and the model's layout (from its config, no weights), once per run."""
-    prepared = prepare(RunSettings(**_settings), Store())
+@st.cache_resource(show_spinner="Reading the model's layout and the data split", max_entries=8)
+def _planning(run_key: str, _settings: dict):
+    # The run may come from a GPU server (device cuda, bfloat16 in its key): plan on the CPU under the run's
+    # own key, which is what its entries are filed under.
+    prepared = prepare(RunSettings(**{**_settings, "device": "cpu"}), Store())
+    prepared = dataclasses.replace(prepared, key=run_key)
     return prepared, layout_for(prepared)
 
 
-@st.cache_resource(show_spinner=False)
+def planning(run: Run):
+    """The run's prepared setting (data split, model files) and the model's layout (from its config, no
+    weights), once per run; a model this machine cannot find stops the page with its one-sentence reason."""
+    try:
+        return _planning(run.key, run.description["settings"])
+    except UserError as error:
+        st.error(f"Cannot plan for this run here: {error}")
+        st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
 def _scores(run_key: str, method: str, entries: tuple, _prepared, _layout):
     return method_scores(_prepared, method, _layout)
 
@@ -69,24 +83,50 @@ def budget_controls(layout, available: list[str], titles: dict[str, str]) -> tup
     return current_budget(), [*methods, *([blend.strip()] if blend.strip() else [])], limits
 
 
-def plans_at_budget(run: Run, signals: dict[str, Signal]):
-    """The budget controls and every chosen method's allocation at that budget: (prepared, layout, budget
-    string, budget in parameters, limits, outcomes); a budget that cannot be read stops the page with its
-    one-sentence reason."""
-    prepared, layout = planning(run.key, run.description["settings"])
-    available = [name for name in signals if name in run.entries]
-    budget, methods, limits = budget_controls(layout, available, {n: s.title for n, s in signals.items()})
+def outcomes_at(run: Run, methods: list[str], budget: str, limits: Limits):
+    """Uniform LoRA's and each method's allocation at the budget (in parameters, returned too). A method whose
+    scores cannot be read (a blend naming a signal this run lacks) becomes an outcome with its reason; a
+    budget that cannot be read stops the page with its one-sentence reason."""
+    prepared, layout = planning(run)
     try:
         amount = parse_budget(budget, layout, limits)
-        outcomes = preview({m: cached_scores(run, m, prepared, layout) for m in [UNIFORM, *methods]}, layout,
-                           amount, limits)
     except UserError as error:
         st.error(str(error))
         st.stop()
-    return prepared, layout, budget, amount, limits, outcomes
+    scores, failed = {}, {}
+    for method in [UNIFORM, *methods]:
+        try:
+            scores[method] = cached_scores(run, method, prepared, layout)
+        except UserError as error:
+            failed[method] = Outcome(method, error=str(error))
+    planned = {o.method: o for o in preview(scores, layout, amount, limits)}
+    return amount, [planned.get(m) or failed[m] for m in [UNIFORM, *methods]]
 
 
-def summary_table(outcomes: list[Outcome], layout, amount: int) -> None:
-    st.dataframe(summary(outcomes, layout, amount), hide_index=True,
+def plans_at_budget(run: Run, signals: dict[str, Signal]):
+    """The budget controls, then every chosen method's allocation there: (layout, budget string, budget in
+    parameters, limits, outcomes)."""
+    _, layout = planning(run)
+    available = [name for name in signals if name in run.entries]
+    budget, methods, limits = budget_controls(layout, available, {n: s.title for n, s in signals.items()})
+    amount, outcomes = outcomes_at(run, methods, budget, limits)
+    return layout, budget, amount, limits, outcomes
+
+
+def current_plans(run: Run, signals: dict[str, Signal]):
+    """The plans as last set on the Budget or Retrain page, without drawing the controls (the Export page)."""
+    _, layout = planning(run)
+    state = st.session_state
+    available = [name for name in signals if name in run.entries]
+    methods = [m for m in state.get("plan_methods", available) if m in available]
+    blend = state.get("plan_blend", "").strip()
+    types = [t for t in state.get("module_types", layout.module_types) if t in layout.module_types]
+    limits = Limits(state.get("min_rank", 0), state.get("max_rank", 64), tuple(types), state.get("block_rank", 8))
+    amount, outcomes = outcomes_at(run, [*methods, *([blend] if blend else [])], current_budget(), limits)
+    return layout, amount, outcomes
+
+
+def summary_table(outcomes: list[Outcome], amount: int) -> None:
+    st.dataframe(summary(outcomes, amount), hide_index=True,
                  column_config={"trainable params": st.column_config.NumberColumn(format="localized"),
                                 "of budget": st.column_config.NumberColumn(format="percent")})
