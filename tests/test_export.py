@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from scipy.stats import spearmanr
 
+from analysis.__main__ import main
 from analysis.allocate import Limits, allocate, parse_budget
 from analysis.context import RunSettings, prepare
 from analysis.exhibits import exhibits_for, overview_exhibits, plan_exhibit, render
@@ -200,10 +201,18 @@ def test_export_command_writes_every_format_atomically(store_dir, tmp_path):
      "uniform LoRA has none to subtract"),
     (["--signal", "shapley", "--fractions", "nan,0.5,0.5", "--out", "{tmp}/x.csv"], "three positive fractions"),
 ])
-def test_export_errors_are_one_sentence_and_write_nothing(store_dir, tmp_path, args, message):
-    result = cli(store_dir, "export", "--val-size", "16", *[a.format(tmp=tmp_path) for a in args])
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+def test_export_errors_are_one_sentence_and_write_nothing(store_dir, tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(store_dir))
+    argv = ["export", "--val-size", "16", *[a.format(tmp=tmp_path) for a in args]]
+    if "--fractions" in args:   # a usage error, which the argument parser reports and exits on
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        code = exited.value.code
+    else:
+        code = main(argv)
+    assert code == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error and len(error.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
 
 
@@ -215,13 +224,16 @@ def test_plan_json_round_trips(prepared, tmp_path):
     assert json.loads(json.dumps(plan)) == plan and plan["trainable_params"] == outcome.allocation.cost
 
 
-def test_without_a_browser_figures_fail_in_one_sentence_and_tables_still_export(store_dir, tmp_path, monkeypatch):
+def test_without_a_browser_figures_fail_in_one_sentence_and_tables_still_export(store_dir, tmp_path, monkeypatch,
+                                                                                 capsys):
+    monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(store_dir))
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chrome"))
-    figure = cli(store_dir, "export", "--signal", "cka", "--val-size", "16", "--out", str(tmp_path / "f.pdf"))
-    assert figure.returncode == 2 and "needs a Chromium" in figure.stderr and "apt-get install chromium" in figure.stderr
+    assert main(["export", "--signal", "cka", "--val-size", "16", "--out", str(tmp_path / "f.pdf")]) == 2
+    error = capsys.readouterr().err
+    assert "needs a Chromium" in error and "apt-get install chromium" in error
     assert not (tmp_path / "f.pdf").exists()
-    table = cli(store_dir, "export", "--signal", "cka", "--val-size", "16", "--out", str(tmp_path / "t.csv"))
-    assert table.returncode == 0 and (tmp_path / "t.csv").read_text().startswith("signal,layer")
+    assert main(["export", "--signal", "cka", "--val-size", "16", "--out", str(tmp_path / "t.csv")]) == 0
+    assert (tmp_path / "t.csv").read_text().startswith("signal,layer")
 
 
 def test_the_plan_table_of_a_budget_nothing_fits_is_empty_with_its_columns(prepared):
