@@ -7,13 +7,13 @@ import zipfile
 import streamlit as st
 
 from analysis.exhibits import comparison_exhibits, overview_exhibits, plan_exhibit, render, signal_exhibits
-from analysis.paper import FORMATS, MIME, WIDTHS, paper_style
+from analysis.paper import FORMATS, WIDTHS, paper_style
 from analysis.preview import drawn
 from analysis.registry import all_signals
 from analysis.results import comparisons, newest_entries
 from analysis.store import Store
 from pages.shared.planning import current_plans
-from pages.shared.widgets import choose_run
+from pages.shared.widgets import choose_run, download_buttons
 
 signals = all_signals()
 
@@ -75,8 +75,4 @@ for group, members in groups.items():
         name, buttons = st.columns([3, 4])
         name.markdown(f"**{exhibit.title}**  \n`{exhibit.name}`")
         formats = [*FORMATS, "csv"] if exhibit.figure is not None else ["csv", "tex"]
-        for column, fmt in zip(buttons.columns(len(formats)), formats):
-            column.download_button(fmt.upper() if fmt != "tex" else "LaTeX",
-                                   lambda e=exhibit, f=fmt: render(e, f, width, grayscale),
-                                   file_name=f"{exhibit.name}.{fmt}", mime=MIME[fmt],
-                                   key=f"export-{exhibit.name}-{fmt}", on_click="ignore")
+        download_buttons(exhibit, formats, container=buttons, key="export-{name}-{fmt}")

@@ -10,7 +10,7 @@ from analysis.results import comparisons, when
 from analysis.retrain import RetrainConfig
 from analysis.store import Store
 from pages.shared.planning import plans_at_budget, summary_table
-from pages.shared.widgets import choose_run, job_panel, table_downloads
+from pages.shared.widgets import choose_run, download_buttons, job_panel
 
 store = Store()
 signals = all_signals()
@@ -61,7 +61,7 @@ else:
     results, runs_table = comparison_exhibits(entry)
     st.dataframe(results.data(), hide_index=True)
     st.caption("Mean ± standard deviation over seeds; the test split is never used for the importance signals.")
-    table_downloads(results, latex=True)
+    download_buttons(results, ["csv", "tex"])
     with st.expander("Every run"):
         st.dataframe(runs_table.data(), hide_index=True)
-        table_downloads(runs_table)
+        download_buttons(runs_table, ["csv"])

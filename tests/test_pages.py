@@ -122,9 +122,11 @@ def deferred(monkeypatch) -> dict:
 
 
 def click_download(app: AppTest, deferred: dict, key: str):
-    """The file behind the download button with this key, as the page would make it on a click."""
+    """The file behind the download button with this key, as the page would make it on a click, as text
+    (Streamlit sends a str as its UTF-8 bytes, so either is the same file)."""
     (button,) = [b for b in app.get("download_button") if b.key == key]
-    return deferred[button.proto.deferred_file_id]()
+    data = deferred[button.proto.deferred_file_id]()
+    return data.decode() if isinstance(data, bytes) else data
 
 
 # --- helpers -------------------------------------------------------------------------------------------------

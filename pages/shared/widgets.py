@@ -10,7 +10,7 @@ import streamlit as st
 from analysis import jobs
 from analysis.exhibits import Exhibit, render
 from analysis.figures import learning_curves_figure
-from analysis.paper import MIME, WIDTHS, figure_bytes, paper_style
+from analysis.paper import FORMATS, MIME, WIDTHS
 from analysis.results import Run, describe_options, runs
 from analysis.store import Store
 
@@ -70,38 +70,30 @@ def export_style() -> tuple[str, bool]:
     return st.session_state.get("export_width", "column"), st.session_state.get("export_grayscale", False)
 
 
-def downloads(figure, data, name: str) -> None:
-    """PDF, SVG and PNG of the figure in paper style, and the CSV behind it; files are made on click."""
+def download_buttons(exhibit: Exhibit, formats, container=st, key: str = "{fmt}-{name}") -> None:
+    """One button per format, each file made on click by exhibits.render in the Export page's paper style."""
+    width, grayscale = export_style()
+    for column, fmt in zip(container.columns(len(formats)), formats):
+        column.download_button("LaTeX" if fmt == "tex" else fmt.upper(),
+                               lambda fmt=fmt: render(exhibit, fmt, width, grayscale),
+                               file_name=f"{exhibit.name}.{fmt}", mime=MIME[fmt],
+                               key=key.format(fmt=fmt, name=exhibit.name), on_click="ignore")
+
+
+def show(exhibit: Exhibit, figure=None) -> None:
+    """A figure on the page (`figure` when already built) with a Download popover: PDF, SVG and PNG of it in
+    paper style, and the CSV behind it."""
+    st.plotly_chart(figure or exhibit.figure(), key=f"chart-{exhibit.name}")
     width, grayscale = export_style()
     with st.popover("Download", icon=":material/download:"):
         st.caption(f"Paper style: {WIDTHS[width]} in wide{', grayscale' if grayscale else ''} "
                    "(change it on the Export page).")
-        columns = st.columns(4)
-        for column, fmt in zip(columns, ("pdf", "svg", "png")):
-            column.download_button(fmt.upper(), lambda fmt=fmt: figure_bytes(paper_style(figure, width, grayscale), fmt),
-                                   file_name=f"{name}.{fmt}", mime=MIME[fmt], key=f"{fmt}-{name}", on_click="ignore")
-        columns[3].download_button("CSV", lambda: data().to_csv(index=False), file_name=f"{name}.csv",
-                                   mime="text/csv", key=f"csv-{name}", on_click="ignore")
-
-
-def table_downloads(exhibit: Exhibit, latex: bool = False) -> None:
-    """The table as CSV and, for a results table, as LaTeX (booktabs)."""
-    columns = st.columns(6)
-    columns[0].download_button("CSV", lambda: render(exhibit, "csv"), file_name=f"{exhibit.name}.csv",
-                               mime=MIME["csv"], key=f"csv-{exhibit.name}", on_click="ignore")
-    if latex:
-        columns[1].download_button("LaTeX", lambda: render(exhibit, "tex"), file_name=f"{exhibit.name}.tex",
-                                   mime=MIME["tex"], key=f"tex-{exhibit.name}", on_click="ignore")
+        download_buttons(exhibit, [*FORMATS, "csv"])
 
 
 def chart(figure, data, name: str) -> None:
-    """A figure on the page with its downloads; `data` returns the table behind it."""
-    st.plotly_chart(figure, key=f"chart-{name}")
-    downloads(figure, data, name)
-
-
-def show(exhibit: Exhibit) -> None:
-    chart(exhibit.figure(), exhibit.data, exhibit.name)
+    """A figure built on the page, shown as an exhibit; `data` returns the table behind it."""
+    show(Exhibit(name, name, data, lambda: figure), figure)
 
 
 def _job_title(job: jobs.JobStatus) -> str:
