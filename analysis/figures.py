@@ -205,6 +205,13 @@ def layer_bars(layers: pd.DataFrame, title: str = "", value_label: str = "value"
     return figure
 
 
+def error_band(x, value, stderr, colour: str, opacity: float) -> go.Scatter:
+    """A filled band value ± stderr along x, for drawing under the line it belongs to."""
+    return go.Scatter(x=list(x) + list(x)[::-1], y=list(value + stderr) + list(value - stderr)[::-1],
+                      fill="toself", fillcolor=colour, opacity=opacity, mode="lines", line={"width": 0},
+                      hoverinfo="skip", showlegend=False)
+
+
 def convergence_figure(convergence: pd.DataFrame, title: str = "") -> go.Figure:
     """Per-layer estimate after each sample, a ±1 standard-error band around each line."""
     figure = go.Figure()
@@ -213,10 +220,7 @@ def convergence_figure(convergence: pd.DataFrame, title: str = "") -> go.Figure:
     for layer, colour in zip(layers, colours):
         rows = convergence[convergence["layer"] == layer]
         band = rows.dropna(subset=["stderr"])
-        figure.add_trace(go.Scatter(x=list(band["samples"]) + list(band["samples"])[::-1],
-                                    y=list(band["value"] + band["stderr"]) + list(band["value"] - band["stderr"])[::-1],
-                                    fill="toself", fillcolor=colour, opacity=0.15, mode="lines", line={"width": 0},
-                                    hoverinfo="skip", showlegend=False))
+        figure.add_trace(error_band(band["samples"], band["value"], band["stderr"], colour, 0.15))
         figure.add_trace(go.Scatter(x=rows["samples"], y=rows["value"], mode="lines", name=f"layer {layer}",
                                     line={"color": colour},
                                     hovertemplate=f"layer {layer}<br>%{{x}} samples<br>%{{y:.4g}}<extra></extra>"))

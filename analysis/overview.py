@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis.figures import peak
+from analysis.figures import error_band, peak
 from analysis.rank_tables import per_module
 from analysis.store import Entry
 
@@ -62,11 +62,7 @@ def layer_curves_figure(frames: dict[str, pd.DataFrame]) -> go.Figure:
         colour, scale = OKABE_ITO[index % len(OKABE_ITO)], peak(table["value"])
         table = table.sort_values("layer")
         if "stderr" in table:
-            upper, lower = (table["value"] + table["stderr"]) / scale, (table["value"] - table["stderr"]) / scale
-            figure.add_trace(go.Scatter(x=list(table["layer"]) + list(table["layer"])[::-1],
-                                        y=list(upper) + list(lower)[::-1], fill="toself", fillcolor=colour,
-                                        opacity=0.2, mode="lines", line={"width": 0}, hoverinfo="skip",
-                                        showlegend=False))
+            figure.add_trace(error_band(table["layer"], table["value"] / scale, table["stderr"] / scale, colour, 0.2))
         figure.add_trace(go.Scatter(x=table["layer"], y=table["value"] / scale, mode="lines+markers",
                                     name=name, line={"color": colour},
                                     marker={"symbol": index % 24}, customdata=table["value"],
