@@ -6,6 +6,7 @@ An exhibit is built lazily (`figure()`, `data()`), so listing a run's exhibits r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Callable
 
 import pandas as pd
@@ -83,26 +84,30 @@ def signal_exhibits(entry: Entry) -> list[Exhibit]:
 
 def overview_exhibits(entries: dict[str, Entry]) -> list[Exhibit]:
     """The all-signals figures: heatmaps side by side, per-layer curves, and agreement per layer; each
-    signal is labelled by its short name and scaled by its largest |value| (they come in different units)."""
+    signal is labelled by its short name and scaled by its largest |value| (they come in different units).
+    The tables are read once for all three (a page draws each figure and may then download its data)."""
+    @cache
     def modules():
         return {name: module_importance(entry) for name, entry in entries.items()}
 
+    @cache
     def layers():
         return {name: layer_importance(entry) for name, entry in entries.items()}
 
+    @cache
+    def matrix():
+        return agreement(layers(), ["layer"])
+
     def tidy(frames):
         return pd.concat([frame.assign(signal=name) for name, frame in frames.items()], ignore_index=True)
-
-    def agreement_table():
-        return agreement(layers(), ["layer"]).rename_axis("signal").reset_index()
 
     return [
         Exhibit("all_signals_heatmaps", "All signals per layer and module", lambda: tidy(modules()),
                 lambda: figures.side_by_side_heatmaps(modules())),
         Exhibit("all_signals_layers", "All signals per layer", lambda: tidy(layers()),
                 lambda: layer_curves_figure(layers())),
-        Exhibit("signal_agreement", "Agreement between signals (Spearman, per layer)", agreement_table,
-                lambda: agreement_matrix_figure(agreement(layers(), ["layer"]))),
+        Exhibit("signal_agreement", "Agreement between signals (Spearman, per layer)",
+                lambda: matrix().rename_axis("signal").reset_index(), lambda: agreement_matrix_figure(matrix())),
     ]
 
 
