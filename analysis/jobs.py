@@ -63,6 +63,14 @@ def settings_argv(settings: dict) -> list[str]:
     return [part for name in flags if name in settings for part in (f"--{name.replace('_', '-')}", text(settings[name]))]
 
 
+def limits_argv(limits) -> list[str]:
+    """Command-line flags that reproduce plan limits (allocate.Limits); the inverse of the CLI's --min-rank,
+    --max-rank, --block-rank and --modules."""
+    argv = ["--min-rank", str(limits.min_rank), "--max-rank", str(limits.max_rank), "--block-rank",
+            str(limits.block_rank)]
+    return argv + (["--modules", ",".join(limits.module_types)] if limits.module_types is not None else [])
+
+
 def jobs_dir(cache_root: Path) -> Path:
     return cache_root / "jobs"
 

@@ -40,8 +40,7 @@ if start:
     chosen = [m for m in planned if m != UNIFORM]
     argv = ["compare", *jobs.settings_argv(run.description["settings"]), "--signals", ",".join(chosen),
             "--budget", budget, "--seeds", seeds, "--steps", str(steps), "--lr", str(lr), "--test-size",
-            str(test_size), "--min-rank", str(limits.min_rank), "--max-rank", str(limits.max_rank),
-            "--block-rank", str(limits.block_rank), "--modules", ",".join(limits.module_types)]
+            str(test_size), *jobs.limits_argv(limits)]
     job_id = jobs.start_job(argv, store.root, label=f"Compare at {budget}: uniform, {', '.join(chosen)}")
     st.toast(f"Started comparison job {job_id}")
 
