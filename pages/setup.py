@@ -62,11 +62,12 @@ if submitted:
         job_id = jobs.start_job(argv, store.root, label=f"{model} / {data}")
         st.toast(f"Started analysis job {job_id}")
 
+found = runs(store, set(signals))   # the cache is read once for the timings and the runs table
+
 # What each signal took before, so a researcher knows what a run will cost.
-past = pd.DataFrame([{"signal": e.meta["signal"], "model": e.meta.get("model"), "seconds": e.meta.get("seconds"),
-                      "examples": (e.meta.get("settings") or {}).get("val_size"),
-                      "device": (e.meta.get("settings") or {}).get("device")}
-                     for e in store.entries() if e.meta.get("signal") in signals and e.meta.get("seconds")])
+past = pd.DataFrame([{"signal": e.meta["signal"], "model": e.meta.get("model"), "seconds": e.meta["seconds"],
+                      "examples": (e.meta.get("settings") or {}).get("val_size")}
+                     for run in found for variants in run.entries.values() for e in variants if e.meta.get("seconds")])
 if len(past):
     typical = past.groupby(["signal", "model"], as_index=False).agg(seconds=("seconds", "median"),
                                                                      examples=("examples", "median"))
@@ -77,7 +78,6 @@ if len(past):
 job_panel(store, {"run"})
 
 st.subheader("Cached runs")
-found = runs(store, set(signals))
 if not found:
     st.info("No results yet: run an analysis above (or `python -m analysis run` on a GPU server with the same "
             "cache directory).")
@@ -88,6 +88,6 @@ else:
         "signals": ", ".join(name for name in signals if name in r.entries),
         "missing": ", ".join(name for name in signals if name not in r.entries) or "—",
         "newest": when(r.newest)} for r in found]), hide_index=True)
-    choose_run(set(signals), "")
+    choose_run(set(signals), "", found)
     if st.button("Open on the signal pages", icon=":material/open_in_new:"):
         st.switch_page("pages/overview.py")

@@ -42,10 +42,10 @@ def keep(*keys: str) -> None:
             st.session_state[key] = st.session_state[key]
 
 
-def choose_run(signals: set[str] | None, empty_message: str) -> Run:
-    """A select box over the runs holding any of `signals` (any signal: None), opened on the current run;
-    stops the page with `empty_message` if there is none."""
-    found = runs(Store(), signals)
+def choose_run(signals: set[str] | None, empty_message: str, found: list[Run] | None = None) -> Run:
+    """A select box over the runs holding any of `signals` (any signal: None; or the runs a page already
+    read, `found`), opened on the current run; stops the page with `empty_message` if there is none."""
+    found = runs(Store(), signals) if found is None else found
     if not found:
         st.info(empty_message)
         st.stop()
