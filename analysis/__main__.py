@@ -6,7 +6,6 @@ Errors are one sentence on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -28,47 +27,15 @@ class Parser(argparse.ArgumentParser):
 
 
 def _settings_arguments(parser: argparse.ArgumentParser) -> None:
-    from analysis.context import RunSettings
-    d = RunSettings()
-    group = parser.add_argument_group("model and data")
-    group.add_argument("--model", default=d.model, help="minilm (embedded encoder), smollm2 (embedded decoder), "
-                       "a local model directory or a hub name (default: %(default)s)")
-    group.add_argument("--data", default=d.data, help="rotten_tomatoes (embedded), a local .csv/.jsonl/.parquet "
-                       "file or a hub dataset name (default: %(default)s)")
-    group.add_argument("--text-column", default=d.text_column, help="text column of a local or hub dataset")
-    group.add_argument("--label-column", default=d.label_column, help="label column (classification)")
-    group.add_argument("--hub-split", default=d.hub_split, help="which split of a hub dataset to load")
-    group.add_argument("--task", default=d.task, choices=["auto", "classification", "causal-lm"],
-                       help="auto: classification for encoders, causal-lm for decoders")
-    group.add_argument("--seed", type=int, default=d.seed, help="split and head-initialisation seed")
-    group.add_argument("--fractions", type=_fractions, default=d.fractions, metavar="TRAIN,VALIDATION,TEST",
-                       help="split fractions (default: 0.8,0.1,0.1)")
-    group.add_argument("--val-size", type=int, default=d.val_size, help="validation examples used for importance")
-    group.add_argument("--max-length", type=int, default=d.max_length, help="tokens per example (truncation)")
-    group.add_argument("--batch-size", type=int, default=d.batch_size)
-    group.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:N")
-    group.add_argument("--dtype", default=d.dtype, help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16")
+    from analysis.settings import RunSettings, add_flags
+    add_flags(parser.add_argument_group("model and data"), RunSettings)
     parser.add_argument("--cache-dir", type=Path, default=None, help="results cache (default: ./cache or "
                         "$ANALYSIS_CACHE_DIR)")
 
 
-def _fractions(text: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(p) for p in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3 or not all(math.isfinite(p) and p > 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
-        raise argparse.ArgumentTypeError(f"expects three positive fractions that add up to 1, such as 0.8,0.1,0.1, "
-                                         f"not '{text}'")
-    return parts
-
-
 def _settings(args):
-    from analysis.context import RunSettings
-    return RunSettings(model=args.model, data=args.data, text_column=args.text_column,
-                       label_column=args.label_column, task=args.task, seed=args.seed, val_size=args.val_size,
-                       max_length=args.max_length, batch_size=args.batch_size, device=args.device,
-                       dtype=args.dtype, hub_split=args.hub_split, fractions=args.fractions)
+    from analysis.settings import RunSettings, from_args
+    return from_args(RunSettings, args)
 
 
 def _overrides(pairs: list[str]) -> dict[str, dict[str, str]]:
@@ -83,13 +50,13 @@ def _overrides(pairs: list[str]) -> dict[str, dict[str, str]]:
 
 
 def _store(args):
-    from analysis.store import Store
+    from analysis.store.cache import Store
     return Store(args.cache_dir)
 
 
 def cmd_run(args) -> int:
-    from analysis.registry import all_signals
-    from analysis.runner import parse_signal_list, run_signals
+    from analysis.signals.registry import all_signals
+    from analysis.signals.runner import parse_signal_list, run_signals
     names = args.signals or ",".join(all_signals())
     signals = parse_signal_list(names)
     overrides = _overrides(args.set)
@@ -109,8 +76,8 @@ def cmd_run(args) -> int:
 def cmd_show(args) -> int:
     import pandas as pd
 
-    from analysis.registry import all_signals, get_signal
-    from analysis.runner import find_entry
+    from analysis.signals.registry import all_signals, get_signal
+    from analysis.signals.runner import find_entry
     store = _store(args)
     settings = _settings(args)
     signals = [get_signal(args.signal)] if args.signal else list(all_signals().values())
@@ -134,7 +101,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from analysis.results import when
+    from analysis.store.runs import when
     entries = _store(args).entries()
     if not entries:
         print("The cache is empty.")
@@ -146,7 +113,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_signals(args) -> int:
-    from analysis.registry import all_signals, config_help
+    from analysis.signals.registry import all_signals, config_help
     for signal in all_signals().values():
         print(f"{signal.name}: {signal.title}. {signal.description}")
         for name, default, text in config_help(signal):
@@ -155,35 +122,32 @@ def cmd_signals(args) -> int:
 
 
 def _limits(args):
-    from analysis.allocate import Limits
-    types = tuple(t.strip() for t in args.modules.split(",") if t.strip()) if args.modules else None
-    return Limits(args.min_rank, args.max_rank, types, args.block_rank)
+    from analysis.settings import Limits, from_args
+    return from_args(Limits, args)
+
+
+def _plan_options(args):
+    from analysis.settings import PlanOptions, from_args
+    return from_args(PlanOptions, args)
 
 
 def _plan_arguments(parser: argparse.ArgumentParser) -> None:
+    from analysis.settings import Limits, PlanOptions, add_flags
     group = parser.add_argument_group("budget and limits")
     group.add_argument("--budget", default="r4", help="trainable LoRA parameters (150000, 150k, 1.2M) or an "
                        "average rank (r4: what uniform rank 4 costs) (default: %(default)s)")
-    group.add_argument("--min-rank", type=int, default=0, help="every allowed module gets at least this rank "
-                       "(default 0: modules may be left out)")
-    group.add_argument("--max-rank", type=int, default=64, help="no module gets more (default: %(default)s)")
-    group.add_argument("--modules", default=None, help="comma-separated module types that may receive rank "
-                       "(e.g. query,value or q_proj,v_proj; default: all)")
-    group.add_argument("--block-rank", type=int, default=8, help="rank of each block a CKA plan selects "
-                       "(default: %(default)s)")
-    group.add_argument("--alpha-ratio", type=float, default=2.0, help="lora_alpha = ratio x rank in every module "
-                       "(default: %(default)s)")
+    add_flags(group, Limits)
+    add_flags(parser.add_argument_group("alpha and dropout"), PlanOptions)
     parser.add_argument("--set", action="append", metavar="SIGNAL.OPTION=VALUE",
                         help="which cached variant of a signal to plan from (default: the newest)")
 
 
 def cmd_plan(args) -> int:
-    from analysis.context import prepare
-    from analysis.plan import write_plan
-    from analysis.methods import make_plan
+    from analysis.signals.context import prepare
+    from analysis.planning.plan_json import write_plan
+    from analysis.planning.methods import make_plan
     prepared = prepare(_settings(args), _store(args))
-    plan = make_plan(prepared, args.signal, args.budget, _limits(args), args.alpha_ratio, args.rslora,
-                     args.dropout, _overrides(args.set))
+    plan = make_plan(prepared, args.signal, args.budget, _limits(args), _plan_options(args), _overrides(args.set))
     for warning in plan["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     write_plan(plan, args.out)
@@ -193,30 +157,19 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _retrain_config(args):
-    from analysis.retrain import RetrainConfig
-    return RetrainConfig(steps=args.steps, lr=args.lr, batch_size=args.train_batch_size,
-                         test_size=args.test_size, checkpoint_every=args.checkpoint_every,
-                         seed=getattr(args, "seed_train", 0))
+def _retrain_config(args, **fixed):
+    from analysis.settings import TrainSettings, from_args
+    return from_args(TrainSettings, args, prefix="train_", **fixed)
 
 
-def _retrain_arguments(parser: argparse.ArgumentParser) -> None:
-    from analysis.retrain import RetrainConfig
-    d = RetrainConfig()
-    group = parser.add_argument_group("training")
-    group.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default: %(default)s)")
-    group.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
-    group.add_argument("--train-batch-size", type=int, default=d.batch_size,
-                       help="examples per step and process (default: %(default)s)")
-    group.add_argument("--test-size", type=int, default=d.test_size,
-                       help="test examples to evaluate on (default 0: all)")
-    group.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                       help="steps between resumable checkpoints (default: %(default)s)")
+def _retrain_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    from analysis.settings import TrainSettings, add_flags
+    add_flags(parser.add_argument_group("training"), TrainSettings, prefix="train_", exclude=exclude)
 
 
 def cmd_retrain(args) -> int:
-    from analysis.plan import read_plan
-    from analysis.retrain import retrain, write_outputs
+    from analysis.planning.plan_json import read_plan
+    from analysis.training.retrain import retrain, write_outputs
     plan = read_plan(args.plan)
     entry = retrain(plan, _retrain_config(args), _store(args), args.device)
     if entry is None:  # a non-main process under accelerate launch
@@ -231,9 +184,9 @@ def cmd_retrain(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from analysis.compare import compare, formatted, markdown
-    from analysis.context import prepare
-    from analysis.registry import all_signals
+    from analysis.training.compare import compare, formatted, markdown
+    from analysis.signals.context import prepare
+    from analysis.signals.registry import all_signals
     settings = _settings(args)
     if args.signals:
         methods = [m.strip() for m in args.signals.split(",") if m.strip()]
@@ -245,7 +198,7 @@ def cmd_compare(args) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         raise UserError(f"--seeds expects comma-separated integers, not '{args.seeds}'.") from None
-    entry = compare(settings, methods, args.budget, seeds, _retrain_config(args), _limits(args), args.alpha_ratio,
+    entry = compare(settings, methods, args.budget, seeds, _retrain_config(args), _limits(args), _plan_options(args),
                     _store(args), overrides=_overrides(args.set))
     print(markdown(formatted(entry.table(), entry.meta["task"])))
     if args.out:
@@ -258,9 +211,9 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from analysis.context import prepare
-    from analysis.exhibits import exhibits_for, render
-    from analysis.progress import write_bytes_atomic
+    from analysis.signals.context import prepare
+    from analysis.reporting.exhibits import exhibits_for, render
+    from analysis.store.atomic import write_bytes_atomic
     prepared = prepare(_settings(args), _store(args))
     found = exhibits_for(prepared, args.signal, args.budget, _limits(args), _overrides(args.set))
     if args.list:
@@ -306,15 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--signal", default="uniform", help="uniform, a signal name, or a blend such as "
                       "'0.7*shapley+0.3*cka' (default: %(default)s)")
     _plan_arguments(plan)
-    plan.add_argument("--rslora", action="store_true", help="rank-stabilised LoRA: one alpha, scaling alpha/sqrt(r)")
-    plan.add_argument("--dropout", type=float, default=0.0, help="lora_dropout (default: %(default)s)")
     plan.add_argument("--out", type=Path, default=Path("plan.json"), help="where to write (default: %(default)s)")
     plan.set_defaults(handler=cmd_plan)
     retrain = verbs.add_parser("retrain", help="train a plan from scratch on train, evaluate on test")
     retrain.add_argument("--plan", type=Path, required=True, help="a plan JSON from 'plan'")
     retrain.add_argument("--out", type=Path, default=None, help="also write metrics.json, curve.csv, plan.json and "
                          "adapter/ here")
-    retrain.add_argument("--seed", dest="seed_train", type=int, default=0, help="initialisation and data-order seed")
     retrain.add_argument("--device", default=None, help="override the plan's device (auto, cpu, cuda, cuda:N)")
     retrain.add_argument("--cache-dir", type=Path, default=None)
     _retrain_arguments(retrain)
@@ -327,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
     comparison.add_argument("--out", type=Path, default=None, help="also write summary.csv and runs.csv here")
     _plan_arguments(comparison)
-    _retrain_arguments(comparison)
+    _retrain_arguments(comparison, exclude=("seed",))   # --seed is the split seed here; --seeds the runs
     comparison.set_defaults(handler=cmd_compare)
     export = verbs.add_parser("export", help="write a figure (paper style) or the table behind it")
     _settings_arguments(export)
@@ -347,15 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _write_job_result(value: dict) -> None:
-    job_dir = os.environ.get("ANALYSIS_JOB_DIR")
-    if job_dir:
-        from analysis.progress import write_json_atomic
-        write_json_atomic(Path(job_dir) / "result.json", {**value, "finished": time.time()})
+    from analysis.jobs import folder
+    folder.write_result(value)
 
 
 def _internal_error(exc: BaseException) -> str:
     """Keep the traceback on disk; return the one sentence the user sees."""
-    from analysis.store import default_cache_dir
+    from analysis.store.cache import default_cache_dir
     log = default_cache_dir() / "logs" / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(traceback.format_exc())

@@ -22,10 +22,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from analysis.allocate import parse_budget  # noqa: E402
-from analysis.context import RunSettings, prepare  # noqa: E402
-from analysis.methods import UNIFORM, layout_for, method_scores  # noqa: E402
-from analysis.preview import plan_figure, preview, summary  # noqa: E402
+from analysis.planning.allocate import parse_budget  # noqa: E402
+from analysis.signals.context import prepare  # noqa: E402
+from analysis.settings import RunSettings  # noqa: E402
+from analysis.planning.methods import UNIFORM, layout_for, method_scores  # noqa: E402
+from analysis.planning.preview import plan_figure, preview, summary  # noqa: E402
 from bench.llama_shapes import SHAPES  # noqa: E402
 from tests.synthetic_store import fill  # noqa: E402
 

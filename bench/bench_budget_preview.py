@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from analysis.allocate import allocate, blend, parse_budget, scores_from_tables  # noqa: E402
-from analysis.layout import layout_of  # noqa: E402
+from analysis.planning.allocate import allocate, blend, parse_budget, scores_from_tables  # noqa: E402
+from analysis.model.layout import layout_of  # noqa: E402
 
 
 def llama_8b_layout():

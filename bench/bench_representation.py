@@ -22,10 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from analysis.context import AnalysisContext, RunSettings, prepare  # noqa: E402
-from analysis.registry import get_signal, make_config  # noqa: E402
-from analysis.store import Store  # noqa: E402
-from analysis.twonn import twonn  # noqa: E402
+from analysis.signals.context import AnalysisContext, prepare  # noqa: E402
+from analysis.settings import RunSettings  # noqa: E402
+from analysis.signals.registry import get_signal, make_config  # noqa: E402
+from analysis.store.cache import Store  # noqa: E402
+from analysis.signals.intrinsic_dim.twonn import twonn  # noqa: E402
 from llama_shapes import random_llama  # noqa: E402
 
 

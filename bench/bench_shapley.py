@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from analysis import shapley  # noqa: E402
-from analysis.capture import adaptable_modules  # noqa: E402
-from analysis.gated_lora import gated_lora, lora_config  # noqa: E402
+from analysis.signals.shapley import sampling as shapley  # noqa: E402
+from analysis.model.capture import adaptable_modules  # noqa: E402
+from analysis.signals.lora.gated_lora import gated_lora, lora_config  # noqa: E402
 from analysis.signals.shapley import checkpointing_in_eval, loss_function  # noqa: E402
 from llama_shapes import random_llama  # noqa: E402
 

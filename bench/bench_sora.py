@@ -23,9 +23,9 @@ sys.path.insert(0, str(HERE))
 from bench_shapley import make_batches, timed  # noqa: E402
 from llama_shapes import random_llama  # noqa: E402
 
-from analysis.capture import adaptable_modules  # noqa: E402
-from analysis.gated_lora import gated_lora, lora_config  # noqa: E402
-from analysis.sora import sora_step  # noqa: E402
+from analysis.model.capture import adaptable_modules  # noqa: E402
+from analysis.signals.lora.gated_lora import gated_lora, lora_config  # noqa: E402
+from analysis.signals.sora.gate_training import sora_step  # noqa: E402
 
 
 def lora_steps(model, modules, batches, r: int, repeats: int) -> list[float]:

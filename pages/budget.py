@@ -6,9 +6,9 @@ import re
 
 import streamlit as st
 
-from analysis.exhibits import plan_exhibit
-from analysis.preview import drawn, plan_json, uniform_ranks
-from analysis.registry import all_signals
+from analysis.reporting.exhibits import plan_exhibit
+from analysis.planning.preview import drawn, plan_json, uniform_ranks
+from analysis.signals.registry import all_signals
 from pages.shared.planning import plans_at_budget, summary_table
 from pages.shared.widgets import chart, choose_run
 

@@ -6,12 +6,12 @@ import zipfile
 
 import streamlit as st
 
-from analysis.exhibits import comparison_exhibits, overview_exhibits, plan_exhibit, render, signal_exhibits
-from analysis.paper import FORMATS, WIDTHS, paper_style
-from analysis.preview import drawn
-from analysis.registry import all_signals
-from analysis.results import comparisons, newest_entries
-from analysis.store import Store
+from analysis.reporting.exhibits import comparison_exhibits, overview_exhibits, plan_exhibit, render, signal_exhibits
+from analysis.reporting.paper import FORMATS, WIDTHS, paper_style
+from analysis.planning.preview import drawn
+from analysis.signals.registry import all_signals
+from analysis.store.runs import comparisons, newest_entries
+from analysis.store.cache import Store
 from pages.shared.planning import current_plans
 from pages.shared.widgets import choose_run, download_buttons
 

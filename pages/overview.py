@@ -2,9 +2,9 @@
 standard errors, and how far the signals agree."""
 import streamlit as st
 
-from analysis.exhibits import overview_exhibits
-from analysis.registry import all_signals
-from analysis.results import newest_entries
+from analysis.reporting.exhibits import overview_exhibits
+from analysis.signals.registry import all_signals
+from analysis.store.runs import newest_entries
 from pages.shared.widgets import choose_run, show
 
 signals = all_signals()

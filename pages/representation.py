@@ -1,7 +1,7 @@
 """CKA layer importance and intrinsic dimension (GeLoRA) of one cached run, read from the store."""
 import streamlit as st
 
-from analysis.exhibits import signal_exhibits
+from analysis.reporting.exhibits import signal_exhibits
 from pages.shared.widgets import choose_run, pick, show
 
 st.title("Representation signals")

@@ -2,13 +2,14 @@
 in the background with live loss curves; then the results table across plans and seeds."""
 import streamlit as st
 
-from analysis import jobs
-from analysis.exhibits import comparison_exhibits
-from analysis.methods import UNIFORM
-from analysis.registry import all_signals
-from analysis.results import comparisons, when
-from analysis.retrain import RetrainConfig
-from analysis.store import Store
+from analysis.jobs import launch as jobs
+from analysis.reporting.exhibits import comparison_exhibits
+from analysis.planning.methods import UNIFORM
+from analysis.signals.registry import all_signals
+from analysis.store.runs import comparisons, when
+from analysis.errors import UserError
+from analysis.settings import RunSettings, TrainSettings, from_dict, to_argv
+from analysis.store.cache import Store
 from pages.shared.planning import plans_at_budget, summary_table
 from pages.shared.widgets import choose_run, download_buttons, job_panel
 
@@ -28,7 +29,7 @@ summary_table(outcomes, amount)
 st.caption("The Budget page shows each plan as a heatmap and offers its JSON.")
 
 st.subheader("Retrain")
-defaults = RetrainConfig()
+defaults = TrainSettings()
 with st.form("retrain"):
     a, b, c, d = st.columns(4)
     seeds = a.text_input("Seeds", "0,1,2")
@@ -38,11 +39,16 @@ with st.form("retrain"):
     start = st.form_submit_button("Retrain and compare", type="primary", disabled=len(planned) < 2)
 if start:
     chosen = [m for m in planned if m != UNIFORM]
-    argv = ["compare", *jobs.settings_argv(run.description["settings"]), "--signals", ",".join(chosen),
-            "--budget", budget, "--seeds", seeds, "--steps", str(steps), "--lr", str(lr), "--test-size",
-            str(test_size), *jobs.limits_argv(limits)]
-    job_id = jobs.start_job(argv, store.root, label=f"Compare at {budget}: uniform, {', '.join(chosen)}")
-    st.toast(f"Started comparison job {job_id}")
+    try:
+        training = TrainSettings(steps=steps, lr=lr, test_size=test_size)
+    except UserError as error:
+        st.error(str(error))
+    else:
+        argv = ["compare", *to_argv(from_dict(RunSettings, run.description["settings"])), "--signals",
+                ",".join(chosen), "--budget", budget, "--seeds", seeds, *to_argv(training, exclude=("seed",)),
+                *to_argv(limits)]
+        job_id = jobs.start_job(argv, store.root, label=f"Compare at {budget}: uniform, {', '.join(chosen)}")
+        st.toast(f"Started comparison job {job_id}")
 
 job_panel(store, {"compare", "retrain"}, curves=True)
 

@@ -3,11 +3,12 @@ run), and reopen any cached run on the other pages."""
 import pandas as pd
 import streamlit as st
 
-from analysis import jobs
-from analysis.context import RunSettings
-from analysis.registry import all_signals
-from analysis.results import runs, when
-from analysis.store import Store
+from analysis.jobs import launch as jobs
+from analysis.errors import UserError
+from analysis.settings import RunSettings, to_argv
+from analysis.signals.registry import all_signals
+from analysis.store.runs import runs, when
+from analysis.store.cache import Store
 from pages.shared.widgets import choose_run, job_panel
 
 store = Store()
@@ -54,13 +55,16 @@ if submitted:
     elif test < 0.01:
         st.error(f"Train and validation fractions add up to {train + validation:.2f}; leave some for test.")
     else:
-        argv = ["run", "--model", model, "--data", data, "--text-column", text_column,
-                "--label-column", label_column, "--signals", ",".join(chosen), "--device", device,
-                "--val-size", str(int(val_size)), "--seed", str(int(seed)), "--max-length", str(int(max_length)),
-                "--batch-size", str(int(batch_size)), "--fractions", f"{train:g},{validation:g},{test:g}",
-                *(["--force"] if force else [])]
-        job_id = jobs.start_job(argv, store.root, label=f"{model} / {data}")
-        st.toast(f"Started analysis job {job_id}")
+        try:
+            settings = RunSettings(model=model, data=data, text_column=text_column, label_column=label_column,
+                                   device=device, val_size=int(val_size), seed=int(seed), max_length=int(max_length),
+                                   batch_size=int(batch_size), fractions=(train, validation, test))
+        except UserError as error:
+            st.error(str(error))
+        else:
+            argv = ["run", *to_argv(settings), "--signals", ",".join(chosen), *(["--force"] if force else [])]
+            job_id = jobs.start_job(argv, store.root, label=f"{model} / {data}")
+            st.toast(f"Started analysis job {job_id}")
 
 found = runs(store, set(signals))   # the cache is read once for the timings and the runs table
 

@@ -2,9 +2,9 @@
 AdaLoRA's sensitivity and with captum's exact-loss reference: all read from the store."""
 import streamlit as st
 
-from analysis.exhibits import signal_exhibits
-from analysis.figures import agreement_figure
-from analysis.results import spearman
+from analysis.reporting.exhibits import signal_exhibits
+from analysis.reporting.figures import agreement_figure
+from analysis.signals.tidy import spearman
 from pages.shared.widgets import chart, choose_run, pick, show
 
 st.title("Shapley sensitivity (ShapLoRA)")

@@ -2,8 +2,8 @@
 their histogram, and how the total rank shrinks as the scheduler raises the threshold."""
 import streamlit as st
 
-from analysis.exhibits import signal_exhibits
-from analysis.figures import module_heatmap
+from analysis.reporting.exhibits import signal_exhibits
+from analysis.reporting.figures import module_heatmap
 from pages.shared.widgets import chart, choose_run, pick, show
 
 st.title("SoRA gate sparsity")

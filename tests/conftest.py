@@ -39,15 +39,16 @@ def session_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm(session_cache):
-    from analysis.sources import load_model, resolve_model
+    from analysis.model.sources import load_model, resolve_model
     return load_model(resolve_model("minilm", session_cache), "classification", num_labels=2, seed=0)
 
 
 @pytest.fixture(scope="session")
 def encoder_context(tmp_path_factory):
     """The embedded MiniLM on 64 validation snippets, on the CPU, for checking signals against references."""
-    from analysis.context import AnalysisContext, RunSettings, prepare
-    from analysis.store import Store
+    from analysis.signals.context import AnalysisContext, prepare
+    from analysis.settings import RunSettings
+    from analysis.store.cache import Store
 
     store = Store(tmp_path_factory.mktemp("encoder-context-cache"))
     return AnalysisContext(prepare(RunSettings(val_size=64, batch_size=16, device="cpu"), store))

@@ -9,11 +9,11 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from analysis.context import RunSettings
-from analysis.methods import layout_for
-from analysis.registry import get_signal
-from analysis.runner import run_signals
-from analysis.store import Result, Store
+from analysis.settings import RunSettings
+from analysis.planning.methods import layout_for
+from analysis.signals.registry import get_signal
+from analysis.signals.runner import run_signals
+from analysis.store.cache import Result, Store
 
 R_MAX = 8
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from analysis.__main__ import main
-from analysis import registry
-from analysis.registry import get_signal
+from analysis.signals import registry
+from analysis.signals.registry import get_signal
 
 REPO = Path(__file__).resolve().parent.parent
 

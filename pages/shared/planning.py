@@ -4,14 +4,16 @@ import dataclasses
 
 import streamlit as st
 
-from analysis.allocate import Limits, parse_budget, uniform_cost
-from analysis.context import RunSettings, prepare
+from analysis.planning.allocate import parse_budget, uniform_cost
+from analysis.settings import Limits
+from analysis.signals.context import prepare
+from analysis.settings import RunSettings
 from analysis.errors import UserError
-from analysis.methods import UNIFORM, layout_for, method_scores
-from analysis.preview import Outcome, preview, summary
-from analysis.registry import Signal
-from analysis.results import Run
-from analysis.store import Store
+from analysis.planning.methods import UNIFORM, layout_for, method_scores
+from analysis.planning.preview import Outcome, preview, summary
+from analysis.signals.registry import Signal
+from analysis.store.runs import Run
+from analysis.store.cache import Store
 
 
 @st.cache_resource(show_spinner="Reading the model's layout and the data split", max_entries=8)

@@ -7,12 +7,12 @@ import time
 
 import streamlit as st
 
-from analysis import jobs
-from analysis.exhibits import Exhibit, render
-from analysis.figures import learning_curves_figure
-from analysis.paper import FORMATS, MIME, WIDTHS
-from analysis.results import Run, describe_options, runs
-from analysis.store import Store
+from analysis.jobs import launch as jobs
+from analysis.reporting.exhibits import Exhibit, render
+from analysis.reporting.figures import learning_curves_figure
+from analysis.reporting.paper import FORMATS, MIME, WIDTHS
+from analysis.store.runs import Run, describe_options, runs
+from analysis.store.cache import Store
 
 RUN_KEY = "current_run"   # the run every page opens with: the one last chosen on any page
 # Choices that span pages (app.py keeps them alive): the budget and plan limits, the export style.

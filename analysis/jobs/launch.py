@@ -1,0 +1,121 @@
+"""Background jobs: a `python -m analysis ...` process the dashboard starts, watches and can cancel.
+
+A job's whole state is on disk under <cache>/jobs/<id>/ (the files are described in folder.py), so a
+restarted dashboard finds running and finished jobs again.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import psutil
+
+from analysis.jobs import folder
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class JobStatus:
+    id: str
+    directory: Path
+    argv: list[str]
+    state: str                 # running, done, failed, cancelled, died
+    started: float
+    progress: dict | None
+    result: dict | None
+    label: str = ""
+
+    @property
+    def log_tail(self) -> str:
+        return folder.log_tail(self.directory)
+
+    @property
+    def curve(self) -> pd.DataFrame:
+        """The live learning curve a retrain or comparison writes (run, step, loss); empty before any."""
+        return folder.read_curve(self.directory)
+
+
+def jobs_dir(cache_root: Path) -> Path:
+    return cache_root / "jobs"
+
+
+def _launch(directory: Path, argv: list[str], cache_root: Path, label: str) -> None:
+    env = {**os.environ, folder.ENVIRONMENT: str(directory), "ANALYSIS_CACHE_DIR": str(cache_root),
+           "PYTHONUNBUFFERED": "1"}
+    with open(directory / folder.LOG, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "analysis", *argv], cwd=REPO, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)  # outlives the dashboard, cancellable as a group
+    folder.write_job(directory, {"id": directory.name, "argv": argv, "label": label,
+                                               "pid": process.pid,
+                                               "create_time": psutil.Process(process.pid).create_time(),
+                                               "started": time.time()})
+
+
+def start_job(argv: list[str], cache_root: Path, label: str = "") -> str:
+    job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    directory = jobs_dir(cache_root) / job_id
+    directory.mkdir(parents=True)
+    _launch(directory, argv, cache_root, label)
+    return job_id
+
+
+def resume_job(cache_root: Path, job_id: str) -> None:
+    """Run a died or cancelled job's command again in its directory; a retrain continues from its checkpoint
+    and signals already in the cache are not computed again."""
+    directory = jobs_dir(cache_root) / job_id
+    info = folder.read_json(directory / folder.JOB)
+    if info is None or _alive(info):
+        return
+    folder.clear_for_resume(directory)
+    _launch(directory, info["argv"], cache_root, info.get("label", ""))
+
+
+def _alive(info: dict) -> bool:
+    try:
+        process = psutil.Process(info["pid"])
+        same = abs(process.create_time() - info["create_time"]) < 1  # not a recycled pid
+        return same and process.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, KeyError):
+        return False
+
+
+def job_status(directory: Path) -> JobStatus | None:
+    info = folder.read_json(directory / folder.JOB)
+    if info is None:
+        return None
+    result = folder.read_json(directory / folder.RESULT)
+    if folder.is_cancelled(directory):
+        state = "cancelled"
+    elif result is not None:
+        state = result.get("status", "done")
+    elif _alive(info):
+        state = "running"
+    else:
+        state = "died"
+    return JobStatus(info["id"], directory, info["argv"], state, info["started"],
+                     folder.read_json(directory / folder.PROGRESS), result, info.get("label", ""))
+
+
+def list_jobs(cache_root: Path) -> list[JobStatus]:
+    root = jobs_dir(cache_root)
+    if not root.exists():
+        return []
+    found = [job_status(d) for d in root.iterdir() if d.is_dir()]
+    return sorted((j for j in found if j), key=lambda j: j.started, reverse=True)
+
+
+def cancel_job(cache_root: Path, job_id: str) -> None:
+    directory = jobs_dir(cache_root) / job_id
+    info = folder.read_json(directory / folder.JOB)
+    folder.mark_cancelled(directory)
+    if info and _alive(info):
+        os.killpg(info["pid"], signal.SIGTERM)

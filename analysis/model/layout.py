@@ -1,0 +1,62 @@
+"""A model's adaptable modules and module names, read from its config alone (no weights).
+
+Allocation needs each module's shape (a rank costs d_in + d_out parameters) and every module name
+(to check that a plan's keys match exactly one module, since peft ignores a typo silently). The
+model is built on PyTorch's meta device, which allocates nothing, so this takes well under a
+second even for an 8B model and is what lets the budget preview stay instant.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from analysis.model.capture import AdaptableModule, adaptable_modules
+from analysis.errors import UserError
+
+
+@dataclass(frozen=True)
+class Layout:
+    modules: tuple[AdaptableModule, ...]
+    names: tuple[str, ...]          # every module name, as peft matches target and pattern keys against
+
+    @property
+    def num_layers(self) -> int:
+        return max(m.layer for m in self.modules) + 1
+
+    @property
+    def module_types(self) -> list[str]:
+        """Short module names in first-seen order (query, key, value, ... or q_proj, ...)."""
+        return list(dict.fromkeys(m.name for m in self.modules))
+
+    @property
+    def costs(self) -> list[int]:
+        """Parameters one rank costs in each module: d_in + d_out."""
+        return [m.d_in + m.d_out for m in self.modules]
+
+
+def lora_parameter_count(modules, ranks) -> int:
+    """Exact trainable LoRA parameters: r * (d_in + d_out) per module."""
+    return int(sum(int(r) * (m.d_in + m.d_out) for m, r in zip(modules, ranks)))
+
+
+def layout_of(model: torch.nn.Module) -> Layout:
+    return Layout(tuple(adaptable_modules(model)), tuple(name for name, _ in model.named_modules()))
+
+
+def model_layout(path, task: str, num_labels: int | None = None) -> Layout:
+    """The layout of the model whose config is in `path`, as loaded for `task`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"transformers cannot read the model config in '{path}' ({exc}).") from None
+    if task == "classification":
+        config.num_labels = num_labels or 2
+        factory = AutoModelForSequenceClassification
+    else:
+        factory = AutoModelForCausalLM
+    with torch.device("meta"):
+        model = factory.from_config(config)
+    return layout_of(model)

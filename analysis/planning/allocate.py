@@ -1,0 +1,335 @@
+"""From a signal's table and a parameter budget to per-module LoRA ranks.
+
+Reads tables only, never a model, so the budget slider can re-plan instantly. A rank in a module
+of shape d_in x d_out costs d_in + d_out trainable parameters; every plan's exact cost is <= the
+budget and as close to it as its rule allows. The rule follows the signal's `plan` family:
+
+- ranks (Shapley, AdaLoRA, any per-rank table): keep the globally best ranks. A module's ranks
+  are taken best first, and only the ranks the signal measured can be kept (r_max of its run).
+- learned (SoRA): the learned non-zero counts; under a smaller budget the smallest gates go first,
+  under a larger one ranks are added in proportion to each module's total gate magnitude.
+- bounds (GeLoRA): ranks proportional to the per-block bounds and never below them while the
+  budget allows; a warning says where it does not.
+- blocks (CKA): the k most important blocks (degenerate ones excluded) at one uniform rank.
+- weights (anything else): ranks proportional to the per-module value (clipped at zero).
+- uniform LoRA: the same rank on every allowed module.
+A blend is a weighted sum of signals' per-module importance, each normalised to sum to one, and
+is allocated like weights. Limits apply to all: a minimum and maximum rank per module and the
+module types that may receive rank.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from analysis.errors import UserError
+from analysis.model.layout import Layout
+from analysis.settings import Limits
+
+
+
+@dataclass
+class Scores:
+    """One signal's table aligned with a layout's modules (index = module position)."""
+    name: str
+    family: str
+    per_module: np.ndarray                   # (M,) importance; a block value is broadcast to its modules
+    per_rank: np.ndarray | None = None       # (M, R) ranks / learned: value of each measured rank (NaN: none)
+    floor: np.ndarray | None = None          # (M,) learned counts (SoRA) or bounds (GeLoRA)
+    excluded: np.ndarray | None = None       # (M,) blocks a plan must not select (degenerate CKA)
+
+
+@dataclass
+class Allocation:
+    ranks: np.ndarray                        # (M,) int
+    cost: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def _module_index(layout: Layout, table: pd.DataFrame) -> np.ndarray:
+    """Module position of each row; a `block` row maps to -1 and is broadcast by the caller."""
+    position = {(m.layer, m.name): i for i, m in enumerate(layout.modules)}
+    index = [position.get((int(l), str(n)), -1) for l, n in zip(table["layer"], table["module"])]
+    unknown = [(l, n) for (l, n), i in zip(zip(table["layer"], table["module"]), index) if i < 0 and n != "block"]
+    if unknown:
+        raise UserError(f"The table names module '{unknown[0][1]}' in layer {unknown[0][0]}, which this model "
+                        "does not have; it was computed for another model.")
+    return np.array(index, dtype=np.int64)
+
+
+def _per_module(layout: Layout, table: pd.DataFrame, column: str = "value") -> np.ndarray:
+    """Sum of `column` per module; block-level rows apply to every module of their block."""
+    values = np.zeros(len(layout.modules))
+    layers = np.array([m.layer for m in layout.modules])
+    index = _module_index(layout, table)
+    column_values = table[column].to_numpy(dtype=float)
+    np.add.at(values, index[index >= 0], column_values[index >= 0])
+    for layer, value in zip(table["layer"][index < 0], column_values[index < 0]):
+        values[layers == int(layer)] += value
+    return values
+
+
+def _per_rank(layout: Layout, table: pd.DataFrame) -> np.ndarray:
+    index = _module_index(layout, table)
+    ranks = table["rank"].to_numpy(dtype=np.int64)
+    matrix = np.full((len(layout.modules), int(ranks.max()) + 1), np.nan)
+    matrix[index, ranks] = table["value"].to_numpy(dtype=float)
+    return matrix
+
+
+def _read_ranks(name, tables, layout) -> Scores:
+    per_rank = _per_rank(layout, tables["main"])
+    return Scores(name, "ranks", np.nansum(per_rank, axis=1), per_rank=per_rank)
+
+
+def _read_learned(name, tables, layout) -> Scores:
+    learned = _per_module(layout, tables["main"])
+    gates = np.abs(_per_rank(layout, tables["gates"]))
+    gates[gates == 0] = np.nan   # a zero gate is a pruned rank, not a rank of value 0
+    return Scores(name, "learned", np.nansum(gates, axis=1), per_rank=gates, floor=learned)
+
+
+def _read_bounds(name, tables, layout) -> Scores:
+    bounds = _per_module(layout, tables["main"])
+    return Scores(name, "bounds", bounds, floor=bounds)
+
+
+def _read_blocks(name, tables, layout) -> Scores:
+    main = tables["main"]
+    excluded = None
+    if "degenerate" in main.columns:
+        excluded = _per_module(layout, main.assign(flag=main["degenerate"].astype(float)), "flag") > 0
+    return Scores(name, "blocks", _per_module(layout, main.fillna({"value": 0.0})), excluded=excluded)
+
+
+def _read_weights(name, tables, layout) -> Scores:
+    return Scores(name, "weights", _per_module(layout, tables["main"].fillna({"value": 0.0})))
+
+
+def scores_from_tables(name: str, family: str | None, tables: dict[str, pd.DataFrame], layout: Layout) -> Scores:
+    """Align a signal's tables with the layout. `family` None infers ranks or weights from the table."""
+    if family is None:
+        family = "ranks" if "rank" in tables["main"].columns else "weights"
+    if family not in FAMILIES:
+        raise ValueError(f"unknown plan family {family!r}")
+    return FAMILIES[family].read(name, tables, layout)
+
+
+def blend(parts: list[tuple[Scores, float]]) -> Scores:
+    """Weighted sum of per-module importance, each signal clipped at zero and normalised to sum 1."""
+    total = None
+    for scores, weight in parts:
+        values = np.nan_to_num(np.clip(scores.per_module, 0, None))
+        if scores.excluded is not None:
+            values[scores.excluded] = 0.0
+        if values.sum() <= 0:
+            raise UserError(f"Signal '{scores.name}' has no positive importance anywhere, so it cannot be blended.")
+        share = weight * values / values.sum()
+        total = share if total is None else total + share
+    label = "+".join(f"{weight:g}*{scores.name}" for scores, weight in parts)
+    return Scores(f"blend({label})", "weights", total)
+
+
+# --- the rules ---------------------------------------------------------------------------------------
+
+def _cost(ranks: np.ndarray, costs: np.ndarray) -> int:
+    return int(ranks @ costs)
+
+
+def _bounds(layout: Layout, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
+    """Per-module minimum and maximum rank after the module-type filter."""
+    types = layout.module_types
+    if limits.module_types is not None:
+        unknown = sorted(set(limits.module_types) - set(types))
+        if unknown:
+            raise UserError(f"Unknown module type(s) {', '.join(unknown)}; this model has: {', '.join(types)}.")
+        if not limits.module_types:
+            raise UserError("No module type may receive rank; allow at least one.")
+    allowed = np.array([limits.module_types is None or m.name in limits.module_types for m in layout.modules])
+    return np.where(allowed, limits.min_rank, 0), np.where(allowed, limits.max_rank, 0)
+
+
+def _fill(ranks, high, costs, budget, priority) -> np.ndarray:
+    """Spend what is left one rank at a time, most deserving module first, while anything fits."""
+    order = np.argsort(-priority, kind="stable")
+    spent = _cost(ranks, costs)
+    while True:
+        added = False
+        for i in order:
+            if ranks[i] < high[i] and spent + costs[i] <= budget:
+                ranks[i] += 1
+                spent += costs[i]
+                added = True
+        if not added:
+            return ranks
+
+
+def _best_ranks(values, low, high, costs, budget) -> np.ndarray:
+    """Keep the globally best measured ranks (each module's best first) after the minimum."""
+    measured = (~np.isnan(values)).sum(axis=1)
+    ranks = low.copy()
+    spent = _cost(ranks, costs)
+    ordered = -np.sort(-np.nan_to_num(values, nan=-np.inf), axis=1)   # each module's ranks, best first
+    candidates = [(ordered[i, j], i, j) for i in range(len(values)) for j in range(measured[i]) if j >= low[i]]
+    for value, i, j in sorted(candidates, key=lambda c: -c[0]):
+        if j == ranks[i] and ranks[i] < high[i] and spent + costs[i] <= budget:
+            ranks[i] += 1
+            spent += costs[i]
+    return ranks
+
+
+def _proportional(weights, low, high, costs, budget) -> np.ndarray:
+    """Ranks floor(s * weight) within [low, high] for the largest scale s that fits, then a fill."""
+    weights = np.nan_to_num(np.clip(weights, 0, None))
+    weights = np.where(high > 0, weights, 0)
+    if weights.sum() <= 0:
+        weights = (high > 0).astype(float)
+    def at(scale):
+        return np.clip(np.floor(scale * weights), low, high).astype(np.int64)
+    lo, hi = 0.0, 1.0
+    growing = weights > 0
+    while _cost(at(hi), costs) <= budget and (at(hi)[growing] < high[growing]).any():
+        lo, hi = hi, hi * 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _cost(at(mid), costs) <= budget else (lo, mid)
+    ranks = at(lo)
+    return _fill(ranks, high, costs, budget, lo * weights - ranks)
+
+
+def _top_blocks(values, excluded, layout, low, high, costs, budget, block_rank) -> tuple[np.ndarray, int]:
+    layers = np.array([m.layer for m in layout.modules])
+    block_value = {layer: values[layers == layer].mean() for layer in np.unique(layers)}
+    skip = set() if excluded is None else set(layers[excluded])
+    order = sorted((layer for layer in block_value if layer not in skip and not np.isnan(block_value[layer])),
+                   key=lambda layer: -block_value[layer])
+    ranks = low.copy()
+    chosen = 0
+    for layer in order:
+        trial = ranks.copy()
+        in_block = (layers == layer) & (high > 0)
+        trial[in_block] = np.maximum(low[in_block], np.minimum(block_rank, high[in_block]))
+        if _cost(trial, costs) > budget:
+            break
+        ranks, chosen = trial, chosen + 1
+    return ranks, chosen
+
+
+def allocate(scores: Scores | None, layout: Layout, budget: int, limits: Limits = Limits()) -> Allocation:
+    """Ranks per module for `scores` (None: uniform LoRA) under `budget` parameters."""
+    costs = np.array(layout.costs, dtype=np.int64)
+    low, high = _bounds(layout, limits)
+    floor_cost = _cost(low, costs)
+    cheapest = int(costs[high > 0].min())
+    if budget < max(floor_cost, cheapest):
+        smallest = floor_cost if floor_cost else cheapest
+        raise UserError(f"A budget of {budget:,} parameters is below the smallest possible plan "
+                        f"({smallest:,} parameters: " + ("the minimum rank on every allowed module)."
+                                                         if floor_cost else "one rank on the cheapest module)."))
+    if scores is None:
+        ranks, warnings = _uniform(limits, low, high, costs, budget)
+    else:
+        ranks, warnings = FAMILIES[scores.family].allocate(scores, layout, limits, low, high, costs, budget)
+    ranks = ranks.astype(np.int64)
+    cost = _cost(ranks, costs)
+    assert cost <= budget, (cost, budget)
+    if (ranks[high > 0] >= limits.max_rank).all() and budget - cost >= cheapest:
+        warnings.append(f"Every allowed module is at the maximum rank {limits.max_rank}, so the plan stops at "
+                        f"{cost:,} parameters; raise the maximum rank to spend the whole budget.")
+    return Allocation(ranks, cost, warnings)
+
+
+# --- the families: how a signal's table is read, and how its ranks are chosen -------------------------------
+
+def _uniform(limits, low, high, costs, budget):
+    rank = min(budget // int(costs[high > 0].sum()), limits.max_rank)
+    if rank < max(limits.min_rank, 1):
+        raise UserError(f"A budget of {budget:,} parameters is below uniform LoRA's smallest plan (rank 1 on "
+                        f"every allowed module: {int(costs[high > 0].sum()):,} parameters).")
+    return np.where(high > 0, rank, 0), []
+
+
+def _allocate_ranks(scores, layout, limits, low, high, costs, budget):
+    warnings = []
+    cap = np.minimum(high, (~np.isnan(scores.per_rank)).sum(axis=1))
+    ranks = _best_ranks(scores.per_rank, low, cap, costs, budget)
+    if (ranks >= cap).all() and budget - _cost(ranks, costs) >= int(costs[high > 0].min()):
+        warnings.append(f"{scores.name} measured {scores.per_rank.shape[1]} ranks per module and all of them "
+                        f"fit in this budget, so the plan stops at {_cost(ranks, costs):,} parameters; run the "
+                        f"signal with a larger r_max to plan for larger budgets.")
+    return ranks, warnings
+
+
+def _allocate_learned(scores, layout, limits, low, high, costs, budget):
+    learned = scores.floor.astype(np.int64)
+    if _cost(np.clip(learned, low, high), costs) > budget:
+        return _best_ranks(scores.per_rank, low, np.minimum(high, learned), costs, budget), []
+    return _proportional(scores.per_module, np.clip(learned, low, high), high, costs, budget), []
+
+
+def _allocate_bounds(scores, layout, limits, low, high, costs, budget):
+    bound = np.clip(np.ceil(scores.floor).astype(np.int64), low, high)
+    if _cost(bound, costs) <= budget:
+        return _proportional(scores.floor, bound, high, costs, budget), []
+    ranks = _proportional(scores.floor, low, high, costs, budget)
+    below = int((ranks < bound).sum())
+    return ranks, [f"The budget is below GeLoRA's bounds ({_cost(bound, costs):,} parameters), so {below} of "
+                   f"{len(ranks)} modules get less rank than their bound."]
+
+
+def _allocate_blocks(scores, layout, limits, low, high, costs, budget):
+    ranks, chosen = _top_blocks(scores.per_module, scores.excluded, layout, low, high, costs, budget,
+                                limits.block_rank)
+    if chosen == 0:
+        raise UserError(f"A budget of {budget:,} parameters does not fit a single block at rank "
+                        f"{limits.block_rank}; lower the block rank or raise the budget.")
+    return ranks, []
+
+
+def _allocate_weights(scores, layout, limits, low, high, costs, budget):
+    return _proportional(scores.per_module, low, high, costs, budget), []
+
+
+@dataclass(frozen=True)
+class Family:
+    """A plan family: `read` aligns a signal's tables with a layout, `allocate` turns them into ranks."""
+    read: Callable
+    allocate: Callable
+
+
+FAMILIES: dict[str, Family] = {
+    "ranks": Family(_read_ranks, _allocate_ranks),
+    "learned": Family(_read_learned, _allocate_learned),
+    "bounds": Family(_read_bounds, _allocate_bounds),
+    "blocks": Family(_read_blocks, _allocate_blocks),
+    "weights": Family(_read_weights, _allocate_weights),
+}
+
+
+# --- budgets -----------------------------------------------------------------------------------------
+
+def uniform_cost(layout: Layout, rank: float, limits: Limits = Limits()) -> int:
+    """Parameters of uniform LoRA at `rank` on the allowed modules."""
+    _, high = _bounds(layout, limits)
+    return int(round(rank * sum(c for c, h in zip(layout.costs, high) if h > 0)))
+
+
+def parse_budget(text: str, layout: Layout, limits: Limits = Limits()) -> int:
+    """'147456', '150k', '1.2M' parameters, or 'r4': what uniform LoRA of rank 4 costs on the allowed modules."""
+    spec = str(text).strip().lower().replace(",", "").replace("_", "")
+    match = re.fullmatch(r"(r)?(\d+(?:\.\d+)?)([km])?", spec)
+    if not match or (match.group(1) and match.group(3)):
+        raise UserError(f"Cannot read the budget '{text}'; give parameters (150000, 150k, 1.2M) or an average "
+                        "rank (r4).")
+    number = float(match.group(2))
+    if match.group(1):
+        budget = uniform_cost(layout, number, limits)
+    else:
+        budget = int(number * {"k": 1e3, "m": 1e6, None: 1}[match.group(3)])
+    if budget <= 0:
+        raise UserError("The budget must be a positive number of parameters.")
+    return budget

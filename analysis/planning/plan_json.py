@@ -1,0 +1,136 @@
+"""Rank plans as JSON: peft.LoraConfig's keyword arguments plus what the plan is and costs.
+
+A plan names every adapted module by its full path, so each key matches exactly one module;
+`validate` checks that with peft's own matching rules against the model's module names, because
+peft silently ignores a pattern that matches nothing. alpha follows the rank (alpha / r constant),
+or with rsLoRA one alpha for all (scaling alpha / sqrt(r)). After `get_peft_model`,
+`check_peft_model` compares every module's actual rank and the trainable LoRA parameter count
+with the plan.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from analysis.errors import UserError
+from analysis.model.layout import Layout, lora_parameter_count
+from analysis.settings import PlanOptions
+
+LORA_KEYS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora", "lora_dropout",
+             "bias", "task_type")
+
+
+def build_plan(layout: Layout, ranks: np.ndarray, signal: str, budget: int, options: PlanOptions = PlanOptions(),
+               warnings: list[str] | None = None, settings: dict | None = None) -> dict:
+    """The plan for per-module `ranks` (0 = module left out), in layout order."""
+    chosen = {m.path: int(r) for m, r in zip(layout.modules, ranks) if r > 0}
+    if not chosen:
+        raise UserError("The plan gives no module any rank.")
+    r = Counter(chosen.values()).most_common(1)[0][0]  # the commonest rank keeps the patterns short
+    alpha_ratio, rslora = options.alpha_ratio, options.rslora
+    alpha = alpha_ratio * r
+    plan = {
+        "signal": signal, "budget": int(budget),
+        "trainable_params": lora_parameter_count(layout.modules, ranks),
+        "r": r, "lora_alpha": alpha, "target_modules": list(chosen),
+        "rank_pattern": {path: rank for path, rank in chosen.items() if rank != r},
+        "alpha_pattern": {} if rslora else {path: alpha_ratio * rank for path, rank in chosen.items() if rank != r},
+        "use_rslora": rslora, "lora_dropout": options.dropout, "bias": "none",
+        "warnings": list(warnings or []), "settings": settings or {},
+    }
+    validate(plan, layout)
+    return plan
+
+
+def lora_config(plan: dict):
+    """The peft.LoraConfig the plan describes."""
+    from peft import LoraConfig
+    return LoraConfig(**{key: plan[key] for key in LORA_KEYS if key in plan})
+
+
+def _pattern_matches(key: str, names) -> list[str]:
+    """Names that peft's pattern rule matches with `key`. A name can only match if it ends with the key's
+    last dotted part when that part is literal text, so only those names are tried (200x fewer on 8B)."""
+    from peft.utils.other import get_pattern_key
+    tail = key.rsplit(".", 1)[-1]
+    candidates = [name for name in names if name.endswith(tail)] if re.escape(tail) == tail else names
+    return [name for name in candidates if get_pattern_key([key], name) == key]
+
+
+def validate(plan: dict, layout: Layout) -> None:
+    """Every key names exactly one module, alpha follows the rank, and the stated count is the real one."""
+    missing = [key for key in ("r", "lora_alpha", "target_modules", "trainable_params") if key not in plan]
+    if missing:
+        raise UserError(f"The plan lacks {', '.join(missing)}; it is not a rank plan from this tool.")
+    names = set(layout.names)
+    for key in plan["target_modules"]:
+        if key not in names:
+            raise UserError(f"The plan's target module '{key}' is not a module of this model.")
+    for pattern in ("rank_pattern", "alpha_pattern"):
+        for key in plan.get(pattern, {}):
+            found = _pattern_matches(key, layout.names)
+            if len(found) != 1:
+                raise UserError(f"The {pattern} key '{key}' matches {len(found)} modules of this model; it must "
+                                "match exactly one.")
+    by_path = {m.path: m for m in layout.modules}
+    ranks = plan_ranks(plan)
+    unknown = [path for path in ranks if path not in by_path]
+    if unknown:
+        raise UserError(f"The plan adapts '{unknown[0]}', which is not a linear module in a block of this model.")
+    if not plan.get("use_rslora"):
+        ratio = plan["lora_alpha"] / plan["r"]
+        for path, rank in ranks.items():
+            alpha = plan.get("alpha_pattern", {}).get(path, plan["lora_alpha"])
+            if not np.isclose(alpha / rank, ratio):
+                raise UserError(f"Module '{path}' has alpha {alpha} at rank {rank}, so alpha / r differs from the "
+                                f"plan's {ratio:g}; alpha must follow the rank unless rsLoRA is on.")
+    count = lora_parameter_count([by_path[path] for path in ranks], ranks.values())
+    if count != plan["trainable_params"]:
+        raise UserError(f"The plan says {plan['trainable_params']:,} trainable parameters but its ranks give "
+                        f"{count:,}.")
+
+
+def plan_ranks(plan: dict) -> dict[str, int]:
+    """Rank of every adapted module, by full path."""
+    pattern = plan.get("rank_pattern", {})
+    return {path: int(pattern.get(path, plan["r"])) for path in plan["target_modules"]}
+
+
+def check_peft_model(plan: dict, peft_model) -> None:
+    """After get_peft_model: each module's real rank and the trainable LoRA parameter count match the plan."""
+    from peft.tuners.lora import LoraLayer
+    prefix = "base_model.model."
+    actual = {name[len(prefix):] if name.startswith(prefix) else name: module.r["default"]
+              for name, module in peft_model.named_modules() if isinstance(module, LoraLayer)}
+    expected = plan_ranks(plan)
+    if actual != expected:
+        wrong = sorted(set(actual.items()) ^ set(expected.items()))[:3]
+        raise UserError(f"peft built different ranks than the plan asks for (first differences: {wrong}).")
+    count = sum(p.numel() for name, p in peft_model.named_parameters() if "lora_" in name and p.requires_grad)
+    if count != plan["trainable_params"]:
+        raise UserError(f"peft created {count:,} trainable LoRA parameters; the plan says "
+                        f"{plan['trainable_params']:,}.")
+
+
+def write_plan(plan: dict, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(plan, indent=1))
+    tmp.replace(path)
+
+
+def read_plan(path: Path) -> dict:
+    try:
+        plan = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"The plan file '{path}' does not exist.") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"The plan file '{path}' is not valid JSON ({exc}).") from None
+    if not isinstance(plan, dict):
+        raise UserError(f"The plan file '{path}' does not hold a JSON object.")
+    return plan

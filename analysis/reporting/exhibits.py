@@ -1,0 +1,136 @@
+"""Every figure and table a run can show, by name, with the data behind it: what the pages draw and what
+the Export page and `python -m analysis export` write.
+
+An exhibit is built lazily (`figure()`, `data()`), so listing a run's exhibits reads nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Callable
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from analysis.reporting import figures
+from analysis.planning.allocate import parse_budget
+from analysis.settings import Limits
+from analysis.training.compare import formatted
+from analysis.errors import UserError
+from analysis.planning.methods import UNIFORM, cached_entry, layout_for, method_scores
+from analysis.reporting.all_signals import (agreement, agreement_matrix_figure, layer_curves_figure, layer_importance,
+                               module_importance)
+from analysis.reporting.paper import FORMATS, figure_bytes, latex_table, paper_style
+from analysis.planning.preview import plan_figure, plan_table, preview
+from analysis.signals.registry import all_signals
+from analysis.store.runs import comparisons, newest_entries, runs
+from analysis.store.cache import Entry
+
+
+@dataclass(frozen=True)
+class Exhibit:
+    name: str                                            # file stem: shapley_modules, cka_matrix, ...
+    title: str
+    data: Callable[[], pd.DataFrame]                     # the CSV behind it
+    figure: Callable[[], go.Figure] | None = None        # None: a table only (CSV and LaTeX)
+
+
+def signal_exhibits(entry: Entry) -> list[Exhibit]:
+    """The figures of one signal's entry, the most useful first: the signal's own (its `exhibits` hook), or
+    a generic heatmap (bars for a layer-level signal)."""
+    name, table = entry.meta["signal"], entry.table
+    signal = all_signals().get(name)
+    if signal is not None and signal.exhibits is not None:
+        return signal.exhibits(entry)
+    return [Exhibit(name, entry.meta.get("title", name), table, lambda: figures.signal_figure(table()))]
+
+
+def overview_exhibits(entries: dict[str, Entry]) -> list[Exhibit]:
+    """The all-signals figures: heatmaps side by side, per-layer curves, and agreement per layer; each
+    signal is labelled by its short name and scaled by its largest |value| (they come in different units).
+    The tables are read once for all three (a page draws each figure and may then download its data)."""
+    @cache
+    def modules():
+        return {name: module_importance(entry) for name, entry in entries.items()}
+
+    @cache
+    def layers():
+        return {name: layer_importance(entry) for name, entry in entries.items()}
+
+    @cache
+    def matrix():
+        return agreement(layers(), ["layer"])
+
+    def tidy(frames):
+        return pd.concat([frame.assign(signal=name) for name, frame in frames.items()], ignore_index=True)
+
+    return [
+        Exhibit("all_signals_heatmaps", "All signals per layer and module", lambda: tidy(modules()),
+                lambda: figures.side_by_side_heatmaps(modules())),
+        Exhibit("all_signals_layers", "All signals per layer", lambda: tidy(layers()),
+                lambda: layer_curves_figure(layers())),
+        Exhibit("signal_agreement", "Agreement between signals (Spearman, per layer)",
+                lambda: matrix().rename_axis("signal").reset_index(), lambda: agreement_matrix_figure(matrix())),
+    ]
+
+
+def comparison_exhibits(entry: Entry) -> list[Exhibit]:
+    """The retrain comparison: its summary (mean ± std, also as LaTeX) and every run."""
+
+    return [Exhibit("comparison_summary", "Retrain comparison at one budget",
+                    lambda: formatted(entry.table(), entry.meta["task"])),
+            Exhibit("comparison_runs", "Every retrain run of the comparison", lambda: entry.table("runs"))]
+
+
+def plan_exhibit(outcomes, layout, budget: int, difference: bool = False) -> Exhibit:
+    """The budget preview: every method's ranks at one budget (or their difference from uniform LoRA)."""
+
+    title = f"Rank plans at {budget:,} parameters" + (", minus uniform LoRA's ranks" if difference else "")
+    return Exhibit(f"plans_{budget}{'_vs_uniform' if difference else ''}", title,
+                   lambda: plan_table(outcomes, layout, difference), lambda: plan_figure(outcomes, layout, difference))
+
+
+def cached_signals(prepared) -> dict[str, Entry]:
+    """The newest entry of every signal computed for this setting (current signal versions only)."""
+
+    run = next((r for r in runs(prepared.store) if r.key == prepared.key), None)
+    return newest_entries(run, all_signals()) if run else {}
+
+
+def exhibits_for(prepared, what: str, budget: str = "r4", limits=None, overrides=None) -> list[Exhibit]:
+    """A signal's exhibits, or 'all' (every cached signal side by side), 'plans' (every method's plan at
+    `budget`) or 'comparison' (the newest retrain comparison of this setting)."""
+
+    if what == "all":
+        entries = cached_signals(prepared)
+        if not entries:
+            raise UserError("No signal has been computed for this model and data yet; run: python -m analysis run")
+        return overview_exhibits(entries)
+    if what == "plans":
+        layout, limits = layout_for(prepared), limits or Limits()
+        methods = [UNIFORM, *cached_signals(prepared)]
+        amount = parse_budget(budget, layout, limits)
+        outcomes = preview({m: method_scores(prepared, m, layout, overrides) for m in methods}, layout, amount,
+                           limits)
+        return [plan_exhibit(outcomes, layout, amount), plan_exhibit(outcomes, layout, amount, difference=True)]
+    if what == "comparison":
+        found = comparisons(prepared.store, prepared.key)
+        if not found:
+            raise UserError("No retrain comparison has finished for this model and data; run: "
+                            "python -m analysis compare")
+        return comparison_exhibits(found[0])
+    return signal_exhibits(cached_entry(prepared, what, (overrides or {}).get(what)))
+
+
+def render(exhibit: Exhibit, fmt: str, width: str = "column", grayscale: bool = False) -> bytes:
+    """The exhibit as a file: its figure in paper style (pdf, svg, png) or its data (csv, tex)."""
+
+    if fmt == "csv":
+        return exhibit.data().to_csv(index=False).encode()
+    if fmt == "tex":
+        return latex_table(exhibit.data(), caption=exhibit.title, label=f"tab:{exhibit.name}").encode()
+    if fmt not in FORMATS:
+        raise UserError(f"Unknown format '{fmt}'; choose one of: {', '.join([*FORMATS, 'csv', 'tex'])}.")
+    if exhibit.figure is None:
+        raise UserError(f"'{exhibit.name}' is a table; export it as csv or tex.")
+    return figure_bytes(paper_style(exhibit.figure(), width, grayscale), fmt)

@@ -1,0 +1,180 @@
+"""Plotly figures built from tidy tables; shared by the dashboard and the export command."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+
+from analysis.signals.tidy import per_module
+
+# Colour-blind-safe sequential scale (viridis) for importance heatmaps.
+HEATMAP_SCALE = "Viridis"
+
+
+def colour_scale(values) -> dict:
+    """Viridis for one-signed values; a diverging blue-red scale centred on 0 when signs are mixed."""
+    finite = pd.Series(values, dtype="float64").dropna()
+    if len(finite) and finite.min() < 0 < finite.max():
+        return {"colorscale": "RdBu", "zmid": 0}
+    return {"colorscale": HEATMAP_SCALE}
+
+
+def module_order(table: pd.DataFrame) -> list[str]:
+    """Modules in the order they appear in a block (first occurrence in the table)."""
+    return list(dict.fromkeys(table["module"]))
+
+
+def layer_module_matrix(table: pd.DataFrame) -> pd.DataFrame:
+    """layer x module matrix of `value` (summed over ranks when the table is per rank)."""
+    matrix = per_module(table).pivot(index="layer", columns="module", values="value")
+    return matrix.reindex(columns=module_order(table)).sort_index()
+
+
+def signal_figure(table: pd.DataFrame, title: str = "") -> go.Figure:
+    """A layer x module heatmap (per-rank values summed); a bar per layer when the signal is layer-level
+    (module == 'block')."""
+    if set(table["module"]) == {"block"}:
+        return layer_bars(table.groupby("layer", as_index=False)["value"].sum(), title)
+    return module_heatmap(per_module(table), title)
+
+
+def peak(values: pd.Series) -> float:
+    """Largest |value| (1 when there is none), what normalised figures divide by."""
+    largest = values.abs().max()
+    return float(largest) if largest and np.isfinite(largest) else 1.0
+
+
+def _grid(frame: pd.DataFrame, layers: list[int]) -> tuple[np.ndarray, list[str]]:
+    """layers x modules array of a per-module frame (one row per layer and module), NaN where absent; numpy
+    indexing rather than a pandas pivot, since the budget preview redraws several of these per move."""
+    modules = module_order(frame)
+    grid = np.full((len(layers), len(modules)), np.nan)
+    rows = np.searchsorted(layers, frame["layer"].to_numpy())
+    columns = pd.Index(modules).get_indexer(frame["module"])
+    grid[rows, columns] = frame["value"].to_numpy(dtype=float)
+    return grid, modules
+
+
+def side_by_side_heatmaps(frames: dict[str, pd.DataFrame], titles: dict[str, str] | None = None,
+                          normalise: bool = True, value_label: str = "scaled value") -> go.Figure:
+    """One layer x module heatmap per frame (one row per layer and module) on a shared layer axis and one
+    colour scale. `normalise` divides each frame by its largest |value| (signals in different units); the
+    hover always shows the raw value. Panels are laid out by hand: make_subplots costs more than the whole
+    budget preview may take."""
+    names, titles = list(frames), titles or {}
+    layers = sorted(set().union(*(frames[n]["layer"] for n in names)))
+    widths = np.array([max(2, frames[n]["module"].nunique()) for n in names], dtype=float)  # a block still fits its title
+    gap = 0.02
+    spans = widths / widths.sum() * (1 - gap * (len(names) - 1))
+    starts = np.concatenate([[0], np.cumsum(spans + gap)[:-1]])
+    signed = any((frames[n]["value"] < 0).any() for n in names)
+    traces, layout = [], {}
+    for index, name in enumerate(names):
+        grid, modules = _grid(frames[name], layers)
+        scale = peak(frames[name]["value"]) if normalise else 1.0
+        axis = "" if index == 0 else str(index + 1)
+        traces.append(go.Heatmap(z=grid / scale, x=modules, y=layers, customdata=grid, coloraxis="coloraxis",
+                                 xaxis=f"x{axis}", yaxis="y",
+                                 hovertemplate=f"{titles.get(name, name)}<br>layer %{{y}} · %{{x}}<br>"
+                                               "%{customdata:.4g}<extra></extra>"))
+        layout[f"xaxis{axis}"] = {"domain": [starts[index], min(1.0, starts[index] + spans[index])], "tickangle": -60,
+                                  "anchor": "y"}
+    colours = {"colorscale": "RdBu", "cmid": 0} if signed else {"colorscale": HEATMAP_SCALE, "cmin": 0}
+    annotations = [{"text": titles.get(name, name), "x": starts[i] + spans[i] / 2, "y": 1.0, "xref": "paper",
+                    "yref": "paper", "xanchor": "center", "yanchor": "bottom", "showarrow": False}
+                   for i, name in enumerate(names)]
+    return go.Figure(traces, {
+        **layout, "yaxis": {"title": "layer", "autorange": "reversed", "dtick": 1 if len(layers) <= 40 else 2},
+        "coloraxis": {**colours, "colorbar": {"title": value_label}}, "annotations": annotations,
+        "height": max(360, 22 * len(layers) + 180), "margin": {"l": 60, "r": 20, "t": 60, "b": 80}})
+
+
+def module_heatmap(modules: pd.DataFrame, title: str = "", value_label: str = "value",
+                   zrange: tuple[float, float] | None = None) -> go.Figure:
+    """layer x module heatmap of per-module values, the standard error in the hover when there is one;
+    `zrange` fixes the colour scale (so frames of a slider stay comparable)."""
+    matrix = layer_module_matrix(modules)
+    hover = f"layer %{{y}}<br>%{{x}}<br>{value_label} %{{z:.4g}}"
+    custom = None
+    if "stderr" in modules:
+        errors = modules.pivot(index="layer", columns="module", values="stderr")
+        custom = errors.reindex(index=matrix.index, columns=matrix.columns).to_numpy()
+        hover += " ± %{customdata:.2g}"
+    figure = go.Figure(go.Heatmap(z=matrix.values, x=list(matrix.columns), y=list(matrix.index), customdata=custom,
+                                  **colour_scale(matrix.values.ravel()), colorbar={"title": value_label},
+                                  zmin=zrange[0] if zrange else None, zmax=zrange[1] if zrange else None,
+                                  hovertemplate=hover + "<extra></extra>"))
+    figure.update_layout(title=title, xaxis_title="module",
+                         yaxis={"title": "layer", "dtick": 1, "autorange": "reversed"},
+                         height=max(320, 24 * len(matrix) + 160), margin={"l": 60, "r": 20, "t": 50, "b": 60})
+    return figure
+
+
+def rank_heatmap(table: pd.DataFrame, title: str = "") -> go.Figure:
+    """(layer, module) rows x rank columns of a per-rank table, standard errors in the hover."""
+    rows = list(dict.fromkeys(zip(table["layer"], table["module"])))
+    labels = [f"{layer} · {module}" for layer, module in rows]
+    ranks = sorted(table["rank"].unique())
+    values = table.pivot_table(index=["layer", "module"], columns="rank", values="value", sort=False)
+    values = values.reindex(index=pd.MultiIndex.from_tuples(rows), columns=ranks)
+    custom = None
+    hover = "%{y}<br>rank %{x}<br>value %{z:.3g}"
+    if "stderr" in table:
+        errors = table.pivot_table(index=["layer", "module"], columns="rank", values="stderr", sort=False)
+        custom = errors.reindex(index=values.index, columns=ranks).to_numpy()
+        hover += " ± %{customdata:.2g}"
+    figure = go.Figure(go.Heatmap(z=values.to_numpy(), x=ranks, y=labels, customdata=custom,
+                                  **colour_scale(values.to_numpy().ravel()), colorbar={"title": "value"},
+                                  hovertemplate=hover + "<extra></extra>"))
+    figure.update_layout(title=title, xaxis={"title": "rank", "dtick": 1},
+                         yaxis={"title": "layer · module", "autorange": "reversed", "type": "category"},
+                         height=max(360, 14 * len(labels) + 160), margin={"l": 60, "r": 20, "t": 50, "b": 60})
+    return figure
+
+
+def layer_bars(layers: pd.DataFrame, title: str = "", value_label: str = "value") -> go.Figure:
+    """One bar per layer, with ±1 standard-error whiskers when the table has them."""
+    error = {"type": "data", "array": layers["stderr"], "visible": True} if "stderr" in layers else None
+    figure = go.Figure(go.Bar(x=layers["layer"], y=layers["value"], error_y=error, marker_color="#3b528b",
+                              hovertemplate="layer %{x}<br>%{y:.4g}<extra></extra>"))
+    figure.update_layout(title=title, xaxis={"title": "layer", "dtick": max(1, len(layers) // 16)},
+                         yaxis_title=value_label, height=360, margin={"l": 60, "r": 20, "t": 50, "b": 60})
+    return figure
+
+
+def error_band(x, value, stderr, colour: str, opacity: float) -> go.Scatter:
+    """A filled band value ± stderr along x, for drawing under the line it belongs to."""
+    return go.Scatter(x=list(x) + list(x)[::-1], y=list(value + stderr) + list(value - stderr)[::-1],
+                      fill="toself", fillcolor=colour, opacity=opacity, mode="lines", line={"width": 0},
+                      hoverinfo="skip", showlegend=False)
+
+
+def agreement_figure(left: pd.DataFrame, right: pd.DataFrame, left_name: str, right_name: str,
+                     title: str = "") -> go.Figure:
+    """Per-module scatter of two signals' values (matched on layer and module), ranks on both axes."""
+    joined = left.merge(right, on=["layer", "module"], suffixes=("_a", "_b"))
+    figure = go.Figure(go.Scatter(
+        x=joined["value_a"].rank(), y=joined["value_b"].rank(), mode="markers",
+        text=[f"layer {l} · {m}" for l, m in zip(joined["layer"], joined["module"])],
+        marker={"color": joined["layer"], "colorscale": HEATMAP_SCALE, "colorbar": {"title": "layer"}},
+        hovertemplate="%{text}<br>" + left_name + " rank %{x}<br>" + right_name + " rank %{y}<extra></extra>"))
+    figure.update_layout(title=title, xaxis_title=f"{left_name} (rank among modules)",
+                         yaxis_title=f"{right_name} (rank among modules)", height=420,
+                         margin={"l": 60, "r": 20, "t": 50, "b": 60})
+    return figure
+
+
+def learning_curves_figure(curves: pd.DataFrame, title: str = "", smooth: int = 10) -> go.Figure:
+    """Training loss per step for each run (`run`, `step`, `loss`), a running mean over `smooth` steps."""
+    figure = go.Figure()
+    runs = list(dict.fromkeys(curves["run"]))
+    colours = sample_colorscale(HEATMAP_SCALE, [i / max(1, len(runs) - 1) * 0.9 for i in range(len(runs))])
+    for run, colour in zip(runs, colours):
+        rows = curves[curves["run"] == run].sort_values("step")
+        figure.add_trace(go.Scatter(x=rows["step"], y=rows["loss"].rolling(smooth, min_periods=1).mean(),
+                                    mode="lines", name=run, line={"color": colour},
+                                    hovertemplate=f"{run}<br>step %{{x}}<br>loss %{{y:.4g}}<extra></extra>"))
+    figure.update_layout(title=title, xaxis_title="step", yaxis_title=f"training loss (mean of {smooth} steps)",
+                         height=360, margin={"l": 60, "r": 20, "t": 50, "b": 60})
+    return figure

@@ -1,0 +1,236 @@
+"""Every setting a user chooses, with its default, range and help, in one place.
+
+Four groups, each a frozen dataclass: RunSettings (model, data, split, sizes, device), Limits (what a
+plan may do per module), PlanOptions (alpha and dropout of a plan) and TrainSettings (a retrain).
+Everything else derives from these definitions: the command line's flags (`add_flags`), the
+dashboard's job commands (`to_argv`), the plan JSON and cache entries (`to_dict` / `from_dict`).
+A value is checked when the dataclass is built, so the command line, the pages and jobs all refuse
+the same bad input with the same sentence, before any model is loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+
+from analysis.errors import UserError
+
+
+def setting(default, help: str, *, flag: str | None = None, minimum=None, maximum=None, choices=None,
+            above: float | None = None):
+    """A field with its help text and the range its values must lie in (checked on construction)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "minimum": minimum, "maximum": maximum,
+                                            "choices": choices, "above": above})
+
+
+def _fractions(text) -> tuple[float, float, float]:
+    if isinstance(text, (list, tuple)):
+        parts = tuple(float(p) for p in text)
+    else:
+        try:
+            parts = tuple(float(p) for p in str(text).split(","))
+        except ValueError:
+            parts = ()
+    if len(parts) != 3 or not all(math.isfinite(p) and p > 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
+        raise UserError(f"--fractions expects three positive fractions that add up to 1, such as 0.8,0.1,0.1, "
+                        f"not '{text}'.")
+    return parts
+
+
+def _names(text) -> tuple[str, ...] | None:
+    if text is None or isinstance(text, tuple):
+        return text
+    if isinstance(text, list):
+        return tuple(text)
+    return tuple(part.strip() for part in str(text).split(",") if part.strip())
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _kind(f: dataclasses.Field, owner: type):
+    hints = typing.get_type_hints(owner)
+    kind = hints[f.name]
+    if isinstance(kind, types.UnionType):   # int | None and the like: the non-None part
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    return typing.get_origin(kind) or kind
+
+
+def _convert(f: dataclasses.Field, owner: type, value):
+    """A raw value (command-line text, JSON) as the field's type, or one sentence saying why not."""
+    kind = _kind(f, owner)
+    label = flag_of(f)
+    if f.name == "fractions":
+        return _fractions(value)
+    if kind is tuple:
+        return _names(value)
+    if value is None:
+        return None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text not in ("true", "false", "1", "0", "yes", "no"):
+            raise UserError(f"{label} expects true or false, not '{value}'.")
+        return text in ("true", "1", "yes")
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise UserError(f"{label} expects an integer, not '{value}'.")
+        try:
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        except (TypeError, ValueError):
+            raise UserError(f"{label} expects an integer, not '{value}'.") from None
+    if kind is float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{label} expects a number, not '{value}'.") from None
+        if not math.isfinite(number):
+            raise UserError(f"{label} expects a finite number, not '{value}'.")
+        return number
+    return str(value)
+
+
+def _check(instance) -> None:
+    """Convert every field to its type and check its range; used by each group's __post_init__."""
+    owner = type(instance)
+    for f in dataclasses.fields(owner):
+        value = _convert(f, owner, getattr(instance, f.name))
+        object.__setattr__(instance, f.name, value)
+        meta, label = f.metadata, flag_of(f)
+        if meta.get("choices") and value not in meta["choices"]:
+            raise UserError(f"{label} must be one of {', '.join(map(str, meta['choices']))}, not '{value}'.")
+        if meta.get("minimum") is not None and value < meta["minimum"]:
+            raise UserError(f"{label} must be at least {meta['minimum']}, not {value}.")
+        if meta.get("maximum") is not None and value > meta["maximum"]:
+            raise UserError(f"{label} must be at most {meta['maximum']}, not {value}.")
+        if meta.get("above") is not None and value <= meta["above"]:
+            raise UserError(f"{label} must be greater than {meta['above']}, not {value}.")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What an analysis runs on; every signal's cache key includes the parts that change numbers."""
+    model: str = setting("minilm", "minilm (embedded encoder), smollm2 (embedded decoder), a local model directory "
+                                   "or a hub name")
+    data: str = setting("rotten_tomatoes", "rotten_tomatoes (embedded), a local .csv/.tsv/.jsonl/.json/.parquet "
+                                           "file or a hub dataset name")
+    text_column: str = setting("text", "text column of a local or hub dataset")
+    label_column: str = setting("label", "label column (classification)")
+    hub_split: str = setting("train", "which split of a hub dataset to load")
+    task: str = setting("auto", "auto: classification for encoders, causal-lm for decoders",
+                        choices=("auto", "classification", "causal-lm"))
+    seed: int = setting(0, "split and head-initialisation seed", minimum=0)
+    fractions: tuple[float, float, float] = setting((0.8, 0.1, 0.1), "train, validation and test fractions, "
+                                                                     "comma-separated")
+    val_size: int = setting(512, "validation examples used for importance", minimum=1)
+    max_length: int = setting(128, "tokens per example (truncation)", minimum=2)
+    batch_size: int = setting(32, "examples per forward pass of an analysis", minimum=1)
+    device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
+    dtype: str = setting("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16",
+                         choices=("auto", "float32", "bfloat16", "float16"))
+
+    def __post_init__(self):
+        _check(self)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What any plan may give a module."""
+    min_rank: int = setting(0, "every allowed module gets at least this rank (0: modules may be left out)",
+                            minimum=0)
+    max_rank: int = setting(64, "no module gets more", minimum=1)
+    module_types: tuple[str, ...] | None = setting(None, "comma-separated module types that may receive rank "
+                                                         "(e.g. query,value or q_proj,v_proj; default: all)",
+                                                   flag="--modules")
+    block_rank: int = setting(8, "rank of each block a CKA plan selects", minimum=1)
+
+    def __post_init__(self):
+        _check(self)
+        if self.min_rank > self.max_rank:
+            raise UserError(f"--min-rank ({self.min_rank}) must not exceed --max-rank ({self.max_rank}).")
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """How a plan sets alpha and dropout (not where the rank goes)."""
+    alpha_ratio: float = setting(2.0, "lora_alpha = ratio x rank in every module", above=0)
+    rslora: bool = setting(False, "rank-stabilised LoRA: one alpha, scaling alpha/sqrt(r)")
+    dropout: float = setting(0.0, "lora_dropout", minimum=0.0, maximum=0.99)
+
+    def __post_init__(self):
+        _check(self)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """A retrain of one plan."""
+    steps: int = setting(150, "optimizer steps on the train split", minimum=1)
+    lr: float = setting(3e-3, "AdamW peak learning rate (linear warm-up and decay)", above=0)
+    batch_size: int = setting(16, "training examples per step and process", flag="--train-batch-size", minimum=1)
+    eval_batch_size: int = setting(64, "examples per evaluation batch", minimum=1)
+    warmup_fraction: float = setting(0.06, "fraction of steps with a rising learning rate", minimum=0.0,
+                                     maximum=1.0)
+    weight_decay: float = setting(0.0, "AdamW weight decay", minimum=0.0)
+    test_size: int = setting(0, "test examples to evaluate on (0: the whole test split)", minimum=0)
+    checkpoint_every: int = setting(50, "steps between resumable checkpoints", minimum=1)
+    seed: int = setting(0, "seed of the adapter and head initialisation and the data order", minimum=0)
+
+    def __post_init__(self):
+        _check(self)
+
+
+# --- derived forms: flags, argv, dicts -------------------------------------------------------------------
+
+def add_flags(parser, group: type, prefix: str = "", exclude: tuple[str, ...] = ()) -> None:
+    """One flag per field of `group` (its dest is prefix + field name); values are checked on construction."""
+    defaults = group()
+    for f in dataclasses.fields(group):
+        if f.name in exclude:
+            continue
+        default = getattr(defaults, f.name)
+        text = f.metadata["help"]
+        if _kind(f, group) is bool:
+            parser.add_argument(flag_of(f), dest=prefix + f.name, action="store_true", help=text)
+            continue
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        parser.add_argument(flag_of(f), dest=prefix + f.name, default=None, metavar=f.name.upper(),
+                            help=f"{text} (default: {shown})" if shown is not None else text)
+
+
+def from_args(group: type, args: argparse.Namespace, prefix: str = "", **fixed):
+    """Build `group` from parsed flags (flags not given keep the defaults)."""
+    given = {f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(group)
+             if getattr(args, prefix + f.name, None) is not None}
+    return group(**{**given, **fixed})
+
+
+def to_dict(value) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(value).items()}
+
+
+def from_dict(group: type, values: dict | None, **fixed):
+    """Rebuild `group` from to_dict's output (a plan's or an entry's settings); unknown keys are ignored, so an
+    older file still reads."""
+    known = {f.name for f in dataclasses.fields(group)}
+    return group(**{**{k: v for k, v in (values or {}).items() if k in known}, **fixed})
+
+
+def to_argv(value, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Flags that rebuild `value` through add_flags / from_args (what a dashboard job is started with)."""
+    argv = []
+    for f in dataclasses.fields(value):
+        item = getattr(value, f.name)
+        if f.name in exclude or item is None:
+            continue
+        if isinstance(item, bool):
+            argv += [flag_of(f)] if item else []
+        elif isinstance(item, tuple):
+            argv += [flag_of(f), ",".join(repr(v) if isinstance(v, float) else str(v) for v in item)]
+        else:
+            argv += [flag_of(f), repr(item) if isinstance(item, float) else str(item)]
+    return argv

@@ -1,0 +1,99 @@
+"""CKA layer importance (Layer-wise LoRA with CKA): how much each block re-shapes the representation.
+
+R_j is the pooled hidden state j over the validation examples (state 0 = embedding output,
+state i+1 = output of block i). value for block i = 1 - CKA(R_i, R_{i+1}), linear CKA between
+its input and output; a block that leaves the representation's geometry unchanged scores 0.
+Pooling "auto" is the paper's: the CLS token for encoders, the last real token for decoders.
+
+Degenerate blocks: an encoder's CLS vector at the embedding output is the same for every example,
+so CKA with it is undefined. Such a block gets value NaN and `degenerate` True, never a large
+importance, and a plan must leave it out of the selection.
+
+What it implies for a plan: adapt the k most important non-degenerate blocks (all adaptable
+matrices of each) at one uniform rank, k the largest number that fits the parameter budget.
+
+Extra table "matrix": linear CKA between every pair of states, in long form; its `layer` and
+`layer2` columns are STATE indices 0..L (0 = embedding output), not block indices. With
+`accumulate` the states are streamed a batch at a time into running sums whose size does not
+depend on the number of examples; that gives the consecutive pairs only, so no matrix table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from analysis.errors import UserError
+from analysis.signals.cka.linear_cka import CKAAccumulator, cka_matrix
+from analysis.signals.registry import Signal, register
+from analysis.store.cache import Result
+
+
+@dataclass
+class CKAConfig:
+    pooling: str = field(default="auto", metadata={
+        "help": "auto (CLS token for encoders, last real token for decoders), cls, last or mean"})
+    unbiased: bool = field(default=False, metadata={
+        "help": "use the unbiased HSIC estimator (less biased for few examples) instead of the plain one"})
+    accumulate: bool = field(default=False, metadata={
+        "help": "stream batches into running sums (memory independent of the number of examples); "
+                "gives the importances but not the layer x layer matrix"})
+
+    @property
+    def collects_states(self) -> bool:
+        """Whether this run keeps every example's states (the shared capture pass)."""
+        return not self.accumulate
+
+
+def _check_pooling(pooling: str) -> None:
+    if pooling == "tokens":
+        raise UserError("CKA compares the same examples across layers, but token pooling samples different "
+                        "tokens per layer; use auto, cls, last or mean.")
+
+
+def _consecutive_from_stream(context, config: CKAConfig) -> tuple[torch.Tensor, int]:
+    accumulator = CKAAccumulator(unbiased=config.unbiased)
+    for states in context.pooled_states(config.pooling, desc="cka"):
+        accumulator.update(states)
+    try:
+        return accumulator.consecutive(), accumulator.count
+    except ValueError as exc:
+        raise UserError(f"{exc} Use more validation examples.") from None
+
+
+def compute(context, config: CKAConfig) -> Result:
+    _check_pooling(config.pooling)
+    tables = {}
+    if config.accumulate:
+        consecutive, examples = _consecutive_from_stream(context, config)
+    else:
+        states = context.collected_states(config.pooling)
+        try:
+            matrix = cka_matrix(states, unbiased=config.unbiased, device=context.device)
+        except ValueError as exc:
+            raise UserError(f"{exc} Use more validation examples.") from None
+        consecutive = matrix.diagonal(1)
+        size, examples = len(states), states[0].shape[0]
+        tables["matrix"] = pd.DataFrame({"layer": [i for i in range(size) for _ in range(size)],
+                                         "layer2": [j for _ in range(size) for j in range(size)],
+                                         "value": matrix.flatten().tolist()})
+    # NaN exactly where either state is constant across examples (see linear_cka).
+    blocks = range(len(consecutive))
+    table = pd.DataFrame({"signal": "cka", "layer": blocks, "module": "block",
+                          "value": [1 - float(c) for c in consecutive],
+                          "degenerate": consecutive.isnan().tolist()})
+    return Result(table, tables=tables, meta={"examples": examples, "accumulated": config.accumulate})
+
+
+def _exhibits(entry):
+    from analysis.signals.cka.cka_figures import exhibits  # figures load plotly; registration stays light
+    return exhibits(entry)
+
+
+register(Signal(
+    name="cka", title="CKA layer importance",
+    description="1 - linear CKA between each block's input and output hidden states; "
+                "the plan adapts the most important blocks at a uniform rank.",
+    config=CKAConfig, compute=compute, version=2, plan_family="blocks",
+    exhibits=_exhibits))

@@ -1,0 +1,104 @@
+"""Intrinsic dimension (GeLoRA): a lower bound on each block's LoRA rank from how much it adds.
+
+d_j is the intrinsic dimension of hidden state j over the validation examples (state 0 =
+embedding output, state i+1 = output of block i), by TwoNN unless another estimator is chosen.
+value for block i = ceil(max(d_{i+1} - d_i, 0)) + 1: GeLoRA's bound r_i >= max(d_{i+1} - d_i, 0) + 1,
+rounded up to the smallest integer rank that satisfies it (d is real-valued).
+
+What it implies for a plan: rank r_i for every adapted matrix of block i, with alpha = 32 r_i so
+the paper's alpha / r ratio is kept. GeLoRA itself has no budget; scaling these ranks to one (never
+below the bound while the budget allows, with a warning where it does not) is the allocator's job.
+
+Pooling defaults to the mean over tokens: an encoder's CLS at the embedding output is one point
+repeated, which has no dimension. "tokens" (sampled real tokens) gives more points per state.
+
+Extra table "dimensions": the estimate d_j for every state j = 0..L.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from analysis.errors import UserError
+from analysis.signals.registry import Signal, register
+from analysis.store.cache import Result
+from analysis.signals.intrinsic_dim.twonn import twonn
+
+
+@dataclass
+class IntrinsicDimConfig:
+    pooling: str = field(default="mean", metadata={
+        "help": "mean (default: an encoder's CLS is constant at the embedding output), tokens, last, cls or auto"})
+    estimator: str = field(default="twonn", metadata={
+        "help": "twonn (fast TwoNN in torch on the device) or a scikit-dimension estimator class run on "
+                "the CPU: TwoNN, MLE, lPCA, DANCo, ..."})
+    discard_fraction: float = field(default=0.1, metadata={
+        "help": "fraction of the largest neighbour-distance ratios TwoNN leaves out of its fit"})
+
+    @property
+    def collects_states(self) -> bool:
+        """Every example's states are kept: the estimate needs them all at once (the shared capture pass)."""
+        return True
+
+
+def _scikit_estimators() -> dict[str, type]:
+    import skdim.id
+    return {name: obj for name, obj in vars(skdim.id).items()
+            if isinstance(obj, type) and hasattr(obj, "fit") and not name.startswith("_")}
+
+
+def estimator_for(config: IntrinsicDimConfig):
+    """A function (N, D) tensor -> intrinsic dimension for the configured estimator."""
+    if config.estimator == "twonn":
+        return lambda points: twonn(points, config.discard_fraction)
+    classes = _scikit_estimators()
+    if config.estimator not in classes:
+        raise UserError(f"Unknown intrinsic-dimension estimator '{config.estimator}'; use twonn or a "
+                        f"scikit-dimension estimator: {', '.join(sorted(classes, key=str.lower))}.")
+    cls = classes[config.estimator]
+    takes_fraction = "discard_fraction" in inspect.signature(cls).parameters
+
+    def estimate(points: torch.Tensor) -> float:
+        estimator = cls(discard_fraction=config.discard_fraction) if takes_fraction else cls()
+        return float(estimator.fit(points.detach().double().cpu().numpy()).dimension_)
+    return estimate
+
+
+def compute(context, config: IntrinsicDimConfig) -> Result:
+    estimate = estimator_for(config)
+    states = context.collected_states(config.pooling)
+    hint = "try pooling mean or tokens, or more validation examples"
+    dims = []
+    for j, points in enumerate(states):
+        try:
+            dim = estimate(points)
+        except ValueError as exc:
+            raise UserError(f"The {config.estimator} estimate failed on hidden state {j} ({exc}); {hint}.") from None
+        if not math.isfinite(dim):
+            raise UserError(f"The {config.estimator} estimate on hidden state {j} is {dim}; {hint}.")
+        dims.append(dim)
+    blocks = range(len(dims) - 1)
+    table = pd.DataFrame({
+        "signal": "id", "layer": blocks, "module": "block",
+        "value": [math.ceil(max(dims[i + 1] - dims[i], 0.0)) + 1 for i in blocks],
+        "id_in": dims[:-1], "id_out": dims[1:],
+    })
+    dimensions = pd.DataFrame({"state": range(len(dims)), "id": dims})
+    return Result(table, tables={"dimensions": dimensions},
+                  meta={"points": states[0].shape[0], "estimator": config.estimator})
+
+
+def _exhibits(entry):
+    from analysis.signals.intrinsic_dim.id_figures import exhibits  # figures load plotly; registration stays light
+    return exhibits(entry)
+
+
+register(Signal(
+    name="id", title="Intrinsic dimension (GeLoRA)",
+    description="Per-block LoRA rank lower bound from the growth of the hidden states' intrinsic dimension.",
+    config=IntrinsicDimConfig, compute=compute, version=1, plan_family="bounds",
+    exhibits=_exhibits))

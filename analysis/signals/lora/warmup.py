@@ -1,0 +1,152 @@
+"""Warm-up: a short uniform-rank LoRA training on the train split, cached, with AdaLoRA's scores.
+
+Shapley sensitivity needs a trained adapter to measure (at initialisation B = 0 and every rank is
+worth nothing), and AdaLoRA's sensitivity is collected while training. Both signals ask for the
+same warm-up, so it is one store entry keyed by the analysis context and the warm-up options;
+the second signal reuses it.
+
+AdaLoRA's score (peft's RankAllocator, b1 = b2 = 0.85): per element I = |p * dL/dp|, smoothed
+I' <- b1 I' + (1 - b1) I, uncertainty U' <- b2 U' + (1 - b2) |I - I'|, score I' U'. A rank's score
+is the mean of its row of A plus the mean of its column of B (AdaLoRA's triplet score without the
+singular value, which plain LoRA does not have). The scores are updated after each backward pass,
+before the optimizer step (peft updates them just after it; the two differ by one step's drift).
+
+For classification the head is trained with the adapter and stored beside it; `warm_adapter`
+puts both into the live model and restores the original head on exit.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from analysis.signals.lora.gated_lora import gated_lora
+from analysis.store.hashing import hash_json
+from analysis.jobs.progress import progress
+from analysis.store.cache import Entry, Result
+
+VERSION = 1
+BETA1 = BETA2 = 0.85
+
+
+@dataclass
+class WarmupConfig:
+    r_max: int = field(default=8, metadata={"help": "rank of the uniform LoRA warmed up and analysed"})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha of the warm-up adapter (scale alpha / r_max)"})
+    warmup_steps: int = field(default=200, metadata={"help": "optimizer steps of the warm-up on the train split"})
+    warmup_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the warm-up"})
+    warmup_batch_size: int = field(default=16, metadata={"help": "examples per warm-up step"})
+
+
+def warmup_options(config) -> WarmupConfig:
+    """The warm-up fields of a signal config that embeds them."""
+    return WarmupConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(WarmupConfig)})
+
+
+def head_parameters(model: torch.nn.Module, task: str) -> dict[str, torch.nn.Parameter]:
+    """The task head trained with the adapter: parameters outside the backbone, for classification only."""
+    if task != "classification":
+        return {}
+    prefix = model.base_model_prefix + "."
+    return {name: p for name, p in model.named_parameters() if not name.startswith(prefix)}
+
+
+@contextlib.contextmanager
+def head_kept(model: torch.nn.Module, task: str):
+    """Yields the task head's parameters (see head_parameters); on exit, however it comes, puts back
+    their values and the model's train/eval mode, so training a head here leaves no trace."""
+    head = head_parameters(model, task)
+    original = {name: p.detach().clone() for name, p in head.items()}
+    was_training = model.training
+    try:
+        yield head
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for name, p in head.items():
+                p.copy_(original[name])
+
+
+class AdaLoRAScores:
+    """AdaLoRA's smoothed sensitivity x uncertainty, element-wise, over the steps it is updated."""
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.params = params
+        self.smoothed = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        self.uncertainty = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for p, smoothed, uncertainty in zip(self.params, self.smoothed, self.uncertainty):
+            sensitivity = (p * p.grad).abs().float()
+            smoothed.mul_(BETA1).add_(sensitivity, alpha=1 - BETA1)
+            uncertainty.mul_(BETA2).add_((sensitivity - smoothed).abs(), alpha=1 - BETA2)
+
+    def per_rank(self) -> torch.Tensor:
+        """(modules, r): mean score of each rank's row of A plus column of B (params are A0, B0, A1, B1, ...)."""
+        scores = [s * u for s, u in zip(self.smoothed, self.uncertainty)]
+        rows = [a.mean(dim=1) + b.mean(dim=0) for a, b in zip(scores[0::2], scores[1::2])]
+        return torch.stack(rows).cpu()
+
+
+def _train(context, config: WarmupConfig) -> Result:
+    model = context.model
+    with head_kept(model, context.prepared.task) as head, \
+            gated_lora(model, context.modules, config.r_max, config.alpha, seed=context.settings.seed) as gated:
+        gated.gates.requires_grad_(False)
+        for p in head.values():
+            p.requires_grad_(True)
+        params = gated.lora_parameters()
+        optimizer = torch.optim.AdamW(params + list(head.values()), lr=config.warmup_lr, weight_decay=0.0)
+        scores = AdaLoRAScores(params)
+        # Tokenized as consumed: only the first steps x batch-size training examples, cycled if fewer.
+        batches = itertools.cycle(context.batches("train", config.warmup_batch_size, desc="train batches"))
+        losses = []
+        started = time.perf_counter()
+        model.train()
+        for _ in progress(range(config.warmup_steps), total=config.warmup_steps, desc="warm-up"):
+            loss = gated.model(**next(batches)).loss
+            loss.backward()
+            scores.update()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())  # kept on the device: no synchronisation per step
+        tensors = {**{f"lora.{k}": v for k, v in gated.adapter_state().items()},
+                   **{f"head.{name}": p.detach().cpu() for name, p in head.items()},
+                   "adalora": scores.per_rank()}
+    curve = pd.DataFrame({"step": range(1, len(losses) + 1), "loss": torch.stack(losses).float().cpu().tolist()})
+    return Result(pd.DataFrame(columns=["signal", "layer", "module", "value"]), tables={"losses": curve},
+                  tensors=tensors,
+                  meta={"seconds": time.perf_counter() - started, "modules": [m.path for m in context.modules]})
+
+
+def warm_up(context, config: WarmupConfig) -> Entry:
+    """The cached warm-up for this context and these options, trained now if missing."""
+    key = "warmup-" + hash_json({"context": context.prepared.key, "config": dataclasses.asdict(config),
+                                 "version": VERSION})[:24]
+    meta = {"signal": "warmup", "title": "LoRA warm-up", "config": dataclasses.asdict(config),
+            "context_key": context.prepared.key, **context.prepared.description}
+    entry, _ = context.prepared.store.get_or_compute(key, lambda: _train(context, config), meta)
+    return entry
+
+
+@contextlib.contextmanager
+def warm_adapter(context, config: WarmupConfig):
+    """The model in eval mode with the warmed-up gated adapter (and trained head) in place; yields
+    (GatedLoRA, entry)."""
+    entry = warm_up(context, config)
+    tensors = entry.tensors()
+    model = context.model
+    with head_kept(model, context.prepared.task) as head:
+        model.eval()
+        with torch.no_grad():
+            for name, p in head.items():
+                p.copy_(tensors[f"head.{name}"])
+        with gated_lora(model, context.modules, config.r_max, config.alpha, seed=context.settings.seed) as gated:
+            gated.load_adapter_state({k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")})
+            yield gated, entry

@@ -1,0 +1,56 @@
+"""Run signals for one setting: compute what the cache lacks, return every signal's entry."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from analysis.signals.context import AnalysisContext, Prepared, prepare
+from analysis.settings import RunSettings
+from analysis.errors import UserError
+from analysis.store.hashing import hash_json
+from analysis.signals.registry import Signal, get_signal, make_config
+from analysis.store.cache import Entry, Store
+
+
+def signal_key(prepared: Prepared, signal: Signal, config) -> str:
+    return hash_json({"context": prepared.key, "signal": signal.name, "version": signal.version,
+                      "config": dataclasses.asdict(config)})
+
+
+def parse_signal_list(text: str) -> list[Signal]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise UserError("No signals were named; pass --signals with a comma-separated list.")
+    return [get_signal(name) for name in names]
+
+
+def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[str, dict[str, str]] | None = None,
+                store: Store | None = None, force: bool = False) -> list[tuple[Signal, Entry, bool]]:
+    """Compute (or fetch) each signal; returns (signal, entry, computed_now) in order."""
+    store = store or Store()
+    store.clean_tmp()
+    prepared = prepare(settings, store)
+    context = AnalysisContext(prepared)
+    configs = [make_config(signal, (overrides or {}).get(signal.name)) for signal in signals]
+    context.plan_collections(configs)  # signals that collect pooled states share one capture pass
+    results = []
+    for signal, config in zip(signals, configs):
+        key = signal_key(prepared, signal, config)
+        if force and store.get(key):
+            store.discard(key)
+        meta = {"signal": signal.name, "title": signal.title, "config": dataclasses.asdict(config),
+                "version": signal.version, "context_key": prepared.key, **prepared.description}
+        entry, computed = store.get_or_compute(
+            key, lambda: signal.compute(context, config), meta,
+            on_wait=lambda: print(f"Another process is computing {signal.name} for this setting; waiting for it.",
+                                  file=sys.stderr))
+        results.append((signal, entry, computed))
+    return results
+
+
+def find_entry(settings: RunSettings, signal: Signal, overrides: dict[str, str] | None = None,
+               store: Store | None = None) -> Entry | None:
+    """The cached entry for a signal in this setting, without loading the model."""
+    store = store or Store()
+    prepared = prepare(settings, store)
+    return store.get(signal_key(prepared, signal, make_config(signal, overrides)))

@@ -1,0 +1,70 @@
+"""SoRA gate sparsity: the ranks a sparse, gated LoRA keeps when trained with proximal-gradient gates.
+
+value per (layer, module) = the learned rank, the number of non-zero gates at the end of sparse
+training (analysis/sora.py); `magnitude` = the mean |gate| of the kept ranks. Extra tables: "layers"
+(learned rank summed per layer), "gates" (every final gate, per rank; 0 = pruned), "snapshots" (per module, non-zero gates and mean |gate| every
+`snapshot_every` steps and at the end of each stage), "history" (task loss and total non-zero gates
+per step), "schedule" (the sparsifying scheduler: total learned rank at the end of each round
+against its threshold xi).
+The pruned adapter (a plain peft LoRA with rank_pattern = the learned ranks) is saved in the store
+entry's `adapter/` folder, loadable with PeftModel.from_pretrained.
+
+What it implies for a plan: the learned ranks, shrunk or grown by gate magnitude to meet a budget.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.model.layout import lora_parameter_count
+from analysis.signals.tidy import per_rank_table
+from analysis.signals.registry import Signal, register
+from analysis.signals.sora.gate_training import SoraConfig, learned_ranks, train
+from analysis.store.cache import Result, files_under
+
+
+def _per_module(gates) -> tuple[list[int], list[float]]:
+    ranks = learned_ranks(gates)
+    magnitude = [float(g[g != 0].abs().mean()) if r else 0.0 for g, r in zip(gates, ranks)]
+    return ranks, magnitude
+
+
+def compute(context, config: SoraConfig) -> Result:
+    modules = context.modules
+    with tempfile.TemporaryDirectory() as scratch:
+        out = train(context, config, Path(scratch) / "adapter")
+        adapter = files_under(Path(scratch) / "adapter", "adapter")
+    ranks, magnitude = _per_module(out["learned"])
+    table = pd.DataFrame({"signal": "sora", "layer": [m.layer for m in modules],
+                          "module": [m.name for m in modules], "value": ranks, "magnitude": magnitude})
+    rows = []
+    for step, stage, xi, gates in out["snapshots"]:
+        nonzero, mean = _per_module(gates)
+        rows += [(step, stage, xi, m.layer, m.name, n, g) for m, n, g in zip(modules, nonzero, mean)]
+    snapshots = pd.DataFrame(rows, columns=["step", "stage", "xi", "layer", "module", "nonzero", "magnitude"])
+    history = pd.DataFrame(out["history"], columns=["step", "stage", "xi", "loss", "nonzero"])
+    ends = history.groupby("stage", sort=False).tail(1)
+    schedule = ends[["stage", "xi", "nonzero"]].rename(columns={"nonzero": "total_rank"}).reset_index(drop=True)
+    meta = {"trainable_before": lora_parameter_count(modules, [config.r_max] * len(modules)),
+            "trainable_after": lora_parameter_count(modules, ranks),
+            "adapter_files": sorted(Path(name).name for name in adapter)}
+    layers = table.groupby("layer", as_index=False)["value"].sum()
+    tables = {"snapshots": snapshots, "history": history, "schedule": schedule, "layers": layers,
+              "gates": per_rank_table("sora", modules, out["learned"].double().cpu())}
+    return Result(table, tables=tables,
+                  files=adapter, meta=meta)
+
+
+def _exhibits(entry):
+    from analysis.signals.sora.sora_figures import exhibits  # figures load plotly; registration stays light
+    return exhibits(entry)
+
+
+register(Signal(
+    name="sora", title="SoRA gate sparsity",
+    description="Learned rank per module from sparse LoRA training with proximal-gradient gates, "
+                "and how ranks shrink as the threshold rises.",
+    config=SoraConfig, compute=compute, version=2, plan_family="learned",
+    exhibits=_exhibits))

@@ -1,6 +1,0 @@
-"""Where models and datasets come from: embedded defaults, local paths, hub names."""
-from analysis.sources.data import TextData, Splits, load_data, split_data
-from analysis.sources.models import LoadedModel, ModelSource, load_model, resolve_model
-
-__all__ = ["TextData", "Splits", "load_data", "split_data",
-           "LoadedModel", "ModelSource", "load_model", "resolve_model"]

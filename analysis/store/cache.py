@@ -1,0 +1,209 @@
+"""The results cache: one directory per key holding parquet tables, safetensors tensors and meta.json.
+
+Guarantees:
+- an entry appears whole or not at all: it is written to a temporary directory and renamed into
+  place, with meta.json (listing every file with its size and sha256) written last;
+- two processes computing the same key do the work once: the second waits on a per-key file lock
+  and then finds the first one's entry;
+- an entry that fails its manifest check (truncated file, missing file, bad JSON) is moved aside
+  and reported as a miss, so it is recomputed rather than crashed on.
+No pickle anywhere: tables are parquet, tensors safetensors, metadata JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from filelock import FileLock, Timeout
+from safetensors.torch import load_file, save_file
+
+from analysis.store.hashing import hash_file
+
+META = "meta.json"
+TENSORS = "tensors.safetensors"
+REPO_CACHE = Path(__file__).resolve().parents[2] / "cache"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ANALYSIS_CACHE_DIR", REPO_CACHE)).expanduser().resolve()
+
+
+@dataclass
+class Result:
+    """What a computation hands to the store: a main tidy table plus optional extras."""
+    table: pd.DataFrame
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # other artefacts by relative path (a saved adapter)
+
+
+def files_under(directory: Path, prefix: str) -> dict[str, bytes]:
+    """The files of a directory as Result.files entries under `prefix/` (a saved adapter, say)."""
+    return {f"{prefix}/{p.name}": p.read_bytes() for p in Path(directory).iterdir() if p.is_file()}
+
+
+class Entry:
+    """A finished cache entry; tables and tensors are read lazily."""
+
+    def __init__(self, directory: Path, meta: dict):
+        self.directory = directory
+        self.meta = meta
+        self.key = directory.name
+
+    @property
+    def table_names(self) -> list[str]:
+        return [name[: -len(".parquet")] for name in self.meta["files"] if name.endswith(".parquet")]
+
+    def table(self, name: str = "main") -> pd.DataFrame:
+        return pd.read_parquet(self.directory / f"{name}.parquet")
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        path = self.directory / TENSORS
+        return load_file(path) if path.exists() else {}
+
+    def path(self, name: str) -> Path:
+        """Where a stored file (see Result.files) lies, e.g. entry.path("adapter") for a saved adapter."""
+        return self.directory / name
+
+
+class CorruptEntry(Exception):
+    pass
+
+
+class Store:
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root else default_cache_dir()
+        self.entries_dir = self.root / "entries"
+        self.locks_dir = self.root / "locks"
+        self.tmp_dir = self.root / "tmp"
+        self.corrupt_dir = self.root / "corrupt"
+
+    def _check(self, directory: Path) -> dict:
+        """Read meta.json and verify every listed file; small files by hash, large ones by size."""
+        try:
+            meta = json.loads((directory / META).read_text())
+            files = meta["files"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CorruptEntry(f"unreadable {META}: {exc}") from None
+        for name, info in files.items():
+            path = directory / name
+            if not path.is_file() or path.stat().st_size != info["size"]:
+                raise CorruptEntry(f"{name} is missing or has the wrong size")
+            if info["size"] <= 64 << 20 and hash_file(path) != info["sha256"]:
+                raise CorruptEntry(f"{name} does not match its checksum")
+        return meta
+
+    def get(self, key: str) -> Entry | None:
+        directory = self.entries_dir / key
+        if not directory.exists():
+            return None
+        try:
+            return Entry(directory, self._check(directory))
+        except CorruptEntry as exc:
+            self._quarantine(directory, str(exc))
+            return None
+
+    def _quarantine(self, directory: Path, reason: str) -> None:
+        self.corrupt_dir.mkdir(parents=True, exist_ok=True)
+        target = self.corrupt_dir / f"{directory.name}.{int(time.time())}.{uuid.uuid4().hex[:6]}"
+        try:
+            os.replace(directory, target)
+            (target / "CORRUPT.txt").write_text(reason + "\n")
+        except OSError:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def discard(self, key: str) -> None:
+        """Drop an entry (for --force): renamed away first, so readers never see half of it."""
+        directory = self.entries_dir / key
+        if directory.exists():
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            doomed = self.tmp_dir / f"discard.{key}.{uuid.uuid4().hex[:8]}"
+            os.replace(directory, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+
+    def put(self, key: str, result: Result, meta: dict) -> Entry:
+        """Write atomically: everything into tmp/, meta.json last, then one rename."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.entries_dir.mkdir(parents=True, exist_ok=True)
+        work = self.tmp_dir / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        work.mkdir()
+        try:
+            tables = {"main": result.table, **result.tables}
+            for name, frame in tables.items():
+                frame.to_parquet(work / f"{name}.parquet", index=False)
+            if result.tensors:
+                save_file({k: v.detach().contiguous().cpu() for k, v in result.tensors.items()}, work / TENSORS)
+            for name, data in result.files.items():
+                target = work / name
+                if not target.resolve().is_relative_to(work.resolve()):
+                    raise ValueError(f"Result file '{name}' would land outside its entry.")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            files = {p.relative_to(work).as_posix(): {"size": p.stat().st_size, "sha256": hash_file(p)}
+                     for p in sorted(work.rglob("*")) if p.is_file()}
+            full_meta = {**meta, **result.meta, "key": key, "created": time.time(), "files": files}
+            (work / META).write_text(json.dumps(full_meta, indent=1, default=str))
+            final = self.entries_dir / key
+            if final.exists():  # an unlocked writer beat us to it; theirs is as good as ours
+                shutil.rmtree(work)
+                existing = self.get(key)
+                if existing:
+                    return existing
+            os.replace(work, final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return Entry(final, full_meta)
+
+    def get_or_compute(self, key: str, compute: Callable[[], Result], meta: dict,
+                       on_wait: Callable[[], None] | None = None) -> tuple[Entry, bool]:
+        """Return (entry, computed_now). Another process on the same key makes this one wait."""
+        entry = self.get(key)
+        if entry:
+            return entry, False
+        self.locks_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.locks_dir / f"{key}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if on_wait:
+                on_wait()
+            lock.acquire()
+        try:
+            entry = self.get(key)
+            if entry:
+                return entry, False
+            started = time.time()
+            result = compute()
+            return self.put(key, result, {**meta, "seconds": round(time.time() - started, 3)}), True
+        finally:
+            lock.release()
+
+    def entries(self) -> list[Entry]:
+        """All readable entries, newest first (corrupt ones are skipped, not moved, while listing)."""
+        found = []
+        if self.entries_dir.exists():
+            for directory in self.entries_dir.iterdir():
+                try:
+                    meta = json.loads((directory / META).read_text())
+                    found.append(Entry(directory, meta))
+                except (OSError, ValueError):
+                    continue
+        return sorted(found, key=lambda e: e.meta.get("created", 0), reverse=True)
+
+    def clean_tmp(self, older_than_s: float = 3600) -> None:
+        """Remove temporary directories left by crashed writers."""
+        if not self.tmp_dir.exists():
+            return
+        for path in self.tmp_dir.iterdir():
+            if time.time() - path.stat().st_mtime > older_than_s:
+                shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,141 @@
+"""End to end: the dashboard served by Streamlit, opened in headless Chromium (Debian package)."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from analysis.settings import RunSettings
+from analysis.store.cache import Store
+from tests.synthetic_store import fill
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str:
+    path = os.environ.get("BROWSER_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "Debian's chromium is needed for the browser test: apt-get install chromium"
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def dashboard(cache_dir):
+    port = free_port()
+    env = {**os.environ, "ANALYSIS_CACHE_DIR": str(cache_dir)}
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                               "--server.port", str(port), "--server.address", "127.0.0.1",
+                               "--browser.gatherUsageStats", "false"], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "streamlit did not start"
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_budget_preview_follows_the_slider_in_chromium(dashboard, cache_dir, tmp_path):
+    """A bookmark to the Budget page as a fresh server's first request: the grouped navigation, then the plans
+    re-drawn as the average rank moves from 4 to 6."""
+    from playwright.sync_api import sync_playwright
+
+    fill(cache_dir, RunSettings(val_size=16, device="cpu"))
+    uniform = 4 * sum(768 if i < 4 else 1920 for i in range(6)) * 6   # rank 4 on every MiniLM linear
+    screenshot = Path(os.environ.get("SCREENSHOT_PATH", tmp_path / "budget.png"))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1700})
+        page.goto(f"{dashboard}/budget")
+        page.get_by_text(f"Plans at {uniform:,} trainable parameters").wait_for(timeout=90_000)
+        navigation = page.locator("[data-testid=stSidebarNav]").inner_text()
+        assert "Budget and plans" in navigation and "Export for papers" in navigation and "budget\n" not in navigation
+        panels = page.locator(".js-plotly-plot .heatmaplayer")
+        panels.first.wait_for(timeout=30_000)
+        assert page.locator(".js-plotly-plot").get_by_text(f"{uniform:,}").count() >= 1   # uniform's panel title
+        page.get_by_role("slider").first.focus()
+        for _ in range(4):   # 0.5 per step: average rank 4 -> 6
+            page.keyboard.press("ArrowRight")
+        larger = uniform * 6 // 4
+        page.get_by_text(f"Plans at {larger:,} trainable parameters").wait_for(timeout=30_000)
+        page.locator(".js-plotly-plot").get_by_text(f"{larger:,}").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    assert screenshot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_representation_page_draws_real_cka_and_id_in_chromium(dashboard, cache_dir, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from analysis.settings import RunSettings
+    from analysis.signals.registry import get_signal
+    from analysis.signals.runner import run_signals
+
+    run_signals(RunSettings(val_size=64, batch_size=16, device="cpu"), [get_signal("cka"), get_signal("id")],
+                store=Store(cache_dir))
+    screenshot = Path(os.environ.get("SCREENSHOT_PATH_REPRESENTATION", tmp_path / "representation.png"))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        page.goto(dashboard)  # from the start page, as a user does: the sidebar link is the navigation
+        page.get_by_text("CKA and intrinsic dimension").click()
+        page.get_by_text("Layer x layer CKA").wait_for(timeout=60_000)
+        page.locator(".js-plotly-plot .heatmaplayer").first.wait_for(timeout=60_000)
+        assert page.locator(".js-plotly-plot").count() == 3
+        assert page.locator(".js-plotly-plot").get_by_text("degenerate").count() == 1
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    assert screenshot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_launching_a_comparison_from_the_browser_trains_and_shows_results(dashboard, cache_dir, tmp_path):
+    """A user opens Retrain and compare, sets a tiny run, launches it and watches it finish: the job is a
+    real background process and its results table appears without reloading the page."""
+    from playwright.sync_api import sync_playwright
+
+    from analysis.settings import RunSettings
+    from analysis.signals.registry import get_signal
+    from analysis.signals.runner import run_signals
+
+    run_signals(RunSettings(val_size=16, batch_size=8, device="cpu"), [get_signal("cka")], store=Store(cache_dir))
+    screenshot = Path(os.environ.get("SCREENSHOT_PATH_RETRAIN", tmp_path / "retrain.png"))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1700})
+        page.goto(dashboard)
+        page.get_by_text("Retrain and compare").first.click()
+        page.get_by_text("Plans at this budget").wait_for(timeout=60_000)
+        page.get_by_label("Seeds").fill("0,1")
+        page.get_by_label("Steps").fill("4")
+        page.get_by_label("Test examples (0 = all)").fill("16")
+        page.get_by_role("button", name="Retrain and compare").click()
+        page.get_by_text("Compare at r4").first.wait_for(timeout=60_000)   # the job panel picked it up
+        page.get_by_text("Mean ± standard deviation over seeds").wait_for(timeout=300_000)   # results appeared
+        page.locator("th", has_text="accuracy (%)").first.wait_for(state="attached", timeout=30_000)  # the grid
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    runs = [e for e in Store(cache_dir).entries() if e.meta.get("signal") == "retrain"]
+    assert len(runs) == 4 and {e.meta["config"]["steps"] for e in runs} == {4}

@@ -1,0 +1,63 @@
+"""The CKA / intrinsic-dimension page under AppTest, on a store the real signals filled (the page loads no model)."""
+import math
+from pathlib import Path
+
+import pandas as pd
+from streamlit.testing.v1 import AppTest
+
+from analysis.signals.registry import get_signal
+from analysis.signals.runner import run_signals
+from analysis.settings import RunSettings
+from analysis.store.cache import Result, Store
+from tests.conftest import chart_specs
+
+PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "representation.py")
+
+
+def _page():
+    return AppTest.from_file(PAGE, default_timeout=60).run()
+
+
+def test_without_results_the_page_says_what_to_run(cache_dir):
+    app = _page()
+    assert not app.exception
+    assert any("No CKA or intrinsic-dimension results yet" in info.value for info in app.info)
+
+
+def test_real_cka_and_id_results_render_all_three_views(cache_dir):
+    settings = RunSettings(val_size=24, batch_size=8, device="cpu")
+    run_signals(settings, [get_signal("cka"), get_signal("id")], store=Store(cache_dir))
+    app = _page()
+    assert not app.exception
+    specs = chart_specs(app)
+    assert len(specs) == 3
+    ident, cka, matrix = specs
+    store = Store(cache_dir)
+    id_entry = next(e for e in store.entries() if e.meta["signal"] == "id")
+    cka_entry = next(e for e in store.entries() if e.meta["signal"] == "cka")
+    # ID curve: one point per hidden state, embedding output at layer -1; bound bars per block.
+    line, bars = ident["data"]
+    assert line["x"] == list(range(-1, 6)) and line["y"] == id_entry.table("dimensions")["id"].tolist()
+    assert bars["x"] == list(range(6)) and bars["y"] == id_entry.table()["value"].tolist()
+    # CKA bars: auto pooling is CLS for the encoder, so block 0 is degenerate, marked and not scored.
+    table = cka_entry.table()
+    assert cka["data"][0]["x"] == [1, 2, 3, 4, 5] and cka["data"][0]["y"] == table["value"][1:].tolist()
+    assert [a["text"] for a in cka["layout"]["annotations"]] == ["degenerate"]
+    # Matrix: 7 x 7 states with the embedding's row and column blank, ones on the rest of the diagonal.
+    z = matrix["data"][0]["z"]
+    assert len(z) == 7 and all(math.isnan(v) for v in z[0]) and all(abs(z[j][j] - 1) < 1e-12 for j in range(1, 7))
+    assert matrix["data"][0]["x"] == ["emb", "0", "1", "2", "3", "4", "5"]
+    buttons = [b.label for b in app.get("download_button")]
+    assert buttons == ["PDF", "SVG", "PNG", "CSV"] * 3   # each figure in paper style, and its data
+
+
+def test_missing_signal_and_streamed_cka_are_explained(cache_dir):
+    table = pd.DataFrame({"signal": "cka", "layer": [0, 1], "module": "block", "value": [0.2, 0.1],
+                          "degenerate": [False, False]})
+    Store(cache_dir).put("k1", Result(table), {"signal": "cka", "title": "CKA", "context_key": "ctx",
+                                               "model_name": "tiny", "data": "d", "config": {"accumulate": True}})
+    app = _page()
+    assert not app.exception
+    assert any("not computed for this run yet (signal `id`)" in info.value for info in app.info)
+    assert any("consecutive pairs only" in caption.value for caption in app.caption)
+    assert len(app.get("plotly_chart")) == 1

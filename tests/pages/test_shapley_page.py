@@ -1,0 +1,58 @@
+"""The Shapley page under AppTest, on a store the real shapley and adalora signals filled (the page loads no model)."""
+from pathlib import Path
+
+import pandas as pd
+from streamlit.testing.v1 import AppTest
+
+from analysis.settings import RunSettings
+from analysis.signals.tidy import per_module
+from analysis.signals.registry import get_signal
+from analysis.signals.runner import run_signals
+from analysis.store.cache import Result, Store
+from tests.conftest import chart_specs
+
+PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "shapley.py")
+WARMUP = {"warmup_steps": "4", "warmup_batch_size": "8", "r_max": "2"}
+
+
+def _page():
+    return AppTest.from_file(PAGE, default_timeout=60).run()
+
+
+def test_without_results_the_page_says_what_to_run(cache_dir):
+    app = _page()
+    assert not app.exception
+    assert any("No Shapley or AdaLoRA results yet" in info.value for info in app.info)
+    assert any("code is not public" in caption.value for caption in app.caption)
+
+
+def test_real_results_render_every_view_with_standard_errors(cache_dir):
+    settings = RunSettings(val_size=16, batch_size=8, device="cpu")
+    overrides = {"shapley": {**WARMUP, "samples": "4", "min_samples": "2", "tolerance": "0", "reference": "true",
+                             "reference_permutations": "1"}, "adalora": WARMUP}
+    run_signals(settings, [get_signal("shapley"), get_signal("adalora")], overrides, Store(cache_dir))
+    app = _page()
+    assert not app.exception
+    shapley = next(e for e in Store(cache_dir).entries() if e.meta["signal"] == "shapley")
+    specs = chart_specs(app)
+    assert len(specs) == 6  # layers, modules, ranks, convergence, agreement with AdaLoRA, with captum
+    layers = shapley.table("layers")
+    bars = specs[0]["data"][0]
+    assert bars["y"] == layers["value"].tolist() and bars["error_y"]["array"] == layers["stderr"].tolist()
+    assert len(specs[1]["data"][0]["z"]) == 6 and len(specs[1]["data"][0]["z"][0]) == 6  # layer x module
+    assert len(specs[2]["data"][0]["y"]) == 36 and specs[2]["data"][0]["x"] == [0, 1]     # (layer, module) x rank
+    curves = [t for t in specs[3]["data"] if t.get("name", "").startswith("layer")]
+    assert len(curves) == 6 and sum(t.get("fill") == "toself" for t in specs[3]["data"]) == 6  # a curve and band per layer
+    assert "Spearman" in specs[4]["layout"]["title"]["text"] and "captum" in specs[5]["layout"]["yaxis"]["title"]["text"]
+    assert [m.value for m in app.metric][0] == "4"
+
+
+def test_adalora_alone_is_shown_and_shapley_asked_for(cache_dir):
+    table = pd.DataFrame({"signal": "adalora", "layer": [0, 0, 1, 1], "module": ["q", "q", "k", "k"],
+                          "value": [0.1, 0.2, 0.3, 0.4], "rank": [0, 1, 0, 1]})
+    Store(cache_dir).put("a1", Result(table, tables={"modules": per_module(table)}),
+                         {"signal": "adalora", "context_key": "ctx", "model_name": "tiny", "data": "d", "config": {}})
+    app = _page()
+    assert not app.exception
+    assert any("not computed for this run yet (signal `shapley`)" in info.value for info in app.info)
+    assert len(chart_specs(app)) == 1

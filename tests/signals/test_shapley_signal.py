@@ -1,0 +1,187 @@
+"""The shapley and adalora signals on real models: warm-up cache, zero ranks, sums, captum reference, peft's scores."""
+import contextlib
+
+import pandas as pd
+import pytest
+import torch
+
+from analysis.model.capture import adaptable_modules, find_blocks
+from analysis.errors import UserError
+from analysis.signals.lora.gated_lora import gated_lora
+from analysis.signals.registry import TIDY_COLUMNS, get_signal, make_config
+from analysis.signals.shapley.sampling import estimate
+from analysis.signals.shapley import checkpointing_in_eval, loss_function
+from analysis.signals.lora.warmup import AdaLoRAScores, WarmupConfig, warm_up
+from tests.conftest import random_batch, randomize_adapter, tiny_llama
+
+FAST_WARMUP = {"warmup_steps": "6", "warmup_batch_size": "8", "r_max": "4"}
+
+
+@contextlib.contextmanager
+def random_gated_llama(r_max: int, seed: int, batches: int = 1, scale: float = 0.3, build=tiny_llama):
+    """A tiny Llama (or `build()`) with a gated adapter of random A and B (frozen), LM batches with padding masked."""
+    model = build()
+    modules = adaptable_modules(model)
+    data = [random_batch(seed=s) for s in range(batches)]
+    for batch in data:
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with gated_lora(model, modules, r_max=r_max, alpha=2 * r_max) as gated:
+        generator = torch.Generator().manual_seed(seed)
+        randomize_adapter(gated, generator, scale)
+        gated.freeze_adapter()
+        yield model, modules, gated, data, generator
+
+
+def test_a_rank_whose_b_column_is_zero_has_shapley_value_zero():
+    with random_gated_llama(r_max=4, seed=0) as (_, _, gated, batches, _):
+        with torch.no_grad():
+            gated.lora_layer(2).lora_B["default"].weight[:, 1] = 0
+        gradient_at, _, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
+        result = estimate(gradient_at, tuple(gated.gates.shape), 12, torch.Generator().manual_seed(1))
+    assert result.samples[:, 2, 1].eq(0).all() and result.mean()[2, 1] == 0 and result.stderr()[2, 1] == 0
+    assert result.mean().abs().sum() > 0
+
+
+def test_shapley_signal_on_the_embedded_encoder(encoder_context):
+    signal = get_signal("shapley")
+    model = encoder_context.model
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    # 64 validation examples in 4 batches: 6 coalitions are rounded up to 2 whole passes.
+    config = make_config(signal, {**FAST_WARMUP, "samples": "6", "tolerance": "0", "reference": "true",
+                                  "reference_permutations": "1", "coalition_per": "batch"})
+    result = signal.compute(encoder_context, config)
+    table, modules, layers = result.table, result.tables["modules"], result.tables["layers"]
+    assert list(table.columns) == [*TIDY_COLUMNS, "stderr", "rank"] and len(table) == 36 * 4
+    assert table["rank"].tolist() == [0, 1, 2, 3] * 36 and (table["stderr"] > 0).all()
+    # Sums over ranks and modules; their standard errors come from the per-sample sums.
+    summed = table.groupby(["layer", "module"], sort=False)["value"].sum().to_numpy()
+    torch.testing.assert_close(torch.tensor(modules["value"].to_numpy()), torch.tensor(summed))
+    samples = -result.tensors["samples"]                                   # loss reduction per sample
+    per_layer = torch.stack([samples[:, 6 * l:6 * (l + 1)].sum(dim=(1, 2)) for l in range(6)], dim=1)
+    torch.testing.assert_close(torch.tensor(layers["stderr"].to_numpy()), per_layer.std(0) / 8 ** 0.5)
+    convergence = result.tables["convergence"]
+    assert sorted(convergence["samples"].unique()) == [4, 8]  # reported at whole passes over the 4 batches
+    final = convergence[convergence["samples"] == 8]
+    torch.testing.assert_close(torch.tensor(final["value"].to_numpy()), torch.tensor(layers["value"].to_numpy()))
+    assert result.meta["samples"] == 8 and -1 <= result.meta["reference_spearman"] <= 1
+    assert list(result.tables["reference"].columns) == ["layer", "module", "value"]
+    # The analysis leaves the model as it found it: no LoRA layers, same weights, head included.
+    assert not any("lora_" in name for name, _ in model.named_modules())
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+def test_warm_up_is_cached_and_shared_by_adalora_and_shapley(encoder_context):
+    config = WarmupConfig(warmup_steps=4, warmup_batch_size=8, r_max=2)
+    first = warm_up(encoder_context, config)
+    second = warm_up(encoder_context, config)
+    assert first.key == second.key and first.meta["created"] == second.meta["created"]
+    losses = first.table("losses")
+    assert losses["step"].tolist() == [1, 2, 3, 4] and losses["loss"].notna().all()
+    adalora = get_signal("adalora")
+    table = adalora.compute(encoder_context, make_config(adalora, {"warmup_steps": "4", "warmup_batch_size": "8",
+                                                                   "r_max": "2"})).table
+    assert result_uses(table, first) and (table["value"] >= 0).all() and len(table) == 36 * 2
+
+
+def result_uses(table: pd.DataFrame, warm) -> bool:
+    scores = warm.tensors()["adalora"].reshape(-1).double()
+    return torch.equal(torch.tensor(table["value"].to_numpy()), scores)
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_adalora_scores_equal_peft_rank_allocator(steps):
+    from peft import AdaLoraConfig
+    from peft.tuners.adalora.layer import RankAllocator
+
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.lora_A = torch.nn.ModuleDict({"default": torch.nn.Linear(7, 3, bias=False)})
+    model.lora_B = torch.nn.ModuleDict({"default": torch.nn.Linear(3, 5, bias=False)})
+    params = [model.lora_A["default"].weight, model.lora_B["default"].weight]
+    ours = AdaLoRAScores(params)
+    theirs = RankAllocator(model, AdaLoraConfig(total_step=100, target_r=2, init_r=3), "default")
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        ours.update()
+        theirs.update_ipt(model)
+    for p, smoothed, uncertainty in zip(params, ours.smoothed, ours.uncertainty):
+        name = next(n for n, q in model.named_parameters() if q is p)
+        torch.testing.assert_close(smoothed * uncertainty, theirs._element_score(name))
+    # Per rank: mean over the rank's row of A plus mean over its column of B, as RankAllocator combines them.
+    expected = theirs._element_score("lora_A.default.weight").mean(1) + \
+        theirs._element_score("lora_B.default.weight").mean(0)
+    torch.testing.assert_close(ours.per_rank()[0], expected)
+
+
+def tiny_opt_with_dropout():
+    """OPT's decoder layer applies dropout itself when training: checkpointing must not switch it on."""
+    from transformers import OPTConfig, OPTForCausalLM
+    torch.manual_seed(0)
+    return OPTForCausalLM(OPTConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                                    num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32,
+                                    dropout=0.5, attention_dropout=0.5)).eval()
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_opt_with_dropout])
+def test_gradient_checkpointing_changes_no_gate_gradient(build):
+    with random_gated_llama(r_max=4, seed=3, build=build) as (model, _, gated, batches, generator):
+        gradient_at, _, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
+        mask = torch.randint(0, 2, tuple(gated.gates.shape), generator=generator).float()
+        value, plain = gradient_at(mask, 0)
+        plain = plain.clone()
+        blocks = find_blocks(model)[1]
+        embedding_hooks = dict(model.get_input_embeddings()._forward_hooks)
+        with checkpointing_in_eval(model, True):
+            assert all("forward" in vars(block) for block in blocks) and not model.config.use_cache
+            checkpointed_value, checkpointed = gradient_at(mask, 0)
+            assert not any(m.training for m in model.modules())
+        assert torch.equal(value, checkpointed_value)
+        torch.testing.assert_close(checkpointed, plain, rtol=1e-6, atol=1e-9)
+    assert not any("forward" in vars(block) for block in blocks) and model.config.use_cache
+    assert dict(model.get_input_embeddings()._forward_hooks) == embedding_hooks
+
+
+def test_a_coalition_per_batch_and_per_pass_estimate_the_same_values():
+    with random_gated_llama(r_max=2, seed=4, batches=4, scale=0.5) as (_, modules, gated, batches, _):
+        shape = tuple(gated.gates.shape)
+        per_batch, _, _ = loss_function(gated, batches, "causal-lm", per_batch=True)
+        per_pass, _, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
+        by_batch = estimate(per_batch, shape, 1600, torch.Generator().manual_seed(5), parts=4)
+        by_pass = estimate(per_pass, shape, 400, torch.Generator().manual_seed(6))
+    # Per layer, as the tables report them.
+    layer_of = torch.tensor([m.layer for m in modules])
+    sums = [torch.stack([r.samples[:, layer_of == l].sum(dim=(1, 2)) for l in (0, 1)], dim=1)
+            for r in (by_batch, by_pass)]
+    difference = (sums[0].mean(0) - sums[1].mean(0)).abs()
+    combined = (sums[0].std(0) ** 2 / 1600 + sums[1].std(0) ** 2 / 400).sqrt()
+    assert (difference <= 4 * combined).all(), (difference, combined)
+
+
+def test_coalition_mode_is_checked(encoder_context):
+    signal = get_signal("shapley")
+    with pytest.raises(UserError, match="batch or pass"):
+        signal.compute(encoder_context, make_config(signal, {"coalition_per": "bogus"}))
+
+
+def test_a_compiled_forward_gives_the_same_gate_gradient():
+    with random_gated_llama(r_max=2, seed=9) as (_, _, gated, batches, generator):
+        mask = torch.randint(0, 2, tuple(gated.gates.shape), generator=generator).float()
+        eager, _, _ = loss_function(gated, batches, "causal-lm", per_batch=False)
+        compiled, _, _ = loss_function(gated, batches, "causal-lm", per_batch=False,
+                                    forward=torch.compile(gated.model, backend="eager"))
+        expected = eager(mask, 0)[1].clone()
+        torch.testing.assert_close(compiled(mask, 0)[1], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_batches_without_targets_are_left_out_and_none_at_all_is_an_error():
+    with random_gated_llama(r_max=2, seed=5, batches=2) as (_, _, gated, batches, _):
+        single = {"input_ids": batches[0]["input_ids"][:, :1], "attention_mask": batches[0]["attention_mask"][:, :1],
+                  "labels": batches[0]["labels"][:, :1]}  # one token each: nothing to predict, NaN loss
+        with_empty, _, parts = loss_function(gated, [batches[0], single, batches[1]], "causal-lm", per_batch=True)
+        without, _, _ = loss_function(gated, batches, "causal-lm", per_batch=True)
+        mask = torch.ones(tuple(gated.gates.shape))
+        assert parts == 2 and torch.isfinite(with_empty(mask, 1)[1]).all()
+        torch.testing.assert_close(with_empty(mask, 1)[1], without(mask, 1)[1])
+        with pytest.raises(UserError, match="No validation example has a token to predict"):
+            loss_function(gated, [single], "causal-lm", per_batch=False)
