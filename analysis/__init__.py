@@ -1,4 +1,5 @@
-"""Layer and rank importance for LoRA fine-tuning: the engine behind the dashboard and the CLI.
+"""Layer and rank importance for LoRA fine-tuning: the engine behind the dashboard and the command line.
 
-Importable without Streamlit. See README.md for the command line and DESIGN.md for the methods.
+Importable without Streamlit. docs/architecture.md walks through the packages; docs/methods.md gives
+each method exactly, with its reference code and our deviations.
 """

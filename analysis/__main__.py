@@ -76,14 +76,14 @@ def cmd_run(args) -> int:
 def cmd_show(args) -> int:
     import pandas as pd
 
+    from analysis.signals.context import identify
     from analysis.signals.registry import all_signals, get_signal
     from analysis.signals.runner import find_entry
-    store = _store(args)
-    settings = _settings(args)
+    identity = identify(_settings(args), _store(args))
     signals = [get_signal(args.signal)] if args.signal else list(all_signals().values())
     frames = []
     for signal in signals:
-        entry = find_entry(settings, signal, _overrides(args.set).get(signal.name), store)
+        entry = find_entry(identity, signal, _overrides(args.set).get(signal.name))
         if entry is None:
             if args.signal:
                 raise UserError(f"Signal '{signal.name}' has not been computed for this model and data yet; "
@@ -143,11 +143,10 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_plan(args) -> int:
-    from analysis.signals.context import prepare
+    from analysis.signals.context import identify
     from analysis.planning.plan_json import write_plan
     from analysis.planning.methods import make_plan
-    prepared = prepare(_settings(args), _store(args))
-    plan = make_plan(prepared, args.signal, args.budget, _limits(args), _plan_options(args), _overrides(args.set))
+    plan = make_plan(identify(_settings(args), _store(args)), args.signal, args.budget, _limits(args), _plan_options(args), _overrides(args.set))
     for warning in plan["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     write_plan(plan, args.out)
@@ -185,14 +184,14 @@ def cmd_retrain(args) -> int:
 
 def cmd_compare(args) -> int:
     from analysis.training.compare import compare, formatted, markdown
-    from analysis.signals.context import prepare
+    from analysis.signals.context import identify
     from analysis.signals.registry import all_signals
     settings = _settings(args)
     if args.signals:
         methods = [m.strip() for m in args.signals.split(",") if m.strip()]
     else:  # every signal already computed for this setting
-        prepared = prepare(settings, _store(args))
-        cached = {e.meta.get("signal") for e in prepared.store.entries() if e.meta.get("context_key") == prepared.key}
+        key = identify(settings, _store(args)).key
+        cached = {e.meta.get("signal") for e in _store(args).entries() if e.meta.get("context_key") == key}
         methods = [name for name in all_signals() if name in cached]
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -211,11 +210,10 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from analysis.signals.context import prepare
+    from analysis.signals.context import identify
     from analysis.reporting.exhibits import exhibits_for, render
     from analysis.store.atomic import write_bytes_atomic
-    prepared = prepare(_settings(args), _store(args))
-    found = exhibits_for(prepared, args.signal, args.budget, _limits(args), _overrides(args.set))
+    found = exhibits_for(identify(_settings(args), _store(args)), args.signal, args.budget, _limits(args), _overrides(args.set))
     if args.list:
         for exhibit in found:
             kind = "figure" if exhibit.figure else "table"

@@ -26,7 +26,8 @@ from analysis.planning.allocate import parse_budget  # noqa: E402
 from analysis.signals.context import prepare  # noqa: E402
 from analysis.settings import RunSettings  # noqa: E402
 from analysis.planning.methods import UNIFORM, layout_for, method_scores  # noqa: E402
-from analysis.planning.preview import plan_figure, preview, summary  # noqa: E402
+from analysis.planning.preview import preview, summary  # noqa: E402
+from analysis.reporting.figures import plan_figure  # noqa: E402
 from bench.llama_shapes import SHAPES  # noqa: E402
 from tests.synthetic_store import fill  # noqa: E402
 
@@ -57,7 +58,7 @@ def main() -> None:
     settings = RunSettings(model=str(model_dir(root)), val_size=64, device="cpu")
     store = fill(root / "cache", settings)
     prepared = prepare(settings, store)
-    layout = layout_for(prepared)
+    layout = layout_for(prepared.identity)
     print(f"{len(layout.modules)} modules in {layout.num_layers} layers, signals: "
           f"{', '.join(e.meta['signal'] for e in store.entries())}")
 
@@ -71,7 +72,7 @@ def main() -> None:
         moves.append(time.perf_counter() - started)
         assert not app.exception, app.exception
 
-    scores = {m: method_scores(prepared, m, layout) for m in [UNIFORM, "shapley", "adalora", "sora", "id", "cka"]}
+    scores = {m: method_scores(prepared.identity, m, layout) for m in [UNIFORM, "shapley", "adalora", "sora", "id", "cka"]}
     parts = {"allocate all methods": [], "summary table": [], "heatmap figure": [], "figure to JSON": []}
     for repeat in range(args.repeats):
         budget = parse_budget(f"r{ranks[repeat % len(ranks)]:g}", layout)

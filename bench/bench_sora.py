@@ -24,14 +24,14 @@ from bench_shapley import make_batches, timed  # noqa: E402
 from llama_shapes import random_llama  # noqa: E402
 
 from analysis.model.capture import adaptable_modules  # noqa: E402
-from analysis.signals.lora.gated_lora import gated_lora, lora_config  # noqa: E402
+from analysis.signals.lora.gated_lora import gated_lora, uniform_lora_config  # noqa: E402
 from analysis.signals.sora.gate_training import sora_step  # noqa: E402
 
 
 def lora_steps(model, modules, batches, r: int, repeats: int) -> list[float]:
     from peft import get_peft_model
 
-    peft_model = get_peft_model(model, lora_config(modules, r, 2 * r))
+    peft_model = get_peft_model(model, uniform_lora_config(modules, r, 2 * r))
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
 
     def steps():

@@ -1,14 +1,10 @@
 """Figures and tables for the paper: choose the print style once, preview a figure as it will print, and
 download any figure as PDF, SVG or PNG with the CSV behind it, the results table also as LaTeX, or
 everything at once as a zip."""
-import io
-import zipfile
-
 import streamlit as st
 
-from analysis.reporting.exhibits import comparison_exhibits, overview_exhibits, plan_exhibit, render, signal_exhibits
+from analysis.reporting.exhibits import run_exhibits, zipped
 from analysis.reporting.paper import FORMATS, WIDTHS, paper_style
-from analysis.planning.preview import drawn
 from analysis.signals.registry import all_signals
 from analysis.store.runs import comparisons, newest_entries
 from analysis.store.cache import Store
@@ -31,20 +27,14 @@ left.radio("Width", list(WIDTHS), format_func=lambda w: f"{w} ({WIDTHS[w]} in)",
 right.toggle("Grayscale", key="export_grayscale")
 width, grayscale = st.session_state["export_width"], st.session_state["export_grayscale"]
 
-entries = newest_entries(run, signals)
-groups = {"All signals": overview_exhibits(entries)}
-for name, entry in entries.items():
-    groups[signals[name].title] = signal_exhibits(entry)
 layout, amount, outcomes = current_plans(run, signals)
-plans = [plan_exhibit(outcomes, layout, amount, difference) for difference in (False, True) if drawn(outcomes, difference)]
-if plans:
-    groups[f"Plans at {amount:,} parameters (the budget and limits of the Budget page)"] = plans
 found = comparisons(Store(), run.key)
-if found:
-    groups["Retrain comparison (newest)"] = comparison_exhibits(found[0])
-else:
+groups = run_exhibits(newest_entries(run, signals), {n: s.title for n, s in signals.items()},
+                      plans=(outcomes, layout, amount), comparison=found[0] if found else None)
+if not found:
     st.caption("No retrain comparison for this run yet; its results table (CSV, LaTeX) appears here once one has "
                "finished.")
+st.caption("The plans use the budget and limits set on the Budget page.")
 exhibits = [e for group in groups.values() for e in group]
 
 st.subheader("Preview as printed")
@@ -53,20 +43,8 @@ chosen = st.selectbox("Figure", figures, format_func=lambda e: f"{e.title} ({e.n
 st.plotly_chart(paper_style(chosen.figure(), width, grayscale), theme=None, width="content")
 
 
-def everything() -> bytes:
-    """Every figure as PDF and every table as CSV (results also as LaTeX), in one zip."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for exhibit in exhibits:
-            archive.writestr(f"{exhibit.name}.csv", render(exhibit, "csv"))
-            if exhibit.figure is not None:
-                archive.writestr(f"{exhibit.name}.pdf", render(exhibit, "pdf", width, grayscale))
-            else:
-                archive.writestr(f"{exhibit.name}.tex", render(exhibit, "tex"))
-    return buffer.getvalue()
-
-
-st.download_button("Everything (PDF figures, CSV and LaTeX tables) as a zip", everything, file_name="figures.zip",
+st.download_button("Everything (PDF figures, CSV and LaTeX tables) as a zip",
+                   lambda: zipped(exhibits, width, grayscale), file_name="figures.zip",
                    mime="application/zip", on_click="ignore", type="primary", icon=":material/folder_zip:")
 
 for group, members in groups.items():

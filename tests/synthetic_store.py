@@ -101,7 +101,7 @@ def fill(cache_dir, settings: RunSettings, signals=tuple(MAKERS), seed: int = 0)
 
     def synthetic(name):
         def compute(context, config):
-            modules = list(layout_for(context.prepared).modules)
+            modules = list(layout_for(context.prepared.identity).modules)
             return MAKERS[name](modules, sorted({m.layer for m in modules}), rng)
         return dataclasses.replace(get_signal(name), compute=compute)
 

@@ -1,0 +1,1 @@
+"""Background jobs the dashboard starts: launching and watching them, their folder protocol, progress bars."""

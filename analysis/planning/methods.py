@@ -8,21 +8,20 @@ from __future__ import annotations
 import re
 
 from analysis.planning.allocate import Scores, allocate, blend, parse_budget, scores_from_tables
-from analysis.signals.context import Prepared
+from analysis.signals.context import RunIdentity
 from analysis.errors import UserError
 from analysis.settings import Limits, PlanOptions, to_dict
 from analysis.model.layout import Layout, model_layout
 from analysis.planning.plan_json import build_plan
-from analysis.signals.registry import get_signal, make_config
-from analysis.signals.runner import signal_key
+from analysis.signals.registry import get_signal
+from analysis.signals.runner import find_entry
 from analysis.store.cache import Entry
 
 UNIFORM = "uniform"
 
 
-def layout_for(prepared: Prepared) -> Layout:
-    labels = prepared.data.label_names
-    return model_layout(prepared.source.path, prepared.task, len(labels) if labels else None)
+def layout_for(identity: RunIdentity) -> Layout:
+    return model_layout(identity.model_path, identity.task, identity.num_labels)
 
 
 def blend_parts(method: str) -> list[tuple[str, float]]:
@@ -42,45 +41,40 @@ def scores_from_entry(name: str, entry: Entry, layout: Layout) -> Scores:
     return scores_from_tables(name, get_signal(name).plan_family, tables, layout)
 
 
-def cached_entry(prepared: Prepared, name: str, overrides: dict[str, str] | None = None) -> Entry:
-    """The signal's entry with these options; without options, the default one or else the newest variant."""
-    signal = get_signal(name)
-    entry = prepared.store.get(signal_key(prepared, signal, make_config(signal, overrides)))
-    if entry is None and not overrides:
-        entry = next((e for e in prepared.store.entries() if e.meta.get("signal") == name
-                      and e.meta.get("context_key") == prepared.key and e.meta.get("version") == signal.version),
-                     None)
+def cached_entry(identity: RunIdentity, name: str, overrides: dict[str, str] | None = None) -> Entry:
+    """The signal's entry by find_entry's rule, or one sentence saying what to run."""
+    entry = find_entry(identity, get_signal(name), overrides)
     if entry is None:
         raise UserError(f"Signal '{name}' has not been computed for this model and data yet; run: "
                         f"python -m analysis run --signals {name}")
     return entry
 
 
-def method_scores(prepared: Prepared, method: str, layout: Layout,
+def method_scores(identity: RunIdentity, method: str, layout: Layout,
                   overrides: dict[str, dict[str, str]] | None = None) -> Scores | None:
     """Scores for a method from the cache (None for uniform LoRA)."""
     if method == UNIFORM:
         return None
     parts = blend_parts(method)
-    loaded = [(scores_from_entry(name, cached_entry(prepared, name, (overrides or {}).get(name)), layout), weight)
+    loaded = [(scores_from_entry(name, cached_entry(identity, name, (overrides or {}).get(name)), layout), weight)
               for name, weight in parts]
     if len(loaded) == 1 and parts[0][1] == 1:
         return loaded[0][0]
     return blend(loaded)
 
 
-def plan_from_scores(prepared: Prepared, scores: Scores | None, layout: Layout, budget: str,
+def plan_from_scores(identity: RunIdentity, scores: Scores | None, layout: Layout, budget: str,
                      limits: Limits = Limits(), options: PlanOptions = PlanOptions()) -> dict:
     """The plan for already loaded scores (None: uniform LoRA); what a budget move recomputes."""
     amount = parse_budget(budget, layout, limits)
     allocation = allocate(scores, layout, amount, limits)
     return build_plan(layout, allocation.ranks, scores.name if scores else UNIFORM, amount, options,
-                      allocation.warnings, settings=to_dict(prepared.settings))
+                      allocation.warnings, settings=to_dict(identity.settings))
 
 
-def make_plan(prepared: Prepared, method: str, budget: str, limits: Limits = Limits(),
+def make_plan(identity: RunIdentity, method: str, budget: str, limits: Limits = Limits(),
               options: PlanOptions = PlanOptions(), overrides: dict[str, dict[str, str]] | None = None,
               layout: Layout | None = None) -> dict:
-    layout = layout or layout_for(prepared)
-    return plan_from_scores(prepared, method_scores(prepared, method, layout, overrides), layout, budget, limits,
+    layout = layout or layout_for(identity)
+    return plan_from_scores(identity, method_scores(identity, method, layout, overrides), layout, budget, limits,
                             options)

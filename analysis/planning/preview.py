@@ -92,19 +92,3 @@ def plan_table(outcomes: list[Outcome], layout: Layout, difference: bool = False
     if difference:
         frames = [f.assign(rank_minus_uniform=f["rank"].to_numpy() - base) for f in frames]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
-
-
-def plan_figure(outcomes: list[Outcome], layout: Layout, difference: bool = False):
-    """The methods' ranks as layer x module heatmaps side by side on one colour scale, titled with their
-    parameter counts; `difference` shows each method's rank minus uniform LoRA's (uniform itself omitted)."""
-    from analysis.reporting.figures import side_by_side_heatmaps
-
-    shown = drawn(outcomes, difference)
-    if not shown:
-        raise UserError("No method has a plan at this budget" + (" (uniform LoRA has none to subtract)."
-                                                                  if difference else "."))
-    base = uniform_ranks(outcomes) if difference else 0
-    frames = {o.method: rank_table(layout, o.allocation.ranks - base) for o in shown}
-    titles = {o.method: f"{o.method}<br>{o.allocation.cost:,}" for o in shown}
-    return side_by_side_heatmaps(frames, titles, normalise=False,
-                                 value_label="rank − uniform" if difference else "rank")

@@ -5,6 +5,8 @@ An exhibit is built lazily (`figure()`, `data()`), so listing a run's exhibits r
 """
 from __future__ import annotations
 
+import io
+import zipfile
 from dataclasses import dataclass
 from functools import cache
 from typing import Callable
@@ -21,7 +23,7 @@ from analysis.planning.methods import UNIFORM, cached_entry, layout_for, method_
 from analysis.reporting.all_signals import (agreement, agreement_matrix_figure, layer_curves_figure, layer_importance,
                                module_importance)
 from analysis.reporting.paper import FORMATS, figure_bytes, latex_table, paper_style
-from analysis.planning.preview import plan_figure, plan_table, preview
+from analysis.planning.preview import drawn, plan_table, preview
 from analysis.signals.registry import all_signals
 from analysis.store.runs import comparisons, newest_entries, runs
 from analysis.store.cache import Entry
@@ -87,39 +89,71 @@ def plan_exhibit(outcomes, layout, budget: int, difference: bool = False) -> Exh
 
     title = f"Rank plans at {budget:,} parameters" + (", minus uniform LoRA's ranks" if difference else "")
     return Exhibit(f"plans_{budget}{'_vs_uniform' if difference else ''}", title,
-                   lambda: plan_table(outcomes, layout, difference), lambda: plan_figure(outcomes, layout, difference))
+                   lambda: plan_table(outcomes, layout, difference), lambda: figures.plan_figure(outcomes, layout, difference))
 
 
-def cached_signals(prepared) -> dict[str, Entry]:
+def cached_signals(identity) -> dict[str, Entry]:
     """The newest entry of every signal computed for this setting (current signal versions only)."""
 
-    run = next((r for r in runs(prepared.store) if r.key == prepared.key), None)
+    run = next((r for r in runs(identity.store) if r.key == identity.key), None)
     return newest_entries(run, all_signals()) if run else {}
 
 
-def exhibits_for(prepared, what: str, budget: str = "r4", limits=None, overrides=None) -> list[Exhibit]:
+def exhibits_for(identity, what: str, budget: str = "r4", limits=None, overrides=None) -> list[Exhibit]:
     """A signal's exhibits, or 'all' (every cached signal side by side), 'plans' (every method's plan at
     `budget`) or 'comparison' (the newest retrain comparison of this setting)."""
 
     if what == "all":
-        entries = cached_signals(prepared)
+        entries = cached_signals(identity)
         if not entries:
             raise UserError("No signal has been computed for this model and data yet; run: python -m analysis run")
         return overview_exhibits(entries)
     if what == "plans":
-        layout, limits = layout_for(prepared), limits or Limits()
-        methods = [UNIFORM, *cached_signals(prepared)]
+        layout, limits = layout_for(identity), limits or Limits()
+        methods = [UNIFORM, *cached_signals(identity)]
         amount = parse_budget(budget, layout, limits)
-        outcomes = preview({m: method_scores(prepared, m, layout, overrides) for m in methods}, layout, amount,
+        outcomes = preview({m: method_scores(identity, m, layout, overrides) for m in methods}, layout, amount,
                            limits)
         return [plan_exhibit(outcomes, layout, amount), plan_exhibit(outcomes, layout, amount, difference=True)]
     if what == "comparison":
-        found = comparisons(prepared.store, prepared.key)
+        found = comparisons(identity.store, identity.key)
         if not found:
             raise UserError("No retrain comparison has finished for this model and data; run: "
                             "python -m analysis compare")
         return comparison_exhibits(found[0])
-    return signal_exhibits(cached_entry(prepared, what, (overrides or {}).get(what)))
+    return signal_exhibits(cached_entry(identity, what, (overrides or {}).get(what)))
+
+
+def run_exhibits(entries: dict[str, Entry], titles: dict[str, str], plans=None,
+                 comparison: Entry | None = None) -> dict[str, list[Exhibit]]:
+    """Everything one run can export, grouped as the Export page lists it: all signals side by side, each
+    signal's own figures, the plans at a budget (`plans` = (outcomes, layout, budget), when any is drawn) and
+    the newest comparison."""
+    groups = {"All signals": overview_exhibits(entries)}
+    for name, entry in entries.items():
+        groups[titles.get(name, name)] = signal_exhibits(entry)
+    if plans is not None:
+        outcomes, layout, budget = plans
+        drawn_plans = [plan_exhibit(outcomes, layout, budget, difference) for difference in (False, True)
+                       if drawn(outcomes, difference)]
+        if drawn_plans:
+            groups[f"Plans at {budget:,} parameters"] = drawn_plans
+    if comparison is not None:
+        groups["Retrain comparison (newest)"] = comparison_exhibits(comparison)
+    return groups
+
+
+def zipped(exhibits: list[Exhibit], width: str = "column", grayscale: bool = False) -> bytes:
+    """Every figure as PDF and every table as CSV (tables also as LaTeX), in one zip."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for exhibit in exhibits:
+            archive.writestr(f"{exhibit.name}.csv", render(exhibit, "csv"))
+            if exhibit.figure is not None:
+                archive.writestr(f"{exhibit.name}.pdf", render(exhibit, "pdf", width, grayscale))
+            else:
+                archive.writestr(f"{exhibit.name}.tex", render(exhibit, "tex"))
+    return buffer.getvalue()
 
 
 def render(exhibit: Exhibit, fmt: str, width: str = "column", grayscale: bool = False) -> bytes:

@@ -6,6 +6,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
+from analysis.errors import UserError
+from analysis.model.layout import Layout
+from analysis.planning.preview import Outcome, drawn, rank_table, uniform_ranks
 from analysis.signals.tidy import per_module
 
 # Colour-blind-safe sequential scale (viridis) for importance heatmaps.
@@ -178,3 +181,17 @@ def learning_curves_figure(curves: pd.DataFrame, title: str = "", smooth: int = 
     figure.update_layout(title=title, xaxis_title="step", yaxis_title=f"training loss (mean of {smooth} steps)",
                          height=360, margin={"l": 60, "r": 20, "t": 50, "b": 60})
     return figure
+
+
+def plan_figure(outcomes: list[Outcome], layout: Layout, difference: bool = False):
+    """The methods' ranks as layer x module heatmaps side by side on one colour scale, titled with their
+    parameter counts; `difference` shows each method's rank minus uniform LoRA's (uniform itself omitted)."""
+    shown = drawn(outcomes, difference)
+    if not shown:
+        raise UserError("No method has a plan at this budget" + (" (uniform LoRA has none to subtract)."
+                                                                  if difference else "."))
+    base = uniform_ranks(outcomes) if difference else 0
+    frames = {o.method: rank_table(layout, o.allocation.ranks - base) for o in shown}
+    titles = {o.method: f"{o.method}<br>{o.allocation.cost:,}" for o in shown}
+    return side_by_side_heatmaps(frames, titles, normalise=False,
+                                 value_label="rank − uniform" if difference else "rank")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -17,12 +18,14 @@ from analysis.errors import UserError
 from analysis.store.hashing import hash_json
 from analysis.jobs.progress import progress
 from analysis.model.sources import Splits, TextData, load_data, load_model, resolve_model, split_data
+from analysis.model.sources.data import data_identity, remember_identity
 from analysis.model.sources.models import LoadedModel, ModelSource, resolve_dtype, resolve_task
-from analysis.settings import RunSettings, to_dict
+from analysis.settings import RunSettings, from_dict, to_dict
 from analysis.store.cache import Store
 
 # Bump when capture or data preparation changes in a way that changes every signal's numbers.
 CONTEXT_VERSION = 1
+DATA_MEMO = "data-fingerprints.json"   # under the cache root, beside the models' fingerprints.json
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,6 +53,58 @@ def _is_decoder(source: ModelSource) -> bool:
         raise UserError(f"transformers cannot read the model config in '{source.path}' ({exc}).") from None
 
 
+@dataclass(frozen=True)
+class RunIdentity:
+    """What finding and planning from a run's cached results needs, and no more: its settings, the context key
+    its entries are filed under, the task, the model's files (for the layout) and the number of labels.
+    Built without reading the data or the weights (see `identify`), so pages and `show` stay instant."""
+    settings: RunSettings
+    key: str
+    task: str
+    model_path: Path
+    num_labels: int | None
+    store: Store
+
+    @classmethod
+    def of_run(cls, description: dict, key: str, store: Store) -> "RunIdentity":
+        """The identity of a cached run from its own description (a run made on a GPU server is planned here
+        on the CPU under its own key)."""
+        settings = from_dict(RunSettings, description.get("settings"), device="cpu")
+        source = resolve_model(settings.model, store.root)
+        labels = description.get("labels")
+        if labels is None and description.get("task") == "classification":   # entries written before labels
+            labels = data_identity(settings.data, settings.text_column, settings.label_column, settings.hub_split,
+                                   store.root / DATA_MEMO)[1]
+        return cls(settings, key, description.get("task", "classification"), source.path,
+                   len(labels) if labels else None, store)
+
+
+def _context_key(settings: RunSettings, model_fingerprint: str, task: str, dtype: torch.dtype,
+                 data_fingerprint: str, labels: list[str] | None) -> str:
+    return hash_json({
+        "version": CONTEXT_VERSION, "model": model_fingerprint, "task": task, "labels": labels,
+        "data": data_fingerprint, "seed": settings.seed, "fractions": list(settings.fractions),
+        "val_size": settings.val_size, "max_length": settings.max_length, "dtype": str(dtype)})
+
+
+def _task_of(settings: RunSettings, source: ModelSource) -> tuple[str, bool]:
+    decoder = _is_decoder(source)
+    return resolve_task(settings.task, decoder), decoder
+
+
+def identify(settings: RunSettings, store: Store) -> RunIdentity:
+    """The run's identity and cache key from fingerprints remembered by file path, size and modification time:
+    no data is read and no weights are loaded while the files are unchanged."""
+    dtype = resolve_dtype(settings.dtype, resolve_device(settings.device))
+    source = resolve_model(settings.model, store.root)
+    task, _ = _task_of(settings, source)
+    label_column = settings.label_column if task == "classification" else None
+    fingerprint, labels = data_identity(settings.data, settings.text_column, label_column, settings.hub_split,
+                                        store.root / DATA_MEMO)
+    key = _context_key(settings, source.fingerprint, task, dtype, fingerprint, labels)
+    return RunIdentity(settings, key, task, source.path, len(labels) if labels else None, store)
+
+
 @dataclass
 class Prepared:
     settings: RunSettings
@@ -68,27 +123,28 @@ class Prepared:
     def validation(self) -> pd.DataFrame:
         return self.splits.validation.iloc[: self.settings.val_size]
 
+    @property
+    def identity(self) -> RunIdentity:
+        labels = self.data.label_names
+        return RunIdentity(self.settings, self.key, self.task, self.source.path, len(labels) if labels else None,
+                           self.store)
+
 
 def prepare(settings: RunSettings, store: Store) -> Prepared:
+    """The run's data, loaded and split, with the same key `identify` computes."""
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     source = resolve_model(settings.model, store.root)
-    decoder = _is_decoder(source)
-    task = resolve_task(settings.task, decoder)
+    task, decoder = _task_of(settings, source)
     label_column = settings.label_column if task == "classification" else None
     data = load_data(settings.data, settings.text_column, label_column, settings.hub_split)
+    remember_identity(data, settings.text_column, label_column, settings.hub_split, store.root / DATA_MEMO)
     splits = split_data(data, settings.seed, tuple(settings.fractions))
-    identity = {
-        "version": CONTEXT_VERSION, "model": source.fingerprint, "task": task,
-        "labels": data.label_names, "data": data.fingerprint, "seed": settings.seed,
-        "fractions": list(settings.fractions), "val_size": settings.val_size,
-        "max_length": settings.max_length, "dtype": str(dtype),
-    }
+    key = _context_key(settings, source.fingerprint, task, dtype, data.fingerprint, data.label_names)
     description = {"model": settings.model, "model_name": source.display_name, "data": settings.data,
-                   "task": task, "is_decoder": decoder, "settings": to_dict(settings),
+                   "task": task, "is_decoder": decoder, "labels": data.label_names, "settings": to_dict(settings),
                    "split_sizes": {n: len(splits[n]) for n in ("train", "validation", "test")}}
-    return Prepared(settings, source, task, decoder, data, splits, device, dtype, hash_json(identity), description,
-                    store)
+    return Prepared(settings, source, task, decoder, data, splits, device, dtype, key, description, store)
 
 
 class AnalysisContext:

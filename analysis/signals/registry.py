@@ -32,6 +32,13 @@ class Signal:
     exhibits: Callable | None = None  # (store Entry) -> its figures and tables; None: reporting's generic one
 
 
+def deferred(module: str, function: str = "exhibits") -> Callable:
+    """`module.function`, imported on the first call: a signal's figures load plotly only when drawn."""
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), function)(*args, **kwargs)
+    return call
+
+
 _REGISTRY: dict[str, Signal] = {}
 
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from analysis.signals.context import AnalysisContext, Prepared, prepare
+from analysis.signals.context import AnalysisContext, RunIdentity, prepare
 from analysis.settings import RunSettings
 from analysis.errors import UserError
 from analysis.store.hashing import hash_json
 from analysis.signals.registry import Signal, get_signal, make_config
 from analysis.store.cache import Entry, Store
+from analysis.store.runs import newest_entry
 
 
-def signal_key(prepared: Prepared, signal: Signal, config) -> str:
-    return hash_json({"context": prepared.key, "signal": signal.name, "version": signal.version,
+def signal_key(context_key: str, signal: Signal, config) -> str:
+    return hash_json({"context": context_key, "signal": signal.name, "version": signal.version,
                       "config": dataclasses.asdict(config)})
 
 
@@ -35,7 +36,7 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
     context.plan_collections(configs)  # signals that collect pooled states share one capture pass
     results = []
     for signal, config in zip(signals, configs):
-        key = signal_key(prepared, signal, config)
+        key = signal_key(prepared.key, signal, config)
         if force and store.get(key):
             store.discard(key)
         meta = {"signal": signal.name, "title": signal.title, "config": dataclasses.asdict(config),
@@ -48,9 +49,10 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
     return results
 
 
-def find_entry(settings: RunSettings, signal: Signal, overrides: dict[str, str] | None = None,
-               store: Store | None = None) -> Entry | None:
-    """The cached entry for a signal in this setting, without loading the model."""
-    store = store or Store()
-    prepared = prepare(settings, store)
-    return store.get(signal_key(prepared, signal, make_config(signal, overrides)))
+def find_entry(identity: RunIdentity, signal: Signal, overrides: dict[str, str] | None = None) -> Entry | None:
+    """The cached entry `show`, `plan` and `export` use: with options named (`--set`), the entry with exactly
+    those options; without, the entry with the default options, or else the newest variant of the signal."""
+    entry = identity.store.get(signal_key(identity.key, signal, make_config(signal, overrides)))
+    if entry is None and not overrides:
+        entry = newest_entry(identity.store, identity.key, signal.name, signal.version)
+    return entry

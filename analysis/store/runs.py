@@ -43,7 +43,7 @@ def runs(store: Store, signals: set[str] | None = None) -> list[Run]:
         if key is None or (signals is not None and name not in signals):
             continue
         run = found.setdefault(key, Run(key, {k: entry.meta.get(k) for k in
-                                              ("model", "model_name", "data", "task", "settings")}))
+                                              ("model", "model_name", "data", "task", "labels", "settings")}))
         run.entries.setdefault(name, []).append(entry)
     return sorted(found.values(), key=lambda r: r.newest, reverse=True)
 
@@ -54,9 +54,16 @@ def describe_options(entry: Entry) -> str:
     return ", ".join(f"{k}={v}" for k, v in config.items()) or "defaults"
 
 
+def newest_entry(store: Store, run_key: str, signal: str, version: int) -> Entry | None:
+    """The newest entry of `signal` in the run from code version `version` (an older version's tables may
+    have another schema): the one lookup every page and command uses when no options are named."""
+    return next((e for e in store.entries() if e.meta.get("signal") == signal and e.meta.get("context_key") == run_key
+                 and e.meta.get("version") == version), None)
+
+
 def newest_entries(run: Run, signals: dict) -> dict[str, Entry]:
-    """Each registered signal's newest entry in the run from its current code version (an older version's
-    tables may have another schema), in registry order."""
+    """Each registered signal's newest entry in the run from its current code version, in registry order
+    (the same rule as newest_entry, over a run already read)."""
     found = {}
     for name, signal in signals.items():
         entry = next((e for e in run.entries.get(name, []) if e.meta.get("version") == signal.version), None)

@@ -55,9 +55,9 @@ def compare(settings: RunSettings, methods: list[str], budget: str, seeds: list[
             overrides: dict[str, dict[str, str]] | None = None) -> Entry:
     store = store or Store()
     prepared = prepare(settings, store)
-    layout = layout_for(prepared)
+    layout = layout_for(prepared.identity)
     methods = [UNIFORM] + [m for m in methods if m != UNIFORM]   # uniform LoRA is always the first row
-    plans = {method: make_plan(prepared, method, budget, limits, options, overrides=overrides, layout=layout)
+    plans = {method: make_plan(prepared.identity, method, budget, limits, options, overrides=overrides, layout=layout)
              for method in methods}
     for method, plan in plans.items():
         for warning in plan["warnings"]:

@@ -1,13 +1,10 @@
 """The budget and the plans at it, shared by the Budget and Retrain pages: the controls (so a budget set on one
 page is the budget on the other), the run's layout and scores read once, and the preview at the budget."""
-import dataclasses
-
 import streamlit as st
 
 from analysis.planning.allocate import parse_budget, uniform_cost
 from analysis.settings import Limits
-from analysis.signals.context import prepare
-from analysis.settings import RunSettings
+from analysis.signals.context import RunIdentity
 from analysis.errors import UserError
 from analysis.planning.methods import UNIFORM, layout_for, method_scores
 from analysis.planning.preview import Outcome, preview, summary
@@ -16,20 +13,21 @@ from analysis.store.runs import Run
 from analysis.store.cache import Store
 
 
-@st.cache_resource(show_spinner="Reading the model's layout and the data split", max_entries=8)
-def _planning(run_key: str, _settings: dict):
-    # The run may come from a GPU server (device cuda, bfloat16 in its key): plan on the CPU under the run's
-    # own key, which is what its entries are filed under.
-    prepared = prepare(RunSettings(**{**_settings, "device": "cpu"}), Store())
-    prepared = dataclasses.replace(prepared, key=run_key)
-    return prepared, layout_for(prepared)
+DEFAULT_LIMITS = Limits()
+LIMIT_KEYS = ("min_rank", "max_rank", "block_rank")   # the numeric limits, kept in session state by these names
+
+
+@st.cache_resource(show_spinner="Reading the model's layout from its config", max_entries=8)
+def _planning(run_key: str, _description: dict):
+    identity = RunIdentity.of_run(_description, run_key, Store())
+    return identity, layout_for(identity)
 
 
 def planning(run: Run):
-    """The run's prepared setting (data split, model files) and the model's layout (from its config, no
+    """The run's identity (settings, key, model files) and the model's layout (from its config: no data, no
     weights), once per run; a model this machine cannot find stops the page with its one-sentence reason."""
     try:
-        return _planning(run.key, run.description["settings"])
+        return _planning(run.key, run.description)
     except UserError as error:
         st.error(f"Cannot plan for this run here: {error}")
         st.stop()
@@ -62,8 +60,8 @@ def budget_controls(layout, available: list[str], titles: dict[str, str]) -> tup
     state.setdefault("budget_unit", "average rank")
     state.setdefault("budget_rank", 4.0)
     state.setdefault("budget_params", uniform_cost(layout, 4))
-    for key, default in (("min_rank", 0), ("max_rank", 64), ("block_rank", 8)):
-        state.setdefault(key, default)
+    for key in LIMIT_KEYS:
+        state.setdefault(key, getattr(DEFAULT_LIMITS, key))
     state["plan_methods"] = [m for m in state.get("plan_methods", available) if m in available]
     state["module_types"] = [t for t in state.get("module_types", layout.module_types) if t in layout.module_types]
     left, right = st.columns(2)
@@ -77,12 +75,21 @@ def budget_controls(layout, available: list[str], titles: dict[str, str]) -> tup
     blend = right.text_input("Blend (optional)", placeholder="e.g. 0.7*shapley+0.3*cka", key="plan_blend")
     with st.expander("Limits"):
         a, b, c = st.columns(3)
-        limits = Limits(min_rank=a.number_input("Minimum rank per module", 0, 64, key="min_rank"),
-                        max_rank=b.number_input("Maximum rank per module", 1, 256, key="max_rank"),
-                        module_types=tuple(c.multiselect("Module types that may receive rank", layout.module_types,
-                                                         key="module_types")),
-                        block_rank=a.number_input("Rank of each block a CKA plan selects", 1, 256, key="block_rank"))
-    return current_budget(), [*methods, *([blend.strip()] if blend.strip() else [])], limits
+        chosen = {"min_rank": a.number_input("Minimum rank per module", 0, 64, key="min_rank"),
+                  "max_rank": b.number_input("Maximum rank per module", 1, 256, key="max_rank"),
+                  "module_types": tuple(c.multiselect("Module types that may receive rank", layout.module_types,
+                                                      key="module_types")),
+                  "block_rank": a.number_input("Rank of each block a CKA plan selects", 1, 256, key="block_rank")}
+    return current_budget(), [*methods, *([blend.strip()] if blend.strip() else [])], limits_or_stop(chosen)
+
+
+def limits_or_stop(values: dict) -> Limits:
+    """The limits the user chose, or the page stops with the one sentence saying what is wrong with them."""
+    try:
+        return Limits(**values)
+    except UserError as error:
+        st.error(str(error))
+        st.stop()
 
 
 def outcomes_at(run: Run, methods: list[str], budget: str, limits: Limits):
@@ -123,7 +130,8 @@ def current_plans(run: Run, signals: dict[str, Signal]):
     methods = [m for m in state.get("plan_methods", available) if m in available]
     blend = state.get("plan_blend", "").strip()
     types = [t for t in state.get("module_types", layout.module_types) if t in layout.module_types]
-    limits = Limits(state.get("min_rank", 0), state.get("max_rank", 64), tuple(types), state.get("block_rank", 8))
+    limits = limits_or_stop({**{key: state.get(key, getattr(DEFAULT_LIMITS, key)) for key in LIMIT_KEYS},
+                             "module_types": tuple(types)})
     amount, outcomes = outcomes_at(run, [*methods, *([blend] if blend else [])], current_budget(), limits)
     return layout, amount, outcomes
 

@@ -22,8 +22,8 @@ from streamlit.testing.v1 import AppTest
 from analysis.jobs import launch as jobs
 from analysis.planning.allocate import allocate, uniform_cost
 from analysis.settings import Limits
-from analysis.signals.context import prepare
-from analysis.settings import RunSettings
+from analysis.signals.context import identify
+from analysis.settings import RunSettings, from_dict
 from analysis.planning.methods import layout_for, method_scores
 from analysis.planning.plan_json import plan_ranks
 from analysis.store.cache import Store
@@ -175,8 +175,8 @@ def panel_titles(spec) -> list[str]:
 
 def planning_inputs(store: Store):
     """The prepared setting and layout of the store's only run, built here the way a command-line user would."""
-    prepared = prepare(RunSettings(**store.entries()[0].meta["settings"]), store)
-    return prepared, layout_for(prepared)
+    identity = identify(from_dict(RunSettings, store.entries()[0].meta["settings"]), store)
+    return identity, layout_for(identity)
 
 
 def expected_plans(store: Store, methods: list[str], budget: int):
@@ -485,7 +485,7 @@ def test_a_budget_set_on_the_budget_page_is_the_budget_on_retrain_and_export(min
     assert app.subheader[0].value == "Plans at 100,000 trainable parameters"
     app.switch_page("pages/export.py").run()
     no_exception(app)
-    assert "Plans at 100,000 parameters (the budget and limits of the Budget page)" in [s.value for s in app.subheader]
+    assert "Plans at 100,000 parameters" in [s.value for s in app.subheader]
     assert {"export-plans_100000-pdf", "export-plans_100000_vs_uniform-csv"} <= download_keys(app)
 
 
@@ -659,7 +659,7 @@ def test_setup_lists_the_cached_run_with_its_signals(minilm):
 
 
 def test_setup_form_launches_a_command_the_cli_accepts(minilm, monkeypatch):
-    from analysis.__main__ import build_parser
+    from analysis.__main__ import _settings, build_parser
 
     started = []
     monkeypatch.setattr(jobs, "start_job", lambda argv, root, label="": started.append((argv, root)) or "job-1")
@@ -676,8 +676,9 @@ def test_setup_form_launches_a_command_the_cli_accepts(minilm, monkeypatch):
     assert Path(root) == minilm.root
     args = build_parser().parse_args(argv)
     assert args.handler.__name__ == "cmd_run"
-    assert args.fractions == pytest.approx((0.7, 0.2, 0.1)) and args.val_size == 64
-    assert args.signals == "cka,shapley" and args.device == "cpu" and args.model == "minilm"
+    settings = _settings(args)   # what the job's process will run with
+    assert settings.fractions == pytest.approx((0.7, 0.2, 0.1)) and settings.val_size == 64
+    assert args.signals == "cka,shapley" and settings.device == "cpu" and settings.model == "minilm"
     assert not args.force
 
 

@@ -4,7 +4,7 @@ import torch
 from peft import get_peft_model
 
 from analysis.model.capture import adaptable_modules
-from analysis.signals.lora.gated_lora import gated_lora, lora_config
+from analysis.signals.lora.gated_lora import gated_lora, uniform_lora_config
 from tests.conftest import random_batch, randomize_adapter, tiny_gpt2, tiny_llama
 
 
@@ -20,7 +20,7 @@ def test_all_gates_on_equals_the_plain_peft_adapter(build):
         with torch.no_grad():
             gated_out = gated.model(**batch).logits
     plain_model = build()
-    plain = get_peft_model(plain_model, lora_config(modules, 4, 8))
+    plain = get_peft_model(plain_model, uniform_lora_config(modules, 4, 8))
     with torch.no_grad():
         for i, module in enumerate(modules):
             layer = plain.base_model.model.get_submodule(module.path)

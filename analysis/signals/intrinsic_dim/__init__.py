@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from analysis.errors import UserError
-from analysis.signals.registry import Signal, register
+from analysis.signals.registry import Signal, deferred, register
 from analysis.store.cache import Result
 from analysis.signals.intrinsic_dim.twonn import twonn
 
@@ -92,13 +92,8 @@ def compute(context, config: IntrinsicDimConfig) -> Result:
                   meta={"points": states[0].shape[0], "estimator": config.estimator})
 
 
-def _exhibits(entry):
-    from analysis.signals.intrinsic_dim.id_figures import exhibits  # figures load plotly; registration stays light
-    return exhibits(entry)
-
-
 register(Signal(
     name="id", title="Intrinsic dimension (GeLoRA)",
     description="Per-block LoRA rank lower bound from the growth of the hidden states' intrinsic dimension.",
     config=IntrinsicDimConfig, compute=compute, version=1, plan_family="bounds",
-    exhibits=_exhibits))
+    exhibits=deferred("analysis.signals.intrinsic_dim.id_figures")))

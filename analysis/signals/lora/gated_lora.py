@@ -71,7 +71,7 @@ def _gate_hook(gates: nn.Parameter, index: int):
     return hook
 
 
-def lora_config(modules: list[AdaptableModule], r: int, alpha: float):
+def uniform_lora_config(modules: list[AdaptableModule], r: int, alpha: float):
     from peft import LoraConfig
 
     # Full module paths: each matches exactly one module (peft would match a bare "dense" everywhere).
@@ -89,7 +89,7 @@ def gated_lora(model: nn.Module, modules: list[AdaptableModule], r_max: int, alp
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # the same A for the same seed, wherever it runs
-        peft_model = get_peft_model(model, lora_config(modules, r_max, alpha))
+        peft_model = get_peft_model(model, uniform_lora_config(modules, r_max, alpha))
     peft_model.train(model.training)  # the new LoRA modules start in training mode; follow the model
     initial = gates if gates is not None else torch.ones(len(modules), r_max)
     gate_param = nn.Parameter(initial.to(device=device, dtype=torch.float32).clone())

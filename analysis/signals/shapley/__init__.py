@@ -3,7 +3,7 @@
 Our faithful reading of ShapLoRA (the paper's code is not public): players are the ranks of a
 warmed-up uniform LoRA, one gate each; coalitions are sampled with Shapley weights and one
 forward+backward per coalition gives every rank's first-order marginal contribution (see
-analysis/shapley.py for the estimator and why it converges to the first-order Shapley value).
+sampling.py beside this file for the estimator and why it converges to the first-order Shapley value).
 
 value per (layer, module, rank) = -(Shapley value of the validation loss): the loss reduction the
 rank accounts for; `stderr` its Monte Carlo standard error. Extra tables: "modules" and "layers"
@@ -28,7 +28,7 @@ from analysis.model.capture import find_blocks
 from analysis.errors import UserError
 from analysis.jobs.progress import progress
 from analysis.signals.tidy import per_rank_table
-from analysis.signals.registry import Signal, register
+from analysis.signals.registry import Signal, deferred, register
 from analysis.signals.tidy import spearman
 from analysis.store.cache import Result
 from analysis.signals.lora.warmup import WarmupConfig, warm_adapter, warmup_options
@@ -209,14 +209,9 @@ def compute(context, config: ShapleyConfig) -> Result:
     return Result(table, tables=tables, tensors={"samples": estimate.samples, "masks": estimate.masks}, meta=meta)
 
 
-def _exhibits(entry):
-    from analysis.signals.shapley.shapley_figures import exhibits  # figures load plotly; registration stays light
-    return exhibits(entry)
-
-
 register(Signal(
     name="shapley", title="Shapley sensitivity (ShapLoRA)",
     description="Monte Carlo Shapley value of each LoRA rank for the validation loss, from gate gradients "
                 "(our reading of ShapLoRA; the paper's code is not public).",
     config=ShapleyConfig, compute=compute, version=1,
-    exhibits=_exhibits))
+    exhibits=deferred("analysis.signals.shapley.shapley_figures")))

@@ -1,7 +1,7 @@
 """SoRA gate sparsity: the ranks a sparse, gated LoRA keeps when trained with proximal-gradient gates.
 
 value per (layer, module) = the learned rank, the number of non-zero gates at the end of sparse
-training (analysis/sora.py); `magnitude` = the mean |gate| of the kept ranks. Extra tables: "layers"
+training (gate_training.py beside this file); `magnitude` = the mean |gate| of the kept ranks. Extra tables: "layers"
 (learned rank summed per layer), "gates" (every final gate, per rank; 0 = pruned), "snapshots" (per module, non-zero gates and mean |gate| every
 `snapshot_every` steps and at the end of each stage), "history" (task loss and total non-zero gates
 per step), "schedule" (the sparsifying scheduler: total learned rank at the end of each round
@@ -20,7 +20,7 @@ import pandas as pd
 
 from analysis.model.layout import lora_parameter_count
 from analysis.signals.tidy import per_rank_table
-from analysis.signals.registry import Signal, register
+from analysis.signals.registry import Signal, deferred, register
 from analysis.signals.sora.gate_training import SoraConfig, learned_ranks, train
 from analysis.store.cache import Result, files_under
 
@@ -57,14 +57,9 @@ def compute(context, config: SoraConfig) -> Result:
                   files=adapter, meta=meta)
 
 
-def _exhibits(entry):
-    from analysis.signals.sora.sora_figures import exhibits  # figures load plotly; registration stays light
-    return exhibits(entry)
-
-
 register(Signal(
     name="sora", title="SoRA gate sparsity",
     description="Learned rank per module from sparse LoRA training with proximal-gradient gates, "
                 "and how ranks shrink as the threshold rises.",
     config=SoraConfig, compute=compute, version=2, plan_family="learned",
-    exhibits=_exhibits))
+    exhibits=deferred("analysis.signals.sora.sora_figures")))

@@ -1,7 +1,7 @@
 """SoRA (sparse low-rank adaptation): gated LoRA trained with proximal-gradient gates, and pruning
 to a plain peft LoRA.
 
-Each adapted module computes dh = s * B (g * (A x)) (analysis/gated_lora.py), g a gate vector of
+Each adapted module computes dh = s * B (g * (A x)) (analysis/signals/lora/gated_lora.py), g a gate vector of
 length r_max, random normal at the start (A kaiming, B zero as peft makes them). The loss is the
 task loss + l1 * sum|g| / n_gates. The gates have their own optimizer; after each of its steps the
 proximal (soft-threshold) step g <- sign(g) max(|g| - xi, 0) runs with xi as given, the official
