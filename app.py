@@ -1,9 +1,13 @@
 """Streamlit entry point: builds the navigation (and keeps the choices that span pages), nothing else."""
+from pathlib import Path
+
 import streamlit as st
 
 from pages.shared.widgets import PERSISTENT_KEYS, keep
 
-st.set_page_config(page_title="LoRA rank importance", layout="wide", page_icon=":material/tune:")
+# The icon is a file on disk (a material icon would be fetched from a font server): the dashboard works offline.
+ICON = Path(__file__).parent / "pages" / "shared" / "icon.png"
+st.set_page_config(page_title="LoRA rank importance", layout="wide", page_icon=str(ICON))
 keep(*PERSISTENT_KEYS)
 navigation = st.navigation({
     "Setup": [st.Page("pages/setup.py", title="Setup and runs", icon=":material/settings:", default=True)],

@@ -14,7 +14,7 @@ from pages.shared.widgets import chart, choose_run
 
 signals = all_signals()
 
-st.title("Budget")
+st.title("Budget and plans")
 st.caption("Every method spends the same number of trainable LoRA parameters (a rank r costs r x (d_in + d_out) "
            "in a module). Uniform LoRA is the reference; an average rank of 4 means what uniform rank 4 costs.")
 
@@ -41,7 +41,9 @@ st.caption("peft.LoraConfig's arguments with full module paths (rank_pattern, al
            "the model's module names; train one with `python -m analysis retrain --plan plan.json`, or compare "
            "them all on the Retrain page.")
 planned = [o for o in outcomes if o.allocation is not None]
-for column, outcome in zip(st.columns(max(1, len(planned))), planned):
+PER_ROW = 4   # buttons per row: eight methods in one row cut their names off
+columns = [column for start in range(0, len(planned), PER_ROW) for column in st.columns(PER_ROW)]
+for column, outcome in zip(columns, planned):
     stem = re.sub(r"[^\w.+-]", "_", outcome.method)   # a blend such as 0.7*shapley+0.3*cka
     column.download_button(
         outcome.method, lambda o=outcome: json.dumps(plan_json(o, layout, amount, run.description["settings"]),

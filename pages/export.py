@@ -13,7 +13,7 @@ from pages.shared.widgets import choose_run, download_buttons
 
 signals = all_signals()
 
-st.title("Export")
+st.title("Export for papers")
 st.caption("Paper style: white background, one embedded sans-serif font (Liberation Sans, Arial's metric twin) "
            "at 7.5 pt, sized for one column or the full text width, colour-blind-safe scales (viridis, a "
            "blue-red diverging scale, Okabe-Ito lines), optionally grayscale. The same files come from "

@@ -4,7 +4,7 @@ import streamlit as st
 from analysis.reporting.exhibits import signal_exhibits
 from pages.shared.widgets import choose_run, pick, show
 
-st.title("Representation signals")
+st.title("CKA and intrinsic dimension")
 st.caption("How much each block re-shapes the pooled hidden states (CKA) and how the states' intrinsic "
            "dimension grows with depth (GeLoRA), on the validation split.")
 

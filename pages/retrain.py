@@ -47,10 +47,11 @@ if start:
         argv = ["compare", *to_argv(from_dict(RunSettings, run.description["settings"])), "--signals",
                 ",".join(chosen), "--budget", budget, "--seeds", seeds, *to_argv(training, exclude=("seed",)),
                 *to_argv(limits)]
-        job_id = jobs.start_job(argv, store.root, label=f"Compare at {budget}: uniform, {', '.join(chosen)}")
+        job_id = jobs.start_job(argv, store.root, label=f"Compare at {budget}: uniform, {', '.join(chosen)}",
+                                run_key=run.key)
         st.toast(f"Started comparison job {job_id}")
 
-job_panel(store, {"compare", "retrain"}, curves=True)
+job_panel(store, {"compare", "retrain"}, curves=True, run_key=run.key)
 
 st.subheader("Results")
 found = comparisons(store, run.key)

@@ -4,12 +4,14 @@ import pandas as pd
 import streamlit as st
 
 from analysis.jobs import launch as jobs
+from analysis.jobs.launch import duration
 from analysis.errors import UserError
 from analysis.settings import RunSettings, to_argv
 from analysis.signals.registry import all_signals
 from analysis.store.runs import runs, when
 from analysis.store.cache import Store
-from pages.shared.widgets import choose_run, job_panel
+from analysis.store.timings import signal_costs
+from pages.shared.widgets import choose_run, gpu_present, job_panel
 
 store = Store()
 signals = all_signals()
@@ -22,20 +24,52 @@ st.caption("Per-layer, per-module importance signals for LoRA fine-tuning, compu
 MODELS = {"minilm": "all-MiniLM-L6-v2 encoder (embedded)", "smollm2": "SmolLM2-135M decoder, 30 layers (embedded)",
           "other": "Hub name or local directory"}
 DATA = {"rotten_tomatoes": "Rotten Tomatoes snippets (embedded)", "other": "Local file or hub dataset"}
+TASKS = {"minilm": "classification", "smollm2": "causal-lm"}   # what `auto` makes of the embedded models
 
+# Model, data and device outside the form, so the rest of the page follows them as they change.
+left, right = st.columns(2)
+model_choice = left.selectbox("Model", list(MODELS), format_func=MODELS.get)
+model_other = left.text_input("Hub name or local directory", placeholder="e.g. /data/models/my-bert") \
+    if model_choice == "other" else ""
+data_choice = right.selectbox("Dataset", list(DATA), format_func=DATA.get)
+data_other = right.text_input("Local .csv / .jsonl / .parquet file or hub dataset name") \
+    if data_choice == "other" else ""
+task = TASKS.get(model_choice) or left.selectbox(
+    "Task", ["auto", "classification", "causal-lm"], help="auto: classification for encoders, causal-lm for decoders")
+if model_choice in TASKS:
+    left.caption(f"Task: {task} (" + ("a decoder trains as a causal language model, so no label column" if
+                                     task == "causal-lm" else "an encoder classifies the labels") + ").")
+device = left.selectbox("Device", ["auto", "cpu", "cuda"], help="auto uses the GPU when there is one")
+model = model_other.strip() if model_choice == "other" else model_choice
+data = data_other.strip() if data_choice == "other" else data_choice
+costs = signal_costs(store, model, "gpu" if device == "cuda" or (device == "auto" and gpu_present()) else "cpu")
+
+
+def cost_text(name: str) -> str:
+    """What the signal took here before (warm-up included), or a word on what it costs."""
+    cost = costs.get(name)
+    if cost is not None:
+        warm = f", incl. a {duration(cost.warmup_seconds)} warm-up shared by shapley and adalora" \
+            if cost.warmup_seconds else ""
+        return f"about {duration(cost.total)}{warm}"
+    return "trains; minutes on a CPU" if signals[name].trains else "one pass over the data; seconds to minutes"
+
+
+on_cpu = device == "cpu" or (device == "auto" and not gpu_present())
+cheap = [n for n in signals if not (on_cpu and (signals[n].trains if n not in costs else costs[n].total > 120))]
 with st.form("setup"):
-    left, right = st.columns(2)
-    model_choice = left.selectbox("Model", list(MODELS), format_func=MODELS.get)
-    model_other = left.text_input("Hub name or local directory", placeholder="e.g. /data/models/my-bert")
-    data_choice = right.selectbox("Dataset", list(DATA), format_func=DATA.get)
-    data_other = right.text_input("Local .csv / .jsonl / .parquet file or hub dataset name")
-    text_column = right.text_input("Text column", value=defaults.text_column)
-    label_column = right.text_input("Label column", value=defaults.label_column)
-    chosen = left.multiselect("Signals", list(signals), default=list(signals),
-                              format_func=lambda name: f"{signals[name].title} ({name})")
-    device = left.selectbox("Device", ["auto", "cpu", "cuda"], help="auto uses the GPU when there is one")
-    force = left.checkbox("Recompute even when cached")
-    with right.expander("Split and sizes"):
+    a, b = st.columns(2)
+    text_column = a.text_input("Text column", value=defaults.text_column) if data_choice == "other" else "text"
+    label_column = b.text_input("Label column", value=defaults.label_column) \
+        if data_choice == "other" and task != "causal-lm" else defaults.label_column
+    chosen = st.multiselect("Signals", list(signals), default=cheap,
+                            help="Signals that train a model are left out by default on a CPU; see their costs below.")
+    st.dataframe(pd.DataFrame({"signal": list(signals), "what": [s.title for s in signals.values()],
+                               "cost here": [cost_text(n) for n in signals]}), hide_index=True)
+    st.caption(f"Costs are the medians of earlier runs of {model or 'this model'} on this kind of device."
+               if costs else "No earlier runs of this model on this kind of device: the costs are rough guides.")
+    force = st.checkbox("Recompute even when cached")
+    with st.expander("Split and sizes"):
         a, b = st.columns(2)
         train = a.number_input("Train fraction", 0.05, 0.95, defaults.fractions[0], 0.05)
         validation = b.number_input("Validation fraction", 0.01, 0.9, defaults.fractions[1], 0.01)
@@ -47,8 +81,6 @@ with st.form("setup"):
     submitted = st.form_submit_button("Run analysis", type="primary")
 
 if submitted:
-    model = model_other.strip() if model_choice == "other" else model_choice
-    data = data_other.strip() if data_choice == "other" else data_choice
     test = round(1 - train - validation, 6)   # 0.7 + 0.3 leaves 5.6e-17 in floating point, which is no test split
     if not model or not data or not chosen:
         st.error("Choose a model, a dataset and at least one signal.")
@@ -57,8 +89,9 @@ if submitted:
     else:
         try:
             settings = RunSettings(model=model, data=data, text_column=text_column, label_column=label_column,
-                                   device=device, val_size=int(val_size), seed=int(seed), max_length=int(max_length),
-                                   batch_size=int(batch_size), fractions=(train, validation, test))
+                                   task=task, device=device, val_size=int(val_size), seed=int(seed),
+                                   max_length=int(max_length), batch_size=int(batch_size),
+                                   fractions=(train, validation, test))
         except UserError as error:
             st.error(str(error))
         else:
@@ -67,17 +100,6 @@ if submitted:
             st.toast(f"Started analysis job {job_id}")
 
 found = runs(store, set(signals))   # the cache is read once for the timings and the runs table
-
-# What each signal took before, so a researcher knows what a run will cost.
-past = pd.DataFrame([{"signal": e.meta["signal"], "model": e.meta.get("model"), "seconds": e.meta["seconds"],
-                      "examples": (e.meta.get("settings") or {}).get("val_size")}
-                     for run in found for variants in run.entries.values() for e in variants if e.meta.get("seconds")])
-if len(past):
-    typical = past.groupby(["signal", "model"], as_index=False).agg(seconds=("seconds", "median"),
-                                                                     examples=("examples", "median"))
-    st.caption("Earlier runs took (median seconds): " + ", ".join(
-        f"{row.signal} {row.seconds:.0f} s ({row.model}, {row.examples:.0f} examples)"
-        for row in typical.itertuples()))
 
 job_panel(store, {"run"})
 

@@ -9,7 +9,9 @@ from pages.shared.widgets import chart, choose_run, pick, show
 st.title("SoRA gate sparsity")
 st.caption("A gated LoRA trained with proximal-gradient gates (sparse LoRA): a rank whose gate reaches zero is "
            "pruned. The learned rank of a module is its number of non-zero gates after training; the "
-           "scheduler then raises the threshold to show how ranks shrink.")
+           "scheduler then raises the threshold to show how ranks shrink. xi is that threshold: the size of "
+           "the sparsifying (L1 proximal) step applied to the gates after each update; the larger it is, the "
+           "more gates become zero.")
 
 run = choose_run({"sora"}, "No SoRA results yet: run an analysis with the sora signal on the Setup page, or "
                  "`python -m analysis run --signals sora`.")
@@ -19,12 +21,12 @@ config, meta = entry.meta.get("config", {}), entry.meta
 exhibits = {e.name: e for e in signal_exhibits(entry)}
 
 left, middle, right = st.columns(3)
-left.metric("Total learned rank", int(table["value"].sum()))
+end_of_training = int(history.loc[history["stage"] == "train", "step"].max())
+left.metric(f"Total learned rank after training (step {end_of_training})", int(table["value"].sum()))
 middle.metric("LoRA parameters before", f"{meta.get('trainable_before', 0):,}")
 right.metric("After pruning", f"{meta.get('trainable_after', 0):,}")
 
 steps = sorted(snapshots["step"].unique())
-end_of_training = int(history.loc[history["stage"] == "train", "step"].max())
 step = st.select_slider("Training step", options=steps, value=end_of_training)
 shown = snapshots[snapshots["step"] == step]
 stage, xi = shown["stage"].iloc[0], shown["xi"].iloc[0]

@@ -3,7 +3,8 @@
 A job started by the dashboard runs with ANALYSIS_JOB_DIR pointing at <cache>/jobs/<id>/, which holds:
 - job.json       how it was started (argv, label, pid and its creation time), written by the launcher;
 - log.txt        the process's stdout and stderr;
-- progress.json  the current bar: {"desc", "n", "total", "elapsed", "eta"};
+- progress.json  the phase, step and current bar, and the time left for the whole job:
+                 {"phase", "step", "k", "of", "desc", "n", "total", "elapsed", "eta", "total_eta"};
 - curve.jsonl    learning-curve rows {"run", "step", "loss"} appended by retrains;
 - result.json    {"status": "done" | "failed", ...} written once at the end;
 - cancelled      an empty marker the dashboard leaves when the user cancels.

@@ -32,6 +32,7 @@ class JobStatus:
     progress: dict | None
     result: dict | None
     label: str = ""
+    run_key: str | None = None   # the analysis run a job belongs to (its pages show only that run's jobs)
 
     @property
     def log_tail(self) -> str:
@@ -43,28 +44,56 @@ class JobStatus:
         return folder.read_curve(self.directory)
 
 
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def describe_progress(info: dict | None) -> tuple[float, str]:
+    """What a running job's progress.json says, as (fraction of the current bar, one line): the phase (item k
+    of n), the step or bar within it, and the time left for the current item and for the whole job."""
+    info = info or {}
+    parts = []
+    if info.get("phase"):
+        parts.append(f"{info['phase']} ({info['k']} of {info['of']})" if info.get("of") else info["phase"])
+    done, total = info.get("n", 0), info.get("total") or 0
+    if info.get("step"):
+        parts.append(info["step"])
+    elif total:
+        parts.append(f"{info.get('desc') or 'working'} {done}/{total}")
+    if not parts:
+        parts.append("starting Python and reading the settings")
+    text = " · ".join(parts)
+    left, whole = info.get("eta"), info.get("total_eta")
+    if whole is not None and info.get("of") and whole > (left or 0) + 1:
+        text += f", about {duration(left or 0)} left in this step and {duration(whole)} in all"
+    elif left is not None and total and not info.get("step"):
+        text += f", about {duration(left)} left"
+    return (min(done / total, 1.0) if total and not info.get("step") else 0.0), text
+
+
 def jobs_dir(cache_root: Path) -> Path:
     return cache_root / "jobs"
 
 
-def _launch(directory: Path, argv: list[str], cache_root: Path, label: str) -> None:
+def _launch(directory: Path, argv: list[str], cache_root: Path, label: str, run_key: str | None) -> None:
     env = {**os.environ, folder.ENVIRONMENT: str(directory), "ANALYSIS_CACHE_DIR": str(cache_root),
            "PYTHONUNBUFFERED": "1"}
     with open(directory / folder.LOG, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "analysis", *argv], cwd=REPO, env=env,
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)  # outlives the dashboard, cancellable as a group
-    folder.write_job(directory, {"id": directory.name, "argv": argv, "label": label,
+    folder.write_job(directory, {"id": directory.name, "argv": argv, "label": label, "run_key": run_key,
                                                "pid": process.pid,
                                                "create_time": psutil.Process(process.pid).create_time(),
                                                "started": time.time()})
 
 
-def start_job(argv: list[str], cache_root: Path, label: str = "") -> str:
+def start_job(argv: list[str], cache_root: Path, label: str = "", run_key: str | None = None) -> str:
     job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     directory = jobs_dir(cache_root) / job_id
     directory.mkdir(parents=True)
-    _launch(directory, argv, cache_root, label)
+    _launch(directory, argv, cache_root, label, run_key)
     return job_id
 
 
@@ -76,7 +105,7 @@ def resume_job(cache_root: Path, job_id: str) -> None:
     if info is None or _alive(info):
         return
     folder.clear_for_resume(directory)
-    _launch(directory, info["argv"], cache_root, info.get("label", ""))
+    _launch(directory, info["argv"], cache_root, info.get("label", ""), info.get("run_key"))
 
 
 def _alive(info: dict) -> bool:
@@ -102,7 +131,8 @@ def job_status(directory: Path) -> JobStatus | None:
     else:
         state = "died"
     return JobStatus(info["id"], directory, info["argv"], state, info["started"],
-                     folder.read_json(directory / folder.PROGRESS), result, info.get("label", ""))
+                     folder.read_json(directory / folder.PROGRESS), result, info.get("label", ""),
+                     info.get("run_key"))
 
 
 def list_jobs(cache_root: Path) -> list[JobStatus]:

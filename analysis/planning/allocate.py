@@ -246,11 +246,17 @@ def allocate(scores: Scores | None, layout: Layout, budget: int, limits: Limits 
 # --- the families: how a signal's table is read, and how its ranks are chosen -------------------------------
 
 def _uniform(limits, low, high, costs, budget):
-    rank = min(budget // int(costs[high > 0].sum()), limits.max_rank)
+    per_rank = int(costs[high > 0].sum())
+    rank = min(budget // per_rank, limits.max_rank)
     if rank < max(limits.min_rank, 1):
         raise UserError(f"A budget of {budget:,} parameters is below uniform LoRA's smallest plan (rank 1 on "
-                        f"every allowed module: {int(costs[high > 0].sum()):,} parameters).")
-    return np.where(high > 0, rank, 0), []
+                        f"every allowed module: {per_rank:,} parameters).")
+    warnings = []
+    if rank * per_rank < budget and rank < limits.max_rank:   # say why a uniform plan spends less
+        warnings.append(f"Uniform LoRA gives every allowed module the same whole rank: rank {rank} costs "
+                        f"{rank * per_rank:,} parameters ({rank * per_rank / budget:.0%} of the budget) and rank "
+                        f"{rank + 1} would cost {(rank + 1) * per_rank:,}.")
+    return np.where(high > 0, rank, 0), warnings
 
 
 def _allocate_ranks(scores, layout, limits, low, high, costs, budget):

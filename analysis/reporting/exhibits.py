@@ -167,4 +167,4 @@ def render(exhibit: Exhibit, fmt: str, width: str = "column", grayscale: bool = 
         raise UserError(f"Unknown format '{fmt}'; choose one of: {', '.join([*FORMATS, 'csv', 'tex'])}.")
     if exhibit.figure is None:
         raise UserError(f"'{exhibit.name}' is a table; export it as csv or tex.")
-    return figure_bytes(paper_style(exhibit.figure(), width, grayscale), fmt)
+    return figure_bytes(paper_style(exhibit.figure(), width, grayscale), fmt, title=exhibit.title)

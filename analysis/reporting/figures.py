@@ -59,37 +59,71 @@ def _grid(frame: pd.DataFrame, layers: list[int]) -> tuple[np.ndarray, list[str]
     return grid, modules
 
 
+UNDEFINED_GREY = "#b0b0b0"
+
+
+def _undefined_cells(grid: np.ndarray, modules: list[str], layers: list[int], axis: str) -> go.Heatmap | None:
+    """Grey cells where a signal has no value (a degenerate CKA block), so they never read as a value."""
+    missing = np.isnan(grid)
+    if not missing.any():
+        return None
+    return go.Heatmap(z=np.where(missing, 1.0, np.nan), x=modules, y=layers, xaxis=f"x{axis}", yaxis="y",
+                      colorscale=[[0, UNDEFINED_GREY], [1, UNDEFINED_GREY]], showscale=False,
+                      hovertemplate="layer %{y} · %{x}<br>undefined<extra></extra>")
+
+
 def side_by_side_heatmaps(frames: dict[str, pd.DataFrame], titles: dict[str, str] | None = None,
                           normalise: bool = True, value_label: str = "scaled value") -> go.Figure:
-    """One layer x module heatmap per frame (one row per layer and module) on a shared layer axis and one
-    colour scale. `normalise` divides each frame by its largest |value| (signals in different units); the
-    hover always shows the raw value. Panels are laid out by hand: make_subplots costs more than the whole
-    budget preview may take."""
+    """One layer x module heatmap per frame (one row per layer and module) on a shared layer axis.
+
+    `normalise` (signals in different units) divides each frame by its largest |value| and gives each panel
+    the scale its own values need: viridis from 0 to 1 for a one-signed signal, blue-red centred on 0 for a
+    signed one, so one signed signal never changes how the others are drawn. Without it (ranks) all panels
+    share one scale. Cells without a value are grey, with a legend entry. The hover always shows the raw
+    value. Panels are laid out by hand: make_subplots costs more than the whole budget preview may take."""
     names, titles = list(frames), titles or {}
     layers = sorted(set().union(*(frames[n]["layer"] for n in names)))
     widths = np.array([max(2, frames[n]["module"].nunique()) for n in names], dtype=float)  # a block still fits its title
     gap = 0.02
     spans = widths / widths.sum() * (1 - gap * (len(names) - 1))
     starts = np.concatenate([[0], np.cumsum(spans + gap)[:-1]])
-    signed = any((frames[n]["value"] < 0).any() for n in names)
-    traces, layout = [], {}
+    signed = {n: bool((frames[n]["value"] < 0).any()) for n in names}
+    traces, layout, undefined = [], {}, False
     for index, name in enumerate(names):
         grid, modules = _grid(frames[name], layers)
         scale = peak(frames[name]["value"]) if normalise else 1.0
         axis = "" if index == 0 else str(index + 1)
-        traces.append(go.Heatmap(z=grid / scale, x=modules, y=layers, customdata=grid, coloraxis="coloraxis",
+        colours = "coloraxis2" if normalise and signed[name] else "coloraxis"
+        grey = _undefined_cells(grid, modules, layers, axis)
+        if grey is not None:
+            traces.append(grey)
+            undefined = True
+        traces.append(go.Heatmap(z=grid / scale, x=modules, y=layers, customdata=grid, coloraxis=colours,
                                  xaxis=f"x{axis}", yaxis="y",
                                  hovertemplate=f"{titles.get(name, name)}<br>layer %{{y}} · %{{x}}<br>"
                                                "%{customdata:.4g}<extra></extra>"))
         layout[f"xaxis{axis}"] = {"domain": [starts[index], min(1.0, starts[index] + spans[index])], "tickangle": -60,
-                                  "anchor": "y"}
-    colours = {"colorscale": "RdBu", "cmid": 0} if signed else {"colorscale": HEATMAP_SCALE, "cmin": 0}
+                                  "anchor": "y", "automargin": True}   # long module names stay whole
+    if undefined:   # a legend entry for the grey cells
+        traces.append(go.Scatter(x=[None], y=[None], mode="markers", name="no value (undefined)",
+                                 marker={"symbol": "square", "size": 12, "color": UNDEFINED_GREY}))
+    if normalise:
+        scales = {"coloraxis": {"colorscale": HEATMAP_SCALE, "cmin": 0, "cmax": 1,
+                                "colorbar": {"title": value_label, "len": 0.45, "y": 1, "yanchor": "top"}}}
+        if any(signed.values()):
+            scales["coloraxis2"] = {"colorscale": "RdBu", "cmin": -1, "cmax": 1,
+                                    "colorbar": {"title": f"{value_label} (signed)", "len": 0.45, "y": 0.45,
+                                                 "yanchor": "top"}}
+    else:
+        colours = {"colorscale": "RdBu", "cmid": 0} if any(signed.values()) else {"colorscale": HEATMAP_SCALE, "cmin": 0}
+        scales = {"coloraxis": {**colours, "colorbar": {"title": value_label}}}
     annotations = [{"text": titles.get(name, name), "x": starts[i] + spans[i] / 2, "y": 1.0, "xref": "paper",
                     "yref": "paper", "xanchor": "center", "yanchor": "bottom", "showarrow": False}
                    for i, name in enumerate(names)]
     return go.Figure(traces, {
         **layout, "yaxis": {"title": "layer", "autorange": "reversed", "dtick": 1 if len(layers) <= 40 else 2},
-        "coloraxis": {**colours, "colorbar": {"title": value_label}}, "annotations": annotations,
+        **scales, "annotations": annotations, "showlegend": undefined,
+        "legend": {"orientation": "h", "x": 0, "y": -0.25, "yanchor": "top"},
         "height": max(360, 22 * len(layers) + 180), "margin": {"l": 60, "r": 20, "t": 60, "b": 80}})
 
 
@@ -122,7 +156,7 @@ def rank_heatmap(table: pd.DataFrame, title: str = "") -> go.Figure:
     values = table.pivot_table(index=["layer", "module"], columns="rank", values="value", sort=False)
     values = values.reindex(index=pd.MultiIndex.from_tuples(rows), columns=ranks)
     custom = None
-    hover = "%{y}<br>rank %{x}<br>value %{z:.3g}"
+    hover = "%{y}<br>gate (rank component) %{x}<br>value %{z:.3g}"
     if "stderr" in table:
         errors = table.pivot_table(index=["layer", "module"], columns="rank", values="stderr", sort=False)
         custom = errors.reindex(index=values.index, columns=ranks).to_numpy()
@@ -130,7 +164,7 @@ def rank_heatmap(table: pd.DataFrame, title: str = "") -> go.Figure:
     figure = go.Figure(go.Heatmap(z=values.to_numpy(), x=ranks, y=labels, customdata=custom,
                                   **colour_scale(values.to_numpy().ravel()), colorbar={"title": "value"},
                                   hovertemplate=hover + "<extra></extra>"))
-    figure.update_layout(title=title, xaxis={"title": "rank", "dtick": 1},
+    figure.update_layout(title=title, xaxis={"title": "gate index: one LoRA rank component each", "dtick": 1},
                          yaxis={"title": "layer · module", "autorange": "reversed", "type": "category"},
                          height=max(360, 14 * len(labels) + 160), margin={"l": 60, "r": 20, "t": 50, "b": 60})
     return figure
@@ -161,9 +195,9 @@ def agreement_figure(left: pd.DataFrame, right: pd.DataFrame, left_name: str, ri
         x=joined["value_a"].rank(), y=joined["value_b"].rank(), mode="markers",
         text=[f"layer {l} · {m}" for l, m in zip(joined["layer"], joined["module"])],
         marker={"color": joined["layer"], "colorscale": HEATMAP_SCALE, "colorbar": {"title": "layer"}},
-        hovertemplate="%{text}<br>" + left_name + " rank %{x}<br>" + right_name + " rank %{y}<extra></extra>"))
-    figure.update_layout(title=title, xaxis_title=f"{left_name} (rank among modules)",
-                         yaxis_title=f"{right_name} (rank among modules)", height=420,
+        hovertemplate="%{text}<br>" + left_name + " position %{x}<br>" + right_name + " position %{y}<extra></extra>"))
+    figure.update_layout(title=title, xaxis_title=f"{left_name}: position when modules are sorted",
+                         yaxis_title=f"{right_name}: position when modules are sorted", height=420,
                          margin={"l": 60, "r": 20, "t": 50, "b": 60})
     return figure
 

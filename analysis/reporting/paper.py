@@ -60,7 +60,9 @@ def paper_style(figure: go.Figure, width: str = "column", grayscale: bool = Fals
     styled.update_xaxes(ticks="outside", ticklen=3, linewidth=0.8, title_standoff=4)
     styled.update_yaxes(ticks="outside", ticklen=3, linewidth=0.8, title_standoff=4)
     styled.update_traces(colorbar={"thickness": 10, "len": 0.9}, selector={"type": "heatmap"})
-    if styled.layout.coloraxis.colorbar is not None:
+    if "coloraxis2" in styled.layout:   # two scales side by side (one-signed and signed)
+        styled.update_layout(coloraxis_colorbar={"thickness": 10}, coloraxis2_colorbar={"thickness": 10})
+    elif styled.layout.coloraxis.colorbar is not None:
         styled.update_layout(coloraxis_colorbar={"thickness": 10, "len": 0.9})
     if grayscale:
         _to_grayscale(styled)
@@ -73,13 +75,20 @@ def _to_grayscale(figure: go.Figure) -> None:
     def ramp(diverging: bool):   # a diverging scale keeps its sign: negative dark, zero mid-gray, positive light
         return [[0, "#000000"], [0.5, "#969696"], [1, "#ffffff"]] if diverging else "Greys"
 
+    def constant(scale) -> bool:   # one colour throughout: cells marked undefined, already gray
+        return scale is not None and len({str(colour) for _, colour in scale}) == 1
+
     for trace in figure.data:
-        if trace.type == "heatmap" and getattr(trace, "coloraxis", None) is None:
+        if trace.type == "heatmap" and getattr(trace, "coloraxis", None) is None and not constant(trace.colorscale):
             trace.colorscale = ramp(trace.zmid is not None)
-    if figure.layout.coloraxis.colorscale is not None:
-        figure.layout.coloraxis.colorscale = ramp(figure.layout.coloraxis.cmid is not None)
+    for name in ("coloraxis", "coloraxis2"):
+        axis = figure.layout[name] if name in figure.layout else None
+        if axis is not None and axis.colorscale is not None:
+            axis.colorscale = ramp(axis.cmid is not None or (axis.cmin is not None and axis.cmin < 0))
     lines = 0
     for trace in figure.data:
+        if trace.type == "scatter" and trace.mode == "markers" and trace.x == (None,):   # a legend-only entry
+            continue
         if trace.type in ("scatter", "bar"):
             gray = GRAYS[lines % len(GRAYS)]
             if trace.type == "scatter" and trace.fill:          # an error band
@@ -110,8 +119,21 @@ NO_BROWSER = ("Exporting figures needs a Chromium on this machine: install Debia
               "chromium) or point BROWSER_PATH at a Chrome.")
 
 
-def figure_bytes(figure: go.Figure, fmt: str) -> bytes:
-    """The figure as PDF, SVG or PNG bytes at its own width and height."""
+def _titled_pdf(pdf: bytes, title: str) -> bytes:
+    """The PDF with its document title set (the renderer names every file after its own page, "Kaleido-fier")."""
+    import io
+
+    from pypdf import PdfWriter
+
+    writer = PdfWriter(clone_from=io.BytesIO(pdf))
+    writer.add_metadata({"/Title": title, "/Creator": "LoRA rank importance (python -m analysis export)"})
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def figure_bytes(figure: go.Figure, fmt: str, title: str = "") -> bytes:
+    """The figure as PDF, SVG or PNG bytes at its own width and height; a PDF carries `title` as its title."""
     if fmt not in FORMATS:
         raise UserError(f"Figures export as {', '.join(FORMATS)}, not '{fmt}'.")
     # Checked first: without a browser kaleido's server thread dies and the export would wait forever.
@@ -123,7 +145,8 @@ def figure_bytes(figure: go.Figure, fmt: str) -> bytes:
     with _render_lock, warnings.catch_warnings():
         warnings.simplefilter("ignore")   # plotly notes that its kaleido options go unused with a server
         kaleido.start_sync_server(silence_warnings=True)   # once per process; kaleido stops it at exit
-        return pio.to_image(figure, format=fmt, scale=PNG_SCALE if fmt == "png" else 1)
+        data = pio.to_image(figure, format=fmt, scale=PNG_SCALE if fmt == "png" else 1)
+    return _titled_pdf(data, title) if fmt == "pdf" and title else data
 
 
 def latex_table(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:

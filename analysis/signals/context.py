@@ -16,7 +16,7 @@ import torch
 from analysis.model import capture
 from analysis.errors import UserError
 from analysis.store.hashing import hash_json
-from analysis.jobs.progress import progress
+from analysis.jobs.progress import progress, step
 from analysis.model.sources import Splits, TextData, load_data, load_model, resolve_model, split_data
 from analysis.model.sources.data import data_identity, remember_identity
 from analysis.model.sources.models import LoadedModel, ModelSource, resolve_dtype, resolve_task
@@ -142,7 +142,7 @@ def prepare(settings: RunSettings, store: Store) -> Prepared:
     splits = split_data(data, settings.seed, tuple(settings.fractions))
     key = _context_key(settings, source.fingerprint, task, dtype, data.fingerprint, data.label_names)
     description = {"model": settings.model, "model_name": source.display_name, "data": settings.data,
-                   "task": task, "is_decoder": decoder, "labels": data.label_names, "settings": to_dict(settings),
+                   "task": task, "is_decoder": decoder, "labels": data.label_names, "device": device.type, "settings": to_dict(settings),
                    "split_sizes": {n: len(splits[n]) for n in ("train", "validation", "test")}}
     return Prepared(settings, source, task, decoder, data, splits, device, dtype, key, description, store)
 
@@ -159,6 +159,7 @@ class AnalysisContext:
 
     @cached_property
     def loaded(self) -> LoadedModel:
+        step("loading the model")
         num_labels = len(self.prepared.data.label_names) if self.prepared.data.label_names else None
         loaded = load_model(self.prepared.source, self.prepared.task, num_labels, self.settings.seed,
                             self.prepared.dtype)

@@ -27,7 +27,7 @@ class Signal:
     config: type                  # a dataclass; its field metadata["help"] documents each option
     compute: Callable             # (AnalysisContext, config) -> store.Result
     version: int = 1              # bump when the computation changes, so old cache entries are not reused
-    needs_labels: bool = False
+    trains: bool = False             # trains a model (a warm-up, gates): minutes on a CPU, so not chosen by default
     plan_family: str | None = None   # a name from planning.allocate.FAMILIES; None: inferred from the table
     exhibits: Callable | None = None  # (store Entry) -> its figures and tables; None: reporting's generic one
 

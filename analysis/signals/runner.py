@@ -7,6 +7,7 @@ import sys
 from analysis.signals.context import AnalysisContext, RunIdentity, prepare
 from analysis.settings import RunSettings
 from analysis.errors import UserError
+from analysis.jobs.progress import phase, step
 from analysis.store.hashing import hash_json
 from analysis.signals.registry import Signal, get_signal, make_config
 from analysis.store.cache import Entry, Store
@@ -30,21 +31,24 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
     """Compute (or fetch) each signal; returns (signal, entry, computed_now) in order."""
     store = store or Store()
     store.clean_tmp()
+    step("reading the data")
     prepared = prepare(settings, store)
     context = AnalysisContext(prepared)
     configs = [make_config(signal, (overrides or {}).get(signal.name)) for signal in signals]
     context.plan_collections(configs)  # signals that collect pooled states share one capture pass
     results = []
-    for signal, config in zip(signals, configs):
+    for k, (signal, config) in enumerate(zip(signals, configs), 1):
+        phase(f"signal {signal.name}", k, len(signals))
         key = signal_key(prepared.key, signal, config)
         if force and store.get(key):
             store.discard(key)
         meta = {"signal": signal.name, "title": signal.title, "config": dataclasses.asdict(config),
                 "version": signal.version, "context_key": prepared.key, **prepared.description}
-        entry, computed = store.get_or_compute(
-            key, lambda: signal.compute(context, config), meta,
-            on_wait=lambda: print(f"Another process is computing {signal.name} for this setting; waiting for it.",
-                                  file=sys.stderr))
+
+        def waiting(name=signal.name):
+            step(f"waiting for another job computing {name}")
+            print(f"Another process is computing {name} for this setting; waiting for it.", file=sys.stderr)
+        entry, computed = store.get_or_compute(key, lambda: signal.compute(context, config), meta, on_wait=waiting)
         results.append((signal, entry, computed))
     return results
 

@@ -45,6 +45,25 @@ def cached_scores(run: Run, method: str, prepared, layout):
     return _scores(run.key, method, entries, prepared, layout)
 
 
+def _model_of(layout) -> str:
+    return ",".join(layout.module_types)
+
+
+def chosen_module_types(layout) -> tuple[str, ...]:
+    """The module types last chosen for this model (all of them at first). Kept per model in plain session
+    state, not in a widget's, so switching runs between models or switching pages never empties the choice."""
+    return tuple(st.session_state.get("module_types_by_model", {}).get(_model_of(layout), layout.module_types))
+
+
+def module_types_control(container, layout) -> tuple[str, ...]:
+    """The module-types multiselect for this model; its widget is this model's, opened on its last choice."""
+    model = _model_of(layout)
+    value = container.multiselect("Module types that may receive rank", layout.module_types,
+                                  default=list(chosen_module_types(layout)), key=f"module_types::{model}")
+    st.session_state.setdefault("module_types_by_model", {})[model] = list(value)
+    return tuple(value)
+
+
 def current_budget() -> str:
     """The budget last set on the Budget or Retrain page, as a budget string (r4 by default)."""
     state = st.session_state
@@ -63,7 +82,6 @@ def budget_controls(layout, available: list[str], titles: dict[str, str]) -> tup
     for key in LIMIT_KEYS:
         state.setdefault(key, getattr(DEFAULT_LIMITS, key))
     state["plan_methods"] = [m for m in state.get("plan_methods", available) if m in available]
-    state["module_types"] = [t for t in state.get("module_types", layout.module_types) if t in layout.module_types]
     left, right = st.columns(2)
     unit = left.radio("Budget as", ["average rank", "parameters"], horizontal=True, key="budget_unit")
     if unit == "average rank":
@@ -77,8 +95,7 @@ def budget_controls(layout, available: list[str], titles: dict[str, str]) -> tup
         a, b, c = st.columns(3)
         chosen = {"min_rank": a.number_input("Minimum rank per module", 0, 64, key="min_rank"),
                   "max_rank": b.number_input("Maximum rank per module", 1, 256, key="max_rank"),
-                  "module_types": tuple(c.multiselect("Module types that may receive rank", layout.module_types,
-                                                      key="module_types")),
+                  "module_types": module_types_control(c, layout),
                   "block_rank": a.number_input("Rank of each block a CKA plan selects", 1, 256, key="block_rank")}
     return current_budget(), [*methods, *([blend.strip()] if blend.strip() else [])], limits_or_stop(chosen)
 
@@ -129,14 +146,23 @@ def current_plans(run: Run, signals: dict[str, Signal]):
     available = [name for name in signals if name in run.entries]
     methods = [m for m in state.get("plan_methods", available) if m in available]
     blend = state.get("plan_blend", "").strip()
-    types = [t for t in state.get("module_types", layout.module_types) if t in layout.module_types]
     limits = limits_or_stop({**{key: state.get(key, getattr(DEFAULT_LIMITS, key)) for key in LIMIT_KEYS},
-                             "module_types": tuple(types)})
+                             "module_types": chosen_module_types(layout)})
     amount, outcomes = outcomes_at(run, [*methods, *([blend] if blend else [])], current_budget(), limits)
     return layout, amount, outcomes
 
 
 def summary_table(outcomes: list[Outcome], amount: int) -> None:
-    st.dataframe(summary(outcomes, amount), hide_index=True,
-                 column_config={"trainable params": st.column_config.NumberColumn(format="localized"),
-                                "of budget": st.column_config.NumberColumn(format="percent")})
+    """The planned methods as a table; below it, each method's note in full and each method without a plan at
+    this budget with its reason (a table would cut long notes off and leave a failed method's cells empty)."""
+    table = summary(outcomes, amount)
+    planned = table.dropna(subset=["trainable params"]) if "trainable params" in table else table.iloc[0:0]
+    if len(planned):
+        st.dataframe(planned.drop(columns="note"), hide_index=True,
+                     column_config={"trainable params": st.column_config.NumberColumn(format="localized"),
+                                    "of budget": st.column_config.NumberColumn(format="percent")})
+    for row in table.itertuples(index=False):
+        if row.method not in set(planned["method"]):
+            st.warning(f"**{row.method}** has no plan at this budget: {row.note}")
+        elif row.note:
+            st.caption(f"**{row.method}**: {row.note}")

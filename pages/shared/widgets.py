@@ -17,7 +17,7 @@ from analysis.store.cache import Store
 RUN_KEY = "current_run"   # the run every page opens with: the one last chosen on any page
 # Choices that span pages (app.py keeps them alive): the budget and plan limits, the export style.
 PERSISTENT_KEYS = ("budget_unit", "budget_rank", "budget_params", "plan_methods", "plan_blend", "min_rank",
-                   "max_rank", "module_types", "block_rank", "plan_difference", "export_width", "export_grayscale")
+                   "max_rank", "block_rank", "plan_difference", "export_width", "export_grayscale")
 
 
 def _use_app_navigation() -> None:
@@ -32,6 +32,12 @@ def _use_app_navigation() -> None:
 
 
 _use_app_navigation()
+
+
+@st.cache_resource(show_spinner=False)
+def gpu_present() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 def keep(*keys: str) -> None:
@@ -101,15 +107,21 @@ def _job_title(job: jobs.JobStatus) -> str:
 
 
 @st.fragment(run_every=2.0)
-def job_panel(store: Store, verbs: set[str], limit: int = 5, curves: bool = False) -> None:
-    """The newest background jobs of these kinds, read from disk on every tick (so a restarted dashboard
-    finds them): progress and cancel while running, resume when killed or cancelled, live loss curves."""
-    recent = [job for job in jobs.list_jobs(store.root) if job.argv and job.argv[0] in verbs][:limit]
+def job_panel(store: Store, verbs: set[str], limit: int = 5, curves: bool = False, run_key: str | None = None) -> None:
+    """The newest background jobs of these kinds (of one run, when `run_key` is given), read from disk on every
+    tick (so a restarted dashboard finds them): progress and cancel while running, resume when killed or cancelled, live loss curves."""
+    recent = [job for job in jobs.list_jobs(store.root) if job.argv and job.argv[0] in verbs
+              and (run_key is None or job.run_key == run_key)][:limit]
     running = {job.id for job in recent if job.state == "running"}
     watched = f"running-{'-'.join(sorted(verbs))}"
     ended = st.session_state.get(watched, set()) - running
     st.session_state[watched] = running
-    if ended:  # a job this page watched has finished: redraw the whole page, so its results appear
+    if ended:  # a job this page watched has finished: open its run and redraw the whole page with its results
+        for job in recent:
+            keys = (job.result or {}).get("keys") or {}
+            entry = store.get(next(iter(keys.values()))) if job.id in ended and keys else None
+            if entry is not None and entry.meta.get("context_key"):
+                st.session_state[RUN_KEY] = entry.meta["context_key"]
         st.rerun()
     if not recent:
         return
@@ -117,10 +129,8 @@ def job_panel(store: Store, verbs: set[str], limit: int = 5, curves: bool = Fals
     for job in recent:
         title = _job_title(job)
         if job.state == "running":
-            info = job.progress or {}
-            done, total, eta = info.get("n", 0), info.get("total") or 0, info.get("eta")
-            text = f"{title}: {info.get('desc', 'starting')} {done}/{total}" + (f", about {eta:.0f}s left" if eta else "")
-            st.progress(min(done / total, 1.0) if total else 0.0, text=text)
+            fraction, text = jobs.describe_progress(job.progress)
+            st.progress(fraction, text=f"{title}: {text}")
             if st.button("Cancel", key=f"cancel-{job.id}"):
                 jobs.cancel_job(store.root, job.id)
         elif job.state == "failed":

@@ -25,6 +25,18 @@ def chromium_path() -> str:
     return path
 
 
+def requests_leaving_localhost(page) -> list[str]:
+    """Every request the page makes to anywhere but this machine (the dashboard must work offline); the list
+    fills as the page runs."""
+    outside = []
+
+    def record(request):
+        if not request.url.startswith(("http://127.0.0.1", "http://localhost", "ws://127.0.0.1", "data:", "blob:")):
+            outside.append(request.url)
+    page.on("request", record)
+    return outside
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -67,6 +79,7 @@ def test_budget_preview_follows_the_slider_in_chromium(dashboard, cache_dir, tmp
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1700})
+        outside = requests_leaving_localhost(page)
         page.goto(f"{dashboard}/budget")
         page.get_by_text(f"Plans at {uniform:,} trainable parameters").wait_for(timeout=90_000)
         navigation = page.locator("[data-testid=stSidebarNav]").inner_text()
@@ -82,6 +95,7 @@ def test_budget_preview_follows_the_slider_in_chromium(dashboard, cache_dir, tmp
         page.locator(".js-plotly-plot").get_by_text(f"{larger:,}").first.wait_for(timeout=30_000)
         page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
+    assert outside == [], f"the dashboard reached outside this machine: {outside[:5]}"
     assert screenshot.stat().st_size > 10_000
 
 
@@ -99,6 +113,7 @@ def test_representation_page_draws_real_cka_and_id_in_chromium(dashboard, cache_
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        outside = requests_leaving_localhost(page)
         page.goto(dashboard)  # from the start page, as a user does: the sidebar link is the navigation
         page.get_by_text("CKA and intrinsic dimension").click()
         page.get_by_text("Layer x layer CKA").wait_for(timeout=60_000)
@@ -107,6 +122,7 @@ def test_representation_page_draws_real_cka_and_id_in_chromium(dashboard, cache_
         assert page.locator(".js-plotly-plot").get_by_text("degenerate").count() == 1
         page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
+    assert outside == [], f"the dashboard reached outside this machine: {outside[:5]}"
     assert screenshot.stat().st_size > 10_000
 
 
@@ -125,6 +141,7 @@ def test_launching_a_comparison_from_the_browser_trains_and_shows_results(dashbo
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1700})
+        outside = requests_leaving_localhost(page)
         page.goto(dashboard)
         page.get_by_text("Retrain and compare").first.click()
         page.get_by_text("Plans at this budget").wait_for(timeout=60_000)
@@ -137,5 +154,6 @@ def test_launching_a_comparison_from_the_browser_trains_and_shows_results(dashbo
         page.locator("th", has_text="accuracy (%)").first.wait_for(state="attached", timeout=30_000)  # the grid
         page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
+    assert outside == [], f"the dashboard reached outside this machine: {outside[:5]}"
     runs = [e for e in Store(cache_dir).entries() if e.meta.get("signal") == "retrain"]
     assert len(runs) == 4 and {e.meta["config"]["steps"] for e in runs} == {4}

@@ -236,13 +236,21 @@ def test_overview_scales_each_signal_by_its_peak_and_measures_agreement_per_laye
     heatmaps, curves, agreement = specs
     entries = newest(minilm)
 
-    traces = [t for t in heatmaps["data"] if t["type"] == "heatmap"]
+    traces = [t for t in heatmaps["data"] if t["type"] == "heatmap" and "coloraxis" in t]
     assert len(traces) == 5 and panel_titles(heatmaps) == FIVE
     for name, trace in zip(FIVE, traces):
         modules = ["block"] if name in ("cka", "id") else MINILM_TYPES
         reference = per_module(name, entries[name])
         assert trace["x"] == modules and list(trace["y"]) == list(range(6))
         np.testing.assert_allclose(z_of(trace), grid(reference, range(6), modules) / reference["value"].abs().max())
+        # each panel on the scale its own values need: a signed signal never changes the others' colours
+        signed = (reference["value"] < 0).any()
+        assert trace["coloraxis"] == ("coloraxis2" if signed else "coloraxis"), name
+    assert heatmaps["layout"]["coloraxis"]["cmin"] == 0 and heatmaps["layout"]["coloraxis"]["cmax"] == 1
+    # CKA's degenerate block 0 is drawn grey with a legend entry, not as a value
+    grey = [t for t in heatmaps["data"] if t["type"] == "heatmap" and "coloraxis" not in t]
+    assert len(grey) == 1 and np.isnan(z_of(traces[FIVE.index("cka")])[0, 0]) and z_of(grey[0])[0, 0] == 1
+    assert any(t.get("name") == "no value (undefined)" for t in heatmaps["data"])
 
     lines = {t["name"]: t for t in curves["data"] if t.get("mode") == "lines+markers"}
     assert list(lines) == FIVE
@@ -411,10 +419,26 @@ def test_budget_too_small_is_explained_row_by_row(minilm):
     app = run_page("budget")
     app.radio[0].set_value("parameters").run()
     app.number_input[0].set_value(100).run()
-    summary = app.dataframe[0].value
-    assert summary["method"].tolist() == ["uniform", *FIVE]
-    assert all("A budget of 100 parameters is below the smallest possible plan" in note for note in summary["note"])
+    assert not app.dataframe     # no table of empty cells: every method says why it has no plan
+    notes = [w.value for w in app.warning if "has no plan at this budget" in w.value]
+    assert [note.split("**")[1] for note in notes] == ["uniform", *FIVE]
+    assert all("A budget of 100 parameters is below the smallest possible plan" in note for note in notes)
     assert not [b for b in app.get("download_button") if (b.key or "").startswith("plan-")]
+
+
+def test_a_half_rank_budget_says_why_uniform_spends_less(minilm):
+    app = run_page("budget")
+    app.slider[0].set_value(6.5).run()
+    no_exception(app)
+    summary = app.dataframe[0].value
+    per_rank = 6 * (4 * (384 + 384) + 2 * (384 + 1536))   # one rank on every MiniLM linear
+    assert summary.set_index("method").loc["uniform", "trainable params"] == 6 * per_rank
+    note = next(c.value for c in app.caption if c.value.startswith("**uniform**"))
+    assert f"rank 6 costs {6 * per_rank:,} parameters (92% of the budget) and rank 7 would cost {7 * per_rank:,}" in note
+    app.slider[0].set_value(0.5).run()
+    no_exception(app)
+    assert any(w.value.startswith("**uniform** has no plan at this budget") for w in app.warning)
+    assert all("None" not in frame.value.astype(str).to_string() for frame in app.dataframe)
 
 
 def test_budget_too_small_draws_no_empty_plan_figure(minilm, deferred):
@@ -466,7 +490,7 @@ def test_a_budget_set_on_the_budget_page_is_the_budget_on_retrain_and_export(min
     no_exception(app)
     assert app.title[0].value == "Where should the LoRA rank go?"
     app.switch_page("pages/budget.py").run()
-    assert app.title[0].value == "Budget"
+    assert app.title[0].value == "Budget and plans"
     app.slider[0].set_value(6.0).run()
     assert app.dataframe[0].value["trainable params"].iloc[0] == uniform_cost(layout, 6)
     app.switch_page("pages/retrain.py").run()
@@ -662,7 +686,7 @@ def test_setup_form_launches_a_command_the_cli_accepts(minilm, monkeypatch):
     from analysis.__main__ import _settings, build_parser
 
     started = []
-    monkeypatch.setattr(jobs, "start_job", lambda argv, root, label="": started.append((argv, root)) or "job-1")
+    monkeypatch.setattr(jobs, "start_job", lambda argv, root, label="", run_key=None: started.append((argv, root)) or "job-1")
     app = run_page("setup")
     inputs = {n.label: n for n in app.number_input}
     inputs["Train fraction"].set_value(0.7)
@@ -687,7 +711,7 @@ def test_setup_form_launches_a_command_the_cli_accepts(minilm, monkeypatch):
 ])
 def test_setup_form_refuses_fractions_that_leave_no_test_split(minilm, monkeypatch, train, validation):
     started = []
-    monkeypatch.setattr(jobs, "start_job", lambda argv, root, label="": started.append(argv) or "job-1")
+    monkeypatch.setattr(jobs, "start_job", lambda argv, root, label="", run_key=None: started.append(argv) or "job-1")
     app = run_page("setup")
     inputs = {n.label: n for n in app.number_input}
     inputs["Train fraction"].set_value(train)
@@ -695,3 +719,40 @@ def test_setup_form_refuses_fractions_that_leave_no_test_split(minilm, monkeypat
     [b for b in app.button if b.label == "Run analysis"][0].click().run()
     no_exception(app)
     assert not started and any("leave some for test" in e.value for e in app.error)
+
+
+def module_types(app: AppTest):
+    return next(m for m in app.multiselect if m.label == "Module types that may receive rank")
+
+
+def test_switching_runs_between_models_keeps_each_models_limits(tmp_path, monkeypatch, minilm_dir, smollm2_dir):
+    """Two runs of different models in one cache: each switch on Budget and Retrain draws plans, a choice of
+    module types made for one model comes back when its run is chosen again, and none is left empty."""
+    import shutil
+
+    both = tmp_path / "both"
+    for source in (minilm_dir, smollm2_dir):
+        shutil.copytree(source, both, dirs_exist_ok=True)
+    monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(both))
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    app.switch_page("pages/budget.py").run()
+    no_exception(app)
+    labels = app.selectbox[0].options
+    minilm_label = next(label for label in labels if "MiniLM" in label)
+    smollm2_label = next(label for label in labels if "SmolLM2" in label)
+    app.selectbox[0].set_value(minilm_label).run()
+    no_exception(app)
+    types = module_types(app)
+    assert types.value == ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+    types.set_value(["query", "value"]).run()
+    for label in (smollm2_label, minilm_label, smollm2_label):
+        app.selectbox[0].set_value(label).run()
+        no_exception(app)
+        assert module_types(app).value, label
+        assert app.dataframe and not [e.value for e in app.error], [e.value for e in app.error]
+    assert "q_proj" in module_types(app).value
+    app.selectbox[0].set_value(minilm_label).run()
+    assert module_types(app).value == ["query", "value"]
+    app.switch_page("pages/retrain.py").run()
+    no_exception(app)
+    assert module_types(app).value == ["query", "value"] and app.dataframe

@@ -51,18 +51,18 @@ def test_plans_follow_the_budget_and_the_comparison_is_listed(filled):
     assert all("±" in value for value in results["accuracy (%)"])
 
 
-def test_a_budget_too_small_is_explained_in_the_table(filled):
+def test_a_budget_too_small_is_explained_method_by_method(filled):
     app = AppTest.from_file(PAGE, default_timeout=120).run()
     app.radio[0].set_value("parameters").run()
     app.number_input[0].set_value(100).run()
     assert not app.exception
-    notes = _table(app, 0)["note"].tolist()
-    assert all("below the smallest possible plan" in note for note in notes)
+    notes = [w.value for w in app.warning if "has no plan at this budget" in w.value]
+    assert len(notes) == 3 and all("below the smallest possible plan" in note for note in notes)   # uniform, 2 signals
 
 
 def test_starting_a_comparison_launches_a_job_with_the_shown_settings(filled, cache_dir, monkeypatch):
     started = []
-    monkeypatch.setattr(jobs, "start_job", lambda argv, root, label="": started.append(argv) or "job-1")
+    monkeypatch.setattr(jobs, "start_job", lambda argv, root, label="", run_key=None: started.append(argv) or "job-1")
     app = AppTest.from_file(PAGE, default_timeout=120).run()
     form_button = [b for b in app.button if b.proto.label == "Retrain and compare"][0]
     form_button.click().run()
@@ -76,15 +76,21 @@ def test_starting_a_comparison_launches_a_job_with_the_shown_settings(filled, ca
 
 
 def test_jobs_from_disk_show_progress_and_live_curves(filled, cache_dir):
+    run_key = Store(cache_dir).entries()[0].meta["context_key"]
     directory = jobs.jobs_dir(cache_dir) / "20260101-000000-abcdef"
     directory.mkdir(parents=True)
     (directory / "job.json").write_text(json.dumps({"id": directory.name, "argv": ["compare"], "label": "Compare",
-                                                    "pid": 1, "create_time": 0, "started": 1.0}))
+                                                    "pid": 1, "create_time": 0, "started": 1.0, "run_key": run_key}))
+    other = jobs.jobs_dir(cache_dir) / "20260101-000001-fedcba"   # a comparison of another run: not listed here
+    other.mkdir()
+    (other / "job.json").write_text(json.dumps({"id": other.name, "argv": ["compare"], "label": "Another run's",
+                                                "pid": 1, "create_time": 0, "started": 2.0, "run_key": "elsewhere"}))
     (directory / "curve.jsonl").write_text("".join(json.dumps({"run": "uniform · seed 0", "step": s, "loss": 1 / s})
                                                    + "\n" for s in range(1, 21)))
     app = AppTest.from_file(PAGE, default_timeout=120).run()
     assert not app.exception
     assert any("died" in w.value for w in app.warning)   # pid 1 is not this job: it is not running
+    assert not any("Another run's" in w.value for w in app.warning)
     assert [b for b in app.button if b.proto.label == "Resume"]
     charts = [c for c in app.get("plotly_chart")]
     assert charts and "Training loss" in json.loads(charts[0].proto.spec)["layout"]["title"]["text"]

@@ -1,5 +1,6 @@
 """Paper exports and the all-signals tables: real kaleido renders through Debian's chromium, the command line
 as a real process, references computed independently (scipy, pandas, the allocator)."""
+import io
 import json
 import re
 import xml.etree.ElementTree as ElementTree
@@ -17,7 +18,7 @@ from analysis.planning.allocate import allocate, parse_budget
 from analysis.settings import Limits
 from analysis.signals.context import identify
 from analysis.settings import RunSettings
-from analysis.reporting.exhibits import exhibits_for, overview_exhibits, plan_exhibit, render
+from analysis.reporting.exhibits import Exhibit, exhibits_for, overview_exhibits, plan_exhibit, render
 from analysis.planning.methods import UNIFORM, layout_for, make_plan, method_scores
 from analysis.reporting.all_signals import agreement, layer_importance, module_importance
 from analysis.reporting.paper import PIXELS_PER_INCH, PNG_SCALE, WIDTHS, latex_table, paper_style
@@ -62,6 +63,9 @@ def test_pdf_embeds_its_font_and_has_no_type3(prepared):
     subtypes, files = _pdf_fonts(pdf)
     assert files and "Type3" not in subtypes, (subtypes, files)
     assert b"LiberationSans" in pdf   # the paper font, embedded as a subset
+    from pypdf import PdfReader
+    reader = PdfReader(io.BytesIO(pdf))
+    assert reader.metadata.title == exhibit.title and len(reader.pages) == 1   # not the renderer's page name
 
 
 def test_svg_and_png_have_the_column_size(prepared):
@@ -240,3 +244,20 @@ def test_the_plan_table_of_a_budget_nothing_fits_is_empty_with_its_columns(prepa
     data = exhibits_for(prepared, "plans", "r4")[1].data()
     shapley = data[data["method"] == "shapley"]
     assert "uniform" not in set(data["method"]) and (shapley["rank_minus_uniform"] == shapley["rank"] - 4).all()
+
+
+def test_the_square_cka_matrix_keeps_its_axes_at_the_cells():
+    """The layer x layer matrix is drawn square: its axis lines must span the heatmap, not the whole plot area
+    (they stood apart from the cells in exported SVGs)."""
+    from analysis.signals.cka.cka_figures import cka_matrix_figure
+    rows = [{"layer": i, "layer2": j, "value": float(np.exp(-abs(i - j) / 3))} for i in range(7) for j in range(7)]
+    exhibit = Exhibit("cka_matrix", "Layer x layer CKA", lambda: pd.DataFrame(rows),
+                      lambda: cka_matrix_figure(pd.DataFrame(rows)))
+    svg = render(exhibit, "svg").decode()
+    image = re.search(r'<image[^>]*height="([\d.]+)" width="([\d.]+)"', svg)
+    side = float(image.group(2))
+    x_line = re.search(r'class="xlines-above[^"]*" d="M([\d.]+),[\d.]+H([\d.]+)"', svg)
+    y_line = re.search(r'class="ylines-above[^"]*" d="M[\d.]+,([\d.]+)V([\d.]+)"', svg)
+    assert float(image.group(1)) == side
+    assert abs(float(x_line.group(2)) - float(x_line.group(1)) - side) < 2
+    assert abs(float(y_line.group(2)) - float(y_line.group(1)) - side) < 2

@@ -37,4 +37,4 @@ def _exhibits(entry):
 register(Signal(
     name="adalora", title="AdaLoRA sensitivity",
     description="AdaLoRA's smoothed sensitivity x uncertainty per LoRA rank, collected during a uniform warm-up.",
-    config=AdaLoRAConfig, compute=compute, version=1, exhibits=_exhibits))
+    config=AdaLoRAConfig, compute=compute, version=1, trains=True, exhibits=_exhibits))

@@ -30,9 +30,11 @@ def cka_matrix_figure(matrix: pd.DataFrame, title: str = "") -> go.Figure:
                                   colorscale=HEATMAP_SCALE, colorbar={"title": "CKA"},
                                   hovertemplate="output of %{y}<br>output of %{x}<br>CKA %{z:.3f}<extra></extra>"))
     side = max(520, 20 * len(labels) + 200)
-    figure.update_layout(title=title, height=side, xaxis={"title": "layer", "type": "category", "showgrid": False},
+    # constrain="domain": the square plot shrinks its axes with it, so labels and axis lines stay at the cells
+    figure.update_layout(title=title, height=side, xaxis={"title": "layer", "type": "category", "showgrid": False,
+                                                          "constrain": "domain"},
                          yaxis={"title": "layer", "type": "category", "autorange": "reversed",
-                                "scaleanchor": "x", "showgrid": False},
+                                "scaleanchor": "x", "showgrid": False, "constrain": "domain"},
                          margin={"l": 60, "r": 20, "t": 50, "b": 60})
     return figure
 

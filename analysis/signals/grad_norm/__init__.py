@@ -47,4 +47,4 @@ def compute(context, config: GradNormConfig) -> Result:
 register(Signal(
     name="grad_norm", title="Gradient norm",
     description="Frobenius norm of the validation-loss gradient of each adaptable weight matrix.",
-    config=GradNormConfig, compute=compute, version=1, needs_labels=True))
+    config=GradNormConfig, compute=compute, version=1))

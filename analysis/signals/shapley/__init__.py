@@ -213,5 +213,5 @@ register(Signal(
     name="shapley", title="Shapley sensitivity (ShapLoRA)",
     description="Monte Carlo Shapley value of each LoRA rank for the validation loss, from gate gradients "
                 "(our reading of ShapLoRA; the paper's code is not public).",
-    config=ShapleyConfig, compute=compute, version=1,
+    config=ShapleyConfig, compute=compute, version=1, trains=True,
     exhibits=deferred("analysis.signals.shapley.shapley_figures")))

@@ -61,5 +61,5 @@ register(Signal(
     name="sora", title="SoRA gate sparsity",
     description="Learned rank per module from sparse LoRA training with proximal-gradient gates, "
                 "and how ranks shrink as the threshold rises.",
-    config=SoraConfig, compute=compute, version=2, plan_family="learned",
+    config=SoraConfig, compute=compute, version=2, trains=True, plan_family="learned",
     exhibits=deferred("analysis.signals.sora.sora_figures")))
