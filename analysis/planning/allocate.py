@@ -10,7 +10,9 @@ budget and as close to it as its rule allows. The rule follows the signal's `pla
   under a larger one ranks are added in proportion to each module's total gate magnitude.
 - bounds (GeLoRA): ranks proportional to the per-block bounds and never below them while the
   budget allows; a warning says where it does not.
-- blocks (CKA): the k most important blocks (degenerate ones excluded) at one uniform rank.
+- blocks (CKA): the k most important blocks (degenerate ones excluded) at one uniform rank; k the
+  largest that fits the budget, or with `block_count=paper` the paper's k = floor(L/2) of the L
+  blocks (its selection scripts take ratio_of_layers 0.5), as far as the budget allows.
 - weights (anything else): ranks proportional to the per-module value (clipped at zero).
 - uniform LoRA: the same rank on every allowed module.
 A blend is a weighted sum of signals' per-module importance, each normalised to sum to one, and
@@ -201,7 +203,8 @@ def _proportional(weights, low, high, costs, budget) -> np.ndarray:
     return _fill(ranks, high, costs, budget, lo * weights - ranks)
 
 
-def _top_blocks(values, excluded, layout, low, high, costs, budget, block_rank) -> tuple[np.ndarray, int]:
+def _top_blocks(values, excluded, layout, low, high, costs, budget, block_rank,
+                most: int | None = None) -> tuple[np.ndarray, int]:
     layers = np.array([m.layer for m in layout.modules])
     block_value = {layer: values[layers == layer].mean() for layer in np.unique(layers)}
     skip = set() if excluded is None else set(layers[excluded])
@@ -209,7 +212,7 @@ def _top_blocks(values, excluded, layout, low, high, costs, budget, block_rank) 
                    key=lambda layer: -block_value[layer])
     ranks = low.copy()
     chosen = 0
-    for layer in order:
+    for layer in order[:most]:
         trial = ranks.copy()
         in_block = (layers == layer) & (high > 0)
         trial[in_block] = np.maximum(low[in_block], np.minimum(block_rank, high[in_block]))
@@ -282,12 +285,18 @@ def _allocate_bounds(scores, layout, limits, low, high, costs, budget):
 
 
 def _allocate_blocks(scores, layout, limits, low, high, costs, budget):
+    paper = limits.block_count == "paper"
+    wanted = layout.num_layers // 2 if paper else None
     ranks, chosen = _top_blocks(scores.per_module, scores.excluded, layout, low, high, costs, budget,
-                                limits.block_rank)
+                                limits.block_rank, wanted)
     if chosen == 0:
         raise UserError(f"A budget of {budget:,} parameters does not fit a single block at rank "
                         f"{limits.block_rank}; lower the block rank or raise the budget.")
-    return ranks, []
+    warnings = []
+    if paper and chosen < wanted:
+        warnings.append(f"The CKA paper's rule selects floor({layout.num_layers}/2) = {wanted} blocks, but this "
+                        f"budget fits {chosen} at rank {limits.block_rank}.")
+    return ranks, warnings
 
 
 def _allocate_weights(scores, layout, limits, low, high, costs, budget):

@@ -62,7 +62,7 @@ def budget_controls(layout, available: list[str], titles: dict[str, str]) -> tup
     state.setdefault("budget_unit", "average rank")
     state.setdefault("budget_rank", 4.0)
     state.setdefault("budget_params", uniform_cost(layout, 4))
-    for key, default in (("min_rank", 0), ("max_rank", 64), ("block_rank", 8)):
+    for key, default in (("min_rank", 0), ("max_rank", 64), ("block_rank", 8), ("block_count", "budget")):
         state.setdefault(key, default)
     state["plan_methods"] = [m for m in state.get("plan_methods", available) if m in available]
     state["module_types"] = [t for t in state.get("module_types", layout.module_types) if t in layout.module_types]
@@ -81,7 +81,10 @@ def budget_controls(layout, available: list[str], titles: dict[str, str]) -> tup
                         max_rank=b.number_input("Maximum rank per module", 1, 256, key="max_rank"),
                         module_types=tuple(c.multiselect("Module types that may receive rank", layout.module_types,
                                                          key="module_types")),
-                        block_rank=a.number_input("Rank of each block a CKA plan selects", 1, 256, key="block_rank"))
+                        block_rank=a.number_input("Rank of each block a CKA plan selects", 1, 256, key="block_rank"),
+                        block_count=b.radio("Blocks a CKA plan selects", ["budget", "paper"], key="block_count",
+                                            help="budget: as many as the budget fits; paper: floor(L/2), the "
+                                                 "CKA paper's rule"))
     return current_budget(), [*methods, *([blend.strip()] if blend.strip() else [])], limits
 
 
@@ -123,7 +126,8 @@ def current_plans(run: Run, signals: dict[str, Signal]):
     methods = [m for m in state.get("plan_methods", available) if m in available]
     blend = state.get("plan_blend", "").strip()
     types = [t for t in state.get("module_types", layout.module_types) if t in layout.module_types]
-    limits = Limits(state.get("min_rank", 0), state.get("max_rank", 64), tuple(types), state.get("block_rank", 8))
+    limits = Limits(state.get("min_rank", 0), state.get("max_rank", 64), tuple(types), state.get("block_rank", 8),
+                    state.get("block_count", "budget"))
     amount, outcomes = outcomes_at(run, [*methods, *([blend] if blend else [])], current_budget(), limits)
     return layout, amount, outcomes
 
