@@ -28,14 +28,15 @@ def test_without_results_the_page_says_what_to_run(cache_dir):
 
 def test_real_results_render_every_view_with_standard_errors(cache_dir):
     settings = RunSettings(val_size=16, batch_size=8, device="cpu")
-    overrides = {"shapley": {**WARMUP, "samples": "4", "min_samples": "2", "tolerance": "0", "reference": "true",
-                             "reference_permutations": "1"}, "adalora": WARMUP}
+    overrides = {"shapley": {**WARMUP, "samples": "4", "min_samples": "2", "tolerance": "0"}, "adalora": WARMUP}
     run_signals(settings, [get_signal("shapley"), get_signal("adalora")], overrides, Store(cache_dir))
     app = _page()
     assert not app.exception
     shapley = next(e for e in Store(cache_dir).entries() if e.meta["signal"] == "shapley")
     specs = chart_specs(app)
-    assert len(specs) == 6  # layers, modules, ranks, convergence, agreement with AdaLoRA, with captum
+    assert len(specs) == 5  # layers, modules, ranks, convergence, agreement with AdaLoRA
+    assert any("**first-order Shapley value**" in info.value and "**validation** split" in info.value
+               for info in app.info)
     layers = shapley.table("layers")
     bars = specs[0]["data"][0]
     assert bars["y"] == layers["value"].tolist() and bars["error_y"]["array"] == layers["stderr"].tolist()
@@ -43,7 +44,7 @@ def test_real_results_render_every_view_with_standard_errors(cache_dir):
     assert len(specs[2]["data"][0]["y"]) == 36 and specs[2]["data"][0]["x"] == [0, 1]     # (layer, module) x rank
     curves = [t for t in specs[3]["data"] if t.get("name", "").startswith("layer")]
     assert len(curves) == 6 and sum(t.get("fill") == "toself" for t in specs[3]["data"]) == 6  # a curve and band per layer
-    assert "Spearman" in specs[4]["layout"]["title"]["text"] and "captum" in specs[5]["layout"]["yaxis"]["title"]["text"]
+    assert "Spearman" in specs[4]["layout"]["title"]["text"]
     assert [m.value for m in app.metric][0] == "4"
 
 

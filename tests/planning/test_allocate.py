@@ -188,6 +188,26 @@ def test_cka_paper_rule_keeps_half_the_blocks_as_the_paper_sorts_them():
     assert "floor(5/2) = 2 blocks" in one.warnings[0]
 
 
+def test_a_plan_that_keeps_negative_or_unresolved_ranks_says_so():
+    layout = layout_of(tiny_llama(layers=1))            # 7 modules, 2 measured ranks each
+    values = np.full((7, 2), -0.4)                      # most ranks raise the loss
+    stderr = np.full((7, 2), 0.01)
+    values[0] = [0.9, 0.5]                              # clearly useful
+    values[1] = [0.6, 0.015]                            # the second within 2 stderr (0.02) of zero
+    table = pd.DataFrame([("shapley", 0, m.name, values[i, j], stderr[i, j], j) for i, m in enumerate(layout.modules)
+                          for j in range(2)], columns=["signal", "layer", "module", "value", "stderr", "rank"])
+    scores = scores_from_tables("shapley", "ranks", {"main": table}, layout)
+    costs = layout.costs
+    clear = allocate(scores, layout, 2 * costs[0] + costs[1])   # 0.9, 0.6, 0.5: all clearly positive
+    assert clear.ranks.tolist() == [2, 1, 0, 0, 0, 0, 0] and clear.warnings == []
+    everything = allocate(scores, layout, 10 * uniform_cost(layout, 2))   # all 14 ranks kept
+    assert everything.ranks.tolist() == [2] * 7
+    doubt = [w for w in everything.warnings if w.startswith("Of the")]
+    assert doubt == ["Of the 14 ranks this plan keeps, 10 have a negative shapley value (switching them on raised "
+                     "the loss) and 1 is within two standard errors of zero; the signal does not support spending "
+                     "budget on them (more samples, or a smaller budget, would)."]
+
+
 def test_sora_shrinks_by_the_smallest_gates_and_grows_by_gate_magnitude():
     layout = layout_of(tiny_llama(layers=3))
     rng = np.random.default_rng(3)
