@@ -3,7 +3,7 @@
 d_j is the intrinsic dimension of hidden state j over the measured examples (state 0 =
 embedding output, state i+1 = output of block i; the last after the final norm, as transformers'
 hidden_states[-1]), by TwoNN unless another estimator is chosen. Split: validation by default
-(GeLoRA's paper does not fix one for the estimate); train as an option.
+(held out, as our other analyses); train as an option.
 value for block i = ceil(max(d_{i+1} - d_i, 0)) + 1: GeLoRA's bound r_i >= max(d_{i+1} - d_i, 0) + 1,
 rounded up to the smallest integer rank that satisfies it (d is real-valued).
 

@@ -141,11 +141,11 @@ def sora_step(gated: GatedLoRA, batch: dict, weights: torch.optim.Optimizer,
     task = gated.model(**batch).loss
     loss = task + l1 * gated.gates.abs().sum() / gated.gates.numel()
     loss.backward()
+    if update == "soft":  # dead gates get no gradient, so they neither move nor count in the clip
+        gated.gates.grad.mul_(alive)
     if max_grad_norm > 0:
         params = [p for group in weights.param_groups + gate_optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    if update == "soft":
-        gated.gates.grad.mul_(alive)
     weights.step()
     if update == "official":
         gate_optimizer.xi = xi
