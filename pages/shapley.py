@@ -64,10 +64,12 @@ else:
     st.info("AdaLoRA's sensitivity is not computed for this run yet (signal `adalora`); it is the baseline "
             "the Shapley estimate is compared with.")
 if shapley_entry is not None and "reference" in shapley_entry.table_names:
+    estimate_gap = meta.get("reference_estimate_gap")
     st.caption(f"Exact Shapley values by enumerating every coalition of ranks (true loss differences). Largest gap, "
-               f"as a share of the largest exact value: first-order {meta.get('reference_first_order_gap', 0):.1%}, "
-               f"our estimate {meta.get('reference_estimate_gap', 0):.1%}; Spearman "
-               f"{meta.get('reference_spearman', float('nan')):.2f}.")
+               f"as a share of the largest exact value: first-order {meta.get('reference_first_order_gap', 0):.1%}"
+               + (f", our estimate {estimate_gap:.1%}" if estimate_gap is not None else
+                  " (the sensitivity reading is not a Shapley value, so only its rank order is compared)")
+               + f"; Spearman of the estimate against the exact values {meta.get('reference_spearman', float('nan')):.2f}.")
     show(exhibits["shapley_vs_exact"])
 elif shapley_entry is not None:
     st.caption("On a tiny model (at most 16 ranks in all), `--set shapley.reference=true` also enumerates every "
