@@ -148,6 +148,8 @@ class Limits:
                                                          "(e.g. query,value or q_proj,v_proj; default: all)",
                                                    flag="--modules")
     block_rank: int = setting(8, "rank of each block a CKA plan selects", minimum=1)
+    block_count: str = setting("budget", "how many blocks a CKA plan selects: budget (as many as fit) or paper "
+                                         "(floor(L/2), the CKA paper's rule)", choices=("budget", "paper"))
 
     def __post_init__(self):
         _check(self)

@@ -4,7 +4,8 @@ Llama-3.2-1B shape (random weights from a config). Run on the GPU machine; numbe
     python bench/bench_sora.py --steps 8 --batch-size 16 --length 512
 
 Both steps: forward, backward, AdamW on A and B (peft's float32 adapters). SoRA adds the L1 term on
-the gates, the gates' own AdamW step and the proximal step, with dead gates held at zero.
+the gates, one gradient clip, and the gates' own Adam step with the official masked update (the
+default rule; BENCHMARKS.md figures before 2026-11-30 were taken with the soft threshold).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from llama_shapes import random_llama  # noqa: E402
 
 from analysis.model.capture import adaptable_modules  # noqa: E402
 from analysis.signals.lora.gated_lora import gated_lora, uniform_lora_config  # noqa: E402
+from analysis.signals.sora.gate_rules import OfficialGateAdam  # noqa: E402
 from analysis.signals.sora.gate_training import sora_step  # noqa: E402
 
 
@@ -49,11 +51,11 @@ def sora_steps(model, modules, batches, r: int, repeats: int, l1: float, xi: flo
     gates = torch.randn(len(modules), r, generator=torch.Generator().manual_seed(0))
     with gated_lora(model, modules, r, 2 * r, gates=gates) as gated:
         weights = torch.optim.AdamW(gated.lora_parameters(), lr=1e-4)
-        gate_optimizer = torch.optim.AdamW([gated.gates], lr=1e-2)
+        gate_optimizer = OfficialGateAdam([gated.gates], lr=1e-4, xi=xi)
 
         def steps():
             for batch in batches:
-                sora_step(gated, batch, weights, gate_optimizer, l1, xi)
+                sora_step(gated, batch, weights, gate_optimizer, l1, xi, "official", max_grad_norm=0.1)
 
         return timed(steps, repeats)
 

@@ -7,11 +7,16 @@ from analysis.reporting.figures import module_heatmap
 from pages.shared.widgets import chart, choose_run, pick, show
 
 st.title("SoRA gate sparsity")
-st.caption("A gated LoRA trained with proximal-gradient gates (sparse LoRA): a rank whose gate reaches zero is "
-           "pruned. The learned rank of a module is its number of non-zero gates after training; the "
-           "scheduler then raises the threshold to show how ranks shrink. xi is that threshold: the size of "
-           "the sparsifying (L1 proximal) step applied to the gates after each update; the larger it is, the "
-           "more gates become zero.")
+st.caption("A gated LoRA trained with thresholded gates (sparse LoRA): a rank whose gate is zero at the end of "
+           "training is pruned. The learned rank of a module is its number of non-zero gates after training; "
+           "the scheduler then raises the threshold to show how ranks shrink. xi is that threshold: the size of "
+           "the sparsifying step applied to the gates after each update; the larger it is, the more gates "
+           "become zero.")
+UPDATE_RULES = {
+    "official": "official SoRA update (the authors' masked update: gates between xi and 2 xi go to zero, zero "
+                "gates keep training and may come back)",
+    "soft": "soft threshold (sign(g) max(|g| - xi, 0); a zero gate stays zero), not the official rule",
+}
 
 run = choose_run({"sora"}, "No SoRA results yet: run an analysis with the sora signal on the Setup page, or "
                  "`python -m analysis run --signals sora`.")
@@ -19,6 +24,10 @@ entry = pick(run, "sora", "SoRA options")
 table, snapshots, history = entry.table(), entry.table("snapshots"), entry.table("history")
 config, meta = entry.meta.get("config", {}), entry.meta
 exhibits = {e.name: e for e in signal_exhibits(entry)}
+# Entries from before the update option trained with the soft threshold.
+rule = meta.get("update") or config.get("update") or "soft"
+st.info(f"Gate update rule of this run: **{rule}**, {UPDATE_RULES.get(rule, rule)}. "
+        f"Scheduler grid: {config.get('grid', 'exp_linear')}; learning-rate schedule: {config.get('schedule', 'constant')}.")
 
 left, middle, right = st.columns(3)
 end_of_training = int(history.loc[history["stage"] == "train", "step"].max())

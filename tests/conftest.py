@@ -54,19 +54,19 @@ def encoder_context(tmp_path_factory):
     return AnalysisContext(prepare(RunSettings(val_size=64, batch_size=16, device="cpu"), store))
 
 
-def tiny_llama(layers: int = 2, hidden: int = 32):
+def tiny_llama(layers: int = 2, hidden: int = 32, vocab: int = 128):
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=hidden, intermediate_size=2 * hidden + 8,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden + 8,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=64)
     return LlamaForCausalLM(config).eval()
 
 
-def tiny_gpt2(layers: int = 2, hidden: int = 32):
+def tiny_gpt2(layers: int = 2, hidden: int = 32, vocab: int = 128):
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=hidden, n_layer=layers, n_head=4,
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4,
                                       n_positions=64)).eval()
 
 
@@ -75,6 +75,15 @@ def randomize_adapter(gated, generator: torch.Generator, scale: float = 0.3) -> 
     state = {name: torch.randn(t.shape, generator=generator) * scale for name, t in gated.adapter_state().items()}
     gated.load_adapter_state(state)
     return state
+
+
+def tiny_qwen2(layers: int = 2, hidden: int = 32, vocab: int = 128):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden + 8,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=64)
+    return Qwen2ForCausalLM(config).eval()
 
 
 def random_batch(vocab: int = 128, batch: int = 3, length: int = 9, seed: int = 0):
@@ -87,17 +96,21 @@ def random_batch(vocab: int = 128, batch: int = 3, length: int = 9, seed: int = 
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def reference_states(context, pooling: str) -> list[torch.Tensor]:
-    """The validation split's pooled states straight from transformers (float64), for an encoder context."""
-    frame = context.frame()
+def reference_states(context, pooling: str, split: str = "validation") -> list[torch.Tensor]:
+    """The measured examples' pooled states straight from transformers' output_hidden_states (float64),
+    pooled by per-example loops: cls, last (last real token) or mean."""
+    frame = context.frame(split).iloc[: context.settings.val_size]
     batch = context.loaded.tokenizer(frame["text"].tolist(), padding=True, truncation=True,
                                      max_length=context.settings.max_length, return_tensors="pt")
+    batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
-        hidden = context.model.bert(**batch, output_hidden_states=True).hidden_states
-    if pooling == "cls":
-        return [h[:, 0].double() for h in hidden]
-    mask = batch["attention_mask"].unsqueeze(-1).double()
-    return [(h.double() * mask).sum(1) / mask.sum(1) for h in hidden]
+        hidden = context.model(**batch, output_hidden_states=True).hidden_states
+    rows = [[] for _ in hidden]
+    for b, mask in enumerate(batch["attention_mask"].bool()):
+        for j, h in enumerate(hidden):
+            real = h[b, mask].double()
+            rows[j].append({"cls": h[b, 0].double(), "last": real[-1], "mean": real.mean(0)}[pooling])
+    return [torch.stack(r) for r in rows]
 
 
 def _decoded(value):

@@ -3,7 +3,9 @@
 Hidden states are taken with hooks on the blocks, not with `output_hidden_states`: state 0 is the
 input of block 0 (the embedding output) and state i+1 is the output of block i, for every
 architecture, and each is pooled on the device as soon as it exists, so the full token tensors
-of all layers are never held at once.
+of all layers are never held at once. Where the model applies a final norm after its last block
+(Llama's `norm`, GPT-2's `ln_f`, ...), the last state is taken after that norm: that is what
+transformers' `hidden_states[-1]` holds, and what the CKA and GeLoRA papers' code measure.
 """
 from __future__ import annotations
 
@@ -37,6 +39,21 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     if best is None:
         raise UserError(f"Could not find the stack of transformer blocks in {type(model).__name__}.")
     return best
+
+
+# Names transformers gives the norm applied after the last block (decoders; BERT-style encoders have none).
+FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f", "ln_final")
+
+
+def find_final_norm(model: nn.Module) -> nn.Module | None:
+    """The norm the model applies to the last block's output, a sibling of the block stack, if any."""
+    prefix, _ = find_blocks(model)
+    parent = model.get_submodule(prefix.rpartition(".")[0]) if "." in prefix else model
+    for name in FINAL_NORM_NAMES:
+        module = getattr(parent, name, None)
+        if isinstance(module, nn.Module) and not isinstance(module, nn.ModuleList):
+            return module
+    return None
 
 
 def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
@@ -129,11 +146,13 @@ def _backbone(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def pooled_hidden_states(model: nn.Module, batches, poolings: list[str], tokens_per_example: int = 8,
                          seed: int = 0) -> Iterator[dict[str, list[torch.Tensor]]]:
-    """For each batch, {pooling: L+1 pooled states} on the model's device (embeddings, then each block).
+    """For each batch, {pooling: L+1 pooled states} on the model's device (embeddings, then each block;
+    the last one after the final norm where the model has one, as transformers' hidden_states[-1]).
 
     Several poolings come out of one forward pass, so signals that pool differently share it.
     """
     _, blocks = find_blocks(model)
+    final_norm = find_final_norm(model)
     captured: list[dict[str, torch.Tensor] | None] = [None] * (len(blocks) + 1)
     mask_holder: dict[str, torch.Tensor] = {}
     generator = torch.Generator().manual_seed(seed)
@@ -152,6 +171,8 @@ def pooled_hidden_states(model: nn.Module, batches, poolings: list[str], tokens_
 
     handles = [blocks[0].register_forward_pre_hook(before_first, with_kwargs=True)]
     handles += [block.register_forward_hook(after(i), with_kwargs=True) for i, block in enumerate(blocks)]
+    if final_norm is not None:  # runs after the last block's hook and overwrites its state
+        handles.append(final_norm.register_forward_hook(after(len(blocks) - 1), with_kwargs=True))
     backbone = _backbone(model)
     try:
         for batch in batches:

@@ -10,7 +10,9 @@ budget and as close to it as its rule allows. The rule follows the signal's `pla
   under a larger one ranks are added in proportion to each module's total gate magnitude.
 - bounds (GeLoRA): ranks proportional to the per-block bounds and never below them while the
   budget allows; a warning says where it does not.
-- blocks (CKA): the k most important blocks (degenerate ones excluded) at one uniform rank.
+- blocks (CKA): the k most important blocks (degenerate ones excluded) at one uniform rank; k the
+  largest that fits the budget, or with `block_count=paper` the paper's k = floor(L/2) of the L
+  blocks (its selection scripts take ratio_of_layers 0.5), as far as the budget allows.
 - weights (anything else): ranks proportional to the per-module value (clipped at zero).
 - uniform LoRA: the same rank on every allowed module.
 A blend is a weighted sum of signals' per-module importance, each normalised to sum to one, and
@@ -41,6 +43,7 @@ class Scores:
     per_rank: np.ndarray | None = None       # (M, R) ranks / learned: value of each measured rank (NaN: none)
     floor: np.ndarray | None = None          # (M,) learned counts (SoRA) or bounds (GeLoRA)
     excluded: np.ndarray | None = None       # (M,) blocks a plan must not select (degenerate CKA)
+    per_rank_stderr: np.ndarray | None = None  # (M, R) standard error of each per_rank value, where measured
 
 
 @dataclass
@@ -73,17 +76,18 @@ def _per_module(layout: Layout, table: pd.DataFrame, column: str = "value") -> n
     return values
 
 
-def _per_rank(layout: Layout, table: pd.DataFrame) -> np.ndarray:
+def _per_rank(layout: Layout, table: pd.DataFrame, column: str = "value") -> np.ndarray:
     index = _module_index(layout, table)
     ranks = table["rank"].to_numpy(dtype=np.int64)
     matrix = np.full((len(layout.modules), int(ranks.max()) + 1), np.nan)
-    matrix[index, ranks] = table["value"].to_numpy(dtype=float)
+    matrix[index, ranks] = table[column].to_numpy(dtype=float)
     return matrix
 
 
 def _read_ranks(name, tables, layout) -> Scores:
     per_rank = _per_rank(layout, tables["main"])
-    return Scores(name, "ranks", np.nansum(per_rank, axis=1), per_rank=per_rank)
+    stderr = _per_rank(layout, tables["main"], "stderr") if "stderr" in tables["main"].columns else None
+    return Scores(name, "ranks", np.nansum(per_rank, axis=1), per_rank=per_rank, per_rank_stderr=stderr)
 
 
 def _read_learned(name, tables, layout) -> Scores:
@@ -201,7 +205,8 @@ def _proportional(weights, low, high, costs, budget) -> np.ndarray:
     return _fill(ranks, high, costs, budget, lo * weights - ranks)
 
 
-def _top_blocks(values, excluded, layout, low, high, costs, budget, block_rank) -> tuple[np.ndarray, int]:
+def _top_blocks(values, excluded, layout, low, high, costs, budget, block_rank,
+                most: int | None = None) -> tuple[np.ndarray, int]:
     layers = np.array([m.layer for m in layout.modules])
     block_value = {layer: values[layers == layer].mean() for layer in np.unique(layers)}
     skip = set() if excluded is None else set(layers[excluded])
@@ -209,7 +214,7 @@ def _top_blocks(values, excluded, layout, low, high, costs, budget, block_rank) 
                    key=lambda layer: -block_value[layer])
     ranks = low.copy()
     chosen = 0
-    for layer in order:
+    for layer in order[:most]:
         trial = ranks.copy()
         in_block = (layers == layer) & (high > 0)
         trial[in_block] = np.maximum(low[in_block], np.minimum(block_rank, high[in_block]))
@@ -259,10 +264,37 @@ def _uniform(limits, low, high, costs, budget):
     return np.where(high > 0, rank, 0), warnings
 
 
+def _doubtful_ranks(scores: Scores, ranks: np.ndarray) -> list[str]:
+    """Say so when the kept ranks (each module's best first) include ranks of negative value, or of value
+    within two standard errors of zero: the plan then spends budget on ranks the signal does not support."""
+    values = np.nan_to_num(scores.per_rank, nan=-np.inf)
+    order = np.argsort(-values, axis=1, kind="stable")
+    kept = [(i, order[i, j]) for i in range(len(ranks)) for j in range(int(ranks[i]))]
+    if not kept:
+        return []
+    value = np.array([scores.per_rank[i, j] for i, j in kept])
+    negative = int((value < 0).sum())
+    unclear = 0
+    if scores.per_rank_stderr is not None:
+        stderr = np.array([scores.per_rank_stderr[i, j] for i, j in kept])
+        unclear = int(((value >= 0) & (np.abs(value) <= 2 * np.nan_to_num(stderr))).sum())
+    if not negative and not unclear:
+        return []
+    parts = []
+    if negative:
+        parts.append(f"{negative} {'has' if negative == 1 else 'have'} a negative {scores.name} value (switching "
+                     f"{'it' if negative == 1 else 'them'} on raised the loss)")
+    if unclear:
+        parts.append(f"{unclear} {'is' if unclear == 1 else 'are'} within two standard errors of zero")
+    return [f"Of the {len(kept)} ranks this plan keeps, " + " and ".join(parts) + "; the signal does not support "
+            "spending budget on them (more samples, or a smaller budget, would)."]
+
+
 def _allocate_ranks(scores, layout, limits, low, high, costs, budget):
     warnings = []
     cap = np.minimum(high, (~np.isnan(scores.per_rank)).sum(axis=1))
     ranks = _best_ranks(scores.per_rank, low, cap, costs, budget)
+    warnings += _doubtful_ranks(scores, ranks)
     if (ranks >= cap).all() and budget - _cost(ranks, costs) >= int(costs[high > 0].min()):
         warnings.append(f"{scores.name} measured {scores.per_rank.shape[1]} ranks per module and all of them "
                         f"fit in this budget, so the plan stops at {_cost(ranks, costs):,} parameters; run the "
@@ -288,12 +320,18 @@ def _allocate_bounds(scores, layout, limits, low, high, costs, budget):
 
 
 def _allocate_blocks(scores, layout, limits, low, high, costs, budget):
+    paper = limits.block_count == "paper"
+    wanted = layout.num_layers // 2 if paper else None
     ranks, chosen = _top_blocks(scores.per_module, scores.excluded, layout, low, high, costs, budget,
-                                limits.block_rank)
+                                limits.block_rank, wanted)
     if chosen == 0:
         raise UserError(f"A budget of {budget:,} parameters does not fit a single block at rank "
                         f"{limits.block_rank}; lower the block rank or raise the budget.")
-    return ranks, []
+    warnings = []
+    if paper and chosen < wanted:
+        warnings.append(f"The CKA paper's rule selects floor({layout.num_layers}/2) = {wanted} blocks, but this "
+                        f"budget fits {chosen} at rank {limits.block_rank}.")
+    return ranks, warnings
 
 
 def _allocate_weights(scores, layout, limits, low, high, costs, budget):

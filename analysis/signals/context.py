@@ -154,8 +154,8 @@ class AnalysisContext:
         self.prepared = prepared
         self.settings = prepared.settings
         self.device = prepared.device
-        self._planned_poolings: set[str] = set()
-        self._collected: dict[str, list[torch.Tensor]] = {}
+        self._planned_poolings: set[tuple[str, str]] = set()   # (split, pooling)
+        self._collected: dict[tuple[str, str], list[torch.Tensor]] = {}
 
     @cached_property
     def loaded(self) -> LoadedModel:
@@ -177,57 +177,71 @@ class AnalysisContext:
     def frame(self, split: str = "validation") -> pd.DataFrame:
         return self.prepared.validation if split == "validation" else self.prepared.splits[split]
 
+    def measured(self, split: str = "validation") -> pd.DataFrame:
+        """The examples an analysis measures on: the first val_size of `split` (validation or train;
+        each signal's paper says which, e.g. CKA's code measures on train)."""
+        if split not in ("validation", "train"):
+            raise UserError(f"An analysis measures on the validation or train split, not '{split}' "
+                            "(test is kept for the retrain's report).")
+        return self.frame(split).iloc[: self.settings.val_size]
+
     def num_batches(self, split: str = "validation", batch_size: int | None = None) -> int:
         size = batch_size or self.settings.batch_size
         return -(-len(self.frame(split)) // size)
 
-    def batches(self, split: str = "validation", batch_size: int | None = None, desc: str | None = None):
-        """Tokenized batches with labels (class ids, or next-token targets for causal LM)."""
-        frame = self.frame(split)
+    def batches(self, split: str = "validation", batch_size: int | None = None, desc: str | None = None,
+                frame: pd.DataFrame | None = None):
+        """Tokenized batches with labels (class ids, or next-token targets for causal LM); of `frame`
+        when given, else of the whole split."""
+        frame = self.frame(split) if frame is None else frame
         size = batch_size or self.settings.batch_size
         labels = frame["label"].tolist() if self.prepared.task == "classification" else None
         raw = capture.tokenize_batches(self.loaded.tokenizer, frame["text"].tolist(), size,
                                        self.settings.max_length, self.device, labels)
         if self.prepared.task == "causal-lm":
             raw = (with_lm_labels(batch) for batch in raw)
-        return progress(raw, total=self.num_batches(split, size), desc=desc or split)
+        return progress(raw, total=-(-len(frame) // size), desc=desc or split)
 
-    def pooled_states(self, pooling: str = "auto", desc: str = "capture", tokens_per_example: int = 8):
-        """Per validation batch, the L+1 pooled hidden states (embedding output, then each block)."""
+    def pooled_states(self, pooling: str = "auto", desc: str = "capture", tokens_per_example: int = 8,
+                      split: str = "validation"):
+        """Per batch of the measured examples of `split`, the L+1 pooled hidden states (embedding
+        output, then each block; the last after the final norm where there is one)."""
         pooling = capture.resolve_pooling(pooling, self.prepared.is_decoder)
-        for by_pooling in capture.pooled_hidden_states(self.model, self.batches(desc=desc), [pooling],
+        batches = self.batches(split, desc=desc, frame=self.measured(split))
+        for by_pooling in capture.pooled_hidden_states(self.model, batches, [pooling],
                                                        tokens_per_example, self.settings.seed):
             yield by_pooling[pooling]
 
-    def plan_pooling(self, pooling: str) -> None:
+    def plan_pooling(self, pooling: str, split: str = "validation") -> None:
         """Announce a pooling a later signal will collect, so one capture pass serves every signal."""
-        self._planned_poolings.add(capture.resolve_pooling(pooling, self.prepared.is_decoder))
+        self._planned_poolings.add((split, capture.resolve_pooling(pooling, self.prepared.is_decoder)))
 
     def plan_collections(self, configs) -> None:
         """Plan the pooling of every signal config that will collect states (says `collects_states`);
         signals that only stream batches through `pooled_states` need no shared pass."""
         for config in configs:
             if getattr(config, "collects_states", False):
-                self.plan_pooling(config.pooling)
+                self.plan_pooling(config.pooling, getattr(config, "split", "validation"))
 
-    def collected_states(self, pooling: str = "auto") -> list[torch.Tensor]:
-        """All validation examples' pooled states: one (N, D) tensor per state, on the device.
+    def collected_states(self, pooling: str = "auto", split: str = "validation") -> list[torch.Tensor]:
+        """All measured examples' pooled states on `split`: one (N, D) tensor per state, on the device.
 
-        The first call runs one capture pass for this pooling and every planned one; later calls
-        for any of them are free. Memory: N x D x (L+1) per pooling (285 MB in bf16 for 4096
-        examples of a 16-layer, 2048-wide model).
+        The first call runs one capture pass for this pooling and every planned one of the same
+        split; later calls for any of them are free. Memory: N x D x (L+1) per pooling (285 MB in
+        bf16 for 4096 examples of a 16-layer, 2048-wide model).
         """
         pooling = capture.resolve_pooling(pooling, self.prepared.is_decoder)
-        if pooling not in self._collected:
-            wanted = sorted(({pooling} | self._planned_poolings) - set(self._collected))
+        if (split, pooling) not in self._collected:
+            planned = {p for s, p in self._planned_poolings if s == split}
+            wanted = sorted(({pooling} | planned) - {p for s, p in self._collected if s == split})
             chunks: dict[str, list[list[torch.Tensor]]] = {p: [] for p in wanted}
-            for by_pooling in capture.pooled_hidden_states(self.model, self.batches(desc="capture"), wanted,
-                                                           seed=self.settings.seed):
+            batches = self.batches(split, desc=f"capture ({split})", frame=self.measured(split))
+            for by_pooling in capture.pooled_hidden_states(self.model, batches, wanted, seed=self.settings.seed):
                 for p, states in by_pooling.items():
                     chunks[p].append(states)
             for p, per_batch in chunks.items():
-                self._collected[p] = [torch.cat(layer) for layer in zip(*per_batch)]
-        return self._collected[pooling]
+                self._collected[(split, p)] = [torch.cat(layer) for layer in zip(*per_batch)]
+        return self._collected[(split, pooling)]
 
 
 def with_lm_labels(batch: dict) -> dict:

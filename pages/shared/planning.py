@@ -14,7 +14,7 @@ from analysis.store.cache import Store
 
 
 DEFAULT_LIMITS = Limits()
-LIMIT_KEYS = ("min_rank", "max_rank", "block_rank")   # the numeric limits, kept in session state by these names
+LIMIT_KEYS = ("min_rank", "max_rank", "block_rank", "block_count")   # limits kept in session state by these names
 
 
 @st.cache_resource(show_spinner="Reading the model's layout from its config", max_entries=8)
@@ -96,7 +96,10 @@ def budget_controls(layout, available: list[str], titles: dict[str, str]) -> tup
         chosen = {"min_rank": a.number_input("Minimum rank per module", 0, 64, key="min_rank"),
                   "max_rank": b.number_input("Maximum rank per module", 1, 256, key="max_rank"),
                   "module_types": module_types_control(c, layout),
-                  "block_rank": a.number_input("Rank of each block a CKA plan selects", 1, 256, key="block_rank")}
+                  "block_rank": a.number_input("Rank of each block a CKA plan selects", 1, 256, key="block_rank"),
+                  "block_count": b.radio("Blocks a CKA plan selects", ["budget", "paper"], key="block_count",
+                                         help="budget: as many as the budget fits; paper: floor(L/2), the CKA "
+                                              "paper's rule")}
     return current_budget(), [*methods, *([blend.strip()] if blend.strip() else [])], limits_or_stop(chosen)
 
 

@@ -79,10 +79,10 @@ def test_captured_states_llama_and_shapes():
     assert [tuple(s.shape) for s in states] == [(3, 32)] * 4
     with torch.no_grad():
         reference = model.model(**batch, output_hidden_states=True).hidden_states
-    # transformers applies the final norm to its last entry; the raw block outputs before it must agree.
-    for i in range(3):
+    # Every entry, the last (after the final norm, as transformers gives it) included.
+    for i in range(4):
         torch.testing.assert_close(states[i], _reference_pool(reference[i], batch["attention_mask"], "last"))
-    for i in range(3):  # a second pooling from the same pass is as exact as the first
+    for i in range(4):  # a second pooling from the same pass is as exact as the first
         torch.testing.assert_close(both["mean"][i], _reference_pool(reference[i], batch["attention_mask"], "mean"))
     (tokens,) = [d["tokens"] for d in pooled_hidden_states(model, [batch], ["tokens"], tokens_per_example=4)]
     assert tokens[0].shape == (4 + 4 + 4, 32)  # 9, 7 and 5 real tokens, at most 4 each

@@ -47,6 +47,10 @@ def test_real_cka_and_id_results_render_all_three_views(cache_dir):
     z = matrix["data"][0]["z"]
     assert len(z) == 7 and all(math.isnan(v) for v in z[0]) and all(abs(z[j][j] - 1) < 1e-12 for j in range(1, 7))
     assert matrix["data"][0]["x"] == ["emb", "0", "1", "2", "3", "4", "5"]
+    # Each signal says which split it measured: CKA the paper's train, ID validation.
+    captions = [caption.value for caption in app.caption]
+    assert any("Measured on the **train** split (the paper's choice)" in c for c in captions)
+    assert any("examples of the **validation** split" in c for c in captions)
     buttons = [b.label for b in app.get("download_button")]
     assert buttons == ["PDF", "SVG", "PNG", "CSV"] * 3   # each figure in paper style, and its data
 

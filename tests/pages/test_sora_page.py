@@ -27,6 +27,7 @@ def test_slider_moves_the_sparsity_heatmap_through_training(cache_dir):
     snapshots = entry.table("snapshots")
     app = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not app.exception
+    assert any("update rule of this run: **official**" in info.value for info in app.info)  # the default, shown
     slider = app.select_slider[0]
     assert list(slider.options) == ["4", "8", "12", "16"] and slider.value == 8  # the end of training
     specs = chart_specs(app)

@@ -161,6 +161,53 @@ def test_cka_takes_the_most_important_non_degenerate_blocks():
         allocate(scores, layout, block - 1, Limits(block_rank=8))
 
 
+def test_cka_paper_rule_keeps_half_the_blocks_as_the_paper_sorts_them():
+    # Encoder of 6 blocks; block 0 is the degenerate CLS one. The paper's script sorts the CKA values
+    # ascending, [0 (block 0: constant CLS gives CKA 0 there), .60 (2), .70 (4), .80 (5), .90 (1), .95 (3)],
+    # drops the first entry and keeps the next floor(6/2) = 3: blocks 2, 4, 5.
+    layout = layout_of(tiny_bert(layers=6))
+    cka = [np.nan, 0.90, 0.60, 0.95, 0.70, 0.80]
+    table = per_block(layout, [1 - c for c in cka], "cka").assign(degenerate=[True] + [False] * 5)
+    scores = scores_from_tables("cka", "blocks", {"main": table}, layout)
+    plenty = uniform_cost(layout, 64)
+    paper = allocate(scores, layout, plenty, Limits(block_rank=8, block_count="paper"))
+    ranks = paper.ranks.reshape(6, -1)
+    assert sorted(np.flatnonzero(ranks.max(axis=1))) == [2, 4, 5] and set(ranks[[2, 4, 5]].ravel()) == {8}
+    assert not paper.warnings
+    budget = allocate(scores, layout, plenty, Limits(block_rank=8)).ranks.reshape(6, -1)
+    assert sorted(np.flatnonzero(budget.max(axis=1))) == [1, 2, 3, 4, 5]  # our option: all that fit
+    # Decoder of 5 blocks: sorted ascending [.5 (3), .7 (0), .8 (4), .85 (1), .9 (2)], the first 2 kept.
+    layout = layout_of(tiny_llama(layers=5))
+    table = per_block(layout, [1 - c for c in [0.7, 0.85, 0.9, 0.5, 0.8]], "cka").assign(degenerate=False)
+    scores = scores_from_tables("cka", "blocks", {"main": table}, layout)
+    ranks = allocate(scores, layout, uniform_cost(layout, 64), Limits(block_count="paper")).ranks.reshape(5, -1)
+    assert sorted(np.flatnonzero(ranks.max(axis=1))) == [0, 3]
+    # A budget that fits one block only says so.
+    one = allocate(scores, layout, uniform_cost(layout, 8) // 5 + 10, Limits(block_count="paper"))
+    assert one.ranks.reshape(5, -1).max(axis=1).tolist() == [0, 0, 0, 8, 0]
+    assert "floor(5/2) = 2 blocks" in one.warnings[0]
+
+
+def test_a_plan_that_keeps_negative_or_unresolved_ranks_says_so():
+    layout = layout_of(tiny_llama(layers=1))            # 7 modules, 2 measured ranks each
+    values = np.full((7, 2), -0.4)                      # most ranks raise the loss
+    stderr = np.full((7, 2), 0.01)
+    values[0] = [0.9, 0.5]                              # clearly useful
+    values[1] = [0.6, 0.015]                            # the second within 2 stderr (0.02) of zero
+    table = pd.DataFrame([("shapley", 0, m.name, values[i, j], stderr[i, j], j) for i, m in enumerate(layout.modules)
+                          for j in range(2)], columns=["signal", "layer", "module", "value", "stderr", "rank"])
+    scores = scores_from_tables("shapley", "ranks", {"main": table}, layout)
+    costs = layout.costs
+    clear = allocate(scores, layout, 2 * costs[0] + costs[1])   # 0.9, 0.6, 0.5: all clearly positive
+    assert clear.ranks.tolist() == [2, 1, 0, 0, 0, 0, 0] and clear.warnings == []
+    everything = allocate(scores, layout, 10 * uniform_cost(layout, 2))   # all 14 ranks kept
+    assert everything.ranks.tolist() == [2] * 7
+    doubt = [w for w in everything.warnings if w.startswith("Of the")]
+    assert doubt == ["Of the 14 ranks this plan keeps, 10 have a negative shapley value (switching them on raised "
+                     "the loss) and 1 is within two standard errors of zero; the signal does not support spending "
+                     "budget on them (more samples, or a smaller budget, would)."]
+
+
 def test_sora_shrinks_by_the_smallest_gates_and_grows_by_gate_magnitude():
     layout = layout_of(tiny_llama(layers=3))
     rng = np.random.default_rng(3)

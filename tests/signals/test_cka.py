@@ -128,7 +128,7 @@ def test_cka_signal_equals_cka_of_transformers_hidden_states(encoder_context):
     table = result.table
     assert list(table.columns[:4]) == list(TIDY_COLUMNS) and list(table["layer"]) == list(range(6))
     assert (table["module"] == "block").all() and not table["degenerate"].any()
-    reference = reference_states(encoder_context, "mean")
+    reference = reference_states(encoder_context, "mean", "train")
     expected = [1 - reference_cka(reference[i].numpy(), reference[i + 1].numpy()) for i in range(6)]
     np.testing.assert_allclose(table["value"], expected, rtol=1e-4, atol=1e-6)
     matrix = result.tables["matrix"]
@@ -148,7 +148,7 @@ def test_cka_signal_flags_the_constant_cls_embedding(encoder_context):
     assert not table["degenerate"][1:].any() and table["value"][1:].notna().all()
     # Centred first: the CLS rows share an offset ~400x their spread, and the uncentred unbiased
     # formula loses ~3 digits to cancellation there (the estimator itself is translation invariant).
-    reference = [(s - s.mean(0)).numpy() for s in reference_states(encoder_context, "cls")]
+    reference = [(s - s.mean(0)).numpy() for s in reference_states(encoder_context, "cls", "train")]
     expected = [1 - reference_cka(reference[i], reference[i + 1], unbiased=True) for i in range(1, 6)]
     np.testing.assert_allclose(table["value"][1:], expected, rtol=1e-4, atol=1e-6)
 

@@ -90,7 +90,8 @@ def test_only_signals_that_collect_states_plan_a_pooling(tmp_path):
                make_config(get_signal("cka"), {"pooling": "mean", "accumulate": "true"}),
                make_config(get_signal("state_change"), {"pooling": "tokens"})]
     context.plan_collections(configs)
-    assert context._planned_poolings == {"cls", "last"}   # streaming CKA and state_change keep nothing
+    # Streaming CKA and state_change keep nothing; each collecting signal plans on its paper's split.
+    assert context._planned_poolings == {("train", "cls"), ("validation", "last")}
 
 
 def test_signal_order_does_not_depend_on_import_order():

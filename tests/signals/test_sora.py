@@ -1,29 +1,92 @@
-"""SoRA: the proximal step by hand, zero gates staying zero, and pruning to a plain peft LoRA that
-computes what the gated model computes, with exact parameter counts."""
+"""SoRA: the official gate update worked by hand (masked update, revival, grids, the decayed schedule the
+rounds run on), the soft threshold kept as an option, and pruning to a plain peft LoRA that computes
+what the gated model computes, with exact parameter counts."""
+import math
+
 import pytest
 import torch
 from peft import PeftModel
 
+from analysis.errors import UserError
 from analysis.model.capture import adaptable_modules
 from analysis.signals.lora.gated_lora import gated_lora
 from analysis.model.layout import lora_parameter_count
+from analysis.signals.sora.gate_rules import OfficialGateAdam, linear_schedule, official_threshold, scheduler_thresholds
 from analysis.signals.sora.gate_training import learned_ranks, proximal_step, save_pruned
 from tests.conftest import random_batch, randomize_adapter, tiny_gpt2, tiny_llama
 
 
-def test_proximal_step_matches_a_hand_computed_example():
-    gates = torch.tensor([[0.5, -0.05, -0.3, 0.1], [0.0, 2.0, -2.0, 0.099]])
+def official_by_hand(value: float, xi: float) -> float:
+    """The official SparseAdamW masks, one gate at a time, in their order: shrink above xi, shrink
+    below -xi, then zero whatever is now smaller than xi in magnitude."""
+    if value > xi:
+        value -= xi
+    if value < -xi:
+        value += xi
+    if abs(value) < xi:
+        value = 0.0
+    return value
+
+
+def test_official_update_zeroes_gates_between_xi_and_two_xi():
+    gates = torch.tensor([[0.15, -0.15, 0.25, -0.25], [0.05, 0.3, -1.0, 0.0]], dtype=torch.float64)
+    official_threshold(gates, 0.1)
+    # 0.15 -> 0.05 -> 0 (the soft threshold keeps 0.05); 0.25 -> 0.15 stays; 0.3 -> 0.2; -1 -> -0.9.
+    expected = torch.tensor([[0.0, 0.0, 0.15, -0.15], [0.0, 0.2, -0.9, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(gates, expected)
+    generator = torch.Generator().manual_seed(0)
+    many = torch.randn(500, generator=generator, dtype=torch.float64) * 0.3
+    by_hand = torch.tensor([official_by_hand(float(v), 0.1) for v in many], dtype=torch.float64)
+    official_threshold(many, 0.1)
+    torch.testing.assert_close(many, by_hand)
+
+
+def test_soft_threshold_option_matches_a_hand_computed_example():
+    gates = torch.tensor([[0.5, -0.05, -0.3, 0.1], [0.0, 2.0, -2.0, 0.099], [0.15, -0.15, 0.0, 0.0]])
     proximal_step(gates, 0.1)
-    expected = torch.tensor([[0.4, 0.0, -0.2, 0.0], [0.0, 1.9, -1.9, 0.0]])
+    expected = torch.tensor([[0.4, 0.0, -0.2, 0.0], [0.0, 1.9, -1.9, 0.0], [0.05, -0.05, 0.0, 0.0]])
     torch.testing.assert_close(gates, expected)
 
 
-def test_gates_held_dead_stay_exactly_zero():
+def test_soft_option_holds_dead_gates_at_zero():
     gates = torch.tensor([[0.0, 0.5, 1.0]])
     alive = gates != 0
     gates += torch.tensor([[0.3, 0.3, 0.3]])  # an optimizer step would revive the dead gate
     proximal_step(gates, 0.01, alive)
     assert gates[0, 0] == 0 and gates[0, 1] == pytest.approx(0.79) and gates[0, 2] == pytest.approx(1.29)
+
+
+def test_official_optimizer_revives_a_zero_gate():
+    gate = torch.nn.Parameter(torch.tensor([0.0, 0.0, 0.3]))
+    optimizer = OfficialGateAdam([gate], lr=0.5, xi=0.1)
+    gate.grad = torch.tensor([-1.0, -0.01, 0.0])
+    optimizer.step()
+    # First Adam step by hand: m = 0.1 g, v = 0.001 g^2, step = lr sqrt(0.001) / 0.1 * m / (sqrt(v) + 1e-6)
+    # = 0.5 * |g| / (|g| + 3.16e-5) in the direction of -g; then the masked update at xi = 0.1.
+    first = 0.5 * 1.0 / (1.0 + 1e-6 / math.sqrt(0.001))
+    second = 0.5 * 0.01 / (0.01 + 1e-6 / math.sqrt(0.001))
+    expected = [official_by_hand(first, 0.1), official_by_hand(second, 0.1), official_by_hand(0.3, 0.1)]
+    torch.testing.assert_close(gate.detach(), torch.tensor(expected), rtol=1e-6, atol=1e-7)
+    assert gate[0] > 0.39  # back: 0 -> ~0.5 -> ~0.4
+
+
+def test_official_grids_by_their_names():
+    # lambda_num = rounds + 1 = 4 values from 0.1 to 0.4, the first being the training threshold.
+    assert scheduler_thresholds(0.1, 0.4, 3, "linear") == pytest.approx([0.2, 0.3, 0.4])
+    # exp_linear: geometric, ratio 4 ** (1/3) = 1.587401
+    assert scheduler_thresholds(0.1, 0.4, 3, "exp_linear") == pytest.approx([0.1587401, 0.2519842, 0.4], rel=1e-6)
+    # log_linear: log of evenly spaced exp: e^0.1 = 1.1051709, e^0.4 = 1.4918247, step 0.1288846
+    assert scheduler_thresholds(0.1, 0.4, 3, "log_linear") == pytest.approx(
+        [math.log(1.2340555), math.log(1.3629401), 0.4], rel=1e-6)
+    assert scheduler_thresholds(0.1, 0.4, 0, "linear") == []
+    with pytest.raises(UserError, match="exp_linear"):
+        scheduler_thresholds(0.1, 0.4, 3, "log")
+
+
+def test_learning_rate_schedule_warms_up_decays_and_stays_at_zero_for_the_rounds():
+    factor = linear_schedule(warmup_steps=2, decay_steps=10)
+    assert [factor(t) for t in range(13)] == pytest.approx(
+        [0, 0.5, 1, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8, 0, 0, 0])
 
 
 def _sparse_gates(modules, r_max, seed):
@@ -78,7 +141,28 @@ def test_pruned_encoder_adapter_matches_on_the_embedded_model(minilm, tmp_path, 
         torch.testing.assert_close(loaded(**batch).logits, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_sora_signal_trains_sparsifies_and_saves_a_loadable_pruned_adapter(encoder_context, session_cache):
+SHORT_RUN = {"r_max": "4", "steps": "12", "rounds": "2", "round_steps": "6", "snapshot_every": "4",
+             "xi": "0.05", "xi_max": "0.2", "grid": "linear", "batch_size": "8"}
+
+
+def _rounds_by_hand(gates: torch.Tensor, thresholds: list[float], steps: int) -> list[list[list[float]]]:
+    """Gates at the end of each round, from the learned gates, by the official rule alone: the rounds
+    run on the decayed schedule (learning rate 0 after the training stage), so each of their steps
+    is the masked update and nothing else. float32 arithmetic, as the gates are stored."""
+    import numpy as np
+
+    current = gates.numpy().astype(np.float32)
+    ends = []
+    for xi in thresholds:
+        xi32 = np.float32(xi)
+        for _ in range(steps):
+            current = np.array([[official_by_hand(v, xi32) for v in row] for row in current], dtype=np.float32)
+        ends.append(current.copy())
+    return ends
+
+
+def test_sora_signal_learns_ranks_by_the_official_rule_and_saves_a_loadable_pruned_adapter(
+        encoder_context, session_cache):
     from analysis.signals.registry import get_signal, make_config
     from analysis.model.sources import load_model, resolve_model
     from analysis.store.cache import Store
@@ -86,19 +170,31 @@ def test_sora_signal_trains_sparsifies_and_saves_a_loadable_pruned_adapter(encod
     signal = get_signal("sora")
     model = encoder_context.model
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    config = make_config(signal, {"r_max": "4", "steps": "12", "rounds": "2", "round_steps": "6",
-                                  "snapshot_every": "4", "xi": "0.05", "xi_max": "0.4", "batch_size": "8"})
-    result = signal.compute(encoder_context, config)
+    result = signal.compute(encoder_context, make_config(signal, SHORT_RUN))
     table, history, schedule = result.table, result.tables["history"], result.tables["schedule"]
+    snapshots, gates = result.tables["snapshots"], result.tables["gates"]
     assert list(table.columns[:4]) == ["signal", "layer", "module", "value"] and len(table) == 36
-    # Dead gates stay dead: the count of non-zero gates never rises, and a larger xi never keeps more.
-    assert history["nonzero"].is_monotonic_decreasing and len(history) == 24
-    assert schedule["stage"].tolist() == ["train", "round 1", "round 2"]
-    assert schedule["xi"].is_monotonic_increasing and schedule["total_rank"].is_monotonic_decreasing
-    assert table["value"].sum() == history.loc[history["step"] == 12, "nonzero"].item()
+    assert (table["update"] == "official").all() and result.meta["update"] == "official"
+    assert schedule["stage"].tolist() == ["train", "round 1", "round 2"] and len(history) == 24
+    assert schedule["xi"].tolist() == pytest.approx([0.05, 0.125, 0.2])  # the official linear grid
+    assert sorted(snapshots["step"].unique()) == [4, 8, 12, 16, 18, 20, 24]  # + stage ends
+    # Official warm-up (6% of 12 steps: none for the gates) and decay to 0 by the end of training;
+    # the rounds keep stepping the decayed schedule.
+    train_lr = history.loc[history["stage"] == "train", "gate_lr"].tolist()
+    assert train_lr == pytest.approx([1e-3 * (12 - t) / 12 for t in range(12)])
+    assert (history.loc[history["stage"] != "train", "gate_lr"] == 0).all()
+    # Every learned gate is 0 or at least xi in magnitude: the official masks leave nothing in between.
+    learned = torch.tensor(gates["value"].to_numpy()).reshape(36, 4).float()
+    assert ((learned == 0) | (learned.abs() >= 0.05)).all()
+    assert table["value"].tolist() == learned_ranks(learned) and 0 < table["value"].sum() < 36 * 4
+    # The rounds: the per-module counts and magnitudes follow from the learned gates by the rule alone.
+    for stage, expected in zip(["round 1", "round 2"], _rounds_by_hand(learned, [0.125, 0.2], 6)):
+        end = snapshots[(snapshots["stage"] == stage)].groupby("stage").tail(36)
+        expected = torch.from_numpy(expected)
+        assert end["nonzero"].tolist() == (expected != 0).sum(dim=1).tolist()
+        magnitude = [float(row[row != 0].abs().mean()) if (row != 0).any() else 0.0 for row in expected]
+        assert end["magnitude"].tolist() == pytest.approx(magnitude, rel=1e-6)
     assert result.tables["layers"]["value"].tolist() == table.groupby("layer")["value"].sum().tolist()
-    assert sorted(result.tables["snapshots"]["step"].unique()) == [4, 8, 12, 16, 18, 20, 24]  # + stage ends
-    assert 0 < table["value"].sum() < 36 * 4  # some ranks pruned, some kept
     # The pruned adapter, stored with the entry, loads with peft and has exactly the learned ranks.
     entry = Store(encoder_context.prepared.store.root).put("sora-test", result, {"signal": "sora"})
     base = load_model(resolve_model("minilm", session_cache), "classification", num_labels=2, seed=0).model
@@ -107,3 +203,17 @@ def test_sora_signal_trains_sparsifies_and_saves_a_loadable_pruned_adapter(encod
     assert trainable == result.meta["trainable_after"] < result.meta["trainable_before"]
     # The model leaves as it came.
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+def test_sora_soft_option_pins_dead_gates(encoder_context):
+    from analysis.signals.registry import get_signal, make_config
+
+    signal = get_signal("sora")
+    config = make_config(signal, {**SHORT_RUN, "update": "soft", "schedule": "constant", "steps": "8", "rounds": "1",
+                                  "round_steps": "2", "xi": "0.02", "xi_max": "0.1"})
+    result = signal.compute(encoder_context, config)
+    history = result.tables["history"]
+    assert (result.table["update"] == "soft").all() and result.meta["update"] == "soft"
+    assert history["nonzero"].is_monotonic_decreasing and (history["gate_lr"] == 1e-3).all()
+    learned = torch.tensor(result.tables["gates"]["value"].to_numpy())
+    assert ((learned != 0) & (learned.abs() < 0.02)).any()  # the soft threshold leaves gates below xi

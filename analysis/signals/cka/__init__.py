@@ -1,7 +1,9 @@
 """CKA layer importance (Layer-wise LoRA with CKA): how much each block re-shapes the representation.
 
-R_j is the pooled hidden state j over the validation examples (state 0 = embedding output,
-state i+1 = output of block i). value for block i = 1 - CKA(R_i, R_{i+1}), linear CKA between
+R_j is the pooled hidden state j over the measured examples (state 0 = embedding output,
+state i+1 = output of block i; the last one after the final norm, as transformers'
+hidden_states[-1]). The split defaults to train, as the paper's selection scripts measure on the
+training data; `split=validation` is our option. value for block i = 1 - CKA(R_i, R_{i+1}), linear CKA between
 its input and output; a block that leaves the representation's geometry unchanged scores 0.
 Pooling "auto" is the paper's: the CLS token for encoders, the last real token for decoders.
 
@@ -10,7 +12,8 @@ so CKA with it is undefined. Such a block gets value NaN and `degenerate` True, 
 importance, and a plan must leave it out of the selection.
 
 What it implies for a plan: adapt the k most important non-degenerate blocks (all adaptable
-matrices of each) at one uniform rank, k the largest number that fits the parameter budget.
+matrices of each) at one uniform rank. k = floor(L/2) with `--block-count paper` (the paper's
+rule), or the largest number that fits the parameter budget (`budget`, our option).
 
 Extra table "matrix": linear CKA between every pair of states, in long form; its `layer` and
 `layer2` columns are STATE indices 0..L (0 = embedding output), not block indices. With
@@ -32,6 +35,8 @@ from analysis.store.cache import Result
 
 @dataclass
 class CKAConfig:
+    split: str = field(default="train", metadata={
+        "help": "train (the paper's selection code measures on training data) or validation"})
     pooling: str = field(default="auto", metadata={
         "help": "auto (CLS token for encoders, last real token for decoders), cls, last or mean"})
     unbiased: bool = field(default=False, metadata={
@@ -54,7 +59,7 @@ def _check_pooling(pooling: str) -> None:
 
 def _consecutive_from_stream(context, config: CKAConfig) -> tuple[torch.Tensor, int]:
     accumulator = CKAAccumulator(unbiased=config.unbiased)
-    for states in context.pooled_states(config.pooling, desc="cka"):
+    for states in context.pooled_states(config.pooling, desc="cka", split=config.split):
         accumulator.update(states)
     try:
         return accumulator.consecutive(), accumulator.count
@@ -68,7 +73,7 @@ def compute(context, config: CKAConfig) -> Result:
     if config.accumulate:
         consecutive, examples = _consecutive_from_stream(context, config)
     else:
-        states = context.collected_states(config.pooling)
+        states = context.collected_states(config.pooling, config.split)
         try:
             matrix = cka_matrix(states, unbiased=config.unbiased, device=context.device)
         except ValueError as exc:
@@ -83,12 +88,13 @@ def compute(context, config: CKAConfig) -> Result:
     table = pd.DataFrame({"signal": "cka", "layer": blocks, "module": "block",
                           "value": [1 - float(c) for c in consecutive],
                           "degenerate": consecutive.isnan().tolist()})
-    return Result(table, tables=tables, meta={"examples": examples, "accumulated": config.accumulate})
+    return Result(table, tables=tables, meta={"examples": examples, "accumulated": config.accumulate,
+                                              "split": config.split})
 
 
 register(Signal(
     name="cka", title="CKA layer importance",
     description="1 - linear CKA between each block's input and output hidden states; "
                 "the plan adapts the most important blocks at a uniform rank.",
-    config=CKAConfig, compute=compute, version=2, plan_family="blocks",
+    config=CKAConfig, compute=compute, version=3, plan_family="blocks",
     exhibits=deferred("analysis.signals.cka.cka_figures")))

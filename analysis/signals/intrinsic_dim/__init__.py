@@ -1,7 +1,9 @@
 """Intrinsic dimension (GeLoRA): a lower bound on each block's LoRA rank from how much it adds.
 
-d_j is the intrinsic dimension of hidden state j over the validation examples (state 0 =
-embedding output, state i+1 = output of block i), by TwoNN unless another estimator is chosen.
+d_j is the intrinsic dimension of hidden state j over the measured examples (state 0 =
+embedding output, state i+1 = output of block i; the last after the final norm, as transformers'
+hidden_states[-1]), by TwoNN unless another estimator is chosen. Split: validation by default
+(held out, as our other analyses); train as an option.
 value for block i = ceil(max(d_{i+1} - d_i, 0)) + 1: GeLoRA's bound r_i >= max(d_{i+1} - d_i, 0) + 1,
 rounded up to the smallest integer rank that satisfies it (d is real-valued).
 
@@ -31,6 +33,7 @@ from analysis.signals.intrinsic_dim.twonn import twonn
 
 @dataclass
 class IntrinsicDimConfig:
+    split: str = field(default="validation", metadata={"help": "validation or train: the examples measured"})
     pooling: str = field(default="mean", metadata={
         "help": "mean (default: an encoder's CLS is constant at the embedding output), tokens, last, cls or auto"})
     estimator: str = field(default="twonn", metadata={
@@ -70,7 +73,7 @@ def estimator_for(config: IntrinsicDimConfig):
 
 def compute(context, config: IntrinsicDimConfig) -> Result:
     estimate = estimator_for(config)
-    states = context.collected_states(config.pooling)
+    states = context.collected_states(config.pooling, config.split)
     hint = "try pooling mean or tokens, or more validation examples"
     dims = []
     for j, points in enumerate(states):
@@ -89,11 +92,11 @@ def compute(context, config: IntrinsicDimConfig) -> Result:
     })
     dimensions = pd.DataFrame({"state": range(len(dims)), "id": dims})
     return Result(table, tables={"dimensions": dimensions},
-                  meta={"points": states[0].shape[0], "estimator": config.estimator})
+                  meta={"points": states[0].shape[0], "estimator": config.estimator, "split": config.split})
 
 
 register(Signal(
     name="id", title="Intrinsic dimension (GeLoRA)",
     description="Per-block LoRA rank lower bound from the growth of the hidden states' intrinsic dimension.",
-    config=IntrinsicDimConfig, compute=compute, version=1, plan_family="bounds",
+    config=IntrinsicDimConfig, compute=compute, version=2, plan_family="bounds",
     exhibits=deferred("analysis.signals.intrinsic_dim.id_figures")))

@@ -1,18 +1,27 @@
-"""Shapley sensitivity (ShapLoRA): each LoRA rank's Shapley value for lowering the validation loss.
+"""Shapley sensitivity (ShapLoRA): each LoRA rank's importance for lowering the validation loss.
 
-Our faithful reading of ShapLoRA (the paper's code is not public): players are the ranks of a
+ShapLoRA's code is not public; this is our reading of the paper. Players are the ranks of a
 warmed-up uniform LoRA, one gate each; coalitions are sampled with Shapley weights and one
-forward+backward per coalition gives every rank's first-order marginal contribution (see
-sampling.py beside this file for the estimator and why it converges to the first-order Shapley value).
+forward+backward per coalition gives every rank's gate gradient (sampling.py). Two readings,
+chosen by `reading`, and every table says which it holds (column `reading`, meta `reading`):
 
-value per (layer, module, rank) = -(Shapley value of the validation loss): the loss reduction the
-rank accounts for; `stderr` its Monte Carlo standard error. Extra tables: "modules" and "layers"
-(sums, each with the standard error of the sum), "convergence" (per-layer estimates after each
-sample) and, in reference mode, "reference": captum's ShapleyValueSampling with whole modules as
-players and true loss differences, with its Spearman agreement in the meta.
+- shapley (default): value = -(first-order Shapley value of the loss): the loss reduction the
+  rank accounts for, from signed gate gradients. Adds up to (about) the total loss change.
+- sensitivity: value = |g dL/dg| of each rank averaged over the same coalitions (the paper's
+  AdaLoRA-style sensitivity combined with coalitions of ranks). Non-negative; not a Shapley value.
+
+`stderr` is the Monte Carlo standard error, from a stream of coalitions the stopping rule never saw
+(sampling.py). Extra tables: "modules" and "layers" (sums, each with the standard error of the sum),
+"convergence" (per-layer estimates after each whole pass) and, in reference mode, "reference":
+per rank the exact Shapley value of the loss reduction by enumerating all 2^n coalitions of true
+loss differences, the exact first-order value, and our estimate; meta holds the first-order gap
+and the estimate's gap to the exact value (only for models with at most 16 ranks in all).
+
+The split defaults to validation, as the paper scores ranks on held-out data; `split=train` is an option.
 
 What it implies for a plan: keep the globally best ranks until the budget is spent, then retrain
-from scratch with those counts (allocate-then-retrain).
+from scratch with those counts (allocate-then-retrain). A plan that keeps ranks of negative value,
+or within two standard errors of zero, says so.
 """
 from __future__ import annotations
 
@@ -23,13 +32,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from analysis.signals.shapley import exact
 from analysis.signals.shapley import sampling as shapley
 from analysis.model.capture import find_blocks
 from analysis.errors import UserError
 from analysis.jobs.progress import progress
 from analysis.signals.tidy import per_rank_table
 from analysis.signals.registry import Signal, deferred, register
-from analysis.signals.tidy import spearman
 from analysis.store.cache import Result
 from analysis.signals.lora.warmup import WarmupConfig, warm_adapter, warmup_options
 
@@ -51,9 +60,14 @@ class ShapleyConfig(WarmupConfig):
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the gradient passes: on an H100 a 1B model's coalition takes 1.7 s instead of "
                 "2.8 s after about 100 s of compiling, so it pays from about 100 coalitions on"})
+    reading: str = field(default="shapley", metadata={
+        "help": "shapley (first-order Shapley value of the loss reduction) or sensitivity (|g dL/dg| averaged "
+                "over Shapley-weighted coalitions)"})
+    split: str = field(default="validation", metadata={
+        "help": "validation (the paper's held-out scoring) or train: the examples the loss is measured on"})
     reference: bool = field(default=False, metadata={
-        "help": "also run captum's ShapleyValueSampling with modules as players (slow; for checking)"})
-    reference_permutations: int = field(default=4, metadata={"help": "captum permutations in reference mode"})
+        "help": "also compute the exact Shapley value of every rank by enumerating all coalitions of true loss "
+                "differences (2^ranks evaluations: tiny models only, at most 16 ranks in all)"})
 
 
 @contextlib.contextmanager
@@ -125,20 +139,20 @@ def loss_function(gated, batches: list[dict], task: str, per_batch: bool, forwar
 
 
 def _per_layer(samples: torch.Tensor, modules) -> tuple[list[int], torch.Tensor]:
-    """The layers and, per sample, each layer's summed loss reduction: (T, layers)."""
+    """The layers and, per sample, each layer's summed value (samples already signed as the table): (T, layers)."""
     layers = sorted({m.layer for m in modules})
     index = torch.tensor([layers.index(m.layer) for m in modules])
     sums = torch.zeros(samples.shape[0], len(layers), dtype=samples.dtype)
-    return layers, sums.index_add_(1, index, -samples.sum(dim=2))
+    return layers, sums.index_add_(1, index, samples.sum(dim=2))
 
 
 def _sums(samples: torch.Tensor, modules, by: str) -> pd.DataFrame:
-    """Per-module or per-layer sums of the per-sample contributions, with the standard error of each sum."""
+    """Per-module or per-layer sums of the per-sample values, with the standard error of each sum."""
     if by == "layer":
         layers, sums = _per_layer(samples, modules)
         return pd.DataFrame({"layer": layers, "value": sums.mean(0).tolist(),
                              "stderr": shapley.standard_error(sums).tolist()})
-    per_module = -samples.sum(dim=2)                                     # (T, modules), loss reduction
+    per_module = samples.sum(dim=2)                                      # (T, modules)
     return pd.DataFrame({"layer": [m.layer for m in modules], "module": [m.name for m in modules],
                          "value": per_module.mean(0).tolist(), "stderr": shapley.standard_error(per_module).tolist()})
 
@@ -153,37 +167,51 @@ def _convergence(samples: torch.Tensor, modules, parts: int) -> pd.DataFrame:
                          "stderr": stderr[[t - 1 for t in counts]].reshape(-1).tolist()})
 
 
-def _reference(value_at, modules, r_max: int, permutations: int, seed: int) -> pd.DataFrame:
-    """captum's ShapleyValueSampling over modules (a module's ranks all on or all off), true loss differences."""
-    from captum.attr import ShapleyValueSampling
-
-    def forward(module_mask: torch.Tensor) -> torch.Tensor:
-        gates = module_mask.reshape(-1, 1).expand(len(modules), r_max).to(torch.float32)
-        return torch.tensor([value_at(gates)], dtype=torch.float64)
-
-    ones = torch.ones(1, len(modules), dtype=torch.float64)
-    steps = 1 + permutations * len(modules)  # captum's forward calls: the baseline, then one per player
-    bar = progress(range(steps), total=steps, desc="captum reference", unit="pass")
-
-    def counted(mask):
-        next(bar, None)
-        return forward(mask)
-
-    with torch.random.fork_rng(devices=[]):  # captum draws its permutations from the global generator
-        torch.manual_seed(seed)
-        attributions = ShapleyValueSampling(counted).attribute(ones, baselines=torch.zeros_like(ones),
-                                                               n_samples=permutations, perturbations_per_eval=1)
-    return pd.DataFrame({"layer": [m.layer for m in modules], "module": [m.name for m in modules],
-                         "value": (-attributions[0]).tolist()})
+def _exact_reference(gradient_at, value_at, parts: int, shape: tuple[int, int], modules,
+                     estimate_values: torch.Tensor, reading: str) -> tuple[pd.DataFrame, dict]:
+    """Every rank's exact Shapley value of the loss reduction (true loss differences over all 2^n
+    coalitions), its exact first-order value (gate gradients at every coalition) and our estimate
+    (of the run's reading: only a Shapley estimate has a gap to the exact value; a sensitivity
+    estimate is compared by rank order alone)."""
+    n = shape[0] * shape[1]
+    if n > exact.MAX_PLAYERS:
+        raise UserError(f"The exact reference enumerates all 2^n coalitions of ranks; this model has n = {n} ranks "
+                        f"(at most {exact.MAX_PLAYERS}). Use it on a tiny model with a small r_max.")
+    masks = exact.all_coalitions(n)
+    values, gradients = [], []
+    for mask in progress(masks, total=len(masks), desc="exact reference", unit="coalition"):
+        gates = mask.reshape(shape).to(torch.float32)
+        values.append(value_at(gates))
+        gradients.append(sum(gradient_at(gates, b)[1].detach().double().cpu().reshape(-1) for b in range(parts)))
+    # Loss reduction: the negative of the loss's values.
+    true = -exact.shapley_from_values(torch.tensor(values, dtype=torch.float64), n)
+    first_order = -exact.first_order_from_gradients(torch.stack(gradients), n)
+    ours = estimate_values.reshape(-1).double()
+    scale = float(true.abs().max()) or 1.0
+    table = pd.DataFrame({"layer": [m.layer for m in modules for _ in range(shape[1])],
+                          "module": [m.name for m in modules for _ in range(shape[1])],
+                          "rank": [j for _ in modules for j in range(shape[1])],
+                          "exact": true.tolist(), "first_order": first_order.tolist(), "estimate": ours.tolist()})
+    meta = {"reference_first_order_gap": float((first_order - true).abs().max()) / scale,
+            **({"reference_estimate_gap": float((ours - true).abs().max()) / scale} if reading == "shapley" else {}),
+            "reference_exact_total": float(true.sum()),
+            "reference_spearman": float(table["estimate"].corr(table["exact"], method="spearman"))}
+    return table, meta
 
 
 def compute(context, config: ShapleyConfig) -> Result:
     if config.coalition_per not in ("batch", "pass"):
         raise UserError(f"shapley.coalition_per must be batch or pass, not '{config.coalition_per}'.")
+    if config.reading not in shapley.READINGS:
+        raise UserError(f"shapley.reading must be shapley or sensitivity, not '{config.reading}'.")
+    if config.reading == "sensitivity" and config.coalition_per == "batch":
+        # |g dL/dg| of one batch, scaled up, is not an unbiased sample of |g dL/dg| of the whole loss.
+        raise UserError("The sensitivity reading needs shapley.coalition_per=pass.")
     model = context.model
     with warm_adapter(context, warmup_options(config)) as (gated, warm):
         gated.freeze_adapter(next(model.parameters()).dtype)
-        batches = list(context.batches("validation", config.batch_size or None, desc="tokenize validation"))
+        batches = list(context.batches(config.split, config.batch_size or None, desc=f"tokenize {config.split}",
+                                       frame=context.measured(config.split)))
         per_batch = config.coalition_per == "batch"
         forward = torch.compile(gated.model) if config.compile else None
         gradient_at, value_at, parts = loss_function(gated, batches, context.prepared.task, per_batch, forward)
@@ -193,25 +221,30 @@ def compute(context, config: ShapleyConfig) -> Result:
                 gradient_at, tuple(gated.gates.shape), config.samples, generator,
                 parts=parts, min_samples=config.min_samples,
                 tolerance=config.tolerance, groups=lambda sample: sample.sum(dim=1),
-                iterate=lambda steps: progress(steps, total=len(steps), desc="shapley", unit="sample"))
+                iterate=lambda steps: progress(steps, total=len(steps), desc="shapley", unit="sample"),
+                reading=config.reading)
+        # Table sign: the loss reduction for Shapley values, the sensitivity itself for the other reading.
+        signed = -estimate.samples if config.reading == "shapley" else estimate.samples
         all_on, all_off = value_at(torch.ones_like(gated.gates)), value_at(torch.zeros_like(gated.gates))
-        reference = (_reference(value_at, context.modules, config.r_max, config.reference_permutations,
-                                context.settings.seed) if config.reference else None)
-    table = per_rank_table("shapley", context.modules, -estimate.mean(), estimate.stderr())
-    modules = _sums(estimate.samples, context.modules, "module")
-    tables = {"modules": modules, "layers": _sums(estimate.samples, context.modules, "layer"),
-              "convergence": _convergence(estimate.samples, context.modules, parts)}
-    meta = {"samples": estimate.count, "loss_all_ranks": all_on, "loss_no_ranks": all_off,
+        reference = (_exact_reference(gradient_at, value_at, parts, tuple(gated.gates.shape), context.modules,
+                                      signed.mean(0), config.reading) if config.reference else None)
+    table = per_rank_table("shapley", context.modules, signed.mean(0), shapley.standard_error(signed))
+    table["reading"] = config.reading
+    modules = _sums(signed, context.modules, "module")
+    tables = {"modules": modules, "layers": _sums(signed, context.modules, "layer"),
+              "convergence": _convergence(signed, context.modules, parts)}
+    meta = {"reading": config.reading, "split": config.split, "samples": estimate.count,
+            "pilot_samples": estimate.pilot, "loss_all_ranks": all_on, "loss_no_ranks": all_off,
             "warmup_key": warm.key, "exact_total": all_off - all_on}
     if reference is not None:
-        tables["reference"] = reference
-        meta["reference_spearman"] = spearman(modules, reference)
+        tables["reference"], reference_meta = reference
+        meta.update(reference_meta)
     return Result(table, tables=tables, tensors={"samples": estimate.samples, "masks": estimate.masks}, meta=meta)
 
 
 register(Signal(
     name="shapley", title="Shapley sensitivity (ShapLoRA)",
-    description="Monte Carlo Shapley value of each LoRA rank for the validation loss, from gate gradients "
-                "(our reading of ShapLoRA; the paper's code is not public).",
-    config=ShapleyConfig, compute=compute, version=1, trains=True,
+    description="Monte Carlo Shapley value (or, as an option, coalition-averaged sensitivity) of each LoRA rank "
+                "for the validation loss, from gate gradients (our reading of ShapLoRA; its code is not public).",
+    config=ShapleyConfig, compute=compute, version=2, trains=True,
     exhibits=deferred("analysis.signals.shapley.shapley_figures")))

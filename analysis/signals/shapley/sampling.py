@@ -18,6 +18,16 @@ sample's contribution for player i is importance-weighted:
 whose expectation under q is exactly the first-order Shapley value above. The estimate is the
 mean of x over samples, with standard error std / sqrt(samples); any sum of players (a module, a
 layer) gets its own standard error from the per-sample sums, covariances included.
+
+The sensitivity reading (ShapLoRA's paper combines AdaLoRA-style sensitivity |w dL/dw| with
+coalitions of ranks) takes x_i(m) = |m_i dv/dg_i(m)| instead: each rank's sensitivity at its gate,
+averaged over the same Shapley-weighted coalitions. A rank outside the coalition has g_i = 0 and
+contributes 0, and every rank is in half the coalitions on average, so this is half its mean
+sensitivity when present. It is not a Shapley value and does not add up to the total loss change.
+
+Early stopping: when a stopping rule decides how many samples to take, the samples it looked at
+are a pilot only; the estimate and its standard error come from a fresh stream of as many
+coalitions, so stopping when the noise looks small does not make the reported noise look small.
 """
 from __future__ import annotations
 
@@ -45,10 +55,22 @@ def contribution_weights(mask: torch.Tensor) -> torch.Tensor:
     return weights[(flat > 0).long()].reshape(mask.shape)
 
 
+READINGS = ("shapley", "sensitivity")
+
+
+def sample_contribution(mask: torch.Tensor, gradient: torch.Tensor, parts: int, reading: str) -> torch.Tensor:
+    """One coalition's per-player sample x (see the module docstring) for the chosen reading."""
+    gradient = gradient.detach().to(torch.float64)
+    if reading == "sensitivity":
+        return (mask.to(gradient.device) * gradient).abs() * parts
+    return contribution_weights(mask).to(gradient.device) * parts * gradient
+
+
 @dataclass
 class ShapleyEstimate:
     samples: torch.Tensor          # (T, *players): per-sample contributions x, float64
     masks: torch.Tensor            # (T, *players)
+    pilot: int = 0                 # samples the stopping rule looked at (not in `samples`; 0: no rule)
 
     @property
     def count(self) -> int:
@@ -82,8 +104,8 @@ def estimate(gradient_at: Callable[[torch.Tensor, int], tuple[torch.Tensor, torc
              shape: tuple[int, ...], max_samples: int, generator: torch.Generator, parts: int = 1,
              min_samples: int = 8, tolerance: float = 0.0,
              groups: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             iterate: Callable[[range], Iterable[int]] = iter) -> ShapleyEstimate:
-    """Sample coalitions until `max_samples`, or earlier once the groups' estimates are resolved.
+             iterate: Callable[[range], Iterable[int]] = iter, reading: str = "shapley") -> ShapleyEstimate:
+    """Sample coalitions until `max_samples`, or, with a stopping rule, as many as a pilot stream needed.
 
     The value is a sum over `parts` (validation batches, say): v = sum_b v_b, and
     gradient_at(mask, b) returns (v_b(mask), dv_b/dmask), of which the gradient is used.
@@ -94,26 +116,38 @@ def estimate(gradient_at: Callable[[torch.Tensor, int], tuple[torch.Tensor, torc
     unequal parts errs on the large side. max_samples is rounded up to whole passes and the
     stopping rule is checked at whole passes only, so every part weighs the same.
 
-    groups maps one sample (players) to a vector of group sums (default: every player alone).
-    tolerance 0 always takes max_samples. `iterate` wraps the sample loop (a progress bar, say).
+    tolerance > 0: a pilot stream runs until the groups' estimates are resolved (see `resolved`;
+    groups maps one sample to a vector of group sums, default every player alone) or max_samples;
+    then a fresh stream of that many coalitions gives the estimate, at up to twice the cost.
+    tolerance 0 takes max_samples once. `iterate` wraps each sample loop (a progress bar, say).
     """
     if max_samples < 1 or min_samples < 1 or parts < 1:
         raise ValueError("Shapley sampling needs at least one sample and one part.")
+    if reading not in READINGS:
+        raise ValueError(f"unknown reading {reading!r}")
     max_samples = -(-max_samples // parts) * parts  # whole passes, so every part weighs the same
-    masks = sample_coalitions(max_samples, shape, generator)
-    samples = []
-    total = squares = 0.0
-    for t in iterate(range(max_samples)):
-        _, gradient = gradient_at(masks[t], t % parts)
-        weights = contribution_weights(masks[t]).to(gradient.device) * parts
-        sample = weights * gradient.detach().to(torch.float64)
-        samples.append(sample)  # kept on the device: no synchronisation per sample
-        grouped = groups(sample) if groups else sample.reshape(-1)
-        total, squares = total + grouped, squares + grouped ** 2
-        whole_pass = (t + 1) % parts == 0
-        if tolerance > 0 and whole_pass and t + 1 >= min_samples and resolved(total, squares, t + 1, tolerance):
-            break
-    return ShapleyEstimate(torch.stack(samples).cpu(), masks[: len(samples)])
+
+    def stream(count: int, stop: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        masks = sample_coalitions(count, shape, generator)
+        samples, total, squares = [], 0.0, 0.0
+        for t in iterate(range(count)):
+            _, gradient = gradient_at(masks[t], t % parts)
+            sample = sample_contribution(masks[t], gradient, parts, reading)
+            samples.append(sample)  # kept on the device: no synchronisation per sample
+            if stop:
+                grouped = groups(sample) if groups else sample.reshape(-1)
+                total, squares = total + grouped, squares + grouped ** 2
+                whole_pass = (t + 1) % parts == 0
+                if whole_pass and t + 1 >= min_samples and resolved(total, squares, t + 1, tolerance):
+                    break
+        return samples, masks[: len(samples)]
+
+    if tolerance <= 0:
+        samples, masks = stream(max_samples, stop=False)
+        return ShapleyEstimate(torch.stack(samples).cpu(), masks)
+    pilot, _ = stream(max_samples, stop=True)
+    samples, masks = stream(len(pilot), stop=False)  # fresh coalitions: the rule never saw these
+    return ShapleyEstimate(torch.stack(samples).cpu(), masks, pilot=len(pilot))
 
 
 def running_estimates(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,10 +1,12 @@
 """SoRA gate sparsity: the ranks a sparse, gated LoRA keeps when trained with proximal-gradient gates.
 
 value per (layer, module) = the learned rank, the number of non-zero gates at the end of sparse
-training (gate_training.py beside this file); `magnitude` = the mean |gate| of the kept ranks. Extra tables: "layers"
+training (gate_training.py); `magnitude` = the mean |gate| of the kept ranks; `update` = the gate
+rule the run used (official: the SoRA code's masked update, the default; soft: a plain soft
+threshold), also in the entry's meta. Extra tables: "layers"
 (learned rank summed per layer), "gates" (every final gate, per rank; 0 = pruned), "snapshots" (per module, non-zero gates and mean |gate| every
-`snapshot_every` steps and at the end of each stage), "history" (task loss and total non-zero gates
-per step), "schedule" (the sparsifying scheduler: total learned rank at the end of each round
+`snapshot_every` steps and at the end of each stage), "history" (task loss, total non-zero gates
+and the gates' learning rate per step), "schedule" (the sparsifying scheduler: total learned rank at the end of each round
 against its threshold xi).
 The pruned adapter (a plain peft LoRA with rank_pattern = the learned ranks) is saved in the store
 entry's `adapter/` folder, loadable with PeftModel.from_pretrained.
@@ -38,16 +40,17 @@ def compute(context, config: SoraConfig) -> Result:
         adapter = files_under(Path(scratch) / "adapter", "adapter")
     ranks, magnitude = _per_module(out["learned"])
     table = pd.DataFrame({"signal": "sora", "layer": [m.layer for m in modules],
-                          "module": [m.name for m in modules], "value": ranks, "magnitude": magnitude})
+                          "module": [m.name for m in modules], "value": ranks, "magnitude": magnitude,
+                          "update": config.update})
     rows = []
     for step, stage, xi, gates in out["snapshots"]:
         nonzero, mean = _per_module(gates)
         rows += [(step, stage, xi, m.layer, m.name, n, g) for m, n, g in zip(modules, nonzero, mean)]
     snapshots = pd.DataFrame(rows, columns=["step", "stage", "xi", "layer", "module", "nonzero", "magnitude"])
-    history = pd.DataFrame(out["history"], columns=["step", "stage", "xi", "loss", "nonzero"])
+    history = pd.DataFrame(out["history"], columns=["step", "stage", "xi", "gate_lr", "loss", "nonzero"])
     ends = history.groupby("stage", sort=False).tail(1)
     schedule = ends[["stage", "xi", "nonzero"]].rename(columns={"nonzero": "total_rank"}).reset_index(drop=True)
-    meta = {"trainable_before": lora_parameter_count(modules, [config.r_max] * len(modules)),
+    meta = {"update": config.update, "trainable_before": lora_parameter_count(modules, [config.r_max] * len(modules)),
             "trainable_after": lora_parameter_count(modules, ranks),
             "adapter_files": sorted(Path(name).name for name in adapter)}
     layers = table.groupby("layer", as_index=False)["value"].sum()
@@ -59,7 +62,7 @@ def compute(context, config: SoraConfig) -> Result:
 
 register(Signal(
     name="sora", title="SoRA gate sparsity",
-    description="Learned rank per module from sparse LoRA training with proximal-gradient gates, "
-                "and how ranks shrink as the threshold rises.",
-    config=SoraConfig, compute=compute, version=2, trains=True, plan_family="learned",
+    description="Learned rank per module from sparse LoRA training with thresholded gates (the official "
+                "SoRA update by default), and how ranks shrink as the threshold rises.",
+    config=SoraConfig, compute=compute, version=3, trains=True, plan_family="learned",
     exhibits=deferred("analysis.signals.sora.sora_figures")))

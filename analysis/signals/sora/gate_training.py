@@ -1,12 +1,20 @@
-"""SoRA (sparse low-rank adaptation): gated LoRA trained with proximal-gradient gates, and pruning
-to a plain peft LoRA.
+"""SoRA (sparse low-rank adaptation): gated LoRA trained with sparsified gates, and pruning to a
+plain peft LoRA.
 
-Each adapted module computes dh = s * B (g * (A x)) (analysis/signals/lora/gated_lora.py), g a gate vector of
-length r_max, random normal at the start (A kaiming, B zero as peft makes them). The loss is the
-task loss + l1 * sum|g| / n_gates. The gates have their own optimizer; after each of its steps the
-proximal (soft-threshold) step g <- sign(g) max(|g| - xi, 0) runs with xi as given, the official
-SoRA code's convention (not lr * xi). A gate that reaches exactly zero stays zero: its rank is
-pruned for good, so the number of non-zero gates never grows along a run.
+Each adapted module computes dh = s * B (g * (A x)) (analysis/signals/lora/gated_lora.py), g a gate
+vector of length r_max, random normal at the start (A kaiming, B zero as peft makes them). The loss
+is the task loss + l1 * sum|g| / n_gates. The gates have their own optimizer, after each of whose
+steps the gate rule runs (gate_rules.py): by default the official SoRA code's masked update, with
+zero gates still trained and free to revive; `update=soft` is the textbook soft threshold with dead
+gates pinned at zero. The threshold xi is used as given, not lr * xi, in both.
+
+Defaults follow the official scripts (TsinghuaC3I/SoRA, `run_glue.py`, `scripts/run_glue_sora_*.sh`):
+gates at the main learning rate, AdamW weight decay 0.1 on the 2-D weights (A, B, the head's matrix;
+never biases, norms or gates), one gradient-norm clip at 0.1 over every trained parameter gates
+included, a linear schedule with 6% warm-up decaying to zero at the end of the training stage.
+The scheduler's rounds keep stepping that same schedule, as the official code hands the same
+optimizers and schedulers to every round: once it has decayed to zero, a round only applies its
+threshold. `schedule=constant` trains every step at the full rate instead (our earlier behaviour).
 
 Pruning keeps the ranks with non-zero gates, folds each gate into B's column and sets the module's
 alpha to s * r so that alpha / r, hence the output, is unchanged: a standard peft LoRA with
@@ -15,6 +23,7 @@ alpha to s * r so that alpha / r, hence the output, is unchanged: a standard pef
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -23,14 +32,10 @@ from analysis.errors import UserError
 from analysis.signals.lora.gated_lora import ADAPTER, GatedLoRA, gated_lora
 from analysis.jobs.progress import progress
 from analysis.signals.lora.warmup import head_kept
+from analysis.signals.sora.gate_rules import (GRIDS, UPDATES, OfficialGateAdam, linear_schedule, proximal_step,
+                                              scheduler_thresholds as grid_thresholds)
 
-
-@torch.no_grad()
-def proximal_step(gates: torch.Tensor, threshold: float, alive: torch.Tensor | None = None) -> None:
-    """In place: soft-threshold every gate by `threshold`; gates outside `alive` are held at exactly 0."""
-    gates.copy_(gates.sign() * (gates.abs() - threshold).clamp_min(0))
-    if alive is not None:
-        gates.mul_(alive)
+__all__ = ["SoraConfig", "learned_ranks", "proximal_step", "pruned_adapter", "save_pruned", "sora_step", "train"]
 
 
 def learned_ranks(gates: torch.Tensor) -> list[int]:
@@ -86,54 +91,101 @@ def save_pruned(gated: GatedLoRA, directory, base_model_name_or_path: str | None
 class SoraConfig:
     r_max: int = field(default=8, metadata={"help": "gated ranks per adapted module at the start"})
     alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale alpha / r_max, kept when pruning)"})
+    update: str = field(default="official", metadata={
+        "help": "official (the SoRA code's masked update; zero gates keep training and may revive) or soft "
+                "(textbook soft threshold, zero gates pinned)"})
     steps: int = field(default=200, metadata={"help": "sparse training steps on the train split"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of A, B (and the head)"})
-    gate_lr: float = field(default=1e-2, metadata={"help": "AdamW learning rate of the gates"})
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate of A, B (and the head)"})
+    gate_lr: float = field(default=0.0, metadata={"help": "learning rate of the gates (0: lr, as officially)"})
+    weight_decay: float = field(default=0.1, metadata={
+        "help": "AdamW weight decay of A, B and the head's weight matrix (official scripts: 0.1)"})
+    max_grad_norm: float = field(default=0.1, metadata={
+        "help": "clip the gradient norm of all trained parameters, gates included (official scripts: 0.1; 0: off)"})
+    schedule: str = field(default="linear", metadata={
+        "help": "linear (official: warm-up, decay to 0 at the end of training, rounds continue on it) or "
+                "constant (every step at the full rate)"})
+    warmup_fraction: float = field(default=0.06, metadata={"help": "warm-up share of the training steps"})
     l1: float = field(default=1e-3, metadata={"help": "weight of mean |gate| in the loss"})
-    xi: float = field(default=2e-3, metadata={"help": "proximal threshold of the gates during training (as given, "
+    xi: float = field(default=2e-3, metadata={"help": "threshold of the gates during training (as given, "
                                                      "not multiplied by the learning rate)"})
     batch_size: int = field(default=16, metadata={"help": "training examples per step"})
     snapshot_every: int = field(default=25, metadata={"help": "steps between gate snapshots"})
     rounds: int = field(default=4, metadata={"help": "sparsifying-scheduler rounds after training (0: none)"})
     round_steps: int = field(default=25, metadata={"help": "training steps per scheduler round"})
     xi_max: float = field(default=2e-2, metadata={"help": "threshold of the last scheduler round"})
-    grid: str = field(default="log", metadata={"help": "log or linear spacing of the rounds' thresholds"})
+    grid: str = field(default="exp_linear", metadata={
+        "help": "the rounds' thresholds, official names: exp_linear (geometric), log_linear or linear"})
 
 
 def scheduler_thresholds(config: SoraConfig) -> list[float]:
-    """The thresholds of the scheduler's rounds, rising from xi to xi_max on a linear or log grid."""
-    if config.rounds <= 0:
-        return []
-    if config.grid not in ("log", "linear"):
-        raise UserError(f"sora.grid must be log or linear, not '{config.grid}'.")
-    if not 0 < config.xi < config.xi_max:
-        raise UserError("sora needs 0 < xi < xi_max.")
-    fractions = [(k + 1) / config.rounds for k in range(config.rounds)]
-    if config.grid == "linear":
-        return [config.xi + f * (config.xi_max - config.xi) for f in fractions]
-    return [config.xi * (config.xi_max / config.xi) ** f for f in fractions]
+    """The thresholds of the scheduler's rounds (the official grids; see gate_rules)."""
+    return grid_thresholds(config.xi, config.xi_max, config.rounds, config.grid)
+
+
+def check(config: SoraConfig) -> None:
+    if config.update not in UPDATES:
+        raise UserError(f"sora.update must be one of {', '.join(UPDATES)}, not '{config.update}'.")
+    if config.schedule not in ("linear", "constant"):
+        raise UserError(f"sora.schedule must be linear or constant, not '{config.schedule}'.")
+    if config.grid not in GRIDS and config.rounds > 0:
+        scheduler_thresholds(config)  # raises the sentence that explains
 
 
 def sora_step(gated: GatedLoRA, batch: dict, weights: torch.optim.Optimizer,
-              gate_optimizer: torch.optim.Optimizer, l1: float, xi: float) -> torch.Tensor:
-    """One SoRA step: task loss + l1 * mean|g|, both optimizers, then the proximal step on the gates
-    with dead gates held at zero. Returns the task loss (detached)."""
+              gate_optimizer: torch.optim.Optimizer, l1: float, xi: float, update: str = "official",
+              max_grad_norm: float = 0.0) -> torch.Tensor:
+    """One SoRA step: task loss + l1 * mean|g|, one gradient clip over everything trained, both
+    optimizers, then the gate rule. official: OfficialGateAdam applies the masked update itself and
+    zero gates train on; soft: the soft threshold with dead gates held at zero. Returns the task loss."""
     alive = gated.gates.detach() != 0
     task = gated.model(**batch).loss
     loss = task + l1 * gated.gates.abs().sum() / gated.gates.numel()
     loss.backward()
-    gated.gates.grad.mul_(alive)
+    if update == "soft":  # dead gates get no gradient, so they neither move nor count in the clip
+        gated.gates.grad.mul_(alive)
+    if max_grad_norm > 0:
+        params = [p for group in weights.param_groups + gate_optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     weights.step()
+    if update == "official":
+        gate_optimizer.xi = xi
     gate_optimizer.step()
-    proximal_step(gated.gates, xi, alive)
+    if update == "soft":
+        proximal_step(gated.gates, xi, alive)
     weights.zero_grad(set_to_none=True)
     gate_optimizer.zero_grad(set_to_none=True)
     return task.detach()
 
 
+def optimizers(gated: GatedLoRA, head: dict, config: SoraConfig):
+    """AdamW on A, B and the head (weight decay on 2-D weights only, as the official grouping leaves
+    biases and norms out) and the gates' optimizer for the chosen rule."""
+    trained = gated.lora_parameters() + list(head.values())
+    groups = [{"params": [p for p in trained if p.ndim >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in trained if p.ndim < 2], "weight_decay": 0.0}]
+    weights = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+    gate_lr = config.gate_lr or config.lr
+    if config.update == "official":
+        gates = OfficialGateAdam([gated.gates], lr=gate_lr, xi=config.xi)
+    else:
+        gates = torch.optim.AdamW([gated.gates], lr=gate_lr, weight_decay=0.0)
+    return weights, gates
+
+
+def schedulers(weights, gates, config: SoraConfig) -> list:
+    """One learning-rate schedule per optimizer over the training stage, stepped on through the rounds."""
+    if config.schedule == "constant":
+        return []
+    # Official warm-up lengths: transformers rounds the main one up, run_glue.py truncates the gates'.
+    main = linear_schedule(math.ceil(config.steps * config.warmup_fraction), config.steps)
+    gate = linear_schedule(int(config.steps * config.warmup_fraction), config.steps)
+    return [torch.optim.lr_scheduler.LambdaLR(weights, main), torch.optim.lr_scheduler.LambdaLR(gates, gate)]
+
+
 def train(context, config: SoraConfig, directory=None) -> dict:
     """Sparse training, then the scheduler's rounds; gate snapshots along the way. With `directory`,
     the pruned adapter after the training stage is saved there. Returns plain data for the store."""
+    check(config)
     model, modules = context.model, context.modules
     generator = torch.Generator().manual_seed(context.settings.seed)
     initial = torch.randn(len(modules), config.r_max, generator=generator)
@@ -145,8 +197,8 @@ def train(context, config: SoraConfig, directory=None) -> dict:
             gated_lora(model, modules, config.r_max, config.alpha, seed=context.settings.seed, gates=initial) as gated:
         for p in head.values():
             p.requires_grad_(True)
-        weights = torch.optim.AdamW(gated.lora_parameters() + list(head.values()), lr=config.lr, weight_decay=0.0)
-        gate_optimizer = torch.optim.AdamW([gated.gates], lr=config.gate_lr, weight_decay=0.0)
+        weights, gate_optimizer = optimizers(gated, head, config)
+        lr_schedules = schedulers(weights, gate_optimizer, config)
         batches = itertools.cycle(context.batches("train", config.batch_size, desc="train batches"))
         model.train()
         bar = progress(range(total), total=total, desc="sora", unit="step")
@@ -154,10 +206,14 @@ def train(context, config: SoraConfig, directory=None) -> dict:
         for stage, xi, steps in stages:
             for _ in range(steps):
                 next(bar, None)
-                losses.append(sora_step(gated, next(batches), weights, gate_optimizer, config.l1, xi))
+                gate_lr = gate_optimizer.param_groups[0]["lr"]  # the rate this step uses
+                losses.append(sora_step(gated, next(batches), weights, gate_optimizer, config.l1, xi,
+                                        config.update, config.max_grad_norm))
+                for schedule in lr_schedules:
+                    schedule.step()
                 nonzero.append((gated.gates != 0).sum())  # both kept on the device: no synchronisation per step
                 step += 1
-                steps_run.append((step, stage, xi))
+                steps_run.append((step, stage, xi, gate_lr))
                 if step % config.snapshot_every == 0:
                     snapshots.append((step, stage, xi, gated.gates.detach().cpu().clone()))
             if not snapshots or snapshots[-1][0] != step:  # every stage ends with a snapshot

@@ -37,4 +37,4 @@ def compute(context, config: StateChangeConfig) -> Result:
 register(Signal(
     name="state_change", title="Hidden-state change",
     description="Mean relative change of the pooled hidden state across each block.",
-    config=StateChangeConfig, compute=compute, version=1))
+    config=StateChangeConfig, compute=compute, version=2))
