@@ -6,3 +6,13 @@ class UserError(Exception):
 
     The message is one complete sentence; the command line prints it and exits non-zero.
     """
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """The first line of `text`, cut at a word boundary (with an ellipsis) when longer than `limit`, so a message
+    quoted inside a sentence never ends mid-word."""
+    line = (str(text).strip().splitlines() or [""])[0].strip()
+    if len(line) <= limit:
+        return line.rstrip(".")
+    cut = line[:limit + 1].rsplit(" ", 1)[0] if " " in line[:limit + 1] else line[:limit]
+    return cut.rstrip(" ,;:.(") + "..."

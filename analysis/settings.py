@@ -60,10 +60,10 @@ def _kind(f: dataclasses.Field, owner: type):
     return typing.get_origin(kind) or kind
 
 
-def _convert(f: dataclasses.Field, owner: type, value):
+def _convert(f: dataclasses.Field, owner: type, value, label: str | None = None):
     """A raw value (command-line text, JSON) as the field's type, or one sentence saying why not."""
     kind = _kind(f, owner)
-    label = flag_of(f)
+    label = label or flag_of(f)
     if f.name == "fractions":
         return _fractions(value)
     if kind is tuple:
@@ -95,13 +95,17 @@ def _convert(f: dataclasses.Field, owner: type, value):
     return str(value)
 
 
-def _check(instance) -> None:
-    """Convert every field to its type and check its range; used by each group's __post_init__."""
+def _check(instance, label_of=flag_of) -> None:
+    """Convert every field to its type and check its range; used by each group's __post_init__ and, with
+    `label_of` naming options as signal.option, by every signal's config (registry.make_config)."""
     owner = type(instance)
     for f in dataclasses.fields(owner):
-        value = _convert(f, owner, getattr(instance, f.name))
+        label = label_of(f)
+        value = _convert(f, owner, getattr(instance, f.name), label)
         object.__setattr__(instance, f.name, value)
-        meta, label = f.metadata, flag_of(f)
+        meta = f.metadata
+        if value is None or isinstance(value, tuple):
+            continue
         if meta.get("choices") and value not in meta["choices"]:
             raise UserError(f"{label} must be one of {', '.join(map(str, meta['choices']))}, not '{value}'.")
         if meta.get("minimum") is not None and value < meta["minimum"]:
@@ -110,6 +114,12 @@ def _check(instance) -> None:
             raise UserError(f"{label} must be at most {meta['maximum']}, not {value}.")
         if meta.get("above") is not None and value <= meta["above"]:
             raise UserError(f"{label} must be greater than {meta['above']}, not {value}.")
+
+
+def check_values(instance, prefix: str) -> None:
+    """Check a signal config's values (types, finiteness, the ranges in its fields' metadata), naming each
+    option as `prefix.option` the way `--set` spells it."""
+    _check(instance, lambda f: f"{prefix}.{f.name}")
 
 
 @dataclass(frozen=True)
@@ -121,10 +131,13 @@ class RunSettings:
                                            "file or a hub dataset name")
     text_column: str = setting("text", "text column of a local or hub dataset")
     label_column: str = setting("label", "label column (classification)")
+    allow_many_classes: bool = setting(False, "accept a label column of numbers with a fraction or of mostly "
+                                              "unique values (refused by default: usually an id or a regression "
+                                              "target, not classes)")
     hub_split: str = setting("train", "which split of a hub dataset to load")
     task: str = setting("auto", "auto: classification for encoders, causal-lm for decoders",
                         choices=("auto", "classification", "causal-lm"))
-    seed: int = setting(0, "split and head-initialisation seed", minimum=0)
+    seed: int = setting(0, "split and head-initialisation seed", minimum=0, maximum=2**31 - 1)
     fractions: tuple[float, float, float] = setting((0.8, 0.1, 0.1), "train, validation and test fractions, "
                                                                      "comma-separated")
     val_size: int = setting(512, "validation examples used for importance", minimum=1)
@@ -178,7 +191,8 @@ class TrainSettings:
     weight_decay: float = setting(0.0, "AdamW weight decay", minimum=0.0)
     test_size: int = setting(0, "test examples to evaluate on (0: the whole test split)", minimum=0)
     checkpoint_every: int = setting(50, "steps between resumable checkpoints", minimum=1)
-    seed: int = setting(0, "seed of the adapter and head initialisation and the data order", minimum=0)
+    seed: int = setting(0, "seed of the adapter and head initialisation and the data order", minimum=0,
+                        maximum=2**31 - 1)
 
     def __post_init__(self):
         _check(self)

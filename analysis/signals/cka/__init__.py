@@ -30,6 +30,10 @@ from analysis.signals.registry import Signal, register
 from analysis.store.cache import Result
 
 
+# Below this many examples CKA between two layers is close to 1 for almost any pair (few points in a wide space).
+MIN_EXAMPLES = 32
+
+
 @dataclass
 class CKAConfig:
     pooling: str = field(default="auto", metadata={
@@ -39,6 +43,12 @@ class CKAConfig:
     accumulate: bool = field(default=False, metadata={
         "help": "stream batches into running sums (memory independent of the number of examples); "
                 "gives the importances but not the layer x layer matrix"})
+
+    def check(self) -> None:
+        """Run by registry.make_config, before anything is computed."""
+        _check_pooling(self.pooling)
+        if self.pooling not in ("auto", "cls", "last", "mean"):
+            raise UserError(f"cka.pooling must be one of auto, cls, last, mean, not '{self.pooling}'.")
 
     @property
     def collects_states(self) -> bool:
@@ -95,5 +105,5 @@ register(Signal(
     name="cka", title="CKA layer importance",
     description="1 - linear CKA between each block's input and output hidden states; "
                 "the plan adapts the most important blocks at a uniform rank.",
-    config=CKAConfig, compute=compute, version=2, plan_family="blocks",
+    config=CKAConfig, compute=compute, version=2, plan_family="blocks", min_examples=MIN_EXAMPLES,
     exhibits=_exhibits))

@@ -84,20 +84,27 @@ def save_pruned(gated: GatedLoRA, directory, base_model_name_or_path: str | None
 
 @dataclass
 class SoraConfig:
-    r_max: int = field(default=8, metadata={"help": "gated ranks per adapted module at the start"})
-    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale alpha / r_max, kept when pruning)"})
-    steps: int = field(default=200, metadata={"help": "sparse training steps on the train split"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of A, B (and the head)"})
-    gate_lr: float = field(default=1e-2, metadata={"help": "AdamW learning rate of the gates"})
-    l1: float = field(default=1e-3, metadata={"help": "weight of mean |gate| in the loss"})
-    xi: float = field(default=2e-3, metadata={"help": "proximal threshold of the gates during training (as given, "
+    r_max: int = field(default=8, metadata={"minimum": 1, "help": "gated ranks per adapted module at the start"})
+    alpha: float = field(default=16.0, metadata={"above": 0, "help": "LoRA alpha (scale alpha / r_max, kept when pruning)"})
+    steps: int = field(default=200, metadata={"minimum": 1, "help": "sparse training steps on the train split"})
+    lr: float = field(default=1e-3, metadata={"above": 0, "help": "AdamW learning rate of A, B (and the head)"})
+    gate_lr: float = field(default=1e-2, metadata={"above": 0, "help": "AdamW learning rate of the gates"})
+    l1: float = field(default=1e-3, metadata={"minimum": 0, "help": "weight of mean |gate| in the loss"})
+    xi: float = field(default=2e-3, metadata={"above": 0, "help": "proximal threshold of the gates during training (as given, "
                                                      "not multiplied by the learning rate)"})
-    batch_size: int = field(default=16, metadata={"help": "training examples per step"})
-    snapshot_every: int = field(default=25, metadata={"help": "steps between gate snapshots"})
-    rounds: int = field(default=4, metadata={"help": "sparsifying-scheduler rounds after training (0: none)"})
-    round_steps: int = field(default=25, metadata={"help": "training steps per scheduler round"})
-    xi_max: float = field(default=2e-2, metadata={"help": "threshold of the last scheduler round"})
-    grid: str = field(default="log", metadata={"help": "log or linear spacing of the rounds' thresholds"})
+    batch_size: int = field(default=16, metadata={"minimum": 1, "help": "training examples per step"})
+    snapshot_every: int = field(default=25, metadata={"minimum": 1, "help": "steps between gate snapshots"})
+    rounds: int = field(default=4, metadata={"minimum": 0, "help": "sparsifying-scheduler rounds after training (0: none)"})
+    round_steps: int = field(default=25, metadata={"minimum": 1, "help": "training steps per scheduler round"})
+    xi_max: float = field(default=2e-2, metadata={"above": 0, "help": "threshold of the last scheduler round"})
+    grid: str = field(default="log", metadata={"choices": ("log", "linear"),
+                                               "help": "log or linear spacing of the rounds' thresholds"})
+
+    def check(self) -> None:
+        """Checks across options, run by registry.make_config before anything is computed."""
+        if self.rounds > 0 and not self.xi < self.xi_max:
+            raise UserError(f"sora.xi ({self.xi:g}) must be below sora.xi_max ({self.xi_max:g}) when the scheduler "
+                            f"runs rounds (sora.rounds={self.rounds}); set sora.rounds=0 to skip them.")
 
 
 def scheduler_thresholds(config: SoraConfig) -> list[float]:
@@ -147,7 +154,7 @@ def train(context, config: SoraConfig, directory=None) -> dict:
             p.requires_grad_(True)
         weights = torch.optim.AdamW(gated.lora_parameters() + list(head.values()), lr=config.lr, weight_decay=0.0)
         gate_optimizer = torch.optim.AdamW([gated.gates], lr=config.gate_lr, weight_decay=0.0)
-        batches = itertools.cycle(context.batches("train", config.batch_size, desc="train batches"))
+        batches = itertools.cycle(context.batches("train", config.batch_size, show_progress=False))
         model.train()
         bar = progress(range(total), total=total, desc="sora", unit="step")
         step = 0
