@@ -6,18 +6,22 @@ actually has to be computed, so a run whose results are all cached never touches
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import pandas as pd
 import torch
 
 from analysis.model import capture
-from analysis.errors import UserError
+from analysis.errors import UserError, shorten
 from analysis.store.hashing import hash_json
 from analysis.jobs.progress import progress
 from analysis.model.sources import Splits, TextData, load_data, load_model, resolve_model, split_data
-from analysis.model.sources.models import LoadedModel, ModelSource, resolve_dtype, resolve_task
+from analysis.model.sources.models import (LoadedModel, ModelSource, is_decoder_config, resolve_dtype,
+                                           resolve_task)
 from analysis.settings import RunSettings, to_dict
 from analysis.store.cache import Store
 
@@ -40,14 +44,38 @@ def resolve_device(name: str) -> torch.device:
     raise UserError(f"Unknown device '{name}'; use auto, cpu, cuda or cuda:N.")
 
 
-def _is_decoder(source: ModelSource) -> bool:
+def _model_config(source: ModelSource):
     from transformers import AutoConfig
 
-    from analysis.model.sources.models import is_decoder_config
+    from analysis.model.sources.models import check_architecture
     try:
-        return is_decoder_config(AutoConfig.from_pretrained(source.path))
+        config = AutoConfig.from_pretrained(source.path)
     except (OSError, ValueError) as exc:
-        raise UserError(f"transformers cannot read the model config in '{source.path}' ({exc}).") from None
+        raise UserError(f"transformers cannot read the model config in '{source.path}' ({shorten(str(exc))}).") \
+            from None
+    check_architecture(config)
+    return config
+
+
+def model_max_length(source: ModelSource, config) -> int | None:
+    """The most tokens per example the model takes: its position embeddings, or less where its tokenizer says
+    so (RoBERTa has 514 positions for 512 tokens); None when neither is stated."""
+    limits = [getattr(config, name) for name in ("max_position_embeddings", "n_positions")
+              if isinstance(getattr(config, name, None), int) and getattr(config, name) > 0]
+    tokenizer_config = source.path / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        try:
+            stated = json.loads(tokenizer_config.read_text()).get("model_max_length")
+        except (OSError, ValueError, AttributeError):
+            stated = None
+        if isinstance(stated, (int, float)) and 1 < stated < 10**7:
+            limits.append(int(stated))
+    return min(limits) if limits else None
+
+
+def report(message: str) -> None:
+    """A warning in the run's log (stderr, which a dashboard job's log.txt holds)."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 @dataclass
@@ -63,21 +91,44 @@ class Prepared:
     key: str
     description: dict
     store: Store            # where signals cache intermediate work (a warmed-up adapter, say)
+    warnings: list[str] = field(default_factory=list)   # what was adjusted or left out, in sentences
 
     @property
     def validation(self) -> pd.DataFrame:
         return self.splits.validation.iloc[: self.settings.val_size]
 
 
-def prepare(settings: RunSettings, store: Store) -> Prepared:
+def prepare(settings: RunSettings, store: Store, warn=report) -> Prepared:
+    """Resolve and check everything short of loading the weights. What had to be adjusted (a --max-length beyond
+    the model's, a --val-size beyond the validation split) or left out (rows without text or label) is said
+    through `warn` (default: the run's log), kept in `Prepared.warnings` and in the description every cache entry
+    of the run carries."""
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     source = resolve_model(settings.model, store.root)
-    decoder = _is_decoder(source)
+    config = _model_config(source)
+    decoder = is_decoder_config(config)
     task = resolve_task(settings.task, decoder)
     label_column = settings.label_column if task == "classification" else None
-    data = load_data(settings.data, settings.text_column, label_column, settings.hub_split)
+    data = load_data(settings.data, settings.text_column, label_column, settings.hub_split,
+                     settings.allow_many_classes)
     splits = split_data(data, settings.seed, tuple(settings.fractions))
+    warnings = []
+    if data.dropped_sentence():
+        warnings.append(data.dropped_sentence())
+    limit = model_max_length(source, config)
+    if limit is not None and settings.max_length > limit:
+        warnings.append(f"--max-length {settings.max_length} is beyond what {source.display_name} takes; "
+                        f"using {limit} tokens per example.")
+        settings = dataclasses.replace(settings, max_length=limit)
+    available = len(splits.validation)
+    if settings.val_size > available:
+        warnings.append(f"--val-size {settings.val_size} is more than the {available} validation examples there "
+                        f"are; using {available}.")
+        settings = dataclasses.replace(settings, val_size=available)
+    for message in warnings:
+        if warn is not None:
+            warn(message)
     identity = {
         "version": CONTEXT_VERSION, "model": source.fingerprint, "task": task,
         "labels": data.label_names, "data": data.fingerprint, "seed": settings.seed,
@@ -86,9 +137,10 @@ def prepare(settings: RunSettings, store: Store) -> Prepared:
     }
     description = {"model": settings.model, "model_name": source.display_name, "data": settings.data,
                    "task": task, "is_decoder": decoder, "settings": to_dict(settings),
-                   "split_sizes": {n: len(splits[n]) for n in ("train", "validation", "test")}}
+                   "split_sizes": {n: len(splits[n]) for n in ("train", "validation", "test")},
+                   "dropped_rows": data.dropped, "setup_warnings": warnings}
     return Prepared(settings, source, task, decoder, data, splits, device, dtype, hash_json(identity), description,
-                    store)
+                    store, warnings)
 
 
 class AnalysisContext:
@@ -99,7 +151,13 @@ class AnalysisContext:
         self.settings = prepared.settings
         self.device = prepared.device
         self._planned_poolings: set[str] = set()
+        self.warnings: list[str] = []   # the running signal's; the runner keeps them in its entry's meta
         self._collected: dict[str, list[torch.Tensor]] = {}
+
+    def warn(self, message: str) -> None:
+        """A warning from a signal: in the run's log and in the signal's cache entry."""
+        report(message)
+        self.warnings.append(message)
 
     @cached_property
     def loaded(self) -> LoadedModel:
@@ -124,8 +182,10 @@ class AnalysisContext:
         size = batch_size or self.settings.batch_size
         return -(-len(self.frame(split)) // size)
 
-    def batches(self, split: str = "validation", batch_size: int | None = None, desc: str | None = None):
-        """Tokenized batches with labels (class ids, or next-token targets for causal LM)."""
+    def batches(self, split: str = "validation", batch_size: int | None = None, desc: str | None = None,
+                show_progress: bool = True):
+        """Tokenized batches with labels (class ids, or next-token targets for causal LM); `show_progress=False`
+        for batches consumed inside another loop's progress bar (a warm-up's steps)."""
         frame = self.frame(split)
         size = batch_size or self.settings.batch_size
         labels = frame["label"].tolist() if self.prepared.task == "classification" else None
@@ -133,6 +193,8 @@ class AnalysisContext:
                                        self.settings.max_length, self.device, labels)
         if self.prepared.task == "causal-lm":
             raw = (with_lm_labels(batch) for batch in raw)
+        if not show_progress:
+            return raw
         return progress(raw, total=self.num_batches(split, size), desc=desc or split)
 
     def pooled_states(self, pooling: str = "auto", desc: str = "capture", tokens_per_example: int = 8):
