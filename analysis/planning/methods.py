@@ -13,8 +13,8 @@ from analysis.errors import UserError
 from analysis.settings import Limits, PlanOptions, to_dict
 from analysis.model.layout import Layout, model_layout
 from analysis.planning.plan_json import build_plan
-from analysis.signals.registry import get_signal, make_config
-from analysis.signals.runner import signal_key
+from analysis.signals.registry import get_signal
+from analysis.signals.runner import find_entry, not_computed
 from analysis.store.cache import Entry
 
 UNIFORM = "uniform"
@@ -43,16 +43,10 @@ def scores_from_entry(name: str, entry: Entry, layout: Layout) -> Scores:
 
 
 def cached_entry(prepared: Prepared, name: str, overrides: dict[str, str] | None = None) -> Entry:
-    """The signal's entry with these options; without options, the default one or else the newest variant."""
-    signal = get_signal(name)
-    entry = prepared.store.get(signal_key(prepared, signal, make_config(signal, overrides)))
-    if entry is None and not overrides:
-        entry = next((e for e in prepared.store.entries() if e.meta.get("signal") == name
-                      and e.meta.get("context_key") == prepared.key and e.meta.get("version") == signal.version),
-                     None)
+    """The signal's entry by runner.find_entry's rule (the same for show, plan and export)."""
+    entry = find_entry(prepared, get_signal(name), overrides)
     if entry is None:
-        raise UserError(f"Signal '{name}' has not been computed for this model and data yet; run: "
-                        f"python -m analysis run --signals {name}")
+        raise UserError(not_computed(name, overrides))
     return entry
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from analysis.signals.context import AnalysisContext, Prepared, prepare
+from analysis.signals.context import AnalysisContext, Prepared, prepare, report
 from analysis.settings import RunSettings
 from analysis.errors import UserError
 from analysis.store.hashing import hash_json
@@ -28,29 +28,57 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
                 store: Store | None = None, force: bool = False) -> list[tuple[Signal, Entry, bool]]:
     """Compute (or fetch) each signal; returns (signal, entry, computed_now) in order."""
     store = store or Store()
+    configs = [make_config(signal, (overrides or {}).get(signal.name)) for signal in signals]  # before any work
     store.clean_tmp()
     prepared = prepare(settings, store)
     context = AnalysisContext(prepared)
-    configs = [make_config(signal, (overrides or {}).get(signal.name)) for signal in signals]
     context.plan_collections(configs)  # signals that collect pooled states share one capture pass
     results = []
     for signal, config in zip(signals, configs):
         key = signal_key(prepared, signal, config)
         if force and store.get(key):
             store.discard(key)
+        warnings = list(prepared.warnings)
         meta = {"signal": signal.name, "title": signal.title, "config": dataclasses.asdict(config),
-                "version": signal.version, "context_key": prepared.key, **prepared.description}
+                "version": signal.version, "context_key": prepared.key, **prepared.description,
+                "warnings": warnings}
+
+        def compute(signal=signal, config=config, warnings=warnings):
+            examples = len(prepared.validation)
+            if examples < signal.min_examples:
+                message = (f"{signal.name} uses {examples} validation examples, fewer than the {signal.min_examples} "
+                           f"it needs to mean much; give more with --val-size or a larger validation fraction.")
+                report(message)
+                warnings.append(message)
+            context.warnings = warnings   # what the signal itself reports (context.warn) lands in its meta
+            return signal.compute(context, config)
+
         entry, computed = store.get_or_compute(
-            key, lambda: signal.compute(context, config), meta,
+            key, compute, meta,
             on_wait=lambda: print(f"Another process is computing {signal.name} for this setting; waiting for it.",
                                   file=sys.stderr))
         results.append((signal, entry, computed))
     return results
 
 
-def find_entry(settings: RunSettings, signal: Signal, overrides: dict[str, str] | None = None,
-               store: Store | None = None) -> Entry | None:
-    """The cached entry for a signal in this setting, without loading the model."""
-    store = store or Store()
-    prepared = prepare(settings, store)
-    return store.get(signal_key(prepared, signal, make_config(signal, overrides)))
+def find_entry(prepared: Prepared, signal: Signal, overrides: dict[str, str] | None = None) -> Entry | None:
+    """The one rule by which `show`, `plan`, `export` and the pages pick a cached entry: with options (`--set`),
+    the entry computed with exactly those options; without, the one with default options, or else the newest
+    variant from the signal's current code version. None when there is none."""
+    store = prepared.store
+    entry = store.get(signal_key(prepared, signal, make_config(signal, overrides)))
+    if entry is None and not overrides:
+        entry = next((e for e in store.entries() if e.meta.get("signal") == signal.name
+                      and e.meta.get("context_key") == prepared.key and e.meta.get("version") == signal.version),
+                     None)
+    return entry
+
+
+def not_computed(name: str, overrides: dict[str, str] | None = None) -> str:
+    """What to say when find_entry finds nothing."""
+    if overrides:
+        options = " ".join(f"--set {name}.{k}={v}" for k, v in overrides.items())
+        return (f"Signal '{name}' has not been computed with {options} for this model and data yet; run: "
+                f"python -m analysis run --signals {name} {options}")
+    return (f"Signal '{name}' has not been computed for this model and data yet; run: "
+            f"python -m analysis run --signals {name}")
