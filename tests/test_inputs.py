@@ -138,3 +138,64 @@ def test_shorten_cuts_at_a_word_boundary():
     assert short.endswith("...") and len(short) <= 63
     assert text.startswith(short.removesuffix("...")) and text[len(short) - 3] == " "
     assert shorten("short enough.") == "short enough"
+
+
+# --- the dashboard says the same sentence ---------------------------------------------------------------------
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "setup.py")
+
+
+def cli_sentence(argv: list[str], capsys) -> str:
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2, err
+    return err.strip().removeprefix("error: ")
+
+
+def submit_setup(model: str = "", data: str = "", text_column: str = "text", label_column: str = "label"):
+    from streamlit.testing.v1 import AppTest
+    app = AppTest.from_file(PAGE, default_timeout=60).run()
+    if model:
+        [s for s in app.selectbox if s.label == "Model"][0].set_value("other")
+        [t for t in app.text_input if t.label == "Hub name or local directory"][0].set_value(model)
+    if data:
+        [s for s in app.selectbox if s.label == "Dataset"][0].set_value("other")
+        [t for t in app.text_input if t.label.startswith("Local .csv")][0].set_value(data)
+    [t for t in app.text_input if t.label == "Text column"][0].set_value(text_column)
+    [t for t in app.text_input if t.label == "Label column"][0].set_value(label_column)
+    [s for s in app.multiselect if s.label == "Signals"][0].set_value(["cka"])
+    app.button[0].click().run()
+    assert not app.exception
+    return app
+
+
+DASHBOARD_CASES = {
+    "t5 encoder-decoder": lambda t: ({"model": t5_directory(t)}, ["--model", t5_directory(t)]),
+    "label column is the text column": lambda t: (
+        {"data": csv(t, "d.csv", {"text": TEXTS, "label": LABELS}), "label_column": "text"},
+        ["--data", str(t / "d.csv"), "--label-column", "text"]),
+    "id-like labels": lambda t: ({"data": csv(t, "d.csv", {"text": TEXTS, "label": [f"id{i}" for i in range(40)]})},
+                                 ["--data", str(t / "d.csv")]),
+    "missing local model directory": lambda t: ({"model": str(t / "no" / "model")}, ["--model", str(t / "no" / "model")]),
+}
+
+
+@pytest.mark.parametrize("case", list(DASHBOARD_CASES))
+def test_the_setup_page_says_the_same_sentence(case, cache_dir, tmp_path, capsys):
+    from analysis.jobs import launch as jobs
+    page_inputs, flags = DASHBOARD_CASES[case](tmp_path)
+    app = submit_setup(**page_inputs)
+    sentence = cli_sentence(["run", *flags, "--signals", "cka"], capsys)
+    assert [e.value for e in app.error] == [sentence]
+    assert jobs.list_jobs(cache_dir) == [] and entries(cache_dir) == []
+
+
+def test_the_setup_page_shows_what_a_run_leaves_out(cache_dir, tmp_path, monkeypatch):
+    from analysis.jobs import launch
+    started = []
+    monkeypatch.setattr(launch, "start_job", lambda argv, root, label="": started.append(argv) or "job")
+    rows = {"text": TEXTS + [""] * 5, "label": LABELS + [0] * 5}
+    rows["label"][3] = None
+    app = submit_setup(data=csv(tmp_path, "d.csv", rows))
+    assert any("6 of 45 rows" in w.value and "1 with no label" in w.value for w in app.warning)
+    assert any("--val-size 512 is more than the 4 validation examples" in w.value for w in app.warning)
+    assert len(started) == 1   # warnings, not errors: the job starts
