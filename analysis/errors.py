@@ -16,3 +16,11 @@ def shorten(text: str, limit: int = 160) -> str:
         return line.rstrip(".")
     cut = line[:limit + 1].rsplit(" ", 1)[0] if " " in line[:limit + 1] else line[:limit]
     return cut.rstrip(" ,;:.(") + "..."
+
+
+def quoted(value, limit: int = 60) -> str:
+    """A value the user typed, quoted for a one-line sentence: control characters (a newline) escaped, long text
+    shortened."""
+    text = str(value)
+    shown = repr(text)[1:-1] if not text.isprintable() else text
+    return f"'{shown if len(shown) <= limit else shown[:limit] + '...'}'"

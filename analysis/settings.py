@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 
-from analysis.errors import UserError
+from analysis.errors import UserError, quoted
 
 
 def setting(default, help: str, *, flag: str | None = None, minimum=None, maximum=None, choices=None,
@@ -36,7 +37,7 @@ def _fractions(text) -> tuple[float, float, float]:
             parts = ()
     if len(parts) != 3 or not all(math.isfinite(p) and p > 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
         raise UserError(f"--fractions expects three positive fractions that add up to 1, such as 0.8,0.1,0.1, "
-                        f"not '{text}'.")
+                        f"not {quoted(text)}.")
     return parts
 
 
@@ -52,9 +53,13 @@ def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(owner: type) -> dict:
+    return typing.get_type_hints(owner)   # evaluating string annotations costs ~1 ms; once per class
+
+
 def _kind(f: dataclasses.Field, owner: type):
-    hints = typing.get_type_hints(owner)
-    kind = hints[f.name]
+    kind = _hints(owner)[f.name]
     if isinstance(kind, types.UnionType):   # int | None and the like: the non-None part
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
     return typing.get_origin(kind) or kind
@@ -75,22 +80,22 @@ def _convert(f: dataclasses.Field, owner: type, value, label: str | None = None)
             return value
         text = str(value).lower()
         if text not in ("true", "false", "1", "0", "yes", "no"):
-            raise UserError(f"{label} expects true or false, not '{value}'.")
+            raise UserError(f"{label} expects true or false, not {quoted(value)}.")
         return text in ("true", "1", "yes")
     if kind is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise UserError(f"{label} expects an integer, not '{value}'.")
+            raise UserError(f"{label} expects an integer, not {quoted(value)}.")
         try:
             return int(value) if not isinstance(value, str) else int(value.strip())
         except (TypeError, ValueError):
-            raise UserError(f"{label} expects an integer, not '{value}'.") from None
+            raise UserError(f"{label} expects an integer, not {quoted(value)}.") from None
     if kind is float:
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise UserError(f"{label} expects a number, not '{value}'.") from None
+            raise UserError(f"{label} expects a number, not {quoted(value)}.") from None
         if not math.isfinite(number):
-            raise UserError(f"{label} expects a finite number, not '{value}'.")
+            raise UserError(f"{label} expects a finite number, not {quoted(value)}.")
         return number
     return str(value)
 
@@ -107,7 +112,7 @@ def _check(instance, label_of=flag_of) -> None:
         if value is None or isinstance(value, tuple):
             continue
         if meta.get("choices") and value not in meta["choices"]:
-            raise UserError(f"{label} must be one of {', '.join(map(str, meta['choices']))}, not '{value}'.")
+            raise UserError(f"{label} must be one of {', '.join(map(str, meta['choices']))}, not {quoted(value)}.")
         if meta.get("minimum") is not None and value < meta["minimum"]:
             raise UserError(f"{label} must be at least {meta['minimum']}, not {value}.")
         if meta.get("maximum") is not None and value > meta["maximum"]:

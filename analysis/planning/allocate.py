@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from analysis.errors import UserError
+from analysis.errors import UserError, quoted
 from analysis.model.layout import Layout
 from analysis.settings import Limits
 
@@ -334,7 +334,7 @@ def parse_budget(text: str, layout: Layout, limits: Limits = Limits()) -> int:
     spec = str(text).strip().lower().replace(",", "").replace("_", "")
     match = re.fullmatch(r"(r)?(\d+(?:\.\d+)?)([km])?", spec)
     if not match or (match.group(1) and match.group(3)):
-        raise UserError(f"Cannot read the budget '{text}'; give parameters (150000, 150k, 1.2M) or an average "
+        raise UserError(f"Cannot read the budget {quoted(text)}; give parameters (150000, 150k, 1.2M) or an average "
                         "rank (r4).")
     number = Decimal(match.group(2))   # exact: 99999999999999999999999 stays that number, not a float's neighbour
     if match.group(1):
@@ -343,7 +343,7 @@ def parse_budget(text: str, layout: Layout, limits: Limits = Limits()) -> int:
         budget = int(number * {"k": 1000, "m": 10**6, None: 1}[match.group(3)])
     if budget is None or budget > MAX_BUDGET:
         full = sum(min(m.d_in, m.d_out) * (m.d_in + m.d_out) for m in layout.modules)   # every module at full rank
-        raise UserError(f"A budget of {text} is beyond any LoRA (full rank on every module of this model is "
+        raise UserError(f"A budget of {quoted(text)} is beyond any LoRA (full rank on every module of this model is "
                         f"{full:,} parameters); give at most {MAX_BUDGET:.0e} parameters.")
     if budget <= 0:
         raise UserError("The budget must be a positive number of parameters.")

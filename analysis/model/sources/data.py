@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.errors import UserError, shorten
+from analysis.errors import UserError, quoted, shorten
 from analysis.model.sources.models import _package_dir
 
 EMBEDDED = "rotten_tomatoes"
@@ -141,8 +141,9 @@ def load_data(spec: str = EMBEDDED, text_column: str = "text", label_column: str
         raise UserError(f"'{spec}' does not read as a table with one column per name.")
     for column in (text_column, label_column):
         if column is not None and column not in frame.columns:
-            raise UserError(f"Column '{column}' is not in the dataset; its columns are: "
-                            f"{', '.join(map(str, frame.columns))}.")
+            raise UserError(f"Column {quoted(column)} is not in the dataset; its columns are: "
+                            f"{', '.join(quoted(c, 30) for c in frame.columns[:20])}"
+                            f"{' and more' if len(frame.columns) > 20 else ''}.")
     keep = [text_column] + ([label_column] if label_column else [])
     frame = frame[keep]
     dropped = {}
