@@ -45,6 +45,14 @@ def t5_directory(tmp_path: Path) -> str:
     return str(directory)
 
 
+def plan_file(tmp_path: Path, **values) -> str:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"signal": "uniform", "r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0,
+                                "target_modules": ["bert.encoder.layer.0.attention.self.query"],
+                                "trainable_params": 3072, **values}))
+    return str(path)
+
+
 TEXTS = [f"review number {i} of the film" for i in range(40)]
 LABELS = [i % 2 for i in range(40)]
 
@@ -68,6 +76,10 @@ CASES = {
                       "--lr must be greater than 0"),
     "retrain lr nan": (lambda t: ["retrain", "--plan", str(t / "missing.json"), "--lr", "nan"],
                        "--lr expects a finite number"),
+    "retrain a hand-edited plan": (lambda t: ["retrain", "--plan", plan_file(t, lora_alpha=-1.0)],
+                                   "has a lora_alpha that is not a positive number"),
+    "retrain a plan with dropout 1.5": (lambda t: ["retrain", "--plan", plan_file(t, lora_dropout=1.5)],
+                                        "has lora_dropout 1.5; it must be between 0 and 0.99"),
     "shapley.r_max=0": (lambda t: ["run", "--signals", "shapley", "--set", "shapley.r_max=0"],
                         "shapley.r_max must be at least 1, not 0"),
     "shapley.samples=0": (lambda t: ["run", "--signals", "shapley", "--set", "shapley.samples=0"],

@@ -10,6 +10,7 @@ with the plan.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -157,4 +158,23 @@ def read_plan(path: Path) -> dict:
         raise UserError(f"The plan file '{path}' is not valid JSON ({exc}).") from None
     if not isinstance(plan, dict):
         raise UserError(f"The plan file '{path}' does not hold a JSON object.")
+    check_values(plan, path)
     return plan
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_values(plan: dict, path) -> None:
+    """The ranges a hand-edited plan must keep (what `plan` itself refuses on its command line): ranks positive
+    integers, alpha positive, dropout in [0, 0.99]."""
+    ranks = [plan.get("r"), *(plan.get("rank_pattern") or {}).values()]
+    if any(r is not None and not (isinstance(r, int) and not isinstance(r, bool) and r >= 1) for r in ranks):
+        raise UserError(f"The plan file '{path}' has a rank that is not a positive integer; ranks must be 1 or more.")
+    alphas = [plan.get("lora_alpha"), *(plan.get("alpha_pattern") or {}).values()]
+    if any(a is not None and not (_number(a) and a > 0) for a in alphas):
+        raise UserError(f"The plan file '{path}' has a lora_alpha that is not a positive number.")
+    dropout = plan.get("lora_dropout")
+    if dropout is not None and not (_number(dropout) and 0 <= dropout <= 0.99):
+        raise UserError(f"The plan file '{path}' has lora_dropout {dropout!r}; it must be between 0 and 0.99.")
