@@ -223,3 +223,21 @@ def test_a_degenerate_estimate_is_flagged(monkeypatch):
     assert result.tables["dimensions"]["degenerate"].tolist() == [False, True, False, False]
     assert result.table["degenerate"].tolist() == [True, True, False]   # blocks 0 and 1 touch state 1
     assert any("degenerate" in w and "hidden state(s) 1;" in w for w in context.warnings)
+
+
+def test_a_warm_up_shows_one_progress_bar(encoder_context, monkeypatch):
+    """The warm-up's steps are the bar; the train batches it draws inside them are not a second, nested one
+    ("train batches 4/638 [ETA 5:53:18]" inside a 5-step warm-up)."""
+    import analysis.signals.context as context_module
+    import analysis.signals.lora.warmup as warmup_module
+    from analysis.signals.lora.warmup import WarmupConfig
+    bars = []
+
+    def recording(iterable, total=None, desc="", **kwargs):
+        bars.append(desc)
+        return iterable
+
+    monkeypatch.setattr(context_module, "progress", recording)
+    monkeypatch.setattr(warmup_module, "progress", recording)
+    warmup_module._train(encoder_context, WarmupConfig(r_max=2, warmup_steps=2, warmup_batch_size=4))
+    assert bars == ["warm-up"]
