@@ -211,3 +211,19 @@ def test_the_setup_page_shows_what_a_run_leaves_out(cache_dir, tmp_path, monkeyp
     assert any("6 of 45 rows" in w.value and "1 with no label" in w.value for w in app.warning)
     assert any("--val-size 512 is more than the 4 validation examples" in w.value for w in app.warning)
     assert len(started) == 1   # warnings, not errors: the job starts
+
+
+def test_the_run_chooser_shows_what_differs(cache_dir):
+    """Two runs that differ only in --max-length and --dtype read the same in their labels; the chooser adds it."""
+    from streamlit.testing.v1 import AppTest
+
+    from analysis.settings import RunSettings
+    from tests.synthetic_store import fill
+    fill(cache_dir, RunSettings(val_size=16, device="cpu", max_length=64, dtype="float32"), signals=("cka",))
+    fill(cache_dir, RunSettings(val_size=16, device="cpu"), signals=("cka",))
+    app = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not app.exception
+    options = [s for s in app.selectbox if s.label == "Run"][0].options
+    assert len(options) == 2
+    assert any(o.endswith("dtype float32, max-length 64") for o in options), options
+    assert any(o.endswith("dtype auto, max-length 128") for o in options), options
