@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from analysis.errors import UserError, shorten
+from analysis.errors import UserError, quoted, shorten
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -191,16 +191,18 @@ def cmd_compare(args) -> int:
     from analysis.signals.context import prepare
     from analysis.signals.registry import all_signals
     settings = _settings(args)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated integers, not {quoted(args.seeds)}.") from None
+    if any(not 0 <= s <= 2**31 - 1 for s in seeds):
+        raise UserError(f"--seeds expects integers from 0 to {2**31 - 1}, not {quoted(args.seeds)}.")
     if args.signals:
         methods = [m.strip() for m in args.signals.split(",") if m.strip()]
     else:  # every signal already computed for this setting
         prepared = prepare(settings, _store(args))
         cached = {e.meta.get("signal") for e in prepared.store.entries() if e.meta.get("context_key") == prepared.key}
         methods = [name for name in all_signals() if name in cached]
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        raise UserError(f"--seeds expects comma-separated integers, not '{args.seeds}'.") from None
     entry = compare(settings, methods, args.budget, seeds, _retrain_config(args), _limits(args), _plan_options(args),
                     _store(args), overrides=_overrides(args.set))
     print(markdown(formatted(entry.table(), entry.meta["task"])))

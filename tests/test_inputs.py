@@ -116,6 +116,7 @@ CASES = {
     "missing local model directory": (lambda t: ["run", "--model", str(t / "no" / "model"), "--signals", "cka"],
                                       "does not exist"),
     "compare seeds": (lambda t: ["compare", "--seeds", "0,x"], "--seeds expects comma-separated integers"),
+    "compare negative seed": (lambda t: ["compare", "--seeds", "0,-1"], "--seeds expects integers from 0 to"),
 }
 
 
