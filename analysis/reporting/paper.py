@@ -63,9 +63,11 @@ def paper_style(figure: go.Figure, width: str = "column", grayscale: bool = Fals
                 tickfont_size=FONT_SIZE, automargin=True)
     styled.update_xaxes(**axes)
     styled.update_yaxes(**axes)
-    styled.update_traces(colorbar={"thickness": 10, "len": 0.9}, selector={"type": "heatmap"})
+    # A colour bar's title is an axis title too (plotly's default is 1.2 x the text size as well).
+    colorbar = {"thickness": 10, "len": 0.9, "title_font_size": FONT_SIZE, "tickfont_size": FONT_SIZE}
+    styled.update_traces(colorbar=colorbar, selector={"type": "heatmap"})
     if styled.layout.coloraxis.colorbar is not None:
-        styled.update_layout(coloraxis_colorbar={"thickness": 10, "len": 0.9})
+        styled.update_layout(coloraxis_colorbar=colorbar)
     if grayscale:
         _to_grayscale(styled)
     return styled

@@ -107,3 +107,31 @@ def test_latex_headers_read_as_words():
     table = pd.DataFrame({"method": ["uniform"], "test_loss": ["0.412 ± 0.010"], "accuracy (%)": ["81.0 ± 1.0"]})
     text = latex_table(table, caption="Retrain comparison")
     assert "test loss" in text and r"test\_loss" not in text and r"$\pm$" in text
+
+
+@needs_tools
+@pytest.mark.slow   # a minute: about 16 renders
+def test_every_exported_figure_keeps_the_paper_sizes_and_the_page(tmp_path):
+    """Each signal's figures, the all-signals overview and the plans, from a store the real runner filled with
+    synthetic tables: text at 7.5 pt (legends 6.75 pt, titles 8.25 pt; no 9 pt axis or colour-bar titles), every
+    word inside the page."""
+    from analysis.reporting.exhibits import exhibits_for
+    from analysis.settings import Limits, RunSettings
+    from analysis.signals.context import prepare
+    from tests.synthetic_store import fill
+    settings = RunSettings(val_size=16, device="cpu")
+    prepared = prepare(settings, fill(tmp_path / "cache", settings), warn=None)
+    rendered = 0
+    for what in ("shapley", "sora", "id", "cka", "adalora", "all", "plans"):
+        for exhibit in exhibits_for(prepared, what, "r4", Limits(), {}):
+            if exhibit.figure is None:
+                continue
+            pdf = figure_bytes(paper_style(exhibit.figure(), "column"), "pdf")
+            assert set(text_sizes(pdf)) <= {6.75, 7.5, 8.25}, (exhibit.name, sorted(set(text_sizes(pdf))))
+            path = tmp_path / f"{exhibit.name}.pdf"
+            path.write_bytes(pdf)
+            (width, height), found = words(path)
+            outside = [w for w in found if w[1] < 0 or w[3] > width + 0.5 or w[2] < 0 or w[4] > height + 0.5]
+            assert not outside, (exhibit.name, outside)
+            rendered += 1
+    assert rendered >= 12
