@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from analysis.errors import UserError
+from analysis.errors import UserError, quoted, shorten
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -78,16 +78,17 @@ def cmd_show(args) -> int:
 
     from analysis.signals.context import identify
     from analysis.signals.registry import all_signals, get_signal
-    from analysis.signals.runner import find_entry
-    identity = identify(_settings(args), _store(args))
+    from analysis.signals.runner import find_entry, not_computed
+    settings = _settings(args)
     signals = [get_signal(args.signal)] if args.signal else list(all_signals().values())
+    overrides = _overrides(args.set)
+    identity = identify(settings, _store(args))
     frames = []
     for signal in signals:
-        entry = find_entry(identity, signal, _overrides(args.set).get(signal.name))
+        entry = find_entry(identity, signal, overrides.get(signal.name))
         if entry is None:
             if args.signal:
-                raise UserError(f"Signal '{signal.name}' has not been computed for this model and data yet; "
-                                f"run: python -m analysis run --signals {signal.name}")
+                raise UserError(not_computed(signal.name, overrides.get(signal.name)))
             continue
         if args.table not in entry.table_names:
             raise UserError(f"Signal '{signal.name}' has no table '{args.table}'; it has: "
@@ -146,7 +147,8 @@ def cmd_plan(args) -> int:
     from analysis.signals.context import identify
     from analysis.planning.plan_json import write_plan
     from analysis.planning.methods import make_plan
-    plan = make_plan(identify(_settings(args), _store(args)), args.signal, args.budget, _limits(args), _plan_options(args), _overrides(args.set))
+    limits, options, overrides = _limits(args), _plan_options(args), _overrides(args.set)   # checked first
+    plan = make_plan(identify(_settings(args), _store(args)), args.signal, args.budget, limits, options, overrides)
     for warning in plan["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     write_plan(plan, args.out)
@@ -169,8 +171,9 @@ def _retrain_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...]
 def cmd_retrain(args) -> int:
     from analysis.planning.plan_json import read_plan
     from analysis.training.retrain import retrain, write_outputs
+    config = _retrain_config(args)   # checked before the plan is read
     plan = read_plan(args.plan)
-    entry = retrain(plan, _retrain_config(args), _store(args), args.device)
+    entry = retrain(plan, config, _store(args), args.device)
     if entry is None:  # a non-main process under accelerate launch
         return 0
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in entry.meta["metrics"].items())
@@ -187,16 +190,18 @@ def cmd_compare(args) -> int:
     from analysis.signals.context import identify
     from analysis.signals.registry import all_signals
     settings = _settings(args)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated integers, not {quoted(args.seeds)}.") from None
+    if any(not 0 <= s <= 2**31 - 1 for s in seeds):
+        raise UserError(f"--seeds expects integers from 0 to {2**31 - 1}, not {quoted(args.seeds)}.")
     if args.signals:
         methods = [m.strip() for m in args.signals.split(",") if m.strip()]
     else:  # every signal already computed for this setting
         key = identify(settings, _store(args)).key
         cached = {e.meta.get("signal") for e in _store(args).entries() if e.meta.get("context_key") == key}
         methods = [name for name in all_signals() if name in cached]
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        raise UserError(f"--seeds expects comma-separated integers, not '{args.seeds}'.") from None
     entry = compare(settings, methods, args.budget, seeds, _retrain_config(args), _limits(args), _plan_options(args),
                     _store(args), overrides=_overrides(args.set))
     print(markdown(formatted(entry.table(), entry.meta["task"])))
@@ -213,7 +218,8 @@ def cmd_export(args) -> int:
     from analysis.signals.context import identify
     from analysis.reporting.exhibits import exhibits_for, render
     from analysis.store.atomic import write_bytes_atomic
-    found = exhibits_for(identify(_settings(args), _store(args)), args.signal, args.budget, _limits(args), _overrides(args.set))
+    limits, overrides = _limits(args), _overrides(args.set)   # checked first
+    found = exhibits_for(identify(_settings(args), _store(args)), args.signal, args.budget, limits, overrides)
     if args.list:
         for exhibit in found:
             kind = "figure" if exhibit.figure else "table"
@@ -305,7 +311,7 @@ def _internal_error(exc: BaseException) -> str:
     log = default_cache_dir() / "logs" / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(traceback.format_exc())
-    return f"Internal error ({type(exc).__name__}: {str(exc)[:200]}); the traceback is in {log}."
+    return f"Internal error ({type(exc).__name__}: {shorten(str(exc), 200)}); the traceback is in {log}."
 
 
 def _stdout_reader_gone() -> bool:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 
-from analysis.errors import UserError
+from analysis.errors import UserError, quoted
 
 
 def setting(default, help: str, *, flag: str | None = None, minimum=None, maximum=None, choices=None,
@@ -36,7 +37,7 @@ def _fractions(text) -> tuple[float, float, float]:
             parts = ()
     if len(parts) != 3 or not all(math.isfinite(p) and p > 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
         raise UserError(f"--fractions expects three positive fractions that add up to 1, such as 0.8,0.1,0.1, "
-                        f"not '{text}'.")
+                        f"not {quoted(text)}.")
     return parts
 
 
@@ -52,18 +53,22 @@ def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(owner: type) -> dict:
+    return typing.get_type_hints(owner)   # evaluating string annotations costs ~1 ms; once per class
+
+
 def _kind(f: dataclasses.Field, owner: type):
-    hints = typing.get_type_hints(owner)
-    kind = hints[f.name]
+    kind = _hints(owner)[f.name]
     if isinstance(kind, types.UnionType):   # int | None and the like: the non-None part
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
     return typing.get_origin(kind) or kind
 
 
-def _convert(f: dataclasses.Field, owner: type, value):
+def _convert(f: dataclasses.Field, owner: type, value, label: str | None = None):
     """A raw value (command-line text, JSON) as the field's type, or one sentence saying why not."""
     kind = _kind(f, owner)
-    label = flag_of(f)
+    label = label or flag_of(f)
     if f.name == "fractions":
         return _fractions(value)
     if kind is tuple:
@@ -75,41 +80,51 @@ def _convert(f: dataclasses.Field, owner: type, value):
             return value
         text = str(value).lower()
         if text not in ("true", "false", "1", "0", "yes", "no"):
-            raise UserError(f"{label} expects true or false, not '{value}'.")
+            raise UserError(f"{label} expects true or false, not {quoted(value)}.")
         return text in ("true", "1", "yes")
     if kind is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise UserError(f"{label} expects an integer, not '{value}'.")
+            raise UserError(f"{label} expects an integer, not {quoted(value)}.")
         try:
             return int(value) if not isinstance(value, str) else int(value.strip())
         except (TypeError, ValueError):
-            raise UserError(f"{label} expects an integer, not '{value}'.") from None
+            raise UserError(f"{label} expects an integer, not {quoted(value)}.") from None
     if kind is float:
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise UserError(f"{label} expects a number, not '{value}'.") from None
+            raise UserError(f"{label} expects a number, not {quoted(value)}.") from None
         if not math.isfinite(number):
-            raise UserError(f"{label} expects a finite number, not '{value}'.")
+            raise UserError(f"{label} expects a finite number, not {quoted(value)}.")
         return number
     return str(value)
 
 
-def _check(instance) -> None:
-    """Convert every field to its type and check its range; used by each group's __post_init__."""
+def _check(instance, label_of=flag_of) -> None:
+    """Convert every field to its type and check its range; used by each group's __post_init__ and, with
+    `label_of` naming options as signal.option, by every signal's config (registry.make_config)."""
     owner = type(instance)
     for f in dataclasses.fields(owner):
-        value = _convert(f, owner, getattr(instance, f.name))
+        label = label_of(f)
+        value = _convert(f, owner, getattr(instance, f.name), label)
         object.__setattr__(instance, f.name, value)
-        meta, label = f.metadata, flag_of(f)
+        meta = f.metadata
+        if value is None or isinstance(value, tuple):
+            continue
         if meta.get("choices") and value not in meta["choices"]:
-            raise UserError(f"{label} must be one of {', '.join(map(str, meta['choices']))}, not '{value}'.")
+            raise UserError(f"{label} must be one of {', '.join(map(str, meta['choices']))}, not {quoted(value)}.")
         if meta.get("minimum") is not None and value < meta["minimum"]:
             raise UserError(f"{label} must be at least {meta['minimum']}, not {value}.")
         if meta.get("maximum") is not None and value > meta["maximum"]:
             raise UserError(f"{label} must be at most {meta['maximum']}, not {value}.")
         if meta.get("above") is not None and value <= meta["above"]:
             raise UserError(f"{label} must be greater than {meta['above']}, not {value}.")
+
+
+def check_values(instance, prefix: str) -> None:
+    """Check a signal config's values (types, finiteness, the ranges in its fields' metadata), naming each
+    option as `prefix.option` the way `--set` spells it."""
+    _check(instance, lambda f: f"{prefix}.{f.name}")
 
 
 @dataclass(frozen=True)
@@ -121,10 +136,13 @@ class RunSettings:
                                            "file or a hub dataset name")
     text_column: str = setting("text", "text column of a local or hub dataset")
     label_column: str = setting("label", "label column (classification)")
+    allow_many_classes: bool = setting(False, "accept a label column of numbers with a fraction or of mostly "
+                                              "unique values (refused by default: usually an id or a regression "
+                                              "target, not classes)")
     hub_split: str = setting("train", "which split of a hub dataset to load")
     task: str = setting("auto", "auto: classification for encoders, causal-lm for decoders",
                         choices=("auto", "classification", "causal-lm"))
-    seed: int = setting(0, "split and head-initialisation seed", minimum=0)
+    seed: int = setting(0, "split and head-initialisation seed", minimum=0, maximum=2**31 - 1)
     fractions: tuple[float, float, float] = setting((0.8, 0.1, 0.1), "train, validation and test fractions, "
                                                                      "comma-separated")
     val_size: int = setting(512, "validation examples used for importance", minimum=1)
@@ -180,7 +198,8 @@ class TrainSettings:
     weight_decay: float = setting(0.0, "AdamW weight decay", minimum=0.0)
     test_size: int = setting(0, "test examples to evaluate on (0: the whole test split)", minimum=0)
     checkpoint_every: int = setting(50, "steps between resumable checkpoints", minimum=1)
-    seed: int = setting(0, "seed of the adapter and head initialisation and the data order", minimum=0)
+    seed: int = setting(0, "seed of the adapter and head initialisation and the data order", minimum=0,
+                        maximum=2**31 - 1)
 
     def __post_init__(self):
         _check(self)

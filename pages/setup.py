@@ -7,6 +7,7 @@ from analysis.jobs import launch as jobs
 from analysis.jobs.launch import duration
 from analysis.errors import UserError
 from analysis.settings import RunSettings, to_argv
+from analysis.signals.context import prepare
 from analysis.signals.registry import all_signals
 from analysis.store.runs import runs, when
 from analysis.store.cache import Store
@@ -92,9 +93,14 @@ if submitted:
                                    task=task, device=device, val_size=int(val_size), seed=int(seed),
                                    max_length=int(max_length), batch_size=int(batch_size),
                                    fractions=(train, validation, test))
+            # The checks the job would make before loading the model (files, columns, labels, architecture), here, so
+            # a bad input is the same one sentence on this page as on the command line.
+            prepared = prepare(settings, store, warn=None)
         except UserError as error:
             st.error(str(error))
         else:
+            for warning in prepared.warnings:   # what the run adjusts or leaves out (also in the job's log)
+                st.warning(warning)
             argv = ["run", *to_argv(settings), "--signals", ",".join(chosen), *(["--force"] if force else [])]
             job_id = jobs.start_job(argv, store.root, label=f"{model} / {data}")
             st.toast(f"Started analysis job {job_id}")
@@ -108,12 +114,20 @@ if not found:
     st.info("No results yet: run an analysis above (or `python -m analysis run` on a GPU server with the same "
             "cache directory).")
 else:
+    def setup_of(run) -> dict:
+        """The run's setup as its entries recorded it: rows left out and other adjustments (see prepare)."""
+        return next(iter(run.entries.values()))[0].meta
+
     st.dataframe(pd.DataFrame([{
         "model": r.description.get("model_name") or r.description.get("model"), "data": r.description.get("data"),
         "validation examples": (r.description.get("settings") or {}).get("val_size"),
+        "rows left out": sum((setup_of(r).get("dropped_rows") or {}).values()),
         "signals": ", ".join(name for name in signals if name in r.entries),
         "missing": ", ".join(name for name in signals if name not in r.entries) or "—",
         "newest": when(r.newest)} for r in found]), hide_index=True)
+    for run in found[:5]:   # the newest runs' adjustments, as their logs said them
+        for warning in setup_of(run).get("setup_warnings") or []:
+            st.caption(f"{run.description.get('data')}: {warning}")
     choose_run(set(signals), "", found)
     if st.button("Open on the signal pages", icon=":material/open_in_new:"):
         st.switch_page("pages/overview.py")

@@ -75,8 +75,9 @@ def _intrinsic_dimension(modules, layers, rng) -> Result:
     blocks = range(len(layers))
     table = pd.DataFrame({"signal": "id", "layer": blocks, "module": "block",
                           "value": [int(np.ceil(max(dims[i + 1] - dims[i], 0))) + 1 for i in blocks],
-                          "id_in": dims[:-1], "id_out": dims[1:]})
-    return Result(table, tables={"dimensions": pd.DataFrame({"state": range(len(dims)), "id": dims})},
+                          "id_in": dims[:-1], "id_out": dims[1:], "degenerate": False})
+    return Result(table, tables={"dimensions": pd.DataFrame({"state": range(len(dims)), "id": dims, "duplicates": 0,
+                                                             "degenerate": False})},
                   meta={"points": 64, "estimator": "twonn"})
 
 

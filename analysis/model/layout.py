@@ -19,6 +19,9 @@ from analysis.errors import UserError
 class Layout:
     modules: tuple[AdaptableModule, ...]
     names: tuple[str, ...]          # every module name, as peft matches target and pattern keys against
+    task_type: str | None = None    # peft's TaskType of the model class: SEQ_CLS, CAUSAL_LM (None: a bare model)
+    head_modules: tuple[str, ...] = ()   # the task head (trained with the adapter): peft's modules_to_save
+    base_model_prefix: str = ""     # the backbone's attribute ('bert', 'model'): module paths start with it
 
     @property
     def num_layers(self) -> int:
@@ -41,7 +44,15 @@ def lora_parameter_count(modules, ranks) -> int:
 
 
 def layout_of(model: torch.nn.Module) -> Layout:
-    return Layout(tuple(adaptable_modules(model)), tuple(name for name, _ in model.named_modules()))
+    kind = type(model).__name__
+    task_type = ("SEQ_CLS" if kind.endswith("ForSequenceClassification") else
+                 "CAUSAL_LM" if kind.endswith("ForCausalLM") else None)
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    # Only a classification head is trained beside the adapter (a causal LM keeps its output layer frozen).
+    head = tuple(name for name, child in model.named_children()
+                 if name != prefix and any(True for _ in child.parameters())) if task_type == "SEQ_CLS" else ()
+    return Layout(tuple(adaptable_modules(model)), tuple(name for name, _ in model.named_modules()), task_type, head,
+                  prefix if hasattr(model, prefix) else "")
 
 
 def model_layout(path, task: str, num_labels: int | None = None) -> Layout:

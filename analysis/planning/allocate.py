@@ -22,13 +22,14 @@ module types that may receive rank.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from analysis.errors import UserError
+from analysis.errors import UserError, quoted
 from analysis.model.layout import Layout
 from analysis.settings import Limits
 
@@ -331,6 +332,11 @@ def _allocate_blocks(scores, layout, limits, low, high, costs, budget):
     if paper and chosen < wanted:
         warnings.append(f"The CKA paper's rule selects floor({layout.num_layers}/2) = {wanted} blocks, but this "
                         f"budget fits {chosen} at rank {limits.block_rank}.")
+    spent = _cost(ranks, costs)
+    if budget - spent >= int(costs[high > 0].min()) and spent < budget / 2:
+        warnings.append(f"{scores.name} adapts {chosen} block(s) at rank {limits.block_rank}, which uses "
+                        f"{spent:,} parameters, {spent / budget:.1%} of the budget; raise the block rank "
+                        f"(--block-rank) to spend more of it.")
     return ranks, warnings
 
 
@@ -362,18 +368,26 @@ def uniform_cost(layout: Layout, rank: float, limits: Limits = Limits()) -> int:
     return int(round(rank * sum(c for c, h in zip(layout.costs, high) if h > 0)))
 
 
+# The largest budget taken: above every model's full-rank LoRA, and far inside int64 (numbers beyond it are typos).
+MAX_BUDGET = 10**15
+
+
 def parse_budget(text: str, layout: Layout, limits: Limits = Limits()) -> int:
     """'147456', '150k', '1.2M' parameters, or 'r4': what uniform LoRA of rank 4 costs on the allowed modules."""
     spec = str(text).strip().lower().replace(",", "").replace("_", "")
     match = re.fullmatch(r"(r)?(\d+(?:\.\d+)?)([km])?", spec)
     if not match or (match.group(1) and match.group(3)):
-        raise UserError(f"Cannot read the budget '{text}'; give parameters (150000, 150k, 1.2M) or an average "
+        raise UserError(f"Cannot read the budget {quoted(text)}; give parameters (150000, 150k, 1.2M) or an average "
                         "rank (r4).")
-    number = float(match.group(2))
+    number = Decimal(match.group(2))   # exact: 99999999999999999999999 stays that number, not a float's neighbour
     if match.group(1):
-        budget = uniform_cost(layout, number, limits)
+        budget = uniform_cost(layout, float(number), limits) if number < 10**9 else None
     else:
-        budget = int(number * {"k": 1e3, "m": 1e6, None: 1}[match.group(3)])
+        budget = int(number * {"k": 1000, "m": 10**6, None: 1}[match.group(3)])
+    if budget is None or budget > MAX_BUDGET:
+        full = sum(min(m.d_in, m.d_out) * (m.d_in + m.d_out) for m in layout.modules)   # every module at full rank
+        raise UserError(f"A budget of {quoted(text)} is beyond any LoRA (full rank on every module of this model is "
+                        f"{full:,} parameters); give at most {MAX_BUDGET:.0e} parameters.")
     if budget <= 0:
         raise UserError("The budget must be a positive number of parameters.")
     return budget

@@ -14,7 +14,7 @@ from analysis.settings import Limits, PlanOptions, to_dict
 from analysis.model.layout import Layout, model_layout
 from analysis.planning.plan_json import build_plan
 from analysis.signals.registry import get_signal
-from analysis.signals.runner import find_entry
+from analysis.signals.runner import find_entry, not_computed
 from analysis.store.cache import Entry
 
 UNIFORM = "uniform"
@@ -42,11 +42,10 @@ def scores_from_entry(name: str, entry: Entry, layout: Layout) -> Scores:
 
 
 def cached_entry(identity: RunIdentity, name: str, overrides: dict[str, str] | None = None) -> Entry:
-    """The signal's entry by find_entry's rule, or one sentence saying what to run."""
+    """The signal's entry by runner.find_entry's rule (the same for show, plan and export)."""
     entry = find_entry(identity, get_signal(name), overrides)
     if entry is None:
-        raise UserError(f"Signal '{name}' has not been computed for this model and data yet; run: "
-                        f"python -m analysis run --signals {name}")
+        raise UserError(not_computed(name, overrides))
     return entry
 
 

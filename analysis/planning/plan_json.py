@@ -10,6 +10,7 @@ with the plan.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,11 @@ from analysis.model.layout import Layout, lora_parameter_count
 from analysis.settings import PlanOptions
 
 LORA_KEYS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora", "lora_dropout",
-             "bias", "task_type")
+             "bias")
+# Also LoraConfig's, for applying a plan by hand with peft: the task (so get_peft_model builds the task's PeftModel)
+# and the head to train with the adapter. `retrain` trains the head itself, so lora_config leaves these out (and the
+# retrain cache keys stay as they were).
+TASK_KEYS = ("task_type", "modules_to_save")
 
 
 def build_plan(layout: Layout, ranks: np.ndarray, signal: str, budget: int, options: PlanOptions = PlanOptions(),
@@ -42,14 +47,34 @@ def build_plan(layout: Layout, ranks: np.ndarray, signal: str, budget: int, opti
         "use_rslora": rslora, "lora_dropout": options.dropout, "bias": "none",
         "warnings": list(warnings or []), "settings": settings or {},
     }
+    if layout.task_type:
+        plan["task_type"] = layout.task_type
+        plan["modules_to_save"] = list(layout.head_modules) or None
+    if layout.base_model_prefix:
+        plan["base_model_prefix"] = layout.base_model_prefix
     validate(plan, layout)
     return plan
 
 
-def lora_config(plan: dict):
-    """The peft.LoraConfig the plan describes."""
+def lora_config(plan: dict, with_task: bool = False):
+    """The peft.LoraConfig the plan describes; `with_task` adds task_type and modules_to_save (what applying the
+    plan by hand to the task model class needs, so the classification head trains too)."""
     from peft import LoraConfig
-    return LoraConfig(**{key: plan[key] for key in LORA_KEYS if key in plan})
+    keys = LORA_KEYS + (TASK_KEYS if with_task else ())
+    return LoraConfig(**{key: plan[key] for key in keys if plan.get(key) is not None})
+
+
+def for_base_model(plan: dict) -> dict:
+    """The plan for the bare backbone (`AutoModel`), whose module paths lack the task model's prefix ('bert.',
+    'model.'): every key of target_modules, rank_pattern and alpha_pattern without it, and no task keys."""
+    prefix = plan.get("base_model_prefix", "")
+    def strip(path: str) -> str:
+        return path[len(prefix) + 1:] if prefix and path.startswith(prefix + ".") else path
+    bare = {k: v for k, v in plan.items() if k not in TASK_KEYS + ("base_model_prefix",)}
+    bare["target_modules"] = [strip(p) for p in plan["target_modules"]]
+    for pattern in ("rank_pattern", "alpha_pattern"):
+        bare[pattern] = {strip(k): v for k, v in plan.get(pattern, {}).items()}
+    return bare
 
 
 def _pattern_matches(key: str, names) -> list[str]:
@@ -133,4 +158,23 @@ def read_plan(path: Path) -> dict:
         raise UserError(f"The plan file '{path}' is not valid JSON ({exc}).") from None
     if not isinstance(plan, dict):
         raise UserError(f"The plan file '{path}' does not hold a JSON object.")
+    check_values(plan, path)
     return plan
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_values(plan: dict, path) -> None:
+    """The ranges a hand-edited plan must keep (what `plan` itself refuses on its command line): ranks positive
+    integers, alpha positive, dropout in [0, 0.99]."""
+    ranks = [plan.get("r"), *(plan.get("rank_pattern") or {}).values()]
+    if any(r is not None and not (isinstance(r, int) and not isinstance(r, bool) and r >= 1) for r in ranks):
+        raise UserError(f"The plan file '{path}' has a rank that is not a positive integer; ranks must be 1 or more.")
+    alphas = [plan.get("lora_alpha"), *(plan.get("alpha_pattern") or {}).values()]
+    if any(a is not None and not (_number(a) and a > 0) for a in alphas):
+        raise UserError(f"The plan file '{path}' has a lora_alpha that is not a positive number.")
+    dropout = plan.get("lora_dropout")
+    if dropout is not None and not (_number(dropout) and 0 <= dropout <= 0.99):
+        raise UserError(f"The plan file '{path}' has lora_dropout {dropout!r}; it must be between 0 and 0.99.")

@@ -57,13 +57,19 @@ def paper_style(figure: go.Figure, width: str = "column", grayscale: bool = Fals
                          margin={"l": 48, "r": 8, "t": top, "b": 40},
                          legend={"font": {"size": FONT_SIZE - 1}})
     styled.update_annotations(font_size=FONT_SIZE)   # subplot titles
-    styled.update_xaxes(ticks="outside", ticklen=3, linewidth=0.8, title_standoff=4)
-    styled.update_yaxes(ticks="outside", ticklen=3, linewidth=0.8, title_standoff=4)
-    styled.update_traces(colorbar={"thickness": 10, "len": 0.9}, selector={"type": "heatmap"})
-    if "coloraxis2" in styled.layout:   # two scales side by side (one-signed and signed)
-        styled.update_layout(coloraxis_colorbar={"thickness": 10}, coloraxis2_colorbar={"thickness": 10})
+    # Axis titles at the text size (plotly's default is 1.2 x, 9 pt here); automargin widens the margins to fit
+    # the tick labels and titles, so a long module name does not push the y-axis title off the page.
+    axes = dict(ticks="outside", ticklen=3, linewidth=0.8, title_standoff=4, title_font_size=FONT_SIZE,
+                tickfont_size=FONT_SIZE, automargin=True)
+    styled.update_xaxes(**axes)
+    styled.update_yaxes(**axes)
+    # A colour bar's title is an axis title too (plotly's default is 1.2 x the text size as well).
+    colorbar = {"thickness": 10, "title_font_size": FONT_SIZE, "tickfont_size": FONT_SIZE}
+    styled.update_traces(colorbar={**colorbar, "len": 0.9}, selector={"type": "heatmap"})
+    if "coloraxis2" in styled.layout:   # two scales side by side (one-signed and signed), each half as long
+        styled.update_layout(coloraxis_colorbar=colorbar, coloraxis2_colorbar=colorbar)
     elif styled.layout.coloraxis.colorbar is not None:
-        styled.update_layout(coloraxis_colorbar={"thickness": 10, "len": 0.9})
+        styled.update_layout(coloraxis_colorbar={**colorbar, "len": 0.9})
     if grayscale:
         _to_grayscale(styled)
     return styled
@@ -144,13 +150,36 @@ def figure_bytes(figure: go.Figure, fmt: str, title: str = "") -> bytes:
 
     with _render_lock, warnings.catch_warnings():
         warnings.simplefilter("ignore")   # plotly notes that its kaleido options go unused with a server
+        _pdf_without_margins()
         kaleido.start_sync_server(silence_warnings=True)   # once per process; kaleido stops it at exit
         data = pio.to_image(figure, format=fmt, scale=PNG_SCALE if fmt == "png" else 1)
     return _titled_pdf(data, title) if fmt == "pdf" and title else data
 
 
+def _pdf_without_margins() -> None:
+    """kaleido prints a PDF page of the figure's size with 0.1 in margins, so Chromium shrinks the figure to fit:
+    a 3.4 in figure's 7.5 pt text came out at 7.1 pt. Print with no margins instead, so one CSS pixel is 0.75 pt
+    exactly (kaleido 1.5's print_pdf, replaced at its module; tests/test_paper_pdf.py reads the sizes back)."""
+    from kaleido._kaleido_tab import _devtools_utils as tools
+
+    if getattr(tools.print_pdf, "without_margins", False):
+        return
+
+    async def print_pdf(tab) -> str:
+        response = await tab.send_command("Page.printToPDF", params={
+            "printBackground": True, "marginTop": 0, "marginBottom": 0, "marginLeft": 0, "marginRight": 0,
+            "preferCSSPageSize": True, "pageRanges": "1"})
+        tools._raise_error(response)
+        return response.get("result", {}).get("data")
+
+    print_pdf.without_margins = True
+    tools.print_pdf = print_pdf
+
+
 def latex_table(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:
-    """A booktabs table; text is escaped for LaTeX and '±' becomes $\\pm$."""
+    """A booktabs table; text is escaped for LaTeX, '±' becomes $\\pm$ and a column name's underscores spaces
+    (a header reads 'test loss', not 'test\\_loss')."""
+    frame = frame.rename(columns=lambda name: str(name).replace("_", " "))
     styler = frame.style.hide(axis="index").format(escape="latex", precision=3)
     styler = styler.format_index(escape="latex", axis="columns")
     text = styler.to_latex(hrules=True, column_format="l" + "r" * (len(frame.columns) - 1),

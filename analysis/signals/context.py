@@ -6,7 +6,10 @@ actually has to be computed, so a run whose results are all cached never touches
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -14,12 +17,13 @@ import pandas as pd
 import torch
 
 from analysis.model import capture
-from analysis.errors import UserError
+from analysis.errors import UserError, shorten
 from analysis.store.hashing import hash_json
 from analysis.jobs.progress import progress, step
 from analysis.model.sources import Splits, TextData, load_data, load_model, resolve_model, split_data
-from analysis.model.sources.data import data_identity, remember_identity
-from analysis.model.sources.models import LoadedModel, ModelSource, resolve_dtype, resolve_task
+from analysis.model.sources.data import data_identity, remember_identity, split_sizes
+from analysis.model.sources.models import (LoadedModel, ModelSource, is_decoder_config, resolve_dtype,
+                                           resolve_task)
 from analysis.settings import RunSettings, from_dict, to_dict
 from analysis.store.cache import Store
 
@@ -43,14 +47,55 @@ def resolve_device(name: str) -> torch.device:
     raise UserError(f"Unknown device '{name}'; use auto, cpu, cuda or cuda:N.")
 
 
-def _is_decoder(source: ModelSource) -> bool:
+def _model_config(source: ModelSource):
     from transformers import AutoConfig
 
-    from analysis.model.sources.models import is_decoder_config
+    from analysis.model.sources.models import check_architecture
     try:
-        return is_decoder_config(AutoConfig.from_pretrained(source.path))
+        config = AutoConfig.from_pretrained(source.path)
     except (OSError, ValueError) as exc:
-        raise UserError(f"transformers cannot read the model config in '{source.path}' ({exc}).") from None
+        raise UserError(f"transformers cannot read the model config in '{source.path}' ({shorten(str(exc))}).") \
+            from None
+    check_architecture(config)
+    return config
+
+
+def model_max_length(source: ModelSource, config) -> int | None:
+    """The most tokens per example the model takes: its position embeddings, or less where its tokenizer says
+    so (RoBERTa has 514 positions for 512 tokens); None when neither is stated."""
+    limits = [getattr(config, name) for name in ("max_position_embeddings", "n_positions")
+              if isinstance(getattr(config, name, None), int) and getattr(config, name) > 0]
+    tokenizer_config = source.path / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        try:
+            stated = json.loads(tokenizer_config.read_text()).get("model_max_length")
+        except (OSError, ValueError, AttributeError):
+            stated = None
+        if isinstance(stated, (int, float)) and 1 < stated < 10**7:
+            limits.append(int(stated))
+    return min(limits) if limits else None
+
+
+def report(message: str) -> None:
+    """A warning in the run's log (stderr, which a dashboard job's log.txt holds)."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _adjusted(settings: RunSettings, source: ModelSource, config, validation_rows: int
+              ) -> tuple[RunSettings, list[str]]:
+    """The settings a run really uses, and a sentence for each change: --max-length within what the model
+    takes, --val-size within the validation split. prepare and identify both key the run by these."""
+    warnings = []
+    limit = model_max_length(source, config)
+    if limit is not None and settings.max_length > limit:
+        warnings.append(f"--max-length {settings.max_length} is beyond what {source.display_name} takes; "
+                        f"using {limit} tokens per example.")
+        settings = dataclasses.replace(settings, max_length=limit)
+    if settings.val_size > validation_rows:
+        warnings.append(f"--val-size {settings.val_size} is more than the {validation_rows} validation examples "
+                        f"there are; using {validation_rows}.")
+        settings = dataclasses.replace(settings, val_size=validation_rows)
+    return settings, warnings
 
 
 @dataclass(frozen=True)
@@ -74,7 +119,7 @@ class RunIdentity:
         labels = description.get("labels")
         if labels is None and description.get("task") == "classification":   # entries written before labels
             labels = data_identity(settings.data, settings.text_column, settings.label_column, settings.hub_split,
-                                   store.root / DATA_MEMO)[1]
+                                   store.root / DATA_MEMO, settings.allow_many_classes).labels
         return cls(settings, key, description.get("task", "classification"), source.path,
                    len(labels) if labels else None, store)
 
@@ -87,8 +132,8 @@ def _context_key(settings: RunSettings, model_fingerprint: str, task: str, dtype
         "val_size": settings.val_size, "max_length": settings.max_length, "dtype": str(dtype)})
 
 
-def _task_of(settings: RunSettings, source: ModelSource) -> tuple[str, bool]:
-    decoder = _is_decoder(source)
+def _task_of(settings: RunSettings, config) -> tuple[str, bool]:
+    decoder = is_decoder_config(config)
     return resolve_task(settings.task, decoder), decoder
 
 
@@ -97,12 +142,14 @@ def identify(settings: RunSettings, store: Store) -> RunIdentity:
     no data is read and no weights are loaded while the files are unchanged."""
     dtype = resolve_dtype(settings.dtype, resolve_device(settings.device))
     source = resolve_model(settings.model, store.root)
-    task, _ = _task_of(settings, source)
+    config = _model_config(source)
+    task, _ = _task_of(settings, config)
     label_column = settings.label_column if task == "classification" else None
-    fingerprint, labels = data_identity(settings.data, settings.text_column, label_column, settings.hub_split,
-                                        store.root / DATA_MEMO)
-    key = _context_key(settings, source.fingerprint, task, dtype, fingerprint, labels)
-    return RunIdentity(settings, key, task, source.path, len(labels) if labels else None, store)
+    data = data_identity(settings.data, settings.text_column, label_column, settings.hub_split,
+                         store.root / DATA_MEMO, settings.allow_many_classes)
+    settings, _ = _adjusted(settings, source, config, split_sizes(data.rows, tuple(settings.fractions))[1])
+    key = _context_key(settings, source.fingerprint, task, dtype, data.fingerprint, data.labels)
+    return RunIdentity(settings, key, task, source.path, len(data.labels) if data.labels else None, store)
 
 
 @dataclass
@@ -118,6 +165,7 @@ class Prepared:
     key: str
     description: dict
     store: Store            # where signals cache intermediate work (a warmed-up adapter, say)
+    warnings: list[str] = field(default_factory=list)   # what was adjusted or left out, in sentences
 
     @property
     def validation(self) -> pd.DataFrame:
@@ -130,21 +178,34 @@ class Prepared:
                            self.store)
 
 
-def prepare(settings: RunSettings, store: Store) -> Prepared:
-    """The run's data, loaded and split, with the same key `identify` computes."""
+def prepare(settings: RunSettings, store: Store, warn=report) -> Prepared:
+    """Resolve and check everything short of loading the weights, with the key `identify` computes. What had to
+    be adjusted (a --max-length beyond the model's, a --val-size beyond the validation split) or left out (rows
+    without text or label) is said through `warn` (default: the run's log), kept in `Prepared.warnings` and in
+    the description every cache entry of the run carries."""
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     source = resolve_model(settings.model, store.root)
-    task, decoder = _task_of(settings, source)
+    config = _model_config(source)
+    task, decoder = _task_of(settings, config)
     label_column = settings.label_column if task == "classification" else None
-    data = load_data(settings.data, settings.text_column, label_column, settings.hub_split)
+    data = load_data(settings.data, settings.text_column, label_column, settings.hub_split,
+                     settings.allow_many_classes)
     remember_identity(data, settings.text_column, label_column, settings.hub_split, store.root / DATA_MEMO)
     splits = split_data(data, settings.seed, tuple(settings.fractions))
+    settings, adjusted = _adjusted(settings, source, config, len(splits.validation))
+    warnings = [*([data.dropped_sentence()] if data.dropped_sentence() else []), *adjusted]
+    for message in warnings:
+        if warn is not None:
+            warn(message)
     key = _context_key(settings, source.fingerprint, task, dtype, data.fingerprint, data.label_names)
     description = {"model": settings.model, "model_name": source.display_name, "data": settings.data,
-                   "task": task, "is_decoder": decoder, "labels": data.label_names, "device": device.type, "settings": to_dict(settings),
-                   "split_sizes": {n: len(splits[n]) for n in ("train", "validation", "test")}}
-    return Prepared(settings, source, task, decoder, data, splits, device, dtype, key, description, store)
+                   "task": task, "is_decoder": decoder, "labels": data.label_names, "device": device.type,
+                   "settings": to_dict(settings),
+                   "split_sizes": {n: len(splits[n]) for n in ("train", "validation", "test")},
+                   "dropped_rows": data.dropped, "setup_warnings": warnings}
+    return Prepared(settings, source, task, decoder, data, splits, device, dtype, key, description, store,
+                    warnings)
 
 
 class AnalysisContext:
@@ -156,6 +217,12 @@ class AnalysisContext:
         self.device = prepared.device
         self._planned_poolings: set[tuple[str, str]] = set()   # (split, pooling)
         self._collected: dict[tuple[str, str], list[torch.Tensor]] = {}
+        self.warnings: list[str] = []   # the running signal's; the runner keeps them in its entry's meta
+
+    def warn(self, message: str) -> None:
+        """A warning from a signal: in the run's log and in the signal's cache entry."""
+        report(message)
+        self.warnings.append(message)
 
     @cached_property
     def loaded(self) -> LoadedModel:
@@ -190,9 +257,10 @@ class AnalysisContext:
         return -(-len(self.frame(split)) // size)
 
     def batches(self, split: str = "validation", batch_size: int | None = None, desc: str | None = None,
-                frame: pd.DataFrame | None = None):
+                frame: pd.DataFrame | None = None, show_progress: bool = True):
         """Tokenized batches with labels (class ids, or next-token targets for causal LM); of `frame`
-        when given, else of the whole split."""
+        when given, else of the whole split. `show_progress=False` for batches consumed inside another
+        loop's progress bar (a warm-up's steps)."""
         frame = self.frame(split) if frame is None else frame
         size = batch_size or self.settings.batch_size
         labels = frame["label"].tolist() if self.prepared.task == "classification" else None
@@ -200,6 +268,8 @@ class AnalysisContext:
                                        self.settings.max_length, self.device, labels)
         if self.prepared.task == "causal-lm":
             raw = (with_lm_labels(batch) for batch in raw)
+        if not show_progress:
+            return raw
         return progress(raw, total=-(-len(frame) // size), desc=desc or split)
 
     def pooled_states(self, pooling: str = "auto", desc: str = "capture", tokens_per_example: int = 8,

@@ -27,7 +27,8 @@ class Signal:
     config: type                  # a dataclass; its field metadata["help"] documents each option
     compute: Callable             # (AnalysisContext, config) -> store.Result
     version: int = 1              # bump when the computation changes, so old cache entries are not reused
-    trains: bool = False             # trains a model (a warm-up, gates): minutes on a CPU, so not chosen by default
+    trains: bool = False          # trains a model (a warm-up, gates): minutes on a CPU, so not chosen by default
+    min_examples: int = 0         # fewer validation examples than this: the run warns that the result means little
     plan_family: str | None = None   # a name from planning.allocate.FAMILIES; None: inferred from the table
     exhibits: Callable | None = None  # (store Entry) -> its figures and tables; None: reporting's generic one
 
@@ -90,29 +91,24 @@ def get_signal(name: str) -> Signal:
 
 
 def make_config(signal: Signal, overrides: dict[str, str] | None = None):
-    """Build the signal's config from string overrides (command line `--set name.key=value`)."""
+    """Build the signal's config from string overrides (command line `--set name.key=value`), with every value
+    converted to its field's type and checked against the range in the field's metadata (minimum, maximum,
+    above, choices; see settings.setting), so a bad option is one sentence before any model is loaded."""
+    from analysis.settings import check_values
+
     fields = {f.name: f for f in dataclasses.fields(signal.config)}
-    values = {}
-    for key, raw in (overrides or {}).items():
+    for key in overrides or {}:
         if key not in fields:
             options = f"its options are: {', '.join(fields)}" if fields else "it has no options"
             raise UserError(f"Signal '{signal.name}' has no option '{key}'; {options}.")
-        default = getattr(signal.config(), key)
-        values[key] = _parse_value(raw, type(default), f"{signal.name}.{key}")
-    return signal.config(**values)
-
-
-def _parse_value(raw, kind: type, label: str):
-    if not isinstance(raw, str):
-        return raw
     try:
-        if kind is bool:
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return raw.lower() in ("true", "1", "yes")
-        return kind(raw)
-    except ValueError:
-        raise UserError(f"Option {label} expects a {kind.__name__}, not '{raw}'.") from None
+        config = signal.config(**(overrides or {}))
+    except (TypeError, ValueError) as exc:   # a config's own __post_init__ refusing a raw value
+        raise UserError(f"Signal '{signal.name}' cannot use these options ({exc}).") from None
+    check_values(config, signal.name)
+    if hasattr(config, "check"):   # checks across options (sora: xi below xi_max)
+        config.check()
+    return config
 
 
 def config_help(signal: Signal) -> list[tuple[str, object, str]]:

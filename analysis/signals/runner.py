@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from analysis.signals.context import AnalysisContext, RunIdentity, prepare
+from analysis.signals.context import AnalysisContext, RunIdentity, prepare, report
 from analysis.settings import RunSettings
 from analysis.errors import UserError
 from analysis.jobs.progress import phase, step
@@ -30,11 +30,11 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
                 store: Store | None = None, force: bool = False) -> list[tuple[Signal, Entry, bool]]:
     """Compute (or fetch) each signal; returns (signal, entry, computed_now) in order."""
     store = store or Store()
+    configs = [make_config(signal, (overrides or {}).get(signal.name)) for signal in signals]  # before any work
     store.clean_tmp()
     step("reading the data")
     prepared = prepare(settings, store)
     context = AnalysisContext(prepared)
-    configs = [make_config(signal, (overrides or {}).get(signal.name)) for signal in signals]
     context.plan_collections(configs)  # signals that collect pooled states share one capture pass
     results = []
     for k, (signal, config) in enumerate(zip(signals, configs), 1):
@@ -42,21 +42,44 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
         key = signal_key(prepared.key, signal, config)
         if force and store.get(key):
             store.discard(key)
+        warnings = list(prepared.warnings)
         meta = {"signal": signal.name, "title": signal.title, "config": dataclasses.asdict(config),
-                "version": signal.version, "context_key": prepared.key, **prepared.description}
+                "version": signal.version, "context_key": prepared.key, **prepared.description,
+                "warnings": warnings}
+
+        def compute(signal=signal, config=config, warnings=warnings):
+            examples = len(prepared.validation)
+            if examples < signal.min_examples:
+                message = (f"{signal.name} uses {examples} validation examples, fewer than the {signal.min_examples} "
+                           f"it needs to mean much; give more with --val-size or a larger validation fraction.")
+                report(message)
+                warnings.append(message)
+            context.warnings = warnings   # what the signal itself reports (context.warn) lands in its meta
+            return signal.compute(context, config)
 
         def waiting(name=signal.name):
             step(f"waiting for another job computing {name}")
             print(f"Another process is computing {name} for this setting; waiting for it.", file=sys.stderr)
-        entry, computed = store.get_or_compute(key, lambda: signal.compute(context, config), meta, on_wait=waiting)
+        entry, computed = store.get_or_compute(key, compute, meta, on_wait=waiting)
         results.append((signal, entry, computed))
     return results
 
 
 def find_entry(identity: RunIdentity, signal: Signal, overrides: dict[str, str] | None = None) -> Entry | None:
-    """The cached entry `show`, `plan` and `export` use: with options named (`--set`), the entry with exactly
-    those options; without, the entry with the default options, or else the newest variant of the signal."""
+    """The one rule by which `show`, `plan`, `export` and the pages pick a cached entry: with options (`--set`),
+    the entry computed with exactly those options; without, the one with default options, or else the newest
+    variant from the signal's current code version. None when there is none."""
     entry = identity.store.get(signal_key(identity.key, signal, make_config(signal, overrides)))
     if entry is None and not overrides:
         entry = newest_entry(identity.store, identity.key, signal.name, signal.version)
     return entry
+
+
+def not_computed(name: str, overrides: dict[str, str] | None = None) -> str:
+    """What to say when find_entry finds nothing."""
+    if overrides:
+        options = " ".join(f"--set {name}.{k}={v}" for k, v in overrides.items())
+        return (f"Signal '{name}' has not been computed with {options} for this model and data yet; run: "
+                f"python -m analysis run --signals {name} {options}")
+    return (f"Signal '{name}' has not been computed for this model and data yet; run: "
+            f"python -m analysis run --signals {name}")

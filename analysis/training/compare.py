@@ -33,14 +33,16 @@ def summarise(runs: pd.DataFrame, task: str) -> pd.DataFrame:
 
 
 def formatted(summary: pd.DataFrame, task: str) -> pd.DataFrame:
-    """The summary as researchers write it: mean ± std."""
+    """The summary as researchers write it: mean ± std, and the mean alone where one seed (or one run that trained)
+    gives no spread."""
     table = pd.DataFrame({"method": summary["method"], "trainable params": summary["trainable_params"].map("{:,}".format),
                           "seeds": summary["seeds"]})
     for metric in METRICS[task] + ["train_seconds"]:
         scale, digits = (100, 1) if metric in ("accuracy", "f1") else (1, 3 if metric == "test_loss" else 1)
-        mean, std = summary[f"{metric}_mean"] * scale, summary[f"{metric}_std"].fillna(0) * scale
+        mean, std = summary[f"{metric}_mean"] * scale, summary[f"{metric}_std"] * scale
         name = {"accuracy": "accuracy (%)", "f1": "macro F1 (%)", "train_seconds": "train time (s)"}.get(metric, metric)
-        table[name] = [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(mean, std)]
+        table[name] = [f"{m:.{digits}f}" if pd.isna(s) or n < 2 else f"{m:.{digits}f} ± {s:.{digits}f}"
+                       for m, s, n in zip(mean, std, summary["seeds"])]
     return table
 
 

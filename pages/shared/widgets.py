@@ -3,6 +3,7 @@ the budget controls, and the job panel.
 
 Kept under pages/shared/ so that Streamlit never mistakes this module for a page of its own.
 """
+import json
 import time
 
 import streamlit as st
@@ -57,10 +58,28 @@ def choose_run(signals: set[str] | None, empty_message: str, found: list[Run] | 
         st.stop()
     keys = [r.key for r in found]
     current = st.session_state.get(RUN_KEY)
+    differences = run_differences(found)
     chosen = st.selectbox("Run", found, index=keys.index(current) if current in keys else 0,
-                          format_func=lambda r: r.label)
+                          format_func=lambda r: " · ".join(filter(None, [r.label, differences[r.key]])))
     st.session_state[RUN_KEY] = chosen.key
     return chosen
+
+
+# Already in Run.label, or the same for every run of a cache by construction.
+_LABELLED = ("model", "data", "val_size")
+
+
+def run_differences(found: list[Run]) -> dict[str, str]:
+    """Per run, the settings in which the runs differ beyond what their labels show (max-length, dtype, task,
+    seed, split, ...), e.g. 'max-length 64, dtype float32'; '' where nothing else differs."""
+    settings = [{**(r.description.get("settings") or {}), "task": r.description.get("task")} for r in found]
+    names = sorted({name for s in settings for name in s if name not in _LABELLED})
+    differing = [name for name in names if len({json.dumps(s.get(name), sort_keys=True) for s in settings}) > 1]
+
+    def shown(value) -> str:
+        return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return {r.key: ", ".join(f"{name.replace('_', '-')} {shown(s.get(name))}" for name in differing)
+            for r, s in zip(found, settings)}
 
 
 def pick(run: Run, signal: str, label: str):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from analysis.errors import UserError
+from analysis.errors import UserError, shorten
 from analysis.store.hashing import hash_files_memoized
 
 ENCODER = "minilm"
@@ -97,9 +97,14 @@ def _hub_snapshot(name: str) -> Path:
         return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
                                                             "tokenizer*", "*.tiktoken"]))
     except Exception as exc:  # offline, unknown repo, gated repo: all reach the user the same way
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = shorten(str(exc) or type(exc).__name__)
         raise UserError(f"Could not load model '{name}': it is neither an embedded model ({ENCODER}, {DECODER}) "
-                        f"nor a local directory, and the hub did not provide it ({reason[:160]}).") from None
+                        f"nor a local directory, and the hub did not provide it ({reason}).") from None
+
+
+def _looks_like_directory(spec: str) -> bool:
+    """Hub names are 'owner/name' (or one word); a spec starting like a path or with more than one '/' is a path."""
+    return spec.startswith(("/", "./", "../", "~", ".")) or spec.count("/") > 1 or "\\" in spec
 
 
 def resolve_model(spec: str, cache_dir: Path) -> ModelSource:
@@ -112,12 +117,29 @@ def resolve_model(spec: str, cache_dir: Path) -> ModelSource:
         path, fingerprint = _dequantized_decoder(cache_dir)
         return ModelSource(spec, path, fingerprint, "SmolLM2-135M-Instruct (embedded)")
     local = Path(spec).expanduser()
+    if not local.exists() and _looks_like_directory(spec):
+        raise UserError(f"The model directory '{spec}' does not exist.")
     if local.exists():
+        if not local.is_dir():
+            raise UserError(f"'{spec}' is a file; give a model directory (with config.json and weights), "
+                            f"{ENCODER}, {DECODER} or a hub name.")
         if not (local / "config.json").is_file():
             raise UserError(f"'{spec}' exists but has no config.json, so transformers cannot load it as a model.")
         return ModelSource(spec, local.resolve(), hash_files_memoized(_weight_files(local), memo), local.name)
     path = _hub_snapshot(spec)
     return ModelSource(spec, path, hash_files_memoized(_weight_files(path), memo), spec)
+
+
+SUPPORTED = ("encoders (BERT-like: bert, roberta, deberta, MiniLM, ...) and decoders (GPT-2, Llama, Qwen, "
+             "Mistral, SmolLM2, ...)")
+
+
+def check_architecture(config) -> None:
+    """Refuse what the analyses cannot handle, in one sentence naming what they can (encoder-decoder models
+    such as T5 or BART have two stacks of blocks and need decoder inputs)."""
+    if getattr(config, "is_encoder_decoder", False):
+        raise UserError(f"'{config.model_type}' is an encoder-decoder model, which is not supported; the "
+                        f"analyses support {SUPPORTED}.")
 
 
 def is_decoder_config(config) -> bool:
@@ -157,7 +179,9 @@ def load_model(source: ModelSource, task: str = "auto", num_labels: int | None =
     try:
         config = AutoConfig.from_pretrained(source.path)
     except (OSError, ValueError) as exc:
-        raise UserError(f"transformers cannot read the model config in '{source.path}' ({exc}).") from None
+        raise UserError(f"transformers cannot read the model config in '{source.path}' ({shorten(str(exc))}).") \
+            from None
+    check_architecture(config)
     decoder = is_decoder_config(config)
     task = resolve_task(task, decoder)
     tokenizer = AutoTokenizer.from_pretrained(source.path)

@@ -33,6 +33,10 @@ from analysis.signals.registry import Signal, deferred, register
 from analysis.store.cache import Result
 
 
+# Below this many examples CKA between two layers is close to 1 for almost any pair (few points in a wide space).
+MIN_EXAMPLES = 32
+
+
 @dataclass
 class CKAConfig:
     split: str = field(default="train", metadata={
@@ -44,6 +48,12 @@ class CKAConfig:
     accumulate: bool = field(default=False, metadata={
         "help": "stream batches into running sums (memory independent of the number of examples); "
                 "gives the importances but not the layer x layer matrix"})
+
+    def check(self) -> None:
+        """Run by registry.make_config, before anything is computed."""
+        _check_pooling(self.pooling)
+        if self.pooling not in ("auto", "cls", "last", "mean"):
+            raise UserError(f"cka.pooling must be one of auto, cls, last, mean, not '{self.pooling}'.")
 
     @property
     def collects_states(self) -> bool:
@@ -96,5 +106,5 @@ register(Signal(
     name="cka", title="CKA layer importance",
     description="1 - linear CKA between each block's input and output hidden states; "
                 "the plan adapts the most important blocks at a uniform rank.",
-    config=CKAConfig, compute=compute, version=3, plan_family="blocks",
+    config=CKAConfig, compute=compute, version=3, plan_family="blocks", min_examples=MIN_EXAMPLES,
     exhibits=deferred("analysis.signals.cka.cka_figures")))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -31,16 +32,25 @@ from analysis.store.cache import Result
 from analysis.signals.intrinsic_dim.twonn import twonn
 
 
+# TwoNN fits a line through the neighbour-ratio distribution of the points: tens of points at the least.
+MIN_EXAMPLES = 32
+
+
 @dataclass
 class IntrinsicDimConfig:
     split: str = field(default="validation", metadata={"help": "validation or train: the examples measured"})
-    pooling: str = field(default="mean", metadata={
+    pooling: str = field(default="mean", metadata={"choices": ("auto", "cls", "last", "mean", "tokens"),
         "help": "mean (default: an encoder's CLS is constant at the embedding output), tokens, last, cls or auto"})
     estimator: str = field(default="twonn", metadata={
         "help": "twonn (fast TwoNN in torch on the device) or a scikit-dimension estimator class run on "
                 "the CPU: TwoNN, MLE, lPCA, DANCo, ..."})
-    discard_fraction: float = field(default=0.1, metadata={
+    discard_fraction: float = field(default=0.1, metadata={"above": 0, "maximum": 0.9,
         "help": "fraction of the largest neighbour-distance ratios TwoNN leaves out of its fit"})
+
+    def check(self) -> None:
+        """Run by registry.make_config, before anything is computed: the estimator must exist."""
+        if self.estimator != "twonn":
+            estimator_for(self)
 
     @property
     def collects_states(self) -> bool:
@@ -55,7 +65,9 @@ def _scikit_estimators() -> dict[str, type]:
 
 
 def estimator_for(config: IntrinsicDimConfig):
-    """A function (N, D) tensor -> intrinsic dimension for the configured estimator."""
+    """A function (N, D) tensor -> intrinsic dimension for the configured estimator. Duplicate points are removed
+    before a scikit-dimension estimator sees them (its neighbour distances of 0 give an ID of 0 or infinity),
+    as the torch TwoNN drops them; `distinct_points` counts them for the warning."""
     if config.estimator == "twonn":
         return lambda points: twonn(points, config.discard_fraction)
     classes = _scikit_estimators()
@@ -67,30 +79,60 @@ def estimator_for(config: IntrinsicDimConfig):
 
     def estimate(points: torch.Tensor) -> float:
         estimator = cls(discard_fraction=config.discard_fraction) if takes_fraction else cls()
-        return float(estimator.fit(points.detach().double().cpu().numpy()).dimension_)
+        distinct = distinct_points(points)
+        if distinct.shape[0] < 3:
+            raise ValueError(f"only {distinct.shape[0]} distinct points")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # the degenerate cases are reported by compute, in one sentence
+            return float(estimator.fit(distinct.detach().double().cpu().numpy()).dimension_)
     return estimate
+
+
+def distinct_points(points: torch.Tensor) -> torch.Tensor:
+    """The points with exact duplicates removed (one of each kept)."""
+    return torch.unique(points.detach(), dim=0)
+
+
+def degenerate(dim: float, points: torch.Tensor) -> bool:
+    """An estimate no hidden state can have: not positive, or beyond both the number of points and the width."""
+    return not dim > 0 or dim > max(points.shape[0], points.shape[1])
 
 
 def compute(context, config: IntrinsicDimConfig) -> Result:
     estimate = estimator_for(config)
     states = context.collected_states(config.pooling, config.split)
     hint = "try pooling mean or tokens, or more validation examples"
-    dims = []
+    dims, duplicates = [], []
     for j, points in enumerate(states):
+        duplicates.append(points.shape[0] - distinct_points(points).shape[0])
         try:
-            dim = estimate(points)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # the torch TwoNN's duplicate note: counted and reported below
+                dim = estimate(points)
         except ValueError as exc:
             raise UserError(f"The {config.estimator} estimate failed on hidden state {j} ({exc}); {hint}.") from None
         if not math.isfinite(dim):
             raise UserError(f"The {config.estimator} estimate on hidden state {j} is {dim}; {hint}.")
         dims.append(dim)
+    if any(duplicates):
+        states_with = [j for j, n in enumerate(duplicates) if n]
+        context.warn(f"id: {max(duplicates)} of {states[0].shape[0]} points are duplicates in hidden state(s) "
+                     f"{', '.join(map(str, states_with))}; the {config.estimator} estimate uses the distinct points "
+                     f"only ({hint}).")
+    flagged = [degenerate(d, p) for d, p in zip(dims, states)]
+    if any(flagged):
+        context.warn(f"id: the {config.estimator} estimate is degenerate (not positive, or beyond the number of "
+                     f"points) for hidden state(s) {', '.join(str(j) for j, f in enumerate(flagged) if f)}; the "
+                     f"bounds of the blocks around them mean little ({hint}).")
     blocks = range(len(dims) - 1)
     table = pd.DataFrame({
         "signal": "id", "layer": blocks, "module": "block",
         "value": [math.ceil(max(dims[i + 1] - dims[i], 0.0)) + 1 for i in blocks],
         "id_in": dims[:-1], "id_out": dims[1:],
+        "degenerate": [flagged[i] or flagged[i + 1] for i in blocks],
     })
-    dimensions = pd.DataFrame({"state": range(len(dims)), "id": dims})
+    dimensions = pd.DataFrame({"state": range(len(dims)), "id": dims, "duplicates": duplicates,
+                               "degenerate": flagged})
     return Result(table, tables={"dimensions": dimensions},
                   meta={"points": states[0].shape[0], "estimator": config.estimator, "split": config.split})
 
@@ -98,5 +140,5 @@ def compute(context, config: IntrinsicDimConfig) -> Result:
 register(Signal(
     name="id", title="Intrinsic dimension (GeLoRA)",
     description="Per-block LoRA rank lower bound from the growth of the hidden states' intrinsic dimension.",
-    config=IntrinsicDimConfig, compute=compute, version=2, plan_family="bounds",
+    config=IntrinsicDimConfig, compute=compute, version=3, plan_family="bounds", min_examples=MIN_EXAMPLES,
     exhibits=deferred("analysis.signals.intrinsic_dim.id_figures")))

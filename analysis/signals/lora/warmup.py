@@ -36,11 +36,11 @@ BETA1 = BETA2 = 0.85
 
 @dataclass
 class WarmupConfig:
-    r_max: int = field(default=8, metadata={"help": "rank of the uniform LoRA warmed up and analysed"})
-    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha of the warm-up adapter (scale alpha / r_max)"})
-    warmup_steps: int = field(default=200, metadata={"help": "optimizer steps of the warm-up on the train split"})
-    warmup_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the warm-up"})
-    warmup_batch_size: int = field(default=16, metadata={"help": "examples per warm-up step"})
+    r_max: int = field(default=8, metadata={"minimum": 1, "help": "rank of the uniform LoRA warmed up and analysed"})
+    alpha: float = field(default=16.0, metadata={"above": 0, "help": "LoRA alpha of the warm-up adapter (scale alpha / r_max)"})
+    warmup_steps: int = field(default=200, metadata={"minimum": 1, "help": "optimizer steps of the warm-up on the train split"})
+    warmup_lr: float = field(default=1e-3, metadata={"above": 0, "help": "AdamW learning rate of the warm-up"})
+    warmup_batch_size: int = field(default=16, metadata={"minimum": 1, "help": "examples per warm-up step"})
 
 
 def warmup_options(config) -> WarmupConfig:
@@ -105,7 +105,7 @@ def _train(context, config: WarmupConfig) -> Result:
         optimizer = torch.optim.AdamW(params + list(head.values()), lr=config.warmup_lr, weight_decay=0.0)
         scores = AdaLoRAScores(params)
         # Tokenized as consumed: only the first steps x batch-size training examples, cycled if fewer.
-        batches = itertools.cycle(context.batches("train", config.warmup_batch_size, desc="train batches"))
+        batches = itertools.cycle(context.batches("train", config.warmup_batch_size, show_progress=False))
         losses = []
         started = time.perf_counter()
         model.train()

@@ -45,16 +45,16 @@ from analysis.signals.lora.warmup import WarmupConfig, warm_adapter, warmup_opti
 
 @dataclass
 class ShapleyConfig(WarmupConfig):
-    samples: int = field(default=64, metadata={
+    samples: int = field(default=64, metadata={"minimum": 1, 
         "help": "most coalitions to sample (with coalition_per=batch, rounded up to whole passes)"})
-    coalition_per: str = field(default="pass", metadata={
+    coalition_per: str = field(default="pass", metadata={"choices": ("pass", "batch"), 
         "help": "pass (each coalition is evaluated on the whole validation set) or batch (a new coalition "
                 "for every validation batch: a pass gives as many coalitions as batches, each noisier)"})
-    min_samples: int = field(default=16, metadata={"help": "coalitions sampled before the stopping rule applies"})
-    tolerance: float = field(default=0.1, metadata={
+    min_samples: int = field(default=16, metadata={"minimum": 1, "help": "coalitions sampled before the stopping rule applies"})
+    tolerance: float = field(default=0.1, metadata={"minimum": 0, 
         "help": "stop once the mean per-module standard error is at most this fraction of the mean "
                 "|per-module value| (0: always take all samples)"})
-    batch_size: int = field(default=0, metadata={"help": "validation examples per forward pass (0: the run's)"})
+    batch_size: int = field(default=0, metadata={"minimum": 0, "help": "validation examples per forward pass (0: the run's)"})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute activations in the backward pass (for models that do not fit otherwise)"})
     compile: bool = field(default=False, metadata={

@@ -89,32 +89,46 @@ def save_pruned(gated: GatedLoRA, directory, base_model_name_or_path: str | None
 
 @dataclass
 class SoraConfig:
-    r_max: int = field(default=8, metadata={"help": "gated ranks per adapted module at the start"})
-    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale alpha / r_max, kept when pruning)"})
+    r_max: int = field(default=8, metadata={"minimum": 1, "help": "gated ranks per adapted module at the start"})
+    alpha: float = field(default=16.0, metadata={"above": 0,
+                                                 "help": "LoRA alpha (scale alpha / r_max, kept when pruning)"})
     update: str = field(default="official", metadata={
+        "choices": ("official", "soft"),
         "help": "official (the SoRA code's masked update; zero gates keep training and may revive) or soft "
                 "(textbook soft threshold, zero gates pinned)"})
-    steps: int = field(default=200, metadata={"help": "sparse training steps on the train split"})
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate of A, B (and the head)"})
-    gate_lr: float = field(default=0.0, metadata={"help": "learning rate of the gates (0: lr, as officially)"})
+    steps: int = field(default=200, metadata={"minimum": 1, "help": "sparse training steps on the train split"})
+    lr: float = field(default=1e-3, metadata={"above": 0, "help": "peak AdamW learning rate of A, B (and the head)"})
+    gate_lr: float = field(default=0.0, metadata={"minimum": 0,
+                                                  "help": "learning rate of the gates (0: lr, as officially)"})
     weight_decay: float = field(default=0.1, metadata={
-        "help": "AdamW weight decay of A, B and the head's weight matrix (official scripts: 0.1)"})
+        "minimum": 0, "help": "AdamW weight decay of A, B and the head's weight matrix (official scripts: 0.1)"})
     max_grad_norm: float = field(default=0.1, metadata={
+        "minimum": 0,
         "help": "clip the gradient norm of all trained parameters, gates included (official scripts: 0.1; 0: off)"})
     schedule: str = field(default="linear", metadata={
+        "choices": ("linear", "constant"),
         "help": "linear (official: warm-up, decay to 0 at the end of training, rounds continue on it) or "
                 "constant (every step at the full rate)"})
-    warmup_fraction: float = field(default=0.06, metadata={"help": "warm-up share of the training steps"})
-    l1: float = field(default=1e-3, metadata={"help": "weight of mean |gate| in the loss"})
-    xi: float = field(default=2e-3, metadata={"help": "threshold of the gates during training (as given, "
-                                                     "not multiplied by the learning rate)"})
-    batch_size: int = field(default=16, metadata={"help": "training examples per step"})
-    snapshot_every: int = field(default=25, metadata={"help": "steps between gate snapshots"})
-    rounds: int = field(default=4, metadata={"help": "sparsifying-scheduler rounds after training (0: none)"})
-    round_steps: int = field(default=25, metadata={"help": "training steps per scheduler round"})
-    xi_max: float = field(default=2e-2, metadata={"help": "threshold of the last scheduler round"})
+    warmup_fraction: float = field(default=0.06, metadata={"minimum": 0, "maximum": 1,
+                                                           "help": "warm-up share of the training steps"})
+    l1: float = field(default=1e-3, metadata={"minimum": 0, "help": "weight of mean |gate| in the loss"})
+    xi: float = field(default=2e-3, metadata={"above": 0, "help": "threshold of the gates during training (as "
+                                                                  "given, not multiplied by the learning rate)"})
+    batch_size: int = field(default=16, metadata={"minimum": 1, "help": "training examples per step"})
+    snapshot_every: int = field(default=25, metadata={"minimum": 1, "help": "steps between gate snapshots"})
+    rounds: int = field(default=4, metadata={"minimum": 0,
+                                             "help": "sparsifying-scheduler rounds after training (0: none)"})
+    round_steps: int = field(default=25, metadata={"minimum": 1, "help": "training steps per scheduler round"})
+    xi_max: float = field(default=2e-2, metadata={"above": 0, "help": "threshold of the last scheduler round"})
     grid: str = field(default="exp_linear", metadata={
+        "choices": ("exp_linear", "log_linear", "linear"),
         "help": "the rounds' thresholds, official names: exp_linear (geometric), log_linear or linear"})
+
+    def check(self) -> None:
+        """Checks across options, run by registry.make_config before anything is computed."""
+        if self.rounds > 0 and not self.xi < self.xi_max:
+            raise UserError(f"sora.xi ({self.xi:g}) must be below sora.xi_max ({self.xi_max:g}) when the scheduler "
+                            f"runs rounds (sora.rounds={self.rounds}); set sora.rounds=0 to skip them.")
 
 
 def scheduler_thresholds(config: SoraConfig) -> list[float]:
@@ -199,7 +213,7 @@ def train(context, config: SoraConfig, directory=None) -> dict:
             p.requires_grad_(True)
         weights, gate_optimizer = optimizers(gated, head, config)
         lr_schedules = schedulers(weights, gate_optimizer, config)
-        batches = itertools.cycle(context.batches("train", config.batch_size, desc="train batches"))
+        batches = itertools.cycle(context.batches("train", config.batch_size, show_progress=False))
         model.train()
         bar = progress(range(total), total=total, desc="sora", unit="step")
         step = 0

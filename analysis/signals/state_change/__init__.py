@@ -16,7 +16,7 @@ from analysis.store.cache import Result
 
 @dataclass
 class StateChangeConfig:
-    pooling: str = field(default="mean", metadata={"help": "auto, cls, last, mean or tokens"})
+    pooling: str = field(default="mean", metadata={"choices": ("auto", "cls", "last", "mean", "tokens"), "help": "auto, cls, last, mean or tokens"})
 
 
 def compute(context, config: StateChangeConfig) -> Result:

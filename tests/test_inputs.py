@@ -1,0 +1,230 @@
+"""Every input a researcher can type gets a clear answer (issue 18): one row per bad input, run through the real
+command line in-process, must end with exit code 2, one sentence on stderr, no traceback and no cache entry; the
+inputs that are adjusted instead (rows left out, a --val-size or --max-length beyond what there is) say so."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.__main__ import main
+
+SENTENCE = re.compile(r"^error: \S.*\.$")
+
+
+def entries(cache_dir: Path) -> list[str]:
+    directory = Path(cache_dir) / "entries"
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()   # what building the inputs printed (a model's save progress) is not the command's
+    try:
+        code = main(argv)
+    except SystemExit as exit_:   # argparse's usage errors
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def csv(tmp_path: Path, name: str, frame: dict) -> str:
+    path = tmp_path / name
+    pd.DataFrame(frame).to_csv(path, index=False)
+    return str(path)
+
+
+def t5_directory(tmp_path: Path) -> str:
+    """A tiny T5 (encoder-decoder) model directory: config and weights, as a user's download would have."""
+    from transformers import T5Config, T5ForConditionalGeneration
+    directory = tmp_path / "t5-tiny"
+    config = T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
+    T5ForConditionalGeneration(config).save_pretrained(directory)
+    return str(directory)
+
+
+def plan_file(tmp_path: Path, **values) -> str:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"signal": "uniform", "r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0,
+                                "target_modules": ["bert.encoder.layer.0.attention.self.query"],
+                                "trainable_params": 3072, **values}))
+    return str(path)
+
+
+TEXTS = [f"review number {i} of the film" for i in range(40)]
+LABELS = [i % 2 for i in range(40)]
+
+# name: (argv builder, a fragment the sentence must contain)
+CASES = {
+    "t5 encoder-decoder": (lambda t: ["run", "--model", t5_directory(t), "--signals", "cka"],
+                           "encoder-decoder model, which is not supported; the analyses support encoders"),
+    "label column is the text column": (
+        lambda t: ["run", "--data", csv(t, "d.csv", {"text": TEXTS, "label": LABELS}), "--label-column", "text",
+                   "--signals", "cka"], "label column and the text column are both 'text'"),
+    "max-length 1": (lambda t: ["run", "--max-length", "1"], "--max-length must be at least 2"),
+    "batch-size 0": (lambda t: ["run", "--batch-size", "0"], "--batch-size must be at least 1"),
+    "seed -1": (lambda t: ["run", "--seed", "-1"], "--seed must be at least 0"),
+    "seed huge": (lambda t: ["run", "--seed", "99999999999999999999999"], "--seed must be at most"),
+    "val-size 0": (lambda t: ["run", "--val-size", "0"], "--val-size must be at least 1"),
+    "val-size not a number": (lambda t: ["run", "--val-size", "many"], "--val-size expects an integer"),
+    "fractions": (lambda t: ["run", "--fractions", "0.9,0.2,0.1"], "--fractions expects three positive"),
+    "dtype": (lambda t: ["run", "--dtype", "float8"], "--dtype must be one of"),
+    "device": (lambda t: ["run", "--device", "tpu", "--signals", "cka"], "Unknown device 'tpu'"),
+    "retrain lr -1": (lambda t: ["retrain", "--plan", str(t / "missing.json"), "--lr", "-1"],
+                      "--lr must be greater than 0"),
+    "retrain lr nan": (lambda t: ["retrain", "--plan", str(t / "missing.json"), "--lr", "nan"],
+                       "--lr expects a finite number"),
+    "retrain a hand-edited plan": (lambda t: ["retrain", "--plan", plan_file(t, lora_alpha=-1.0)],
+                                   "has a lora_alpha that is not a positive number"),
+    "retrain a plan with dropout 1.5": (lambda t: ["retrain", "--plan", plan_file(t, lora_dropout=1.5)],
+                                        "has lora_dropout 1.5; it must be between 0 and 0.99"),
+    "shapley.r_max=0": (lambda t: ["run", "--signals", "shapley", "--set", "shapley.r_max=0"],
+                        "shapley.r_max must be at least 1, not 0"),
+    "shapley.samples=0": (lambda t: ["run", "--signals", "shapley", "--set", "shapley.samples=0"],
+                          "shapley.samples must be at least 1"),
+    "sora.steps=0": (lambda t: ["run", "--signals", "sora", "--set", "sora.steps=0"], "sora.steps must be at least 1"),
+    "shapley.warmup_lr=nan": (lambda t: ["run", "--signals", "shapley", "--set", "shapley.warmup_lr=nan"],
+                              "shapley.warmup_lr expects a finite number"),
+    "an integer, not a int": (lambda t: ["run", "--signals", "shapley", "--set", "shapley.r_max=four"],
+                              "shapley.r_max expects an integer, not 'four'"),
+    "sora.xi above xi_max": (lambda t: ["run", "--signals", "sora", "--set", "sora.xi=0.5"],
+                             "sora.xi (0.5) must be below sora.xi_max"),
+    "cka token pooling": (lambda t: ["run", "--signals", "cka", "--set", "cka.pooling=tokens"],
+                          "token pooling samples different tokens"),
+    "id estimator unknown": (lambda t: ["run", "--signals", "id", "--set", "id.estimator=Nope"],
+                             "Unknown intrinsic-dimension estimator 'Nope'"),
+    "show with a bad option": (lambda t: ["show", "--signal", "shapley", "--set", "shapley.r_max=0"],
+                               "shapley.r_max must be at least 1"),
+    "plan dropout 1.5": (lambda t: ["plan", "--dropout", "1.5", "--out", str(t / "p.json")],
+                         "--dropout must be at most 0.99"),
+    "plan alpha-ratio -1": (lambda t: ["plan", "--alpha-ratio", "-1", "--out", str(t / "p.json")],
+                            "--alpha-ratio must be greater than 0"),
+    "plan huge budget": (lambda t: ["plan", "--budget", "99999999999999999999999", "--out", str(t / "p.json")],
+                         "is beyond any LoRA (full rank on every module of this model is"),
+    "plan min-rank above max-rank": (lambda t: ["plan", "--min-rank", "9", "--max-rank", "4"],
+                                     "--min-rank (9) must not exceed --max-rank (4)"),
+    "float labels": (lambda t: ["run", "--data", csv(t, "d.csv", {"text": TEXTS, "label": [i / 7 for i in range(40)]}),
+                                "--signals", "cka"], "holds numbers with a fraction"),
+    "id-like labels": (lambda t: ["run", "--data", csv(t, "d.csv", {"text": TEXTS, "label": [f"id{i}" for i in
+                                                                                             range(40)]}),
+                                  "--signals", "cka"], "40 different values in 40 rows"),
+    "only NaN labels": (lambda t: ["run", "--data", csv(t, "d.csv", {"text": TEXTS, "label": [None] * 40}),
+                                   "--signals", "cka"], "no rows with non-empty text"),
+    "data is a folder": (lambda t: ["run", "--data", str(t), "--signals", "cka"], "is a folder"),
+    "missing local model directory": (lambda t: ["run", "--model", str(t / "no" / "model"), "--signals", "cka"],
+                                      "does not exist"),
+    "compare seeds": (lambda t: ["compare", "--seeds", "0,x"], "--seeds expects comma-separated integers"),
+    "compare negative seed": (lambda t: ["compare", "--seeds", "0,-1"], "--seeds expects integers from 0 to"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_bad_input_is_one_sentence_with_exit_code_2(case, cache_dir, tmp_path, capsys):
+    build, fragment = CASES[case]
+    code, out, err = run_cli(build(tmp_path), capsys)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and SENTENCE.match(lines[0]), err
+    assert fragment in lines[0], lines[0]
+    assert "Traceback" not in err and "Internal error" not in err
+    assert entries(cache_dir) == []
+
+
+def test_an_unreachable_hub_model_is_not_cut_mid_word(cache_dir, capsys, monkeypatch):
+    """Offline, huggingface_hub's long explanation is shortened at a word boundary, not at a fixed length."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run_cli(["run", "--model", "no-such-owner/no-such-model-xyz", "--signals", "cka"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    reason = err.strip().split(" did not provide it (", 1)[1][:-2]
+    assert len(reason) <= 163 and (reason.endswith("...") or len(reason) < 160), reason
+    if reason.endswith("..."):   # cut at a space: what precedes the ellipsis is a whole word of the message
+        assert not reason.endswith(" ...") and re.search(r"\w\.\.\.$|\W\.\.\.$", reason), reason
+
+
+def test_shorten_cuts_at_a_word_boundary():
+    from analysis.errors import shorten
+    text = "Cannot reach the hub. To enable repo look-ups and downloads online, set HF_HUB_OFFLINE=0 as an " \
+           "environment variable, and check your connection to the network before trying again."
+    short = shorten(text, 60)
+    assert short.endswith("...") and len(short) <= 63
+    assert text.startswith(short.removesuffix("...")) and text[len(short) - 3] == " "
+    assert shorten("short enough.") == "short enough"
+
+
+# --- the dashboard says the same sentence ---------------------------------------------------------------------
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "setup.py")
+
+
+def cli_sentence(argv: list[str], capsys) -> str:
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2, err
+    return err.strip().removeprefix("error: ")
+
+
+def submit_setup(model: str = "", data: str = "", text_column: str = "text", label_column: str = "label"):
+    from streamlit.testing.v1 import AppTest
+    app = AppTest.from_file(PAGE, default_timeout=60).run()
+    if model:
+        [s for s in app.selectbox if s.label == "Model"][0].set_value("other")
+        [t for t in app.text_input if t.label == "Hub name or local directory"][0].set_value(model)
+    if data:
+        [s for s in app.selectbox if s.label == "Dataset"][0].set_value("other")
+        [t for t in app.text_input if t.label.startswith("Local .csv")][0].set_value(data)
+    [t for t in app.text_input if t.label == "Text column"][0].set_value(text_column)
+    [t for t in app.text_input if t.label == "Label column"][0].set_value(label_column)
+    [s for s in app.multiselect if s.label == "Signals"][0].set_value(["cka"])
+    app.button[0].click().run()
+    assert not app.exception
+    return app
+
+
+DASHBOARD_CASES = {
+    "t5 encoder-decoder": lambda t: ({"model": t5_directory(t)}, ["--model", t5_directory(t)]),
+    "label column is the text column": lambda t: (
+        {"data": csv(t, "d.csv", {"text": TEXTS, "label": LABELS}), "label_column": "text"},
+        ["--data", str(t / "d.csv"), "--label-column", "text"]),
+    "id-like labels": lambda t: ({"data": csv(t, "d.csv", {"text": TEXTS, "label": [f"id{i}" for i in range(40)]})},
+                                 ["--data", str(t / "d.csv")]),
+    "missing local model directory": lambda t: ({"model": str(t / "no" / "model")}, ["--model", str(t / "no" / "model")]),
+}
+
+
+@pytest.mark.parametrize("case", list(DASHBOARD_CASES))
+def test_the_setup_page_says_the_same_sentence(case, cache_dir, tmp_path, capsys):
+    from analysis.jobs import launch as jobs
+    page_inputs, flags = DASHBOARD_CASES[case](tmp_path)
+    app = submit_setup(**page_inputs)
+    sentence = cli_sentence(["run", *flags, "--signals", "cka"], capsys)
+    assert [e.value for e in app.error] == [sentence]
+    assert jobs.list_jobs(cache_dir) == [] and entries(cache_dir) == []
+
+
+def test_the_setup_page_shows_what_a_run_leaves_out(cache_dir, tmp_path, monkeypatch):
+    from analysis.jobs import launch
+    started = []
+    monkeypatch.setattr(launch, "start_job", lambda argv, root, label="": started.append(argv) or "job")
+    rows = {"text": TEXTS + [""] * 5, "label": LABELS + [0] * 5}
+    rows["label"][3] = None
+    app = submit_setup(data=csv(tmp_path, "d.csv", rows))
+    assert any("6 of 45 rows" in w.value and "1 with no label" in w.value for w in app.warning)
+    assert any("--val-size 512 is more than the 4 validation examples" in w.value for w in app.warning)
+    assert len(started) == 1   # warnings, not errors: the job starts
+
+
+def test_the_run_chooser_shows_what_differs(cache_dir):
+    """Two runs that differ only in --max-length and --dtype read the same in their labels; the chooser adds it."""
+    from streamlit.testing.v1 import AppTest
+
+    from analysis.settings import RunSettings
+    from tests.synthetic_store import fill
+    fill(cache_dir, RunSettings(val_size=16, device="cpu", max_length=64, dtype="float32"), signals=("cka",))
+    fill(cache_dir, RunSettings(val_size=16, device="cpu"), signals=("cka",))
+    app = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not app.exception
+    options = [s for s in app.selectbox if s.label == "Run"][0].options
+    assert len(options) == 2
+    assert any(o.endswith("dtype float32, max-length 64") for o in options), options
+    assert any(o.endswith("dtype auto, max-length 128") for o in options), options
