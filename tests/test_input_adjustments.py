@@ -127,7 +127,7 @@ def test_show_plan_and_export_pick_the_same_entry_by_one_rule(cache_dir, capsys)
                               "--out", str(cache_dir.parent / "plan.json")], capsys)
     assert code == 0, err
     [(_, default, _)] = run_signals(settings, [signal], None, Store(cache_dir))
-    assert find_entry(prepared, signal).key == default.key != variant.key      # the default one, once there
+    assert find_entry(identity, signal).key == default.key != variant.key      # the default one, once there
 
 
 def test_the_plan_json_applied_by_hand_trains_the_head(cache_dir, tmp_path, capsys):
