@@ -5,9 +5,15 @@ ranked, and which layers it found to share an input (q/k/v read the same hidden 
 one PCA for all of them), live in its hook objects. `run_eva` calls peft's function unchanged while
 peft's two hook classes are replaced by subclasses that only remember their instances, and then reads
 those instances: the ratios are exactly the numbers peft pooled, not a recomputation.
+
+One change inside peft's flow: its HashHook finds layers with equal inputs by hashing
+`tuple(x.tolist())`, a Python float per activation (minutes for one batch of a 1B model); ours
+hashes the tensor's bytes instead. Equal inputs still hash equal and different ones apart, so the
+grouping, and everything after it, is unchanged.
 """
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -43,6 +49,11 @@ def _recording():
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             made["hash"].append(self)
+
+        @staticmethod
+        def hash_fn(tensor):
+            data = tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+            return str(tensor.dtype), tuple(tensor.shape), hashlib.blake2b(data, digest_size=16).hexdigest()
 
     original = eva.SVDHook, eva.HashHook
     eva.SVDHook, eva.HashHook = SVDHook, HashHook
@@ -81,8 +92,9 @@ def run_eva(model, batches: list[dict], config, max_passes: int = 50) -> EvaRun:
         return model(**inputs)
 
     with _recording() as made:
+        # Every process of a data-parallel launch passes the same batches: nothing to gather.
         state = get_eva_state_dict(model, batches, peft_config=config, forward_fn=forward,
-                                   show_progress_bar=False)
+                                   gather_distributed_inputs=False, show_progress_bar=False)
     svd = {hook.name: hook.svd for hook in made["svd"]}
     first_hash = {hook.name: hook.hashed_inputs[0] for hook in made["hash"]}
     owner_of_hash = {first_hash[name]: name for name in svd}
