@@ -14,6 +14,7 @@ grouping, and everything after it, is unchanged.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -82,6 +83,9 @@ def run_eva(model, batches: list[dict], config, max_passes: int = 50) -> EvaRun:
 
     limit = max_passes * len(batches)
     forwards = 0
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # EVA reads layer inputs only: a causal LM's logits over a 128k vocabulary for every token are waste.
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
 
     def forward(model, inputs):
         nonlocal forwards
@@ -89,7 +93,7 @@ def run_eva(model, batches: list[dict], config, max_passes: int = 50) -> EvaRun:
         if forwards > limit:
             raise UserError(f"EVA's incremental PCA did not converge within {max_passes} passes over the "
                             f"{len(batches)} batches; lower eva.tau or use more validation examples.")
-        return model(**inputs)
+        return model(**inputs, **extra)
 
     with _recording() as made:
         # Every process of a data-parallel launch passes the same batches: nothing to gather.
