@@ -202,3 +202,24 @@ def test_gora_shares_plan_follows_gora_rule_then_fills(decoder):
         gora = np.round(budget * share).astype(int) // features     # GoRA's moderate rule, no limits
         assert (allocation.ranks >= gora).all() and allocation.cost <= budget
         assert budget - allocation.cost < features.min()            # the fill spent what flooring left
+
+
+# --- all three: plans peft accepts ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["eva", "alpha", "gora"])
+def test_plans_at_r2_and_r8_load_into_peft_with_their_ranks(decoder, name):
+    from peft import get_peft_model
+
+    from analysis.planning.plan_json import build_plan, check_peft_model, lora_config, validate
+    signal = get_signal(name)
+    result = signal.compute(decoder, make_config(signal))
+    layout = layout_of(decoder.model)
+    scores = scores_from_tables(name, signal.plan_family, {"main": result.table}, layout)
+    for text in ("r2", "r8"):
+        budget = parse_budget(text, layout)
+        allocation = allocate(scores, layout, budget)
+        plan = build_plan(layout, allocation.ranks, name, budget, warnings=allocation.warnings)
+        validate(plan, layout)
+        assert 0 < plan["trainable_params"] <= budget
+        model = type(decoder.model)(decoder.model.config)
+        check_peft_model(plan, get_peft_model(model, lora_config(plan)))
