@@ -20,9 +20,10 @@ def esd_figure(spectra: pd.DataFrame, fits: pd.DataFrame, layer: int, module: st
     counts, edges = np.histogram(positive, bins=edges)
     density = counts / (len(positive) * np.diff(edges))
     centres = np.sqrt(edges[:-1] * edges[1:])
-    figure = go.Figure(go.Bar(x=centres, y=np.where(density > 0, density, np.nan), width=np.diff(edges),
-                              marker_color="#3b528b", name="ESD",
-                              hovertemplate="λ %{x:.3g}<br>density %{y:.3g}<extra></extra>"))
+    # Scatter traces only: bar widths and shapes are not placed in data units on log axes.
+    figure = go.Figure(go.Scatter(x=centres[density > 0], y=density[density > 0], mode="lines+markers",
+                                  line={"color": "#3b528b", "shape": "hvh"}, marker={"size": 4}, name="ESD",
+                                  hovertemplate="λ %{x:.3g}<br>density %{y:.3g}<extra></extra>"))
     alpha, xmin = float(fit["value"]), float(fit["xmin"])
     if np.isfinite(alpha):
         x = np.logspace(np.log10(xmin), np.log10(positive.max()), 100)
@@ -30,10 +31,12 @@ def esd_figure(spectra: pd.DataFrame, fits: pd.DataFrame, layer: int, module: st
         line = share * (alpha - 1) / xmin * (x / xmin) ** (-alpha)
         figure.add_trace(go.Scatter(x=x, y=line, mode="lines", line={"color": "#d62728", "width": 2},
                                     name=f"power law, alpha = {alpha:.2f}"))
-        figure.add_vline(x=xmin, line={"color": "#d62728", "dash": "dash"}, annotation_text="xmin")
+        low, high = density[density > 0].min(), density.max()
+        figure.add_trace(go.Scatter(x=[xmin, xmin], y=[low, high], mode="lines", name=f"xmin = {xmin:.3g}",
+                                    line={"color": "#d62728", "dash": "dash", "width": 1}))
     figure.update_layout(title=title or f"ESD of layer {layer} {module}: alpha {alpha:.2f}, D {float(fit['D']):.3f}",
                          xaxis={"title": "eigenvalue λ of WᵀW", "type": "log"},
-                         yaxis={"title": "density", "type": "log"}, bargap=0,
+                         yaxis={"title": "density", "type": "log"},
                          margin={"l": 60, "r": 20, "t": 50, "b": 60}, height=380,
                          legend={"x": 0.02, "y": 0.02})
     return figure
