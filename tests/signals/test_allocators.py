@@ -130,6 +130,36 @@ def test_alpha_small_spectra_follow_weightwatcher_small_n_fit():
         assert ours.alpha == pytest.approx(ref.alpha, rel=1e-9) and ours.xmin == pytest.approx(ref.xmin, rel=1e-9)
 
 
+def _fix_finger_loop(w, bins=100):
+    """AlphaLoRA's expert_number.fix_finger (pl_fitting=True, filter_zeros=False), re-typed as its loop."""
+    eigs = torch.sort(torch.square(torch.linalg.svdvals(w).flatten()))[0]
+    n_all = len(eigs)
+    log_eigs = torch.log(eigs)
+    alphas, ds = torch.zeros(n_all - 1, dtype=eigs.dtype), torch.ones(n_all - 1, dtype=eigs.dtype)
+    hist = torch.log10(eigs)
+    counts = torch.histc(hist, bins, min=hist.min(), max=hist.max())
+    xmin2 = 10 ** torch.linspace(hist.min(), hist.max(), bins + 1, dtype=eigs.dtype)[torch.argmax(counts)]
+    xmin_min, xmin_max = torch.log10(0.95 * xmin2), 1.5 * xmin2
+    for i, xmin in enumerate(eigs[:-1]):
+        if xmin < xmin_min:
+            continue
+        if xmin > xmin_max:
+            break
+        n = float(n_all - i)
+        alpha = 1 + n / (torch.sum(log_eigs[i:]) - n * log_eigs[i])
+        alphas[i] = alpha
+        if alpha > 1:
+            ds[i] = torch.max(torch.abs(1 - (eigs[i:] / xmin) ** (-alpha + 1) - torch.arange(n) / n))
+    return float(alphas[torch.argmin(ds)])
+
+
+def test_alpha_alphalora_fit_equals_alphalora_fix_finger_loop(encoder):
+    from analysis.signals.alpha.esd_fit import fit_alphalora, spectra
+    for i in CHOSEN:
+        w = encoder.model.get_submodule(encoder.modules[i].path).weight.detach().double()
+        assert fit_alphalora(spectra([w], torch.float64)[0]).alpha == pytest.approx(_fix_finger_loop(w), rel=1e-9)
+
+
 def test_alpha_exhibits_draw_the_heatmap_and_esd_fits(encoder, tmp_path):
     from analysis.store.cache import Store
     signal = get_signal("alpha")

@@ -21,11 +21,12 @@ import pandas as pd
 import torch
 
 from analysis.errors import UserError
-from analysis.signals.alpha.esd_fit import fit_power_law, spectra
+from analysis.signals.alpha.esd_fit import fit_alphalora, fit_power_law, spectra
 from analysis.signals.registry import Signal, register
 from analysis.store.cache import Result
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+FITS = {"ww": fit_power_law, "alphalora": fit_alphalora}
 
 
 @dataclass
@@ -34,16 +35,21 @@ class AlphaConfig:
         "help": "precision of the singular values: float32 (fast on a GPU) or float64 (what WeightWatcher uses; "
                 "slow on a GPU); the fit itself is always float64"})
     chunk: int = field(default=16, metadata={"help": "matrices of one shape per svdvals call (GPU memory)"})
+    fit: str = field(default="ww", metadata={
+        "help": "ww (WeightWatcher's default fit, the reference for the metric) or alphalora (AlphaLoRA's own "
+                "fix_finger: xmin in a window around the ESD's histogram peak, no threshold)"})
 
 
 def compute(context, config: AlphaConfig) -> Result:
     if config.svd_dtype not in DTYPES:
         raise UserError(f"alpha.svd_dtype must be float32 or float64, not '{config.svd_dtype}'.")
+    if config.fit not in FITS:
+        raise UserError(f"alpha.fit must be ww or alphalora, not '{config.fit}'.")
     modules = context.modules
     weights = [context.model.get_submodule(m.path).weight for m in modules]
     with torch.no_grad():
         evals = spectra(weights, DTYPES[config.svd_dtype], max(1, config.chunk))
-        fits = [fit_power_law(e) for e in evals]
+        fits = [FITS[config.fit](e) for e in evals]
     table = pd.DataFrame({"signal": "alpha", "layer": [m.layer for m in modules],
                           "module": [m.name for m in modules], "value": [f.alpha for f in fits],
                           "xmin": [f.xmin for f in fits], "D": [f.D for f in fits],
@@ -54,7 +60,7 @@ def compute(context, config: AlphaConfig) -> Result:
         "layer": [m.layer for m, e in zip(modules, evals) for _ in range(len(e))],
         "module": [m.name for m, e in zip(modules, evals) for _ in range(len(e))],
         "eigenvalue": torch.cat([e.double().cpu() for e in evals]).numpy()})
-    return Result(table, tables={"spectra": spectra_table}, meta={"svd_dtype": config.svd_dtype})
+    return Result(table, tables={"spectra": spectra_table}, meta={"svd_dtype": config.svd_dtype, "fit": config.fit})
 
 
 def _exhibits(entry):

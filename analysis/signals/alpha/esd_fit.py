@@ -98,3 +98,32 @@ def fit_power_law(evals: torch.Tensor, rows: int = 512) -> PowerLawFit:
     sigma = (alpha - 1) / float(n[best].sqrt())
     xmin = float(x[best])
     return PowerLawFit(alpha, xmin, float(distances[best]), sigma, n_all, int((x >= xmin).sum()))
+
+
+def fit_alphalora(evals: torch.Tensor, bins: int = 100) -> PowerLawFit:
+    """AlphaLoRA's own fit (morelife2017/alphalora expert_number.py `fix_finger`, pl_fitting=True): no
+    threshold, and xmin restricted to a window around the peak of the log10-ESD histogram. Its window's
+    lower bound compares an eigenvalue with log10(0.95 * peak), a log value, as its code does. Candidates
+    outside the window keep alpha 0 and D 1, so a spectrum with none returns alpha 0, as there."""
+    x = torch.sort(evals.detach().to(torch.float64)).values
+    n_all = len(x)
+    if n_all < 2:
+        return PowerLawFit(float("nan"), float("nan"), float("nan"), float("nan"), n_all, 0)
+    log_x = torch.log(x)
+    log10_x = torch.log10(x)
+    low, high = log10_x.min(), log10_x.max()
+    counts = torch.histc(log10_x, bins, min=float(low), max=float(high))
+    peak = 10 ** torch.linspace(float(low), float(high), bins + 1, dtype=torch.float64)[int(torch.argmax(counts))]
+    window_low, window_high = torch.log10(0.95 * peak), 1.5 * peak
+    candidates = x[:-1]
+    past = torch.nonzero(candidates > window_high)
+    stop = int(past[0]) if len(past) else len(candidates)        # its loop breaks at the first xmin above
+    inside = (candidates >= window_low) & (torch.arange(len(candidates), device=x.device) < stop)
+    suffix = torch.flip(torch.cumsum(torch.flip(log_x, [0]), 0), [0])
+    n = (n_all - torch.arange(n_all - 1, device=x.device)).to(torch.float64)
+    alphas = torch.where(inside, 1 + n / (suffix[:-1] - n * log_x[:-1]), torch.zeros_like(n))
+    distances = _ks_distances(x, log_x, alphas, 512)
+    best = int(torch.argmin(distances))
+    alpha = float(alphas[best])
+    return PowerLawFit(alpha, float(x[best]), float(distances[best]), (alpha - 1) / float(n[best].sqrt()), n_all,
+                       n_all - best)
