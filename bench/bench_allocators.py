@@ -196,8 +196,8 @@ def main(argv=None) -> dict:
                   "one forward+backward pass")
         if "alpha" in parts:
             alpha = parts["alpha"]
-            print(f"{shape} alpha: {alpha['median_s']:.3f} s for {alpha['matrices']} matrices (svd {alpha['svd_s']:.3f} s, "
-                  f"fit {alpha['fit_s']:.3f} s) = {alpha['vs_forward']:.2f}x one forward pass")
+            print(f"{shape} alpha: {alpha['median_s']:.3f} s for {alpha['matrices']} matrices "
+                  f"(svd {alpha['svd_s']:.3f} s, fit {alpha['fit_s']:.3f} s) = {alpha['vs_forward']:.2f}x one forward pass")
     return report
 
 
