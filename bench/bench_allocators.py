@@ -117,7 +117,7 @@ def bench_gora(model, batches, repeats: int, device: str) -> dict:
     return timed(run, repeats, device)
 
 
-def bench_alpha(model, repeats: int, device: str) -> dict:
+def bench_alpha(model, repeats: int, device: str, method: str = "svdvals") -> dict:
     modules = adaptable_modules(model)
     weights = [model.get_submodule(m.path).weight for m in modules]
     parts = {}
@@ -125,7 +125,7 @@ def bench_alpha(model, repeats: int, device: str) -> dict:
     def run():
         started = time.perf_counter()
         with torch.no_grad():
-            evals = spectra(weights, torch.float32)
+            evals = spectra(weights, torch.float32, method=method)
             sync(device)
             middle = time.perf_counter()
             [fit_power_law(e) for e in evals]
@@ -178,7 +178,10 @@ def main(argv=None) -> dict:
             forward = timed(forward_pass(model, batches), args.repeats, args.device)
             alpha = bench_alpha(model, args.repeats, args.device)
             alpha["vs_forward"] = alpha["median_s"] / forward["median_s"]
+            gram = bench_alpha(model, args.repeats, args.device, "gram")     # the --set alpha.spectrum=gram option
+            gram["vs_forward"] = gram["median_s"] / forward["median_s"]
             report.setdefault(shape, {})["alpha"] = {**alpha, "forward": forward}
+            report[shape]["alpha_gram"] = gram
             del model, batches
             if args.device == "cuda":
                 torch.cuda.empty_cache()
@@ -198,6 +201,10 @@ def main(argv=None) -> dict:
             alpha = parts["alpha"]
             print(f"{shape} alpha: {alpha['median_s']:.3f} s for {alpha['matrices']} matrices "
                   f"(svd {alpha['svd_s']:.3f} s, fit {alpha['fit_s']:.3f} s) = {alpha['vs_forward']:.2f}x one forward pass")
+        if "alpha_gram" in parts:
+            gram = parts["alpha_gram"]
+            print(f"{shape} alpha (spectrum=gram): {gram['median_s']:.3f} s (eigvalsh {gram['svd_s']:.3f} s, "
+                  f"fit {gram['fit_s']:.3f} s) = {gram['vs_forward']:.2f}x one forward pass")
     return report
 
 

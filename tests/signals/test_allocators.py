@@ -130,6 +130,14 @@ def test_alpha_small_spectra_follow_weightwatcher_small_n_fit():
         assert ours.alpha == pytest.approx(ref.alpha, rel=1e-9) and ours.xmin == pytest.approx(ref.xmin, rel=1e-9)
 
 
+def test_alpha_gram_spectrum_gives_the_same_fit_in_float64(encoder):
+    from analysis.signals.alpha.esd_fit import fit_power_law, spectra
+    weights = [encoder.model.get_submodule(encoder.modules[i].path).weight for i in CHOSEN]
+    for by_svd, by_gram in zip(spectra(weights, torch.float64), spectra(weights, torch.float64, method="gram")):
+        torch.testing.assert_close(by_gram[-20:], by_svd[-20:], rtol=1e-9, atol=0)   # the tail, to rounding
+        assert fit_power_law(by_gram).alpha == pytest.approx(fit_power_law(by_svd).alpha, rel=1e-6)
+
+
 def _fix_finger_loop(w, bins=100):
     """AlphaLoRA's expert_number.fix_finger (pl_fitting=True, filter_zeros=False), re-typed as its loop."""
     eigs = torch.sort(torch.square(torch.linalg.svdvals(w).flatten()))[0]

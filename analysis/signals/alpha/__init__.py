@@ -35,6 +35,9 @@ class AlphaConfig:
         "help": "precision of the singular values: float32 (fast on a GPU) or float64 (what WeightWatcher uses; "
                 "slow on a GPU); the fit itself is always float64"})
     chunk: int = field(default=16, metadata={"help": "matrices of one shape per svdvals call (GPU memory)"})
+    spectrum: str = field(default="svdvals", metadata={
+        "help": "svdvals (squared singular values, as WeightWatcher) or gram (eigvalsh of the smaller Gram matrix: "
+                "faster on a GPU, less accurate for the smallest eigenvalues in float32)"})
     fit: str = field(default="ww", metadata={
         "help": "ww (WeightWatcher's default fit, the reference for the metric) or alphalora (AlphaLoRA's own "
                 "fix_finger: xmin in a window around the ESD's histogram peak, no threshold)"})
@@ -43,12 +46,14 @@ class AlphaConfig:
 def compute(context, config: AlphaConfig) -> Result:
     if config.svd_dtype not in DTYPES:
         raise UserError(f"alpha.svd_dtype must be float32 or float64, not '{config.svd_dtype}'.")
+    if config.spectrum not in ("svdvals", "gram"):
+        raise UserError(f"alpha.spectrum must be svdvals or gram, not '{config.spectrum}'.")
     if config.fit not in FITS:
         raise UserError(f"alpha.fit must be ww or alphalora, not '{config.fit}'.")
     modules = context.modules
     weights = [context.model.get_submodule(m.path).weight for m in modules]
     with torch.no_grad():
-        evals = spectra(weights, DTYPES[config.svd_dtype], max(1, config.chunk))
+        evals = spectra(weights, DTYPES[config.svd_dtype], max(1, config.chunk), config.spectrum)
         fits = [FITS[config.fit](e) for e in evals]
     table = pd.DataFrame({"signal": "alpha", "layer": [m.layer for m in modules],
                           "module": [m.name for m in modules], "value": [f.alpha for f in fits],
@@ -60,7 +65,8 @@ def compute(context, config: AlphaConfig) -> Result:
         "layer": [m.layer for m, e in zip(modules, evals) for _ in range(len(e))],
         "module": [m.name for m, e in zip(modules, evals) for _ in range(len(e))],
         "eigenvalue": torch.cat([e.double().cpu() for e in evals]).numpy()})
-    return Result(table, tables={"spectra": spectra_table}, meta={"svd_dtype": config.svd_dtype, "fit": config.fit})
+    return Result(table, tables={"spectra": spectra_table}, meta={"svd_dtype": config.svd_dtype, "fit": config.fit,
+                                                                   "spectrum": config.spectrum})
 
 
 def _exhibits(entry):

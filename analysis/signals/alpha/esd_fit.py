@@ -33,11 +33,15 @@ class PowerLawFit:
     n_tail: int      # eigenvalues >= xmin
 
 
-def spectra(weights: list[torch.Tensor], dtype: torch.dtype = torch.float32, chunk: int = 16) -> list[torch.Tensor]:
+def spectra(weights: list[torch.Tensor], dtype: torch.dtype = torch.float32, chunk: int = 16,
+            method: str = "svdvals") -> list[torch.Tensor]:
     """Ascending eigenvalues of W^T W for each matrix, on the matrices' device, in `dtype`.
 
-    Matrices of one shape go through svdvals together, `chunk` at a time (a stack of 16 4096 x 14336
-    matrices in float32 is 3.8 GB)."""
+    Matrices of one shape are processed together, `chunk` at a time (a stack of 16 4096 x 14336
+    matrices in float32 is 3.8 GB). `method` "svdvals": squared singular values (as WeightWatcher);
+    "gram": eigvalsh of the smaller Gram matrix W W^T or W^T W, a matmul and a symmetric eigensolver,
+    usually much faster on a GPU than an SVD of a wide matrix; it loses the smallest eigenvalues to
+    rounding (relative error ~ eps * lambda_max / lambda), so use it in float64 where those matter."""
     out: list[torch.Tensor | None] = [None] * len(weights)
     by_shape: dict[tuple, list[int]] = {}
     for i, w in enumerate(weights):
@@ -46,9 +50,14 @@ def spectra(weights: list[torch.Tensor], dtype: torch.dtype = torch.float32, chu
         for start in range(0, len(indices), chunk):
             part = indices[start:start + chunk]
             stack = torch.stack([weights[i].detach().to(dtype) for i in part])
-            values = torch.linalg.svdvals(stack)
-            for i, sv in zip(part, values):
-                out[i] = (sv * sv).flip(0)    # svdvals are descending; squared and ascending
+            if method == "gram":
+                gram = stack @ stack.mT if stack.shape[-2] <= stack.shape[-1] else stack.mT @ stack
+                values = torch.linalg.eigvalsh(gram).clamp_min(0)       # ascending already
+            else:
+                sv = torch.linalg.svdvals(stack)
+                values = (sv * sv).flip(-1)          # svdvals are descending; squared and ascending
+            for i, v in zip(part, values):
+                out[i] = v
     return out
 
 
