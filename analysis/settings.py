@@ -200,6 +200,9 @@ class TrainSettings:
     checkpoint_every: int = setting(50, "steps between resumable checkpoints", minimum=1)
     seed: int = setting(0, "seed of the adapter and head initialisation and the data order", minimum=0,
                         maximum=2**31 - 1)
+    init: str = setting("default", "adapter initialisation at the plan's ranks: default (peft's, B = 0), eva (peft's "
+                                   "EVA: A from a PCA of each module's inputs) or gora (GoRA: B from the gradient)",
+                        choices=("default", "eva", "gora"))
 
     def __post_init__(self):
         _check(self)

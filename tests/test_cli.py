@@ -91,3 +91,31 @@ def test_a_closed_pipe_is_not_an_error(cache_dir):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = process.communicate(timeout=120)
     assert err == "", err
+
+
+@pytest.mark.slow
+def test_eva_alpha_gora_run_and_plan_on_a_tiny_decoder(cache_dir, tmp_path):
+    """Issue 16's command lines: the three allocators through `run`, then a peft plan at r2 and r8 each."""
+    import json
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from analysis.model.sources import resolve_model
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm", cache_dir).path)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    data = _csv(tmp_path, {"text": [f"the cat number {i} sat on the mat" for i in range(60)]})
+    setting = ["--model", str(tmp_path / "lm"), "--data", data, "--val-size", "8", "--device", "cpu"]
+    ran = cli(cache_dir, "run", *setting, "--signals", "eva,alpha,gora")
+    assert ran.returncode == 0, ran.stderr
+    assert all(f"{name} " in ran.stdout for name in ("eva", "alpha", "gora"))
+    for name in ("eva", "alpha", "gora"):
+        for budget in ("r2", "r8"):
+            out = tmp_path / f"{name}-{budget}.json"
+            made = cli(cache_dir, "plan", *setting, "--signal", name, "--budget", budget, "--out", str(out))
+            assert made.returncode == 0, made.stderr
+            plan = json.loads(out.read_text())
+            assert plan["signal"] == name and 0 < plan["trainable_params"] <= plan["budget"]

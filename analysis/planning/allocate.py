@@ -14,6 +14,14 @@ budget and as close to it as its rule allows. The rule follows the signal's `pla
   largest that fits the budget, or with `block_count=paper` the paper's k = floor(L/2) of the L
   blocks (its selection scripts take ratio_of_layers 0.5), as far as the budget allows.
 - weights (anything else): ranks proportional to the per-module value (clipped at zero).
+- eva (peft's EVA): the pooled explained-variance ranking of every module's components, kept as a prefix
+  (best first) for as long as its parameters fit the budget: EVA's own rule with its rank count
+  replaced by the parameter cost.
+- alphalora (heavy-tailed alpha): AlphaLoRA's `exponential_scaling`: layer l's share of rank units is
+  proportional to (mean alpha of its matrices) ** 2.5, rounded as AlphaLoRA rounds; every allowed
+  module of a layer gets the layer's rank; the largest number of units whose cost fits is used.
+- shares (GoRA): parameters in proportion to the importance, rank_i = round(budget * p_i) // (d_in + d_out)
+  (GoRA's "moderate" rule), then what that flooring leaves is spent one rank at a time.
 - uniform LoRA: the same rank on every allowed module.
 A blend is a weighted sum of signals' per-module importance, each normalised to sum to one, and
 is allocated like weights. Limits apply to all: a minimum and maximum rank per module and the
@@ -113,6 +121,23 @@ def _read_blocks(name, tables, layout) -> Scores:
 
 def _read_weights(name, tables, layout) -> Scores:
     return Scores(name, "weights", _per_module(layout, tables["main"].fillna({"value": 0.0})))
+
+
+def _read_eva(name, tables, layout) -> Scores:
+    per_rank = _per_rank(layout, tables["main"])
+    return Scores(name, "eva", np.nansum(per_rank, axis=1), per_rank=per_rank)
+
+
+def _read_alphalora(name, tables, layout) -> Scores:
+    main = tables["main"]
+    alpha = np.full(len(layout.modules), np.nan)
+    index = _module_index(layout, main)
+    alpha[index[index >= 0]] = main["value"].to_numpy(dtype=float)[index >= 0]
+    return Scores(name, "alphalora", alpha)
+
+
+def _read_shares(name, tables, layout) -> Scores:
+    return Scores(name, "shares", _per_module(layout, tables["main"].fillna({"value": 0.0})))
 
 
 def scores_from_tables(name: str, family: str | None, tables: dict[str, pd.DataFrame], layout: Layout) -> Scores:
@@ -344,6 +369,80 @@ def _allocate_weights(scores, layout, limits, low, high, costs, budget):
     return _proportional(scores.per_module, low, high, costs, budget), []
 
 
+def _allocate_eva(scores, layout, limits, low, high, costs, budget):
+    """EVA's rule: walk the pooled ranking of components (largest explained variance first) and stop at the
+    first one that does not fit, so the plan is a prefix of the ranking as EVA's top-k is. Ties keep module
+    order (a module's own components are in decreasing order already)."""
+    values = scores.per_rank
+    measured = (~np.isnan(values)).sum(axis=1)
+    cap = np.minimum(high, measured)
+    ranks = low.copy()
+    spent = _cost(ranks, costs)
+    candidates = [(values[i, j], i, j) for i in range(len(values)) for j in range(values.shape[1])
+                  if not np.isnan(values[i, j])]
+    for _, i, j in sorted(candidates, key=lambda c: -c[0]):
+        if j < ranks[i] or ranks[i] >= cap[i]:
+            continue            # given by the minimum rank, or the module is at its cap (EVA's rho * r)
+        if spent + costs[i] > budget:
+            break
+        ranks[i] += 1
+        spent += costs[i]
+    warnings = []
+    if (ranks >= cap).all() and budget - spent >= int(costs[high > 0].min()):
+        warnings.append(f"{scores.name} measured at most {int(measured.max())} components per module and all of "
+                        f"them fit in this budget, so the plan stops at {spent:,} parameters; run the signal with "
+                        f"a larger r or rho to plan for larger budgets.")
+    return ranks, warnings
+
+
+ALPHALORA_BETA = 2.5   # AlphaLoRA's default exponent (expert_number.py --beta)
+
+
+def exponential_scaling(values: np.ndarray, target: int, exponent: float = ALPHALORA_BETA) -> np.ndarray:
+    """AlphaLoRA's integer allocation of `target` units in proportion to values ** exponent: round, then move
+    one unit at a time until the sum is exact, choosing by (powered value - count) as its code does."""
+    scaled = np.power(values, exponent)
+    counts = np.round(scaled / scaled.sum() * target).astype(np.int64)
+    while counts.sum() != target:
+        if target > counts.sum():
+            counts[np.argmin(scaled - counts)] += 1
+        else:
+            counts[np.argmax(scaled - counts)] -= 1
+    return counts
+
+
+def _allocate_alphalora(scores, layout, limits, low, high, costs, budget):
+    layers = np.array([m.layer for m in layout.modules])
+    order = np.unique(layers)
+    allowed = high > 0
+    unit = np.array([costs[(layers == l) & allowed].sum() for l in order])   # one rank on every allowed module
+    alpha = np.array([np.nanmean(scores.per_module[(layers == l) & ~np.isnan(scores.per_module)])
+                      if ((layers == l) & ~np.isnan(scores.per_module)).any() else np.nan for l in order])
+    usable = (unit > 0) & np.isfinite(alpha) & (np.nan_to_num(alpha) > 0)
+    if not usable.any():
+        raise UserError(f"{scores.name} has no layer with a finite alpha and an allowed module.")
+    position = np.searchsorted(order, layers)
+    for target in range(int(budget // unit[usable].min()), 0, -1):
+        per_layer = np.zeros(len(order), dtype=np.int64)
+        per_layer[usable] = exponential_scaling(alpha[usable], target)
+        ranks = np.where(allowed, np.clip(per_layer[position], low, high), 0)
+        if _cost(ranks, costs) <= budget:
+            return ranks, []
+    raise UserError(f"A budget of {budget:,} parameters does not fit one rank on every allowed module of a layer, "
+                    "which AlphaLoRA's per-layer allocation needs.")
+
+
+def _allocate_shares(scores, layout, limits, low, high, costs, budget):
+    importance = np.nan_to_num(np.clip(scores.per_module, 0, None)) * (high > 0)
+    if importance.sum() <= 0:
+        return _proportional(importance, low, high, costs, budget), []
+    share = budget * importance / importance.sum()
+    ranks = np.clip(np.round(share).astype(np.int64) // costs, low, high)    # GoRA: round(trainable) // features
+    if _cost(ranks, costs) > budget:   # the minimum rank pushed it over: scale everything down instead
+        return _proportional(importance / costs, low, high, costs, budget), []
+    return _fill(ranks, high, costs, budget, share / costs - ranks), []
+
+
 @dataclass(frozen=True)
 class Family:
     """A plan family: `read` aligns a signal's tables with a layout, `allocate` turns them into ranks."""
@@ -357,6 +456,9 @@ FAMILIES: dict[str, Family] = {
     "bounds": Family(_read_bounds, _allocate_bounds),
     "blocks": Family(_read_blocks, _allocate_blocks),
     "weights": Family(_read_weights, _allocate_weights),
+    "eva": Family(_read_eva, _allocate_eva),
+    "alphalora": Family(_read_alphalora, _allocate_alphalora),
+    "shares": Family(_read_shares, _allocate_shares),
 }
 
 

@@ -71,7 +71,8 @@ def compare(settings: RunSettings, methods: list[str], budget: str, seeds: list[
             print(f"retrain {method} (seed {seed}, {plan['trainable_params']:,} parameters)", flush=True)
             entry = retrain(plan, dataclasses.replace(config, seed=seed), store,
                             label=f"{method} · seed {seed}")
-            rows.append({"method": method, "seed": seed, "trainable_params": plan["trainable_params"],
+            rows.append({"method": method, "seed": seed, "init": config.init,   # which start (retrain --init)
+                         "trainable_params": plan["trainable_params"],
                          **entry.meta["metrics"], "train_seconds": entry.meta["train_seconds"],
                          "entry": entry.key})
     runs = pd.DataFrame(rows)

@@ -1,8 +1,9 @@
 """Retrain with a plan: a fresh LoRA with the plan's ranks, trained on train, evaluated on test.
 
 Allocate-then-retrain: the adapter starts from scratch (peft's initialisation, B = 0), whatever
-signal produced the plan. For classification the task head is trained alongside, from the same
-seeded initialisation every method gets. The run is one store entry (metrics, learning curve,
+signal produced the plan, unless `init` asks for EVA's or GoRA's data-driven start at the same ranks
+(training/adapter_init.py); the run's table and metadata say which. For classification the task head
+is trained alongside, from the same seeded initialisation every method gets. The run is one store entry (metrics, learning curve,
 saved adapter, head), keyed by the setting, the plan's LoRA config, the options and the seed, so
 a comparison never trains the same thing twice.
 
@@ -40,6 +41,7 @@ from analysis.store.atomic import write_json_atomic
 from analysis.model.sources import load_model
 from analysis.store.cache import Entry, Result, Store, files_under
 from analysis.signals.lora.warmup import head_parameters
+from analysis.training.adapter_init import initialise
 
 VERSION = 1
 CHECKPOINT = "checkpoint.pt"
@@ -47,7 +49,10 @@ CHECKPOINT = "checkpoint.pt"
 
 def retrain_key(context_key: str, plan: dict, config: TrainSettings, processes: int = 1) -> str:
     lora = {k: plan[k] for k in LORA_KEYS if k in plan}
-    return "retrain-" + hash_json({"context": context_key, "lora": lora, "config": to_dict(config),
+    settings = to_dict(config)
+    if settings["init"] == "default":   # runs cached before there was a choice keep their keys
+        del settings["init"]
+    return "retrain-" + hash_json({"context": context_key, "lora": lora, "config": settings,
                                    "processes": processes, "version": VERSION})[:24]
 
 
@@ -109,9 +114,9 @@ def _save_checkpoint(path: Path, step: int, trainable: dict, optimizer, schedule
     os.replace(tmp, path)
 
 
-def _peft_model(plan: dict, prepared, seed: int):
-    """The base model with a fresh LoRA of the plan's ranks (checked against the plan) and, for
-    classification, a trainable head initialised from `seed`."""
+def _peft_model(plan: dict, prepared, seed: int, init: str = "default", device=None):
+    """The base model with a fresh LoRA of the plan's ranks (checked against the plan) started as `init`
+    says, and, for classification, a trainable head initialised from `seed`; plus what to record of the init."""
     from peft import get_peft_model
 
     labels = prepared.data.label_names
@@ -122,9 +127,13 @@ def _peft_model(plan: dict, prepared, seed: int):
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         model = get_peft_model(loaded.model, lora_config(plan))
     check_peft_model(plan, model)
+    if device is not None:
+        model.to(device)
+    recorded = initialise(model, init, prepared, loaded.tokenizer, device or torch.device("cpu"))
+    check_peft_model(plan, model)   # an initialisation never changes the plan's ranks
     for p in head_parameters(model.base_model.model, prepared.task).values():
         p.requires_grad_(True)
-    return loaded, model
+    return loaded, model, {"init": init, **recorded}
 
 
 def _restore(path: Path, trainable: dict, optimizer, scheduler) -> tuple[int, list[float], float]:
@@ -164,7 +173,7 @@ def retrain(plan: dict, config: TrainSettings, store: Store | None = None, devic
     work = store.root / "retrain" / key
     work.mkdir(parents=True, exist_ok=True)
     checkpoint_path = work / CHECKPOINT
-    loaded, model = _peft_model(plan, prepared, config.seed)
+    loaded, model, init = _peft_model(plan, prepared, config.seed, config.init, accelerator.device)
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(trainable.values(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
@@ -223,8 +232,9 @@ def retrain(plan: dict, config: TrainSettings, store: Store | None = None, devic
             **prepared.description, "plan": plan, "config": to_dict(config), "metrics": metrics,
             "trainable_params": plan["trainable_params"], "train_seconds": round(train_seconds, 3),
             "seconds": round(time.perf_counter() - started, 3), "processes": accelerator.num_processes,
-            "device": str(accelerator.device)}
-    entry = store.put(key, Result(pd.DataFrame([{"method": plan.get("signal"), "seed": config.seed, **metrics}]),
+            "device": str(accelerator.device), **init}
+    entry = store.put(key, Result(pd.DataFrame([{"method": plan.get("signal"), "seed": config.seed,
+                                                 "init": config.init, **metrics}]),
                                   tables={"curve": curve}, tensors=head, files=_adapter_files(unwrapped)), meta)
     shutil.rmtree(work, ignore_errors=True)
     return entry

@@ -679,7 +679,7 @@ def test_setup_lists_the_cached_run_with_its_signals(minilm):
     (row,) = app.dataframe[0].value.to_dict("records")
     assert row["model"] == "all-MiniLM-L6-v2 (embedded)" and row["data"] == "rotten_tomatoes"
     assert row["validation examples"] == 16
-    assert row["signals"] == "adalora, cka, id, shapley, sora" and row["missing"] == "grad_norm, state_change"
+    assert row["signals"] == "adalora, cka, id, shapley, sora" and row["missing"] == "alpha, eva, gora, grad_norm, state_change"
 
 
 def test_setup_form_launches_a_command_the_cli_accepts(minilm, monkeypatch):

@@ -1,0 +1,81 @@
+"""Heavy-tailed spectra (AlphaLoRA, WeightWatcher): the power-law exponent alpha of each weight matrix.
+
+For every adaptable matrix W, the eigenvalues of W^T W (squared singular values) and WeightWatcher's
+power-law fit of their tail (see esd_fit). value = alpha. Heavy-tailed self-regularisation reads a
+lower alpha as a better-trained matrix; AlphaLoRA gives MORE adapter capacity to layers whose mean
+alpha is LARGER (less trained), so value is the importance as it is.
+
+Needs the weights only: no data, no gradients. Spectra are computed on the run's device in stacks
+of equally shaped matrices; the fit runs in float64. Extra table "spectra": every eigenvalue, for the
+ESD plots.
+
+Plan (family "alphalora", AlphaLoRA's `exponential_scaling` with beta 2.5): each layer's share of
+the budget is proportional to (mean alpha of its matrices) ** 2.5, and every adapted matrix of a
+layer gets that layer's rank.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from analysis.errors import UserError
+from analysis.signals.alpha.esd_fit import fit_alphalora, fit_power_law, spectra
+from analysis.signals.registry import Signal, register
+from analysis.store.cache import Result
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+FITS = {"ww": fit_power_law, "alphalora": fit_alphalora}
+
+
+@dataclass
+class AlphaConfig:
+    svd_dtype: str = field(default="float32", metadata={
+        "help": "precision of the singular values: float32 (fast on a GPU) or float64 (what WeightWatcher uses; "
+                "slow on a GPU); the fit itself is always float64"})
+    chunk: int = field(default=16, metadata={"help": "matrices of one shape per svdvals call (GPU memory)"})
+    spectrum: str = field(default="svdvals", metadata={
+        "help": "svdvals (squared singular values, as WeightWatcher) or gram (eigvalsh of the smaller Gram matrix: "
+                "faster on a GPU, less accurate for the smallest eigenvalues in float32)"})
+    fit: str = field(default="ww", metadata={
+        "help": "ww (WeightWatcher's default fit, the reference for the metric) or alphalora (AlphaLoRA's own "
+                "fix_finger: xmin in a window around the ESD's histogram peak, no threshold)"})
+
+
+def compute(context, config: AlphaConfig) -> Result:
+    if config.svd_dtype not in DTYPES:
+        raise UserError(f"alpha.svd_dtype must be float32 or float64, not '{config.svd_dtype}'.")
+    if config.spectrum not in ("svdvals", "gram"):
+        raise UserError(f"alpha.spectrum must be svdvals or gram, not '{config.spectrum}'.")
+    if config.fit not in FITS:
+        raise UserError(f"alpha.fit must be ww or alphalora, not '{config.fit}'.")
+    modules = context.modules
+    weights = [context.model.get_submodule(m.path).weight for m in modules]
+    with torch.no_grad():
+        evals = spectra(weights, DTYPES[config.svd_dtype], max(1, config.chunk), config.spectrum)
+        fits = [FITS[config.fit](e) for e in evals]
+    table = pd.DataFrame({"signal": "alpha", "layer": [m.layer for m in modules],
+                          "module": [m.name for m in modules], "value": [f.alpha for f in fits],
+                          "xmin": [f.xmin for f in fits], "D": [f.D for f in fits],
+                          "sigma": [f.sigma for f in fits], "n_evals": [f.n_evals for f in fits],
+                          "n_tail": [f.n_tail for f in fits]})
+    table["degenerate"] = table["value"].isna()   # fewer than 2 eigenvalues above the threshold: no fit
+    spectra_table = pd.DataFrame({
+        "layer": [m.layer for m, e in zip(modules, evals) for _ in range(len(e))],
+        "module": [m.name for m, e in zip(modules, evals) for _ in range(len(e))],
+        "eigenvalue": torch.cat([e.double().cpu() for e in evals]).numpy()})
+    return Result(table, tables={"spectra": spectra_table}, meta={"svd_dtype": config.svd_dtype, "fit": config.fit,
+                                                                   "spectrum": config.spectrum})
+
+
+def _exhibits(entry):
+    from analysis.signals.alpha.alpha_figures import exhibits  # figures load plotly; registration stays light
+    return exhibits(entry)
+
+
+register(Signal(
+    name="alpha", title="Heavy-tailed alpha (AlphaLoRA)",
+    description="Power-law exponent of each weight matrix's eigenvalue spectrum (WeightWatcher's fit); weights "
+                "only. The plan gives layers with larger mean alpha more rank (AlphaLoRA).",
+    config=AlphaConfig, compute=compute, version=1, plan_family="alphalora", exhibits=_exhibits))

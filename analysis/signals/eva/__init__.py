@@ -1,0 +1,69 @@
+"""EVA (explained variance adaptation, peft): how much of each layer's input variance its top components hold.
+
+peft's own `get_eva_state_dict` runs on the validation batches: forward passes only, an incremental
+PCA of every target layer's inputs (non-padding tokens), repeated until the components converge
+(cosine similarity >= tau). EVA then pools the explained-variance ratios of the first r * rho
+components of every layer and keeps the best r x (number of layers): its budget counts ranks.
+
+Data: by default all validation examples form ONE step of EVA (one batch). peft streams a training
+dataloader until every kept component is stable; cycling a small, fixed validation set does not get
+there (on 64 MiniLM snippets in batches of 16, some layers still had only 5 of 16 components stable
+after 40 passes), whereas one step over all of it is the PCA of exactly that data and is stable on
+its repeat (3 forward passes in all). `examples_per_step` > 0 streams as peft does.
+
+Table: one row per (module, component): value = the explained-variance ratio peft ranked, `rank` =
+the component's index. Extra table "peft_ranks": the rank EVA itself gives each module at this r
+(what `initialize_lora_eva_weights` would put in rank_pattern).
+
+Plan (family "eva"): the same pooled ranking, walked from the best component down and stopped at
+the first one whose LoRA parameters (d_in + d_out per rank) no longer fit the budget. That is EVA's
+rule with the rank count replaced by the parameter count; where every module costs the same, a
+budget of r x (number of modules) ranks reproduces peft's rank_pattern exactly. Components beyond
+r * rho per module were never fitted, so larger budgets stop there (with a warning).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from analysis.signals.eva.peft_eva import lora_config, model_inputs, run_eva
+from analysis.signals.registry import Signal, register
+from analysis.store.cache import Result
+
+
+@dataclass
+class EvaSignalConfig:
+    r: int = field(default=8, metadata={"help": "EVA's initial rank per module (its budget is r x modules ranks)"})
+    rho: float = field(default=2.0, metadata={
+        "help": "EVA's rho (>= 1): each module may get at most round(r * rho) ranks; peft's default 2"})
+    tau: float = field(default=0.99, metadata={
+        "help": "EVA's convergence threshold: cosine similarity of components between steps; peft's default"})
+    examples_per_step: int = field(default=0, metadata={
+        "help": "validation examples per EVA step (0: all of them in one step, the PCA of exactly that data; "
+                "> 0: peft's streaming, which may not converge on a small validation set)"})
+    max_passes: int = field(default=50, metadata={
+        "help": "give up when the PCA has not converged after this many passes over the validation batches"})
+
+
+def compute(context, config: EvaSignalConfig) -> Result:
+    modules = context.modules
+    size = config.examples_per_step or len(context.frame())
+    batches = [model_inputs(batch) for batch in context.batches(batch_size=size, desc="eva")]
+    run = run_eva(context.model, batches, lora_config([m.path for m in modules], config.r, config.rho, config.tau),
+                  config.max_passes)
+    rows = [{"signal": "eva", "layer": m.layer, "module": m.name, "value": float(v), "rank": j}
+            for m in modules for j, v in enumerate(run.ratios[m.path].tolist()[:round(config.r * config.rho)])]
+    peft_ranks = pd.DataFrame({"layer": [m.layer for m in modules], "module": [m.name for m in modules],
+                               "value": [int(run.state_dict[m.path].shape[0]) for m in modules]})
+    shared = {m.path: run.shares_input_with[m.path] for m in modules if run.shares_input_with[m.path] != m.path}
+    return Result(pd.DataFrame(rows), tables={"peft_ranks": peft_ranks},
+                  meta={"forwards": run.forwards, "batches": len(batches), "shares_input_with": shared,
+                        "rank_budget": config.r * len(modules)})
+
+
+register(Signal(
+    name="eva", title="EVA explained variance (peft)",
+    description="peft's EVA: explained-variance ratios of an incremental PCA of each layer's inputs on validation "
+                "data; the plan keeps EVA's pooled ranking while it fits the parameter budget.",
+    config=EvaSignalConfig, compute=compute, version=1, plan_family="eva"))

@@ -1,0 +1,53 @@
+"""GoRA (gradient-driven adaptive LoRA): importance of each matrix from its weight and averaged gradient.
+
+Before any training, gradients of the loss are averaged over a few batches (one mean-loss gradient
+per batch, divided by the number of batches, as GoRA's recording hook does). Each adapted matrix
+then gets GoRA's importance from W and that gradient G; the default is the paper's avg(|W * G|)
+(`union_mean`, what GoRA's published scripts use); GoRA's other deterministic types are options.
+
+Data: the validation split (the project's rule for importance; GoRA uses its first training
+batches), with the model in eval mode (no dropout noise; GoRA's loop is in train mode).
+
+Plan (family "shares", GoRA's `get_allocated_rank`): module i receives a share of the parameter
+budget proportional to its importance, rank_i = round(budget * p_i) // (d_in + d_out), clipped to
+the limits; what flooring leaves is spent one rank at a time. GoRA's initialisation of B from the
+gradient is a retrain option (`--init gora`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from analysis.errors import UserError
+from analysis.signals.gora.gradient_importance import IMPORTANCE, averaged_gradients, importance
+from analysis.signals.registry import Signal, register
+from analysis.store.cache import Result
+
+
+@dataclass
+class GoRAConfig:
+    importance: str = field(default="union_mean", metadata={
+        "help": "GoRA's importance type: " + ", ".join(IMPORTANCE) + " (union_mean = avg |W * G|, the paper's)"})
+    steps: int = field(default=0, metadata={
+        "help": "batches whose gradients are averaged (0: every validation batch; GoRA's scripts use 32-64)"})
+
+
+def compute(context, config: GoRAConfig) -> Result:
+    if config.importance not in IMPORTANCE:
+        raise UserError(f"gora.importance must be one of {', '.join(IMPORTANCE)}, not '{config.importance}'.")
+    model, modules = context.model, context.modules
+    weights = [model.get_submodule(m.path).weight for m in modules]
+    model.eval()
+    grads, steps = averaged_gradients(model, weights, context.batches(desc="gora"), config.steps)
+    values = [importance(w, g, config.importance) for w, g in zip(weights, grads)]
+    table = pd.DataFrame({"signal": "gora", "layer": [m.layer for m in modules],
+                          "module": [m.name for m in modules], "value": values})
+    return Result(table, meta={"steps": steps, "importance": config.importance})
+
+
+register(Signal(
+    name="gora", title="GoRA gradient importance",
+    description="GoRA's importance avg|W * G| of each matrix from gradients averaged over batches before training; "
+                "the plan gives each module parameters in proportion (GoRA's allocation).",
+    config=GoRAConfig, compute=compute, version=1, needs_labels=True, plan_family="shares"))

@@ -1,0 +1,263 @@
+"""The allocators practitioners already have (issue 16), each against its own reference:
+EVA against peft's get_eva_state_dict, alpha against the weightwatcher package, GoRA against a slow
+float64 loop on a tiny decoder."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from analysis.model.layout import layout_of
+from analysis.planning.allocate import allocate, parse_budget, scores_from_tables
+from analysis.settings import RunSettings
+from analysis.signals.context import AnalysisContext, prepare
+from analysis.signals.registry import get_signal, make_config
+from analysis.store.cache import Store
+from tests.conftest import tiny_llama
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One BLAS thread: on a CI machine with 2 busy cores, two threads make small SVDs 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    """MiniLM on 12 validation snippets in one batch (EVA's PCA converges on a repeated batch in a few passes)."""
+    store = Store(tmp_path_factory.mktemp("allocators-encoder"))
+    return AnalysisContext(prepare(RunSettings(val_size=12, batch_size=12, device="cpu"), store))
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory, encoder):
+    """A config-built two-layer Llama that reads MiniLM's tokenizer, on 8 short texts."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    root = tmp_path_factory.mktemp("allocators-decoder")
+    tokenizer = encoder.loaded.tokenizer
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=72,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+                     ).save_pretrained(root / "lm")
+    tokenizer.save_pretrained(root / "lm")
+    pd.DataFrame({"text": [f"the cat number {i} sat on the mat near door {i % 7}" for i in range(80)]}).to_csv(
+        root / "text.csv", index=False)
+    settings = RunSettings(model=str(root / "lm"), data=str(root / "text.csv"), val_size=8, batch_size=4,
+                           device="cpu")
+    return AnalysisContext(prepare(settings, Store(root / "cache")))
+
+
+def _table(context, name, **options):
+    signal = get_signal(name)
+    return signal.compute(context, make_config(signal, {k: str(v) for k, v in options.items()}))
+
+
+def _tokenized(context):
+    """The validation batches straight from the tokenizer (not through the signal's context.batches)."""
+    frame, size = context.frame(), context.settings.batch_size
+    texts = frame["text"].tolist()
+    return [dict(context.loaded.tokenizer(texts[i:i + size], padding=True, truncation=True,
+                                          max_length=context.settings.max_length, return_tensors="pt"))
+            for i in range(0, len(texts), size)]
+
+
+# --- EVA ---------------------------------------------------------------------------------------------------
+
+def test_eva_ranks_equal_peft_get_eva_state_dict(encoder):
+    from peft import EvaConfig, LoraConfig
+    from peft.tuners.lora.eva import get_eva_state_dict
+    result = _table(encoder, "eva", r=4, rho=2.0)
+    modules = encoder.modules
+    config = LoraConfig(r=4, target_modules=[m.path for m in modules], eva_config=EvaConfig(rho=2.0))
+    reference = get_eva_state_dict(encoder.model, _tokenized(encoder), peft_config=config, show_progress_bar=False)
+    peft_ranks = {m.path: reference[m.path].shape[0] for m in modules}
+    ours = result.tables["peft_ranks"]
+    assert ours["value"].tolist() == [peft_ranks[m.path] for m in modules]
+    assert sum(peft_ranks.values()) == 4 * len(modules) and len(set(peft_ranks.values())) > 1  # redistributed
+    table = result.table
+    assert table.groupby(["layer", "module"], sort=False).size().eq(8).all()   # round(r * rho) components
+    # The plan at the parameter cost of peft's own allocation keeps exactly peft's ranks.
+    layout = layout_of(encoder.model)
+    budget = sum(peft_ranks[m.path] * (m.d_in + m.d_out) for m in modules)
+    allocation = allocate(scores_from_tables("eva", "eva", {"main": table}, layout), layout, budget)
+    assert allocation.ranks.tolist() == [peft_ranks[m.path] for m in modules]
+    assert allocation.cost == budget
+
+
+# --- alpha -------------------------------------------------------------------------------------------------
+
+CHOSEN = [0, 9, 16, 23]   # a query, a value, an intermediate and an attention output matrix
+
+
+@pytest.fixture(scope="module")
+def weightwatcher_fits(encoder):
+    """weightwatcher's own analysis (its SVD, its fit) of a copy of four MiniLM matrices."""
+    ww = pytest.importorskip("weightwatcher")
+    linears = []
+    for i in CHOSEN:
+        weight = encoder.model.get_submodule(encoder.modules[i].path).weight
+        linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        linear.weight.data.copy_(weight.data)
+        linears.append(linear)
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):   # numpy's BLAS: the same oversubscription as torch's on a busy 2-core machine
+        return ww.WeightWatcher(model=torch.nn.Sequential(*linears)).analyze()
+
+
+@pytest.mark.parametrize("svd_dtype, tolerance", [("float64", 1e-9), ("float32", 2e-3)])
+def test_alpha_equals_weightwatcher_on_the_same_matrices(encoder, weightwatcher_fits, svd_dtype, tolerance):
+    table = _table(encoder, "alpha", svd_dtype=svd_dtype).table
+    reference = weightwatcher_fits
+    assert len(reference) == len(CHOSEN)
+    for column, theirs in (("value", "alpha"), ("xmin", "xmin"), ("D", "D")):
+        np.testing.assert_allclose(table[column].to_numpy()[CHOSEN], reference[theirs].to_numpy(), rtol=tolerance)
+
+
+def test_alpha_small_spectra_follow_weightwatcher_small_n_fit():
+    """Below 20 eigenvalues WeightWatcher switches estimator; random heavy-tailed matrices on both paths."""
+    pytest.importorskip("weightwatcher")
+    from weightwatcher.WW_powerlaw import WWFit
+    from analysis.signals.alpha.esd_fit import fit_power_law, spectra
+    generator = torch.Generator().manual_seed(1)
+    for shape in [(40, 12), (30, 19), (200, 64), (96, 96)]:
+        w = torch.randn(shape, generator=generator, dtype=torch.float64) ** 3
+        evals = spectra([w], torch.float64)[0]
+        ours = fit_power_law(evals)
+        x = np.linalg.svd(w.numpy(), compute_uv=False) ** 2
+        ref = WWFit(x[x > 1e-5])
+        assert ours.alpha == pytest.approx(ref.alpha, rel=1e-9) and ours.xmin == pytest.approx(ref.xmin, rel=1e-9)
+
+
+def test_alpha_gram_spectrum_gives_the_same_fit_in_float64(encoder):
+    from analysis.signals.alpha.esd_fit import fit_power_law, spectra
+    weights = [encoder.model.get_submodule(encoder.modules[i].path).weight for i in CHOSEN]
+    for by_svd, by_gram in zip(spectra(weights, torch.float64), spectra(weights, torch.float64, method="gram")):
+        torch.testing.assert_close(by_gram[-20:], by_svd[-20:], rtol=1e-9, atol=0)   # the tail, to rounding
+        assert fit_power_law(by_gram).alpha == pytest.approx(fit_power_law(by_svd).alpha, rel=1e-6)
+
+
+def _fix_finger_loop(w, bins=100):
+    """AlphaLoRA's expert_number.fix_finger (pl_fitting=True, filter_zeros=False), re-typed as its loop."""
+    eigs = torch.sort(torch.square(torch.linalg.svdvals(w).flatten()))[0]
+    n_all = len(eigs)
+    log_eigs = torch.log(eigs)
+    alphas, ds = torch.zeros(n_all - 1, dtype=eigs.dtype), torch.ones(n_all - 1, dtype=eigs.dtype)
+    hist = torch.log10(eigs)
+    counts = torch.histc(hist, bins, min=hist.min(), max=hist.max())
+    xmin2 = 10 ** torch.linspace(hist.min(), hist.max(), bins + 1, dtype=eigs.dtype)[torch.argmax(counts)]
+    xmin_min, xmin_max = torch.log10(0.95 * xmin2), 1.5 * xmin2
+    for i, xmin in enumerate(eigs[:-1]):
+        if xmin < xmin_min:
+            continue
+        if xmin > xmin_max:
+            break
+        n = float(n_all - i)
+        alpha = 1 + n / (torch.sum(log_eigs[i:]) - n * log_eigs[i])
+        alphas[i] = alpha
+        if alpha > 1:
+            ds[i] = torch.max(torch.abs(1 - (eigs[i:] / xmin) ** (-alpha + 1) - torch.arange(n) / n))
+    return float(alphas[torch.argmin(ds)])
+
+
+def test_alpha_alphalora_fit_equals_alphalora_fix_finger_loop(encoder):
+    from analysis.signals.alpha.esd_fit import fit_alphalora, spectra
+    for i in CHOSEN:
+        w = encoder.model.get_submodule(encoder.modules[i].path).weight.detach().double()
+        assert fit_alphalora(spectra([w], torch.float64)[0]).alpha == pytest.approx(_fix_finger_loop(w), rel=1e-9)
+
+
+def test_alpha_exhibits_draw_the_heatmap_and_esd_fits(encoder, tmp_path):
+    from analysis.store.cache import Store
+    signal = get_signal("alpha")
+    store = Store(tmp_path)
+    entry = store.put("alpha-test", signal.compute(encoder, make_config(signal)), {"signal": "alpha"})
+    found = {e.name: e for e in signal.exhibits(entry)}
+    assert set(found) == {"alpha_modules", "alpha_esd_largest", "alpha_esd_smallest"}
+    heatmap = found["alpha_modules"].figure()
+    assert np.asarray(heatmap.data[0].z).shape == (6, 6)
+    esd = found["alpha_esd_largest"].figure()
+    table = entry.table()
+    assert f"{table['value'].max():.2f}" in esd.data[1].name
+    assert len(found["alpha_esd_largest"].data()) == table.loc[table["value"].idxmax(), "n_evals"] + \
+        (found["alpha_esd_largest"].data()["eigenvalue"] <= 1e-5).sum()
+
+
+def test_alphalora_plan_gives_each_layer_one_rank_by_exponential_scaling(decoder):
+    table = _table(decoder, "alpha").table
+    layout = layout_of(decoder.model)
+    scores = scores_from_tables("alpha", "alphalora", {"main": table}, layout)
+    budget = parse_budget("r8", layout)
+    ranks = allocate(scores, layout, budget).ranks
+    layers = np.array([m.layer for m in layout.modules])
+    per_layer = [set(ranks[layers == l]) for l in (0, 1)]
+    assert all(len(r) == 1 for r in per_layer)            # one rank for every matrix of a layer
+    # AlphaLoRA's expert_number.exponential_scaling, re-typed here: round, then fix the sum one by one.
+    alpha = table.groupby("layer")["value"].mean().to_numpy()
+    scaled = alpha ** 2.5
+    expected = np.round(scaled / scaled.sum() * 16).astype(int)
+    while expected.sum() != 16:
+        if expected.sum() < 16:
+            expected[np.argmin(scaled - expected)] += 1
+        else:
+            expected[np.argmax(scaled - expected)] -= 1
+    assert [r.pop() for r in per_layer] == expected.tolist()
+
+
+# --- GoRA --------------------------------------------------------------------------------------------------
+
+def test_gora_importance_equals_a_slow_float64_reference(decoder):
+    result = _table(decoder, "gora")
+    model = decoder.model
+    batches = [{**b, "labels": b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)}
+               for b in _tokenized(decoder)]
+    reference = []
+    double = type(model)(model.config).double().eval()
+    double.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    for module in decoder.modules:   # one matrix at a time, one batch at a time
+        weight = double.get_submodule(module.path).weight
+        total = torch.zeros_like(weight)
+        for batch in batches:
+            total += torch.autograd.grad(double(**batch).loss, weight)[0]
+        grad = (total / len(batches)).numpy()
+        w = weight.detach().numpy()
+        reference.append(sum(abs(w[i, j] * grad[i, j]) for i in range(w.shape[0]) for j in range(w.shape[1]))
+                         / w.size)
+    np.testing.assert_allclose(result.table["value"].to_numpy(), reference, rtol=2e-4)
+    assert result.meta["steps"] == 2 and all(p.grad is None for p in model.parameters())
+
+
+def test_gora_shares_plan_follows_gora_rule_then_fills(decoder):
+    table = _table(decoder, "gora").table
+    layout = layout_of(decoder.model)
+    scores = scores_from_tables("gora", "shares", {"main": table}, layout)
+    for text in ("r2", "r8"):
+        budget = parse_budget(text, layout)
+        allocation = allocate(scores, layout, budget)
+        share = table["value"].to_numpy() / table["value"].sum()
+        features = np.array(layout.costs)
+        gora = np.round(budget * share).astype(int) // features     # GoRA's moderate rule, no limits
+        assert (allocation.ranks >= gora).all() and allocation.cost <= budget
+        assert budget - allocation.cost < features.min()            # the fill spent what flooring left
+
+
+# --- all three: plans peft accepts ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["eva", "alpha", "gora"])
+def test_plans_at_r2_and_r8_load_into_peft_with_their_ranks(decoder, name):
+    from peft import get_peft_model
+
+    from analysis.planning.plan_json import build_plan, check_peft_model, lora_config, validate
+    signal = get_signal(name)
+    result = signal.compute(decoder, make_config(signal))
+    layout = layout_of(decoder.model)
+    scores = scores_from_tables(name, signal.plan_family, {"main": result.table}, layout)
+    for text in ("r2", "r8"):
+        budget = parse_budget(text, layout)
+        allocation = allocate(scores, layout, budget)
+        plan = build_plan(layout, allocation.ranks, name, budget, warnings=allocation.warnings)
+        validate(plan, layout)
+        assert 0 < plan["trainable_params"] <= budget
+        model = type(decoder.model)(decoder.model.config)
+        check_peft_model(plan, get_peft_model(model, lora_config(plan)))
