@@ -169,7 +169,7 @@ class PlanOptions:
 @dataclass(frozen=True)
 class TrainSettings:
     """A retrain of one plan."""
-    steps: int = setting(150, "optimizer steps on the train split", minimum=1)
+    steps: int = setting(200, "optimizer steps on the train split", minimum=1)
     lr: float = setting(1e-3, "AdamW peak learning rate (linear warm-up and decay)", above=0)
     batch_size: int = setting(16, "training examples per step and process", flag="--train-batch-size", minimum=1)
     eval_batch_size: int = setting(64, "examples per evaluation batch", minimum=1)

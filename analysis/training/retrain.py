@@ -94,6 +94,11 @@ def _evaluate(model, tokenizer, frame: pd.DataFrame, task: str, settings: RunSet
     from accelerate.utils import gather_object
     from sklearn.metrics import accuracy_score, f1_score
     shard = frame.iloc[accelerator.process_index::accelerator.num_processes]
+    # shortest first: each batch is padded to its own longest example, so sorting cuts the padding (the
+    # metrics do not depend on the order; predictions and labels stay aligned)
+    lengths = [len(ids) for ids in tokenizer(shard["text"].tolist(), truncation=True,
+                                             max_length=settings.max_length)["input_ids"]]
+    shard = shard.iloc[np.argsort(lengths, kind="stable")]
     labels = shard["label"].tolist() if task == "classification" else None
     predictions, loss_sum, count = [], torch.zeros((), device=accelerator.device, dtype=torch.float64), 0
     model.eval()
@@ -207,6 +212,18 @@ def retrain(plan: dict, config: TrainSettings, store: Store | None = None, devic
     cached = store.get(key)
     if cached:
         return cached
+    if accelerator.num_processes > 1:   # every process trains its share: no lock between them
+        return _train(plan, config, store, settings, prepared, accelerator, key, label)
+    # One process trains a key at a time: a second one (a parallel study that shares uniform's runs) waits
+    # for it and then reads its entry, instead of training the same run into the same checkpoint folder.
+    from filelock import FileLock
+    store.locks_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(store.locks_dir / f"{key}.lock")):
+        return store.get(key) or _train(plan, config, store, settings, prepared, accelerator, key, label)
+
+
+def _train(plan: dict, config: TrainSettings, store: Store, settings: RunSettings, prepared, accelerator, key: str,
+           label: str | None) -> Entry | None:
     work = store.root / "retrain" / key
     work.mkdir(parents=True, exist_ok=True)
     checkpoint_path = work / CHECKPOINT
