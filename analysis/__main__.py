@@ -186,7 +186,7 @@ def cmd_retrain(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from analysis.training.compare import compare, formatted, markdown
+    from analysis.training.compare import compare, formatted, markdown, parse_budgets, parse_rates
     from analysis.signals.context import identify
     from analysis.signals.registry import all_signals
     settings = _settings(args)
@@ -202,14 +202,29 @@ def cmd_compare(args) -> int:
         key = identify(settings, _store(args)).key
         cached = {e.meta.get("signal") for e in _store(args).entries() if e.meta.get("context_key") == key}
         methods = [name for name in all_signals() if name in cached]
-    entry = compare(settings, methods, args.budget, seeds, _retrain_config(args), _limits(args), _plan_options(args),
-                    _store(args), overrides=_overrides(args.set))
-    print(markdown(formatted(entry.table(), entry.meta["task"])))
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds repeats a seed: '{args.seeds}'.")
+    budgets = parse_budgets(args.budgets or args.budget)
+    entry = compare(settings, methods, budgets, seeds, _retrain_config(args), _limits(args), _plan_options(args),
+                    _store(args), overrides=_overrides(args.set), tune_lrs=parse_rates(args.tune_lr))
+    table = formatted(entry.table(), entry.meta["task"])
+    print(markdown(table))
+    left_out = entry.meta.get("left_out", 0)
+    if left_out:
+        print(f"{left_out} run(s) did not train and are left out of the means (see runs.csv).")
     if args.out:
+        from analysis.training.compare import budget_table, curve_points
         args.out.mkdir(parents=True, exist_ok=True)
         entry.table().to_csv(args.out / "summary.csv", index=False)
+        table.to_csv(args.out / "table.csv", index=False)
+        (args.out / "table.md").write_text(markdown(table) + "\n")
         entry.table("runs").to_csv(args.out / "runs.csv", index=False)
-        print(f"wrote {args.out / 'summary.csv'} and runs.csv")
+        if "tuning" in entry.table_names:
+            entry.table("tuning").to_csv(args.out / "tuning.csv", index=False)
+        budget_table(entry.table(), entry.meta["task"]).to_csv(args.out / "budgets.csv", index=False)
+        curve_points(entry.table(), entry.meta["task"]).to_csv(args.out / "curve.csv", index=False)
+        print(f"wrote summary.csv, table.csv, table.md, runs.csv, budgets.csv, curve.csv"
+              f"{', tuning.csv' if 'tuning' in entry.table_names else ''} to {args.out}")
     _write_job_result({"status": "done", "keys": {"comparison": entry.key}})
     return 0
 
@@ -273,15 +288,22 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--cache-dir", type=Path, default=None)
     _retrain_arguments(retrain)
     retrain.set_defaults(handler=cmd_retrain)
-    comparison = verbs.add_parser("compare", help="retrain uniform LoRA and each method's plan at one budget, "
-                                  "with several seeds")
+    comparison = verbs.add_parser("compare", help="retrain uniform LoRA and each method's plan at one or more "
+                                  "budgets, with several seeds and learning rates tuned on validation")
     _settings_arguments(comparison)
     comparison.add_argument("--signals", default=None, help="comma-separated methods (signal names or blends); "
                             "default: every signal cached for this setting")
     comparison.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
-    comparison.add_argument("--out", type=Path, default=None, help="also write summary.csv and runs.csv here")
+    comparison.add_argument("--budgets", default=None, help="comma-separated budgets for a budget curve, such as "
+                            "r1,r2,r4,r8 (default: --budget)")
+    comparison.add_argument("--tune-lr", default="1e-4,3e-4,1e-3,3e-3", metavar="RATES",
+                            help="learning rates tried per method and budget with the first seed, chosen on "
+                            "validation; 'off' trains every run at --lr (default: %(default)s)")
+    comparison.add_argument("--out", type=Path, default=None, help="also write summary.csv, table.csv, table.md, "
+                            "runs.csv, tuning.csv, budgets.csv and curve.csv here")
     _plan_arguments(comparison)
-    _retrain_arguments(comparison, exclude=("seed",))   # --seed is the split seed here; --seeds the runs
+    # --seed is the split seed here, --seeds the runs; tuning evaluates on validation, the runs on test
+    _retrain_arguments(comparison, exclude=("seed", "eval_split"))
     comparison.set_defaults(handler=cmd_compare)
     export = verbs.add_parser("export", help="write a figure (paper style) or the table behind it")
     _settings_arguments(export)

@@ -189,14 +189,16 @@ class PlanOptions:
 @dataclass(frozen=True)
 class TrainSettings:
     """A retrain of one plan."""
-    steps: int = setting(150, "optimizer steps on the train split", minimum=1)
-    lr: float = setting(3e-3, "AdamW peak learning rate (linear warm-up and decay)", above=0)
+    steps: int = setting(200, "optimizer steps on the train split", minimum=1)
+    lr: float = setting(1e-3, "AdamW peak learning rate (linear warm-up and decay)", above=0)
     batch_size: int = setting(16, "training examples per step and process", flag="--train-batch-size", minimum=1)
     eval_batch_size: int = setting(64, "examples per evaluation batch", minimum=1)
-    warmup_fraction: float = setting(0.06, "fraction of steps with a rising learning rate", minimum=0.0,
+    warmup_fraction: float = setting(0.1, "fraction of steps with a rising learning rate", minimum=0.0,
                                      maximum=1.0)
     weight_decay: float = setting(0.0, "AdamW weight decay", minimum=0.0)
     test_size: int = setting(0, "test examples to evaluate on (0: the whole test split)", minimum=0)
+    eval_split: str = setting("test", "the split the metrics come from: test, or validation (what learning-rate "
+                                      "tuning selects on; never test)", choices=("test", "validation"))
     checkpoint_every: int = setting(50, "steps between resumable checkpoints", minimum=1)
     seed: int = setting(0, "seed of the adapter and head initialisation and the data order", minimum=0,
                         maximum=2**31 - 1)

@@ -1,5 +1,7 @@
-"""Retrain the plans at the budget set here or on the Budget page, next to uniform LoRA and over several seeds,
-in the background with live loss curves; then the results table across plans and seeds."""
+"""Retrain the plans at the budget set here or on the Budget page (or at several budgets), next to uniform LoRA and
+over several seeds, with the learning rate tuned per method on validation, in the background with live loss
+curves; then the results table (runs that did not train flagged and left out, paired differences from uniform)
+and the budget curve."""
 import streamlit as st
 
 from analysis.jobs import launch as jobs
@@ -9,16 +11,19 @@ from analysis.signals.registry import all_signals
 from analysis.store.runs import comparisons, when
 from analysis.errors import UserError
 from analysis.settings import RunSettings, TrainSettings, from_dict, to_argv
+from analysis.training.compare import DEFAULT_GRID, parse_budgets, parse_rates
 from analysis.store.cache import Store
 from pages.shared.planning import plans_at_budget, summary_table
-from pages.shared.widgets import choose_run, download_buttons, job_panel
+from pages.shared.widgets import choose_run, download_buttons, job_panel, show
 
 store = Store()
 signals = all_signals()
 
 st.title("Retrain and compare")
 st.caption("Each method turns its signal into per-module ranks under the same parameter budget; each plan is "
-           "trained from scratch on the train split and evaluated on test, next to uniform LoRA at that budget.")
+           "trained from scratch on the train split and evaluated on test, next to uniform LoRA at that budget. "
+           "Every method runs the same seeds (same data order and head initialisation) as uniform LoRA, and its "
+           "learning rate is chosen from the grid on the validation split with the first seed.")
 
 run = choose_run(set(signals), "No signals computed yet: run an analysis on the Setup page, or "
                  "`python -m analysis run`.")
@@ -34,21 +39,30 @@ with st.form("retrain"):
     a, b, c, d = st.columns(4)
     seeds = a.text_input("Seeds", "0,1,2")
     steps = b.number_input("Steps", 1, 100_000, defaults.steps)
-    lr = c.number_input("Learning rate", 1e-6, 1.0, defaults.lr, format="%.4g")
+    lr = c.number_input("Learning rate (without tuning)", 1e-6, 1.0, defaults.lr, format="%.4g")
     test_size = d.number_input("Test examples (0 = all)", 0, 1_000_000, defaults.test_size)
+    e, f = st.columns(2)
+    budgets = e.text_input("Budgets", budget, help="comma-separated, such as r1,r2,r4,r8 for a budget curve; "
+                           "the default is the budget set above")
+    grid = f.text_input("Tune learning rate over", ",".join(f"{r:g}" for r in DEFAULT_GRID),
+                        help="tried per method and budget with the first seed, chosen on the validation split; "
+                        "empty: every run uses the learning rate at the left")
     start = st.form_submit_button("Retrain and compare", type="primary", disabled=len(planned) < 2)
 if start:
     chosen = [m for m in planned if m != UNIFORM]
     try:
         training = TrainSettings(steps=steps, lr=lr, test_size=test_size)
+        rates = parse_rates(grid)
+        chosen_budgets = parse_budgets(budgets)
     except UserError as error:
         st.error(str(error))
     else:
         argv = ["compare", *to_argv(from_dict(RunSettings, run.description["settings"])), "--signals",
-                ",".join(chosen), "--budget", budget, "--seeds", seeds, *to_argv(training, exclude=("seed",)),
-                *to_argv(limits)]
-        job_id = jobs.start_job(argv, store.root, label=f"Compare at {budget}: uniform, {', '.join(chosen)}",
-                                run_key=run.key)
+                ",".join(chosen), "--budgets", ",".join(chosen_budgets), "--seeds", seeds,
+                "--tune-lr", ",".join(f"{r:g}" for r in rates) if rates else "off",
+                *to_argv(training, exclude=("seed", "eval_split")), *to_argv(limits)]
+        job_id = jobs.start_job(argv, store.root, label=f"Compare at {', '.join(chosen_budgets)}: uniform, "
+                                                         f"{', '.join(chosen)}", run_key=run.key)
         st.toast(f"Started comparison job {job_id}")
 
 job_panel(store, {"compare", "retrain"}, curves=True, run_key=run.key)
@@ -60,14 +74,36 @@ if not found:
 else:
     def describe(entry):
         meta = entry.meta
-        return f"budget {meta['budget']:,} ({meta.get('budget_spec')}) · seeds {meta['seeds']} · " \
-               f"{meta['config']['steps']} steps · {when(meta.get('created', 0))}"
+        budgets = meta.get("budgets") or [meta.get("budget_spec")]
+        where = f"budget {meta['budget']:,} ({budgets[0]})" if len(budgets) == 1 else f"budgets {', '.join(budgets)}"
+        tuned = " · lr tuned" if meta.get("tune_lrs") else ""
+        return f"{where} · seeds {meta['seeds']} · {meta['config']['steps']} steps{tuned} · " \
+               f"{when(meta.get('created', 0))}"
 
     entry = st.selectbox("Comparison", found, format_func=describe)
-    results, runs_table = comparison_exhibits(entry)
+    exhibits = {exhibit.name: exhibit for exhibit in comparison_exhibits(entry)}
+    results = exhibits["comparison_summary"]
     st.dataframe(results.data(), hide_index=True)
-    st.caption("Mean ± standard deviation over seeds; the test split is never used for the importance signals.")
+    runs = entry.table("runs")
+    left_out = int(runs["did_not_train"].notna().sum()) if "did_not_train" in runs else 0
+    st.caption("Mean ± standard deviation over the seeds that trained (no spread with one seed); Δ is the paired "
+               "difference from uniform LoRA on the same seeds with its 95% interval and the paired t-test's p-value; "
+               "a method beats uniform only where the interval excludes zero. The learning rate (lr) is the one "
+               "chosen on validation. The test split is never used for the importance signals or the tuning.")
+    if left_out:
+        st.warning(f"{left_out} run(s) did not train (one predicted class for every example, a NaN loss, or a "
+                   "loss ending above its start): they are flagged under Every run and left out of the means.")
     download_buttons(results, ["csv", "tex"])
+    st.subheader("Budget curve")
+    show(exhibits["comparison_budgets"])
+    with st.expander("Per budget (table)"):
+        st.dataframe(exhibits["comparison_budget_table"].data(), hide_index=True)
+        download_buttons(exhibits["comparison_budget_table"], ["csv", "tex"])
     with st.expander("Every run"):
+        runs_table = exhibits["comparison_runs"]
         st.dataframe(runs_table.data(), hide_index=True)
         download_buttons(runs_table, ["csv"])
+    if "comparison_tuning" in exhibits:
+        with st.expander("Learning-rate tuning (validation)"):
+            st.dataframe(exhibits["comparison_tuning"].data(), hide_index=True)
+            download_buttons(exhibits["comparison_tuning"], ["csv"])

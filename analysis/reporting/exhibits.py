@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from analysis.reporting import figures
 from analysis.planning.allocate import parse_budget
 from analysis.settings import Limits
-from analysis.training.compare import formatted
+from analysis.training.compare import budget_table, curve_points, formatted, summary_of
 from analysis.errors import UserError
 from analysis.planning.methods import UNIFORM, cached_entry, layout_for, method_scores
 from analysis.reporting.all_signals import (agreement, agreement_matrix_figure, layer_curves_figure, layer_importance,
@@ -77,11 +77,29 @@ def overview_exhibits(entries: dict[str, Entry]) -> list[Exhibit]:
 
 
 def comparison_exhibits(entry: Entry) -> list[Exhibit]:
-    """The retrain comparison: its summary (mean ± std, also as LaTeX) and every run."""
+    """The retrain comparison: its summary (mean ± std over the runs that trained, the paired difference from
+    uniform with its interval; also as LaTeX), the budget curve and its table, every run (runs that did not
+    train flagged) and the learning-rate tuning runs."""
+    task = entry.meta["task"]
 
-    return [Exhibit("comparison_summary", "Retrain comparison at one budget",
-                    lambda: formatted(entry.table(), entry.meta["task"])),
-            Exhibit("comparison_runs", "Every retrain run of the comparison", lambda: entry.table("runs"))]
+    @cache
+    def summary():
+        return summary_of(entry)
+
+    budgets = entry.meta.get("budgets") or [entry.meta.get("budget_spec", "")]
+    exhibits = [Exhibit("comparison_summary", "Retrain comparison" + (" at one budget" if len(budgets) == 1 else
+                                                                      f" at {len(budgets)} budgets"),
+                        lambda: formatted(summary(), task)),
+                Exhibit("comparison_budgets", "Metric against trainable parameters (95% bands)",
+                        lambda: curve_points(summary(), task), lambda: figures.budget_curve_figure(
+                            curve_points(summary(), task))),
+                Exhibit("comparison_budget_table", "Retrain comparison per budget († beats uniform)",
+                        lambda: budget_table(summary(), task)),
+                Exhibit("comparison_runs", "Every retrain run of the comparison", lambda: entry.table("runs"))]
+    if "tuning" in entry.table_names:
+        exhibits.append(Exhibit("comparison_tuning", "Learning-rate tuning runs (validation split)",
+                                lambda: entry.table("tuning")))
+    return exhibits
 
 
 def plan_exhibit(outcomes, layout, budget: int, difference: bool = False) -> Exhibit:

@@ -229,3 +229,36 @@ def plan_figure(outcomes: list[Outcome], layout: Layout, difference: bool = Fals
     titles = {o.method: f"{o.method}<br>{o.allocation.cost:,}" for o in shown}
     return side_by_side_heatmaps(frames, titles, normalise=False,
                                  value_label="rank − uniform" if difference else "rank")
+
+
+def budget_curve_figure(points: pd.DataFrame, title: str = "") -> go.Figure:
+    """Metric against trainable parameters (log axis), one line per method with its 95% band (the t interval
+    of the mean over seeds; none where a point has a single run). `points`: training.compare.curve_points."""
+    from plotly.colors import qualitative
+
+    metric = points["metric"].iloc[0] if len(points) else "accuracy"
+    scale = 100 if metric in ("accuracy", "f1") else 1
+    label = {"accuracy": "Test accuracy (%)", "f1": "Macro F1 (%)", "perplexity": "Test perplexity",
+             "test_loss": "Test loss"}.get(metric, metric)
+    figure = go.Figure()
+    palette = qualitative.Plotly
+    for i, (method, frame) in enumerate(points.groupby("method", sort=False)):
+        frame = frame.dropna(subset=["mean"]).sort_values("trainable_params")
+        colour = palette[i % len(palette)]
+        band = frame.dropna(subset=["low", "high"])
+        if len(band):
+            x = band["trainable_params"].tolist()
+            figure.add_trace(go.Scatter(x=x + x[::-1], y=(band["high"] * scale).tolist() +
+                                        (band["low"] * scale).tolist()[::-1], fill="toself", line={"width": 0},
+                                        fillcolor=colour, opacity=0.18, hoverinfo="skip", showlegend=False,
+                                        legendgroup=method, name=f"{method} 95% band"))
+        figure.add_trace(go.Scatter(x=frame["trainable_params"], y=frame["mean"] * scale, mode="lines+markers",
+                                    name=method, legendgroup=method, line={"color": colour},
+                                    customdata=frame[["budget", "trained"]].to_numpy(),
+                                    hovertemplate="%{customdata[0]}: %{x:,} parameters<br>%{y:.3f} over "
+                                                  "%{customdata[1]} runs<extra>" + method + "</extra>"))
+    figure.update_layout(title=title or f"{label.split(' (')[0]} against trainable parameters",
+                         xaxis_title="Trainable LoRA parameters", yaxis_title=label, hovermode="closest",
+                         legend={"title": {"text": "method"}})
+    figure.update_xaxes(type="log")
+    return figure

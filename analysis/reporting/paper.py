@@ -185,4 +185,4 @@ def latex_table(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:
     text = styler.to_latex(hrules=True, column_format="l" + "r" * (len(frame.columns) - 1),
                            caption=caption or None, label=label or None, position="t",
                            position_float="centering")
-    return text.replace("±", r"$\pm$")
+    return text.replace("±", r"$\pm$").replace("†", r"$^\dagger$")

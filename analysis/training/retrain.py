@@ -1,4 +1,5 @@
-"""Retrain with a plan: a fresh LoRA with the plan's ranks, trained on train, evaluated on test.
+"""Retrain with a plan: a fresh LoRA with the plan's ranks, trained on train, evaluated on test (or on
+validation, which is what learning-rate tuning selects on; `TrainSettings.eval_split`).
 
 Allocate-then-retrain: the adapter starts from scratch (peft's initialisation, B = 0), whatever
 signal produced the plan, unless `init` asks for EVA's or GoRA's data-driven start at the same ranks
@@ -11,6 +12,13 @@ Crash safety: every `checkpoint_every` steps the trainable weights, optimizer, s
 curve and random state go to <cache>/retrain/<key>/checkpoint.pt (written whole, then renamed);
 the same command started again resumes from there and gives the same result as an uninterrupted
 run. The data order is a function of (seed, step), so a resumed run sees the same batches.
+
+Speed: the train split is tokenised once, padded to its longest example and kept on the device; a step
+gathers its rows and trims them to the longest of the batch (the lengths live on the host), so a step
+costs what a plain pre-tokenised peft loop costs, with no host synchronisation except every 10 steps.
+
+A run that did not train (one predicted class for every example, a NaN loss, or a loss that ends above
+where it started; `did_not_train`) says so in its entry's meta, so a comparison can leave it out.
 
 Several GPUs: the same entry point under `accelerate launch` trains data-parallel (each process
 takes its own `batch_size` slice of every step's examples; only the main process writes).
@@ -43,7 +51,7 @@ from analysis.store.cache import Entry, Result, Store, files_under
 from analysis.signals.lora.warmup import head_parameters
 from analysis.training.adapter_init import initialise
 
-VERSION = 1
+VERSION = 2   # 2: eval_split, predicted classes and the did-not-train flag
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -69,30 +77,53 @@ def _schedule(config: TrainSettings):
     return lambda step: min((step + 1) / warm, max(0.0, (config.steps - step) / max(1, config.steps - warm)))
 
 
+def did_not_train(metrics: dict, losses: list[float], task: str) -> str | None:
+    """Why a run did not train (one predicted class for every example, a NaN loss, or a training loss that
+    ends above where it started: the mean of its last tenth of steps, at most 10, against its first), or None."""
+    values = np.asarray(losses, dtype=float)
+    if not np.isfinite(metrics.get("test_loss", 0.0)) or (len(values) and not np.isfinite(values).all()):
+        return "NaN loss"
+    if task == "classification" and metrics.get("predicted_classes") == 1 and metrics.get("test_examples", 0) > 1:
+        return "one class predicted for every example"
+    if len(values) >= 2:
+        k = max(1, min(10, len(values) // 10))
+        if values[-k:].mean() > values[:k].mean():
+            return "loss ended above its start"
+    return None
+
+
 def _evaluate(model, tokenizer, frame: pd.DataFrame, task: str, settings: RunSettings, config: TrainSettings,
               accelerator) -> dict:
-    """Test metrics; each process evaluates its share and the main process combines them."""
+    """Metrics on `frame` (the test split, or validation when tuning); each process evaluates its share and the
+    main process combines them. Sums stay on the device until the end (one synchronisation, not one a batch)."""
     from accelerate.utils import gather_object
     from sklearn.metrics import accuracy_score, f1_score
     shard = frame.iloc[accelerator.process_index::accelerator.num_processes]
+    # shortest first: each batch is padded to its own longest example, so sorting cuts the padding (the
+    # metrics do not depend on the order; predictions and labels stay aligned)
+    lengths = [len(ids) for ids in tokenizer(shard["text"].tolist(), truncation=True,
+                                             max_length=settings.max_length)["input_ids"]]
+    shard = shard.iloc[np.argsort(lengths, kind="stable")]
     labels = shard["label"].tolist() if task == "classification" else None
-    predictions, loss_sum, count = [], 0.0, 0
+    predictions, loss_sum, count = [], torch.zeros((), device=accelerator.device, dtype=torch.float64), 0
     model.eval()
     with torch.no_grad():
         for batch in tokenize_batches(tokenizer, shard["text"].tolist(), config.eval_batch_size,
                                       settings.max_length, accelerator.device, labels):
             if task == "classification":
                 logits = model(**batch).logits.float()
-                loss_sum += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
+                loss_sum += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
                 count += len(logits)
-                predictions += logits.argmax(-1).tolist()
+                predictions.append(logits.argmax(-1))
             else:
                 batch = with_lm_labels(batch)
                 logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
                 targets = batch["labels"][:, 1:]
-                loss_sum += float(torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(),
-                                                                    ignore_index=-100, reduction="sum"))
-                count += int((targets != -100).sum())
+                loss_sum += torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(),
+                                                              ignore_index=-100, reduction="sum")
+                count += (targets != -100).sum()
+    predictions = torch.cat(predictions).tolist() if predictions else []
+    loss_sum, count = float(loss_sum), int(count)
     gathered = gather_object([(predictions, labels or [], loss_sum, count)])
     loss = sum(g[2] for g in gathered) / max(1, sum(g[3] for g in gathered))
     if task != "classification":
@@ -100,7 +131,27 @@ def _evaluate(model, tokenizer, frame: pd.DataFrame, task: str, settings: RunSet
     predicted = [p for g in gathered for p in g[0]]
     truth = [t for g in gathered for t in g[1]]
     return {"accuracy": accuracy_score(truth, predicted), "f1": f1_score(truth, predicted, average="macro"),
-            "test_loss": loss, "test_examples": len(truth)}
+            "test_loss": loss, "test_examples": len(truth), "predicted_classes": len(set(predicted))}
+
+
+class Pretokenised:
+    """A split tokenised once: ids (and masks) padded to its longest example on the device, lengths on the host.
+    `batch(rows)` gathers rows and trims the padding to the longest of them, without a host synchronisation."""
+
+    def __init__(self, tokenizer, texts: list[str], max_length: int, device, labels=None):
+        encoded = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        self.tensors = {k: v.to(device) for k, v in encoded.items()
+                        if k in ("input_ids", "attention_mask", "token_type_ids")}
+        self.lengths = encoded["attention_mask"].sum(1).numpy()
+        if labels is not None:
+            self.tensors["labels"] = torch.as_tensor(np.array(labels), device=device)
+        self.device = device
+
+    def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        length = int(self.lengths[rows].max())
+        index = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(self.device, non_blocking=True)
+        return {k: v.index_select(0, index) if k == "labels" else v.index_select(0, index)[:, :length]
+                for k, v in self.tensors.items()}
 
 
 def _save_checkpoint(path: Path, step: int, trainable: dict, optimizer, scheduler, losses: list[float],
@@ -170,12 +221,26 @@ def retrain(plan: dict, config: TrainSettings, store: Store | None = None, devic
     cached = store.get(key)
     if cached:
         return cached
+    if accelerator.num_processes > 1:   # every process trains its share: no lock between them
+        return _train(plan, config, store, settings, prepared, accelerator, key, label)
+    # One process trains a key at a time: a second one (a parallel study that shares uniform's runs) waits
+    # for it and then reads its entry, instead of training the same run into the same checkpoint folder.
+    from filelock import FileLock
+    store.locks_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(store.locks_dir / f"{key}.lock")):
+        return store.get(key) or _train(plan, config, store, settings, prepared, accelerator, key, label)
+
+
+def _train(plan: dict, config: TrainSettings, store: Store, settings: RunSettings, prepared, accelerator, key: str,
+           label: str | None) -> Entry | None:
     work = store.root / "retrain" / key
     work.mkdir(parents=True, exist_ok=True)
     checkpoint_path = work / CHECKPOINT
     loaded, model, init = _peft_model(plan, prepared, config.seed, config.init, accelerator.device)
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW(trainable.values(), lr=config.lr, weight_decay=config.weight_decay)
+    # fused: one kernel for every parameter's update on a GPU (the foreach default launches several)
+    optimizer = torch.optim.AdamW(trainable.values(), lr=config.lr, weight_decay=config.weight_decay,
+                                  fused=prepared.device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
     start, losses, elapsed = 0, [], 0.0
     if checkpoint_path.exists():
@@ -184,6 +249,7 @@ def retrain(plan: dict, config: TrainSettings, store: Store | None = None, devic
     model, optimizer = accelerator.prepare(model, optimizer)
     train = prepared.splits.train
     labels = train["label"].to_numpy() if prepared.task == "classification" else None
+    tokens = Pretokenised(loaded.tokenizer, train["text"].tolist(), settings.max_length, accelerator.device, labels)
     label = label or plan.get("signal", "plan")
     size = config.batch_size * accelerator.num_processes
     mine = slice(accelerator.process_index * config.batch_size, (accelerator.process_index + 1) * config.batch_size)
@@ -193,10 +259,7 @@ def retrain(plan: dict, config: TrainSettings, store: Store | None = None, devic
     steps = range(start, config.steps)
     for step in (progress(steps, total=len(steps), desc="retrain", unit="step") if accelerator.is_main_process
                  else steps):
-        rows = batch_indices(step, size, len(train), config.seed)[mine]
-        batch = next(tokenize_batches(loaded.tokenizer, train["text"].iloc[rows].tolist(), len(rows),
-                                      settings.max_length, accelerator.device,
-                                      labels[rows].tolist() if labels is not None else None))
+        batch = tokens.batch(batch_indices(step, size, len(train), config.seed)[mine])
         if prepared.task != "classification":
             batch = with_lm_labels(batch)
         loss = model(**batch).loss
@@ -217,10 +280,11 @@ def retrain(plan: dict, config: TrainSettings, store: Store | None = None, devic
                                                      .named_parameters() if p.requires_grad},
                              optimizer, scheduler, losses, time.perf_counter() - started)
     train_seconds = time.perf_counter() - started
-    test = prepared.splits.test
+    test = prepared.splits[config.eval_split]
     if config.test_size:
         test = test.iloc[: config.test_size]
     metrics = _evaluate(model, loaded.tokenizer, test, prepared.task, settings, config, accelerator)
+    failure = did_not_train(metrics, losses, prepared.task)
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     if not accelerator.is_main_process:
@@ -231,6 +295,7 @@ def retrain(plan: dict, config: TrainSettings, store: Store | None = None, devic
     meta = {"signal": "retrain", "title": f"Retrain: {plan.get('signal', 'plan')}", "context_key": prepared.key,
             **prepared.description, "plan": plan, "config": to_dict(config), "metrics": metrics,
             "trainable_params": plan["trainable_params"], "train_seconds": round(train_seconds, 3),
+            "eval_split": config.eval_split, "did_not_train": failure,
             "seconds": round(time.perf_counter() - started, 3), "processes": accelerator.num_processes,
             "device": str(accelerator.device), **init}
     entry = store.put(key, Result(pd.DataFrame([{"method": plan.get("signal"), "seed": config.seed,

@@ -157,3 +157,46 @@ def test_launching_a_comparison_from_the_browser_trains_and_shows_results(dashbo
     assert outside == [], f"the dashboard reached outside this machine: {outside[:5]}"
     runs = [e for e in Store(cache_dir).entries() if e.meta.get("signal") == "retrain"]
     assert len(runs) == 4 and {e.meta["config"]["steps"] for e in runs} == {4}
+
+
+@pytest.mark.slow
+def test_a_comparison_at_two_budgets_draws_the_budget_curve_and_the_table_in_chromium(dashboard, cache_dir,
+                                                                                     tmp_path):
+    """Two budgets from the Retrain page: a real background comparison (one seed, no tuning, a few steps),
+    then the results table with a row per budget and method and the budget curve with a line per method
+    at the two budgets' parameter counts."""
+    from playwright.sync_api import sync_playwright
+
+    from analysis.settings import RunSettings
+    from analysis.signals.registry import get_signal
+    from analysis.signals.runner import run_signals
+
+    run_signals(RunSettings(val_size=16, batch_size=8, device="cpu"), [get_signal("grad_norm")], store=Store(cache_dir))
+    screenshot = Path(os.environ.get("SCREENSHOT_PATH_BUDGETS", tmp_path / "budgets.png"))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
+        page.goto(f"{dashboard}/retrain")
+        page.get_by_text("Plans at this budget").wait_for(timeout=90_000)
+        page.get_by_label("Seeds").fill("0")
+        page.get_by_label("Steps").fill("6")
+        page.get_by_label("Test examples (0 = all)").fill("32")
+        page.get_by_label("Budgets").fill("r1,r2")
+        page.get_by_label("Tune learning rate over").fill("")
+        page.get_by_role("button", name="Retrain and compare").click()
+        page.get_by_text("Compare at r1, r2").first.wait_for(timeout=60_000)
+        page.get_by_text("Budget curve").wait_for(timeout=400_000)
+        curve = page.locator(".js-plotly-plot", has_text="Trainable LoRA parameters")
+        curve.first.wait_for(timeout=60_000)
+        legend = curve.first.locator(".legendtext").all_inner_texts()
+        assert "uniform" in legend and "grad_norm" in legend
+        grid = page.locator("[data-testid=stDataFrame]").nth(1)
+        grid.locator("th", has_text="did not train").first.wait_for(state="attached", timeout=30_000)
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    comparison = next(e for e in Store(cache_dir).entries() if e.meta.get("signal") == "comparison")
+    assert comparison.meta["budgets"] == ["r1", "r2"] and comparison.meta["tune_lrs"] == []
+    runs = comparison.table("runs")
+    assert sorted(zip(runs["budget"], runs["method"])) == [("r1", "grad_norm"), ("r1", "uniform"),
+                                                           ("r2", "grad_norm"), ("r2", "uniform")]
+    assert runs.groupby("budget")["trainable_params"].first().to_dict() == {"r1": 41472, "r2": 82944}

@@ -11,7 +11,11 @@ from analysis.settings import RunSettings
 from analysis.signals.registry import get_signal
 from analysis.settings import TrainSettings
 from analysis.signals.runner import run_signals
-from analysis.store.cache import Store
+from analysis.store.cache import Result, Store
+from analysis.store.runs import comparisons
+from analysis.training.compare import formatted, summarise, summary_of
+from tests.conftest import chart_specs
+import pandas as pd
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "retrain.py")
 SETTINGS = RunSettings(val_size=16, batch_size=8, device="cpu")
@@ -48,7 +52,60 @@ def test_plans_follow_the_budget_and_the_comparison_is_listed(filled):
     assert smaller[0] == params[0] // 2 and all(p <= smaller[0] for p in smaller)
     results = _table(app, 1)
     assert results["method"].tolist() == ["uniform", "grad_norm"] and (results["seeds"] == 2).all()
-    assert all("±" in value for value in results["accuracy (%)"])
+    entry = comparisons(filled, filled_key(filled))[0]
+    expected = formatted(summary_of(entry), "classification")
+    assert results["accuracy (%)"].tolist() == expected["accuracy (%)"].tolist()
+    flagged = int(entry.table("runs")["did_not_train"].notna().sum())
+    assert results["did not train"].sum() == flagged
+    assert any(f"{flagged} run(s) did not train" in w.value for w in app.warning) == (flagged > 0)
+
+
+def filled_key(store):
+    return next(e.meta["context_key"] for e in store.entries() if e.meta.get("signal") == "comparison")
+
+
+def _synthetic_comparison(store, context_key):
+    """A comparison entry at two budgets with known numbers (what a finished job leaves), for the display."""
+    rows = []
+    for budget, params, base in (("r1", 41472, 0.78), ("r2", 82944, 0.80)):
+        for method, shift in (("uniform", 0.0), ("grad_norm", 0.02)):
+            for seed, noise in enumerate((0.0, 0.01, 0.005)):
+                rows.append({"budget": budget, "method": method, "seed": seed, "lr": 1e-3,
+                             "trainable_params": params, "accuracy": base + shift + noise,
+                             "f1": base + shift + noise, "test_loss": 0.5, "test_examples": 100,
+                             "predicted_classes": 2, "train_seconds": 1.0, "entry": f"retrain-{budget}{method}{seed}",
+                             "did_not_train": None})
+    rows[-1].update(accuracy=0.572, did_not_train="one class predicted for every example")
+    runs = pd.DataFrame(rows)
+    meta = {"signal": "comparison", "title": "Comparison of plans at 2 budgets", "context_key": context_key,
+            "task": "classification", "budget": 41472, "budget_spec": "r1", "budgets": ["r1", "r2"], "seeds": [0, 1, 2],
+            "methods": ["uniform", "grad_norm"], "config": {"steps": 99}, "tune_lrs": [3e-4, 1e-3],
+            "chosen_lrs": {}}
+    return store.put("comparison-synthetic", Result(summarise(runs, "classification"), tables={"runs": runs}), meta)
+
+
+def test_the_budget_curve_and_the_flagged_run_are_shown(filled):
+    entry = _synthetic_comparison(filled, filled_key(filled))
+    app = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not app.exception
+    assert comparisons(filled, filled_key(filled))[0].key == entry.key   # the newest: shown first
+    results = _table(app, 1)
+    assert results["budget"].tolist() == ["r1", "r1", "r2", "r2"]
+    assert results["did not train"].tolist() == [0, 0, 0, 1]
+    grad_r2 = results.iloc[3]
+    assert grad_r2["accuracy (%)"] == "82.5 ± 0.7"   # seeds 0 and 1 only; seed 2 did not train
+    assert grad_r2["verdict"] == "beats uniform" or "[" in grad_r2[[c for c in results if c.startswith("Δ")][0]]
+    assert any("1 run(s) did not train" in w.value for w in app.warning)
+    curves = [spec for spec in chart_specs(app) if spec["layout"]["xaxis"]["title"]["text"] ==
+              "Trainable LoRA parameters"]
+    assert len(curves) == 1
+    lines = {t["name"]: t for t in curves[0]["data"] if t.get("mode") == "lines+markers"}
+    assert set(lines) == {"uniform", "grad_norm"}
+    assert lines["uniform"]["x"] == [41472, 82944]
+    assert lines["uniform"]["y"] == pytest.approx([100 * (0.78 + 0.005), 100 * (0.80 + 0.005)])
+    assert lines["grad_norm"]["y"][1] == pytest.approx(100 * 0.825)
+    bands = [t for t in curves[0]["data"] if t.get("fill") == "toself"]
+    assert len(bands) == 2   # one 95% band per method
 
 
 def test_a_budget_too_small_is_explained_method_by_method(filled):
