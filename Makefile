@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dashboard test test-fast chromium
+.PHONY: dashboard test test-fast system-packages
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,14 +18,15 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 dashboard: $(STAMP)
 	$(BIN)/streamlit run app.py
 
-# The end-to-end test drives the dashboard in Debian's chromium (Playwright never downloads a browser here).
-chromium:
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	  else echo "The browser test needs Debian's chromium: sudo apt-get install chromium"; exit 1; fi; }
+# The end-to-end tests drive the dashboard in Debian's chromium (Playwright never downloads a browser here), and
+# the PDF tests render exports with poppler's pdftoppm.
+system-packages:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null && command -v pdftoppm >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium poppler-utils; \
+	  else echo "The tests need Debian's chromium and poppler-utils: sudo apt-get install chromium poppler-utils"; exit 1; fi; }
 
 # pytest exits 5 when it collected nothing; that is a failure, not a pass.
-test: $(STAMP) chromium
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q; code=$$?; if [ $$code -eq 5 ]; then echo "no tests ran"; fi; exit $$code
 
 test-fast: $(STAMP)
