@@ -36,6 +36,7 @@ def main() -> None:
     warmup = ["--set", "{s}.warmup_steps=20", "--set", "{s}.warmup_batch_size=8"]
     runs = {
         "cka,id": [],
+        "eva,alpha,gora": [],
         "shapley,adalora": [a.format(s=s) for s in ("shapley", "adalora") for a in warmup]
                            + ["--set", "shapley.samples=16", "--set", "shapley.tolerance=0"],
         "sora": ["--set", "sora.steps=30", "--set", "sora.round_steps=10", "--set", "sora.batch_size=8"],
