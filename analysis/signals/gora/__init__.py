@@ -50,4 +50,4 @@ register(Signal(
     name="gora", title="GoRA gradient importance",
     description="GoRA's importance avg|W * G| of each matrix from gradients averaged over batches before training; "
                 "the plan gives each module parameters in proportion (GoRA's allocation).",
-    config=GoRAConfig, compute=compute, version=1, needs_labels=True, plan_family="shares"))
+    config=GoRAConfig, compute=compute, version=1, plan_family="shares"))
