@@ -156,11 +156,11 @@ def test_the_plan_json_applied_by_hand_trains_the_head(cache_dir, tmp_path, caps
 
 
 def test_compare_with_one_seed_prints_no_spread():
-    from analysis.training.compare import formatted
-    summary = pd.DataFrame({"method": ["uniform", "cka"], "trainable_params": [100, 100], "seeds": [1, 3],
-                            **{f"{m}_mean": [0.406, 0.5] for m in ("accuracy", "f1", "test_loss", "train_seconds")},
-                            **{f"{m}_std": [np.nan, 0.01] for m in ("accuracy", "f1", "test_loss", "train_seconds")}})
-    table = formatted(summary, "classification")
+    from analysis.training.compare import formatted, summarise
+    runs = pd.DataFrame({"budget": "r2", "method": ["uniform", "cka", "cka", "cka"], "seed": [0, 0, 1, 2],
+                         "lr": 1e-3, "trainable_params": 100, "accuracy": [0.406, 0.49, 0.50, 0.51],
+                         "f1": 0.4, "test_loss": 0.6, "train_seconds": 1.0, "did_not_train": None})
+    table = formatted(summarise(runs, "classification"), "classification")
     assert table["accuracy (%)"].tolist() == ["40.6", "50.0 ± 1.0"]
 
 
@@ -182,7 +182,7 @@ class _States:
     def __init__(self, states):
         self.states, self.warnings = states, []
 
-    def collected_states(self, pooling):
+    def collected_states(self, pooling, split="validation"):
         return self.states
 
     def warn(self, message):

@@ -167,14 +167,14 @@ def cli_sentence(argv: list[str], capsys) -> str:
 def submit_setup(model: str = "", data: str = "", text_column: str = "text", label_column: str = "label"):
     from streamlit.testing.v1 import AppTest
     app = AppTest.from_file(PAGE, default_timeout=60).run()
-    if model:
-        [s for s in app.selectbox if s.label == "Model"][0].set_value("other")
+    if model:   # the path fields appear once "other" is chosen
+        [s for s in app.selectbox if s.label == "Model"][0].set_value("other").run()
         [t for t in app.text_input if t.label == "Hub name or local directory"][0].set_value(model)
     if data:
-        [s for s in app.selectbox if s.label == "Dataset"][0].set_value("other")
+        [s for s in app.selectbox if s.label == "Dataset"][0].set_value("other").run()
         [t for t in app.text_input if t.label.startswith("Local .csv")][0].set_value(data)
-    [t for t in app.text_input if t.label == "Text column"][0].set_value(text_column)
-    [t for t in app.text_input if t.label == "Label column"][0].set_value(label_column)
+        [t for t in app.text_input if t.label == "Text column"][0].set_value(text_column)
+        [t for t in app.text_input if t.label == "Label column"][0].set_value(label_column)
     [s for s in app.multiselect if s.label == "Signals"][0].set_value(["cka"])
     app.button[0].click().run()
     assert not app.exception

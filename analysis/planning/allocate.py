@@ -357,8 +357,8 @@ def _allocate_blocks(scores, layout, limits, low, high, costs, budget):
     if paper and chosen < wanted:
         warnings.append(f"The CKA paper's rule selects floor({layout.num_layers}/2) = {wanted} blocks, but this "
                         f"budget fits {chosen} at rank {limits.block_rank}.")
-    spent = _cost(ranks, costs)
-    if budget - spent >= int(costs[high > 0].min()) and spent < budget / 2:
+    spent = _cost(ranks, costs)   # the paper's rule keeps floor(L/2) blocks whatever the budget: no advice there
+    if not paper and budget - spent >= int(costs[high > 0].min()) and spent < budget / 2:
         warnings.append(f"{scores.name} adapts {chosen} block(s) at rank {limits.block_rank}, which uses "
                         f"{spent:,} parameters, {spent / budget:.1%} of the budget; raise the block rank "
                         f"(--block-rank) to spend more of it.")
