@@ -125,7 +125,8 @@ def test_starting_a_comparison_launches_a_job_with_the_shown_settings(filled, ca
     form_button.click().run()
     assert not app.exception
     argv = started[0]
-    assert argv[0] == "compare" and argv[argv.index("--budget") + 1] == "r4"
+    assert argv[0] == "compare" and argv[argv.index("--budgets") + 1] == "r4"
+    assert argv[argv.index("--tune-lr") + 1] == "0.0001,0.0003,0.001,0.003"   # the default grid
     assert argv[argv.index("--signals") + 1] == "cka,grad_norm"
     assert argv[argv.index("--val-size") + 1] == "16" and argv[argv.index("--seeds") + 1] == "0,1,2"
     from analysis.__main__ import build_parser

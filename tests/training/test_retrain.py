@@ -49,8 +49,10 @@ def test_batches_depend_only_on_seed_and_step():
 
 def test_retrain_beats_chance_on_the_embedded_data_and_writes_its_outputs(cache_dir, uniform_plan, tmp_path, minilm):
     out = tmp_path / "run"
-    result = cli(cache_dir, "retrain", "--plan", str(uniform_plan), "--steps", "60", "--test-size", "200",
-                 "--out", str(out))
+    # 60 steps: short enough for the fast suite, at the rate that learns in so few (the default, 1e-3, is
+    # chosen for the default 200 steps; test_the_default_settings_train_uniform_rank_4_for_every_seed)
+    result = cli(cache_dir, "retrain", "--plan", str(uniform_plan), "--steps", "60", "--lr", "3e-3",
+                 "--test-size", "200", "--out", str(out))
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     # chance is 50%; 61% is three standard errors above it on 200 examples
@@ -65,7 +67,8 @@ def test_retrain_beats_chance_on_the_embedded_data_and_writes_its_outputs(cache_
     loaded = PeftModel.from_pretrained(copy.deepcopy(minilm.model), out / "adapter", is_trainable=True)
     check_peft_model(read_plan(uniform_plan), loaded)
     assert len(retrain_entries(cache_dir)) == 1
-    again = cli(cache_dir, "retrain", "--plan", str(uniform_plan), "--steps", "60", "--test-size", "200")
+    again = cli(cache_dir, "retrain", "--plan", str(uniform_plan), "--steps", "60", "--lr", "3e-3",
+                "--test-size", "200")
     assert again.returncode == 0 and "retrain:" not in again.stderr   # cached: no training bar
     assert len(retrain_entries(cache_dir)) == 1
 
@@ -263,6 +266,12 @@ def test_tuning_chooses_on_validation_and_a_new_method_trains_only_its_own_runs(
 
 def test_causal_lm_comparison_reports_loss_and_perplexity_per_budget(cache_dir, tmp_path, minilm):
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from analysis.settings import RunSettings
+    from analysis.signals.registry import get_signal
+    from analysis.signals.runner import run_signals
+    from analysis.training.compare import compare, curve_points, formatted, markdown
+
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=len(minilm.tokenizer), hidden_size=32, intermediate_size=64,
                                  num_hidden_layers=2, num_attention_heads=4,
@@ -270,18 +279,17 @@ def test_causal_lm_comparison_reports_loss_and_perplexity_per_budget(cache_dir, 
     minilm.tokenizer.save_pretrained(tmp_path / "lm")
     data = tmp_path / "text.csv"
     pd.DataFrame({"text": [f"the cat number {i} sat on the mat" for i in range(200)]}).to_csv(data, index=False)
-    where = ["--model", str(tmp_path / "lm"), "--data", str(data), "--val-size", "16", "--device", "cpu"]
-    ran = cli(cache_dir, "run", *where, "--signals", "grad_norm")
-    assert ran.returncode == 0, ran.stderr
-    result = cli(cache_dir, "compare", *where, "--signals", "grad_norm", "--budgets", "r2,r4", "--seeds", "0,1",
-                 "--tune-lr", "off", "--lr", "1e-2", "--steps", "20", "--out", str(tmp_path / "cmp"))
-    assert result.returncode == 0, result.stderr
-    runs = pd.read_csv(tmp_path / "cmp" / "runs.csv")
-    summary = pd.read_csv(tmp_path / "cmp" / "summary.csv")
-    curve = pd.read_csv(tmp_path / "cmp" / "curve.csv")
-    assert len(runs) == 8 and "accuracy" not in runs and runs["did_not_train"].isna().all()
+    settings = RunSettings(model=str(tmp_path / "lm"), data=str(data), val_size=16, device="cpu")
+    store = Store(cache_dir)
+    run_signals(settings, [get_signal("grad_norm")], None, store)
+    entry = compare(settings, ["grad_norm"], ["r2", "r4"], [0, 1], TrainSettings(steps=12, lr=1e-2, batch_size=8),
+                    store=store)
+    runs, summary = entry.table("runs"), entry.table()
+    assert entry.meta["task"] == "causal-lm" and len(runs) == 8 and "accuracy" not in runs
+    assert runs["did_not_train"].isna().all()
     assert runs["perplexity"].to_numpy() == pytest.approx(np.exp(runs["test_loss"].to_numpy()), rel=1e-5)
     assert summary["budget"].tolist() == ["r2", "r2", "r4", "r4"]
+    curve = curve_points(summary, "causal-lm")
     assert (curve["metric"] == "perplexity").all()
     for budget in ("r2", "r4"):
         here = runs[runs["budget"] == budget].pivot(index="seed", columns="method", values="test_loss")
@@ -290,7 +298,7 @@ def test_causal_lm_comparison_reports_loss_and_perplexity_per_budget(cache_dir, 
         point = curve[(curve["budget"] == budget) & (curve["method"] == "uniform")].iloc[0]
         assert point["mean"] == pytest.approx(runs[(runs["budget"] == budget) &
                                                    (runs["method"] == "uniform")]["perplexity"].mean())
-    table = (tmp_path / "cmp" / "table.md").read_text()
+    table = markdown(formatted(summary, "causal-lm"))
     assert "perplexity" in table and "Δ test loss vs uniform" in table and "accuracy" not in table
 
 
