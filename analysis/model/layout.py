@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import torch
 
 from analysis.model.capture import AdaptableModule, adaptable_modules
-from analysis.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -57,12 +56,10 @@ def layout_of(model: torch.nn.Module) -> Layout:
 
 def model_layout(path, task: str, num_labels: int | None = None) -> Layout:
     """The layout of the model whose config is in `path`, as loaded for `task`."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"transformers cannot read the model config in '{path}' ({exc}).") from None
+    from analysis.model.sources.models import read_config
+    config = read_config(path)
     if task == "classification":
         config.num_labels = num_labels or 2
         factory = AutoModelForSequenceClassification

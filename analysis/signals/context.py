@@ -17,13 +17,13 @@ import pandas as pd
 import torch
 
 from analysis.model import capture
-from analysis.errors import UserError, shorten
+from analysis.errors import UserError
 from analysis.store.hashing import hash_json
 from analysis.jobs.progress import progress, step
 from analysis.model.sources import Splits, TextData, load_data, load_model, resolve_model, split_data
 from analysis.model.sources.data import data_identity, remember_identity, split_sizes
-from analysis.model.sources.models import (LoadedModel, ModelSource, is_decoder_config, resolve_dtype,
-                                           resolve_task)
+from analysis.model.sources.models import (LoadedModel, ModelSource, is_decoder_config, read_config,
+                                           resolve_dtype, resolve_task)
 from analysis.settings import RunSettings, from_dict, to_dict
 from analysis.store.cache import Store
 
@@ -45,19 +45,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise UserError(f"Unknown device '{name}'; use auto, cpu, cuda or cuda:N.")
-
-
-def _model_config(source: ModelSource):
-    from transformers import AutoConfig
-
-    from analysis.model.sources.models import check_architecture
-    try:
-        config = AutoConfig.from_pretrained(source.path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"transformers cannot read the model config in '{source.path}' ({shorten(str(exc))}).") \
-            from None
-    check_architecture(config)
-    return config
 
 
 def model_max_length(source: ModelSource, config) -> int | None:
@@ -142,7 +129,7 @@ def identify(settings: RunSettings, store: Store) -> RunIdentity:
     no data is read and no weights are loaded while the files are unchanged."""
     dtype = resolve_dtype(settings.dtype, resolve_device(settings.device))
     source = resolve_model(settings.model, store.root)
-    config = _model_config(source)
+    config = read_config(source.path)
     task, _ = _task_of(settings, config)
     label_column = settings.label_column if task == "classification" else None
     data = data_identity(settings.data, settings.text_column, label_column, settings.hub_split,
@@ -186,7 +173,7 @@ def prepare(settings: RunSettings, store: Store, warn=report) -> Prepared:
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     source = resolve_model(settings.model, store.root)
-    config = _model_config(source)
+    config = read_config(source.path)
     task, decoder = _task_of(settings, config)
     label_column = settings.label_column if task == "classification" else None
     data = load_data(settings.data, settings.text_column, label_column, settings.hub_split,

@@ -169,19 +169,25 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return choices[dtype]
 
 
+def read_config(path: Path):
+    """The model's transformers config, of an architecture this tool supports, or one sentence saying why not."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"transformers cannot read the model config in '{path}' ({shorten(str(exc))}).") from None
+    check_architecture(config)
+    return config
+
+
 def load_model(source: ModelSource, task: str = "auto", num_labels: int | None = None, seed: int = 0,
                dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load tokenizer and model for the task; a classification head is initialised from `seed`."""
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
-                              AutoTokenizer)
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
-    try:
-        config = AutoConfig.from_pretrained(source.path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"transformers cannot read the model config in '{source.path}' ({shorten(str(exc))}).") \
-            from None
-    check_architecture(config)
+    config = read_config(source.path)
     decoder = is_decoder_config(config)
     task = resolve_task(task, decoder)
     tokenizer = AutoTokenizer.from_pretrained(source.path)
