@@ -261,3 +261,21 @@ def test_the_square_cka_matrix_keeps_its_axes_at_the_cells():
     assert float(image.group(1)) == side
     assert abs(float(x_line.group(2)) - float(x_line.group(1)) - side) < 2
     assert abs(float(y_line.group(2)) - float(y_line.group(1)) - side) < 2
+
+
+def test_undefined_cells_are_grey_with_a_legend_entry_and_each_panel_keeps_its_scale():
+    """A degenerate CKA block has no value: it is drawn grey (with a legend entry), never as a colour of the
+    scale; a signed signal gets the diverging scale without changing the one-signed panels' scale."""
+    from analysis.reporting.figures import UNDEFINED_GREY, side_by_side_heatmaps
+    frames = {"cka": pd.DataFrame({"layer": [0, 1, 2], "module": "block", "value": [np.nan, 0.3, 0.6]}),
+              "shapley": pd.DataFrame({"layer": [0, 1, 2], "module": "q", "value": [-0.2, 0.1, 0.4]})}
+    figure = side_by_side_heatmaps(frames)
+    panels = [t for t in figure.data if t.type == "heatmap" and t.coloraxis]
+    grey = [t for t in figure.data if t.type == "heatmap" and not t.coloraxis]
+    assert [t.coloraxis for t in panels] == ["coloraxis", "coloraxis2"]
+    assert (figure.layout.coloraxis.cmin, figure.layout.coloraxis.cmax) == (0, 1)
+    assert figure.layout["coloraxis2"].colorscale[0][1] != figure.layout.coloraxis.colorscale[0][1]
+    assert len(grey) == 1 and grey[0].colorscale[0][1] == UNDEFINED_GREY
+    np.testing.assert_array_equal(np.asarray(grey[0].z, dtype=float).ravel(), [1.0, np.nan, np.nan])
+    assert any(t.type == "scatter" and t.name == "no value (undefined)" for t in figure.data)
+    np.testing.assert_allclose(np.asarray(panels[0].z, dtype=float).ravel(), [np.nan, 0.5, 1.0])
