@@ -19,6 +19,7 @@ summary), which the dashboard lists.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import UserError
+from analysis.jobs.progress import phase
 from analysis.settings import Limits, PlanOptions, RunSettings, TrainSettings, to_dict
 from analysis.signals.context import prepare
 from analysis.store.hashing import hash_json
@@ -275,11 +277,14 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
     rows, tuning_rows, chosen = [], [], {}
     started = time.time()
     final = dataclasses.replace(config, eval_split="test")
+    total = len(plans) * (len(tune_lrs or []) + len(seeds))   # the job's progress counts every training run
+    count = itertools.count(1)
     for (b, method), plan in plans.items():
         lr = config.lr
         if tune_lrs:
             trials = []
             for rate in tune_lrs:
+                phase(f"run {method} at {b}, lr {rate:g} (tuning)", next(count), total)
                 print(f"tune {method} at {b}: lr {rate:g} (seed {seeds[0]}, validation)", flush=True)
                 entry = retrain(plan, dataclasses.replace(final, lr=rate, seed=seeds[0], eval_split="validation"),
                                 store, label=f"{method} · {b} · lr {rate:g} (tuning)")
@@ -289,6 +294,7 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
             tuning_rows += trials.assign(chosen=trials["lr"] == lr).to_dict("records")
         chosen[f"{b}/{method}"] = lr
         for seed in seeds:
+            phase(f"run {method} at {b}, seed {seed}", next(count), total)
             print(f"retrain {method} at {b} (seed {seed}, lr {lr:g}, {plan['trainable_params']:,} parameters)",
                   flush=True)
             entry = retrain(plan, dataclasses.replace(final, lr=lr, seed=seed), store,

@@ -144,3 +144,25 @@ def test_rate_and_budget_lists_are_read_or_refused():
     assert parse_budgets("r1, r2,r1") == ["r1", "r2"]
     with pytest.raises(UserError, match="--budgets"):
         parse_budgets(" , ")
+
+
+def test_a_comparison_reports_run_k_of_n_over_tuning_and_seeds(tmp_path, monkeypatch):
+    """The job's progress counts every training run of the comparison: tuning rates, then seeds, per budget."""
+    from types import SimpleNamespace
+
+    from analysis.settings import RunSettings, TrainSettings
+    from analysis.store.cache import Store
+    from analysis.training import compare as comparison
+
+    phases = []
+    monkeypatch.setattr(comparison, "phase", lambda text, k, n: phases.append((text, k, n)))
+
+    def fake_retrain(plan, config, store, label=None):   # what compare reads from a finished run
+        return SimpleNamespace(key=f"run-{config.lr}-{config.seed}", meta={
+            "config": {"lr": config.lr}, "metrics": {"accuracy": 0.8, "f1": 0.8, "test_loss": 0.5},
+            "train_seconds": 1.0, "did_not_train": None})
+    monkeypatch.setattr(comparison, "retrain", fake_retrain)
+    comparison.compare(RunSettings(val_size=16, device="cpu"), [], ["r1", "r2"], [0, 1, 2], TrainSettings(),
+                       store=Store(tmp_path), tune_lrs=[1e-3, 3e-3])
+    assert [(k, n) for _, k, n in phases] == [(k, 10) for k in range(1, 11)]   # 2 budgets x (2 rates + 3 seeds)
+    assert phases[0][0] == "run uniform at r1, lr 0.001 (tuning)" and phases[-1][0] == "run uniform at r2, seed 2"
