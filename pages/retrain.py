@@ -11,7 +11,7 @@ from analysis.signals.registry import all_signals
 from analysis.store.runs import comparisons, when
 from analysis.errors import UserError
 from analysis.settings import RunSettings, TrainSettings, from_dict, to_argv
-from analysis.training.compare import DEFAULT_GRID, parse_budgets, parse_rates
+from analysis.training.compare import DEFAULT_GRID, parse_budgets, parse_rates, too_small
 from analysis.store.cache import Store
 from pages.shared.planning import plans_at_budget, summary_table
 from pages.shared.widgets import choose_run, download_buttons, job_panel, show
@@ -93,6 +93,9 @@ else:
     if left_out:
         st.warning(f"{left_out} run(s) did not train (one predicted class for every example, a NaN loss, or a "
                    "loss ending above its start): they are flagged under Every run and left out of the means.")
+    for caveat in too_small(entry):
+        if "did not train" not in caveat:   # said just above
+            st.warning(f"Too small to mean much: {caveat}")
     download_buttons(results, ["csv", "tex"])
     st.subheader("Budget curve")
     show(exhibits["comparison_budgets"])

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from analysis.reporting import figures
 from analysis.planning.allocate import parse_budget
 from analysis.settings import Limits
-from analysis.training.compare import budget_table, curve_points, formatted, summary_of
+from analysis.training.compare import budget_table, curve_points, formatted, summary_of, too_small
 from analysis.errors import UserError
 from analysis.planning.methods import UNIFORM, cached_entry, layout_for, method_scores
 from analysis.reporting.all_signals import (agreement, agreement_matrix_figure, layer_curves_figure, layer_importance,
@@ -87,8 +87,10 @@ def comparison_exhibits(entry: Entry) -> list[Exhibit]:
         return summary_of(entry)
 
     budgets = entry.meta.get("budgets") or [entry.meta.get("budget_spec", "")]
+    caveats = too_small(entry)   # the exported caption says so too, not only the page
+    caveat = f" (too small to mean much: {' '.join(caveats)})" if caveats else ""
     exhibits = [Exhibit("comparison_summary", "Retrain comparison" + (" at one budget" if len(budgets) == 1 else
-                                                                      f" at {len(budgets)} budgets"),
+                                                                      f" at {len(budgets)} budgets") + caveat,
                         lambda: formatted(summary(), task)),
                 Exhibit("comparison_budgets", "Metric against trainable parameters (95% bands)",
                         lambda: curve_points(summary(), task), lambda: figures.budget_curve_figure(

@@ -152,3 +152,25 @@ def test_jobs_from_disk_show_progress_and_live_curves(filled, cache_dir):
     assert [b for b in app.button if b.proto.label == "Resume"]
     charts = [c for c in app.get("plotly_chart")]
     assert charts and "Training loss" in json.loads(charts[0].proto.spec)["layout"]["title"]["text"]
+
+
+def test_a_comparison_too_small_to_mean_much_says_so_on_the_page_and_in_its_export(filled):
+    """One seed, one training step, three test examples: the table still shows numbers, but the page warns and
+    the exported table's caption says why they mean little."""
+    from analysis.reporting.exhibits import comparison_exhibits, render
+    store = Store(filled.root)
+    runs = pd.DataFrame([{"budget": "r2", "method": method, "seed": 0, "lr": 1e-3, "trainable_params": 82944,
+                          "accuracy": 1.0, "f1": 1.0, "test_loss": 0.1, "test_examples": 3, "predicted_classes": 2,
+                          "train_seconds": 1.0, "entry": f"retrain-{method}", "did_not_train": None}
+                         for method in ("uniform", "grad_norm")])
+    meta = {"signal": "comparison", "title": "Comparison", "context_key": filled_key(store), "task": "classification",
+            "budget": 82944, "budget_spec": "r2", "budgets": ["r2"], "seeds": [0], "methods": ["uniform", "grad_norm"],
+            "config": {"steps": 1}, "tune_lrs": [], "chosen_lrs": {}, "created": 4e9}
+    entry = store.put("comparison-tiny", Result(summarise(runs, "classification"), tables={"runs": runs}), meta)
+    app = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not app.exception
+    warnings = [w.value for w in app.warning if w.value.startswith("Too small to mean much")]
+    assert len(warnings) == 3 and any("1 seed(s)" in w for w in warnings)
+    assert any("Only 3 test examples" in w for w in warnings) and any("1 training steps" in w for w in warnings)
+    latex = render(comparison_exhibits(entry)[0], "tex").decode()
+    assert "too small to mean much" in latex and "Only 3 test examples" in latex
