@@ -224,7 +224,7 @@ def test_every_method_gets_the_same_head_and_data_order_for_a_seed(cache_dir):
     small, large = (make_plan(prepared.identity, "uniform", budget) for budget in ("r1", "r8"))
 
     def head(plan, seed):
-        _, model = _peft_model(plan, prepared, seed)
+        _, model, _ = _peft_model(plan, prepared, seed)   # (loaded model, peft model, what the init recorded)
         return {k: v.detach().clone() for k, v in head_parameters(model.base_model.model, "classification").items()}
 
     first, second, other = head(small, 3), head(large, 3), head(small, 4)
