@@ -29,27 +29,25 @@ def _weights(n: int) -> torch.Tensor:
                         dtype=torch.float64)
 
 
-def shapley_from_values(values: torch.Tensor, n: int) -> torch.Tensor:
-    """Exact Shapley values from v at every coalition (values[c] = v(coalition c))."""
-    masks = all_coalitions(n)
-    sizes = masks.sum(dim=1).long()
-    weights = _weights(n)
-    result = torch.zeros(n, dtype=torch.float64)
-    for i in range(n):
-        without = masks[:, i] == 0
-        codes = torch.nonzero(without).squeeze(1)
-        result[i] = (weights[sizes[codes]] * (values[codes | (1 << i)] - values[codes])).sum()
-    return result
-
-
-def first_order_from_gradients(gradients: torch.Tensor, n: int) -> torch.Tensor:
-    """Exact first-order Shapley values from dv/dg at every coalition (gradients[c] = dv/dg at coalition c)."""
+def _shapley_sum(n: int, marginal) -> torch.Tensor:
+    """For each player i, the Shapley-weighted sum over every coalition c without i of marginal(i, c, c + i)
+    (coalitions as integer codes, tensors of them)."""
     masks = all_coalitions(n)
     sizes = masks.sum(dim=1).long()
     weights = _weights(n)
     result = torch.zeros(n, dtype=torch.float64)
     for i in range(n):
         codes = torch.nonzero(masks[:, i] == 0).squeeze(1)
-        ends = 0.5 * (gradients[codes, i] + gradients[codes | (1 << i), i])
-        result[i] = (weights[sizes[codes]] * ends).sum()
+        result[i] = (weights[sizes[codes]] * marginal(i, codes, codes | (1 << i))).sum()
     return result
+
+
+def shapley_from_values(values: torch.Tensor, n: int) -> torch.Tensor:
+    """Exact Shapley values from v at every coalition (values[c] = v(coalition c))."""
+    return _shapley_sum(n, lambda i, without, with_i: values[with_i] - values[without])
+
+
+def first_order_from_gradients(gradients: torch.Tensor, n: int) -> torch.Tensor:
+    """Exact first-order Shapley values from dv/dg at every coalition (gradients[c] = dv/dg at coalition c):
+    each marginal is the trapezoid of the player's gradient at the coalition's two ends."""
+    return _shapley_sum(n, lambda i, without, with_i: 0.5 * (gradients[without, i] + gradients[with_i, i]))
