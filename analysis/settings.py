@@ -151,6 +151,9 @@ class RunSettings:
     device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
     dtype: str = setting("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16",
                          choices=("auto", "float32", "bfloat16", "float16"))
+    device_map: str = setting("none", "none (the whole model on --device) or auto (accelerate splits the model's "
+                                      "layers across every visible GPU, then CPU memory: for a model larger than "
+                                      "one GPU; one process only)", choices=("none", "auto"))
 
     def __post_init__(self):
         _check(self)

@@ -11,7 +11,8 @@
   the 8B shape (224 matrices, up to 4096 x 14336), vs one forward pass of that model over the batches.
 
 Models are Llama-3.x shapes with random weights (bench/llama_shapes.py; timing does not depend on the
-weights). Prints the ratios last; numbers go to BENCHMARKS.md.
+weights). Prints each ratio as soon as it is measured (the 8B alpha alone takes minutes); numbers go to
+BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from analysis.model.capture import adaptable_modules  # noqa: E402
 from analysis.signals.alpha.esd_fit import fit_power_law, spectra  # noqa: E402
 from analysis.signals.eva.peft_eva import lora_config, run_eva  # noqa: E402
 from analysis.signals.gora.gradient_importance import averaged_gradients, importance  # noqa: E402
-from llama_shapes import random_llama  # noqa: E402
+from llama_shapes import make_batches, random_llama  # noqa: E402
 
 TINY = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 TINY_VOCAB = 512
@@ -45,15 +46,6 @@ def build(shape: str, layers: int | None, device: str):
     with torch.device(device):
         model = LlamaForCausalLM(config).to(torch.bfloat16 if device == "cuda" else torch.float32)
     return model.eval(), TINY_VOCAB
-
-
-def make_batches(vocab: int, examples: int, length: int, batch_size: int, device: str) -> list[dict]:
-    generator = torch.Generator().manual_seed(0)
-    batches = []
-    for start in range(0, examples, batch_size):
-        ids = torch.randint(0, vocab, (min(batch_size, examples - start), length), generator=generator).to(device)
-        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
-    return batches
 
 
 def sync(device: str) -> None:
@@ -136,6 +128,20 @@ def bench_alpha(model, repeats: int, device: str, method: str = "svdvals") -> di
     return {**result, **parts, "matrices": len(weights), "largest": list(largest.shape)}
 
 
+def say(shape: str, name: str, result: dict) -> None:
+    """One measurement as soon as it is taken (a whole run takes minutes on the 8B shape)."""
+    if name == "eva":
+        line = (f"{result['median_s']:.3f} s = {result['vs_forward']:.2f}x one forward pass "
+                f"({result['forwards']} forwards of all examples)")
+    elif name == "gora":
+        line = f"{result['median_s']:.3f} s = {result['vs_forward_backward']:.2f}x one forward+backward pass"
+    else:
+        kind = "svd" if name == "alpha" else "eigvalsh"
+        line = (f"{result['median_s']:.3f} s for {result['matrices']} matrices ({kind} {result['svd_s']:.3f} s, "
+                f"fit {result['fit_s']:.3f} s) = {result['vs_forward']:.2f}x one forward pass")
+    print(f"{shape} {name.replace('_gram', ' (spectrum=gram)')}: {line}", flush=True)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -164,10 +170,12 @@ def main(argv=None) -> dict:
             eva = bench_eva(model, batches, args.r, args.repeats, args.device)
             eva["vs_forward"] = eva["median_s"] / floor["forward"]["median_s"]
             report[args.shape]["eva"] = eva
+            say(args.shape, "eva", eva)
         if "gora" in signals:
             gora = bench_gora(model, batches, args.repeats, args.device)
             gora["vs_forward_backward"] = gora["median_s"] / floor["forward_backward"]["median_s"]
             report[args.shape]["gora"] = gora
+            say(args.shape, "gora", gora)
         del model, batches, weights
         if args.device == "cuda":
             torch.cuda.empty_cache()
@@ -182,29 +190,13 @@ def main(argv=None) -> dict:
             gram["vs_forward"] = gram["median_s"] / forward["median_s"]
             report.setdefault(shape, {})["alpha"] = {**alpha, "forward": forward}
             report[shape]["alpha_gram"] = gram
+            say(shape, "alpha", alpha)
+            say(shape, "alpha_gram", gram)
             del model, batches
             if args.device == "cuda":
                 torch.cuda.empty_cache()
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
-    for shape, parts in report.items():
-        if not isinstance(parts, dict):
-            continue
-        if "eva" in parts:
-            eva = parts["eva"]
-            print(f"{shape} eva: {eva['median_s']:.3f} s = {eva['vs_forward']:.2f}x one forward pass "
-                  f"({eva['forwards']} forwards of all examples)")
-        if "gora" in parts:
-            print(f"{shape} gora: {parts['gora']['median_s']:.3f} s = {parts['gora']['vs_forward_backward']:.2f}x "
-                  "one forward+backward pass")
-        if "alpha" in parts:
-            alpha = parts["alpha"]
-            print(f"{shape} alpha: {alpha['median_s']:.3f} s for {alpha['matrices']} matrices "
-                  f"(svd {alpha['svd_s']:.3f} s, fit {alpha['fit_s']:.3f} s) = {alpha['vs_forward']:.2f}x one forward pass")
-        if "alpha_gram" in parts:
-            gram = parts["alpha_gram"]
-            print(f"{shape} alpha (spectrum=gram): {gram['median_s']:.3f} s (eigvalsh {gram['svd_s']:.3f} s, "
-                  f"fit {gram['fit_s']:.3f} s) = {gram['vs_forward']:.2f}x one forward pass")
     return report
 
 

@@ -98,7 +98,10 @@ else:
             st.warning(f"Too small to mean much: {caveat}")
     download_buttons(results, ["csv", "tex"])
     st.subheader("Budget curve")
-    show(exhibits["comparison_budgets"])
+    if exhibits["comparison_budgets"].data()["mean"].notna().any():
+        show(exhibits["comparison_budgets"])
+    else:
+        st.info("No run trained, so there is no point to draw; see Every run below.")
     with st.expander("Per budget (table)"):
         st.dataframe(exhibits["comparison_budget_table"].data(), hide_index=True)
         download_buttons(exhibits["comparison_budget_table"], ["csv", "tex"])

@@ -41,6 +41,9 @@ if model_choice in TASKS:
     left.caption(f"Task: {task} (" + ("a decoder trains as a causal language model, so no label column" if
                                      task == "causal-lm" else "an encoder classifies the labels") + ").")
 device = left.selectbox("Device", ["auto", "cpu", "cuda"], help="auto uses the GPU when there is one")
+split = device != "cpu" and gpu_present() and left.checkbox(
+    "Split the model across every GPU", help="For a model larger than one GPU: accelerate places its layers across "
+                                             "the GPUs (--device-map auto).")
 model = model_other.strip() if model_choice == "other" else model_choice
 data = data_other.strip() if data_choice == "other" else data_choice
 costs = signal_costs(store, model, "gpu" if device == "cuda" or (device == "auto" and gpu_present()) else "cpu")
@@ -90,7 +93,8 @@ if submitted:
     else:
         try:
             settings = RunSettings(model=model, data=data, text_column=text_column, label_column=label_column,
-                                   task=task, device=device, val_size=int(val_size), seed=int(seed),
+                                   task=task, device=device, device_map="auto" if split else "none",
+                                   val_size=int(val_size), seed=int(seed),
                                    max_length=int(max_length), batch_size=int(batch_size),
                                    fractions=(train, validation, test))
             # The checks the job would make before loading the model (files, columns, labels, architecture), here, so

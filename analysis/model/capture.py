@@ -146,7 +146,7 @@ def _backbone(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def pooled_hidden_states(model: nn.Module, batches, poolings: list[str], tokens_per_example: int = 8,
                          seed: int = 0) -> Iterator[dict[str, list[torch.Tensor]]]:
-    """For each batch, {pooling: L+1 pooled states} on the model's device (embeddings, then each block;
+    """For each batch, {pooling: L+1 pooled states} on the inputs' device (embeddings, then each block;
     the last one after the final norm where the model has one, as transformers' hidden_states[-1]).
 
     Several poolings come out of one forward pass, so signals that pool differently share it.
@@ -158,8 +158,11 @@ def pooled_hidden_states(model: nn.Module, batches, poolings: list[str], tokens_
     generator = torch.Generator().manual_seed(seed)
 
     def store(index: int, hidden: torch.Tensor) -> None:
+        # A model split across devices (--device-map) has each block's states on that block's device; every
+        # pooled state comes back to the inputs' device (no copies when the model sits on one device).
         mask = mask_holder["mask"]
-        captured[index] = {p: pool(hidden, mask, p, generator, tokens_per_example) for p in poolings}
+        captured[index] = {p: pool(hidden, mask.to(hidden.device), p, generator, tokens_per_example).to(mask.device)
+                           for p in poolings}
 
     def before_first(module, args, kwargs):
         store(0, args[0] if args else kwargs["hidden_states"])

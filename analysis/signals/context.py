@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -171,6 +172,13 @@ def prepare(settings: RunSettings, store: Store, warn=report) -> Prepared:
     without text or label) is said through `warn` (default: the run's log), kept in `Prepared.warnings` and in
     the description every cache entry of the run carries."""
     device = resolve_device(settings.device)
+    if settings.device_map != "none" and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        # each process would place the model on every GPU of the host
+        raise UserError("--device-map auto gives one process every GPU of its host; launch one process per host "
+                        "(--nproc_per_node 1) to combine it with data parallelism.")
+    if settings.device_map != "none" and device.type != "cuda":
+        raise UserError("--device-map auto splits a model across GPUs, and this run is on the CPU; leave it out "
+                        "there (--device-map none).")
     dtype = resolve_dtype(settings.dtype, device)
     source = resolve_model(settings.model, store.root)
     config = read_config(source.path)
@@ -215,9 +223,11 @@ class AnalysisContext:
     def loaded(self) -> LoadedModel:
         step("loading the model")
         num_labels = len(self.prepared.data.label_names) if self.prepared.data.label_names else None
+        sharded = self.settings.device_map != "none"
         loaded = load_model(self.prepared.source, self.prepared.task, num_labels, self.settings.seed,
-                            self.prepared.dtype)
-        loaded.model.to(self.device)
+                            self.prepared.dtype, device_map=self.settings.device_map if sharded else None)
+        if not sharded:
+            loaded.model.to(self.device)
         return loaded
 
     @property

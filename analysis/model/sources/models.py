@@ -182,8 +182,11 @@ def read_config(path: Path):
 
 
 def load_model(source: ModelSource, task: str = "auto", num_labels: int | None = None, seed: int = 0,
-               dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load tokenizer and model for the task; a classification head is initialised from `seed`."""
+               dtype: torch.dtype = torch.float32, device_map: str | dict | None = None) -> LoadedModel:
+    """Load tokenizer and model for the task; a classification head is initialised from `seed`.
+
+    `device_map` (None: on the CPU, for the caller to move) is accelerate's placement of the layers across
+    devices ("auto": every visible GPU, then CPU memory); its hooks move activations between them."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
@@ -199,9 +202,10 @@ def load_model(source: ModelSource, task: str = "auto", num_labels: int | None =
     if task == "classification":
         if not num_labels or num_labels < 2:
             raise UserError("Sequence classification needs a label column with at least two classes.")
-        model = AutoModelForSequenceClassification.from_pretrained(source.path, num_labels=num_labels, dtype=dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(source.path, num_labels=num_labels, dtype=dtype,
+                                                                   device_map=device_map)
         model.config.pad_token_id = tokenizer.pad_token_id
     else:
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, device_map=device_map)
     model.eval()
     return LoadedModel(source, model, tokenizer, task, decoder, num_labels if task == "classification" else None)

@@ -67,7 +67,8 @@ class GatedLoRA:
 
 def _gate_hook(gates: nn.Parameter, index: int):
     def hook(module, args):
-        return (args[0] * gates[index].to(args[0].dtype),) + args[1:]
+        # .to: with the model split across GPUs (--device-map) the gates sit on the first one
+        return (args[0] * gates[index].to(args[0].device, args[0].dtype),) + args[1:]
     return hook
 
 

@@ -127,7 +127,7 @@ def loss_function(gated, batches: list[dict], task: str, per_batch: bool, forwar
         for b in ([part] if per_batch else range(len(batches))):
             loss = run(**batches[b]).loss * weights[b]
             loss.backward()
-            value += loss.detach()
+            value += loss.detach().to(value.device)   # the loss sits on the last GPU of a split model
         return value, gated.gates.grad
 
     def value_at(mask: torch.Tensor) -> float:
