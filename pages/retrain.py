@@ -11,6 +11,7 @@ from analysis.signals.registry import all_signals
 from analysis.store.runs import comparisons, when
 from analysis.errors import UserError
 from analysis.settings import RunSettings, TrainSettings, from_dict, to_argv
+from analysis.training.adapter_init import INITS
 from analysis.training.compare import DEFAULT_GRID, parse_budgets, parse_rates, too_small
 from analysis.store.cache import Store
 from pages.shared.planning import plans_at_budget, summary_table
@@ -41,17 +42,20 @@ with st.form("retrain"):
     steps = b.number_input("Steps", 1, 100_000, defaults.steps)
     lr = c.number_input("Learning rate (without tuning)", 1e-6, 1.0, defaults.lr, format="%.4g")
     test_size = d.number_input("Test examples (0 = all)", 0, 1_000_000, defaults.test_size)
-    e, f = st.columns(2)
+    e, f, g = st.columns([2, 2, 1])
     budgets = e.text_input("Budgets", budget, help="comma-separated, such as r1,r2,r4,r8 for a budget curve; "
                            "the default is the budget set above")
     grid = f.text_input("Tune learning rate over", ",".join(f"{r:g}" for r in DEFAULT_GRID),
                         help="tried per method and budget with the first seed, chosen on the validation split; "
                         "empty: every run uses the learning rate at the left")
+    init = g.selectbox("Adapter start", INITS, help="default: peft's (B = 0); eva: peft's EVA (A from a PCA of each "
+                       "module's inputs); gora: GoRA's (B from the gradient). Every method, uniform included, starts "
+                       "this way, and the results table says which.")
     start = st.form_submit_button("Retrain and compare", type="primary", disabled=len(planned) < 2)
 if start:
     chosen = [m for m in planned if m != UNIFORM]
     try:
-        training = TrainSettings(steps=steps, lr=lr, test_size=test_size)
+        training = TrainSettings(steps=steps, lr=lr, test_size=test_size, init=init)
         rates = parse_rates(grid)
         chosen_budgets = parse_budgets(budgets)
     except UserError as error:

@@ -46,7 +46,9 @@ def free_port() -> int:
 @pytest.fixture
 def dashboard(cache_dir):
     port = free_port()
-    env = {**os.environ, "ANALYSIS_CACHE_DIR": str(cache_dir)}
+    # The jobs the pages start inherit OMP_NUM_THREADS: on CI's two cores, shared with this server and chromium,
+    # a retrain with two BLAS threads took three times as long as with one.
+    env = {**os.environ, "ANALYSIS_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                                "--server.port", str(port), "--server.address", "127.0.0.1",
                                "--browser.gatherUsageStats", "false"], cwd=REPO, env=env,

@@ -121,10 +121,14 @@ def test_starting_a_comparison_launches_a_job_with_the_shown_settings(filled, ca
     started = []
     monkeypatch.setattr(jobs, "start_job", lambda argv, root, label="", run_key=None: started.append(argv) or "job-1")
     app = AppTest.from_file(PAGE, default_timeout=120).run()
+    [start] = [s for s in app.selectbox if s.label == "Adapter start"]
+    assert start.value == "default" and start.options == ["default", "eva", "gora"]
+    start.set_value("eva")
     form_button = [b for b in app.button if b.proto.label == "Retrain and compare"][0]
     form_button.click().run()
     assert not app.exception
     argv = started[0]
+    assert argv[argv.index("--init") + 1] == "eva"   # every method, uniform included, starts from EVA
     assert argv[0] == "compare" and argv[argv.index("--budgets") + 1] == "r4"
     assert argv[argv.index("--tune-lr") + 1] == "0.0001,0.0003,0.001,0.003"   # the default grid
     assert argv[argv.index("--signals") + 1] == "cka,grad_norm"
