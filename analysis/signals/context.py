@@ -269,7 +269,7 @@ class AnalysisContext:
         size = batch_size or self.settings.batch_size
         if shard and parallel.count() > 1:
             batches = -(-len(frame) // size)
-            parallel.require_shares(batches, f"batches of {size} {split} examples")
+            parallel.require_shares(batches, f"batch(es) of up to {size} {split} examples")
             frame = frame.iloc[np.concatenate([np.arange(b * size, min((b + 1) * size, len(frame)))
                                                for b in parallel.shard(batches)])]
         labels = frame["label"].tolist() if self.prepared.task == "classification" else None

@@ -56,7 +56,7 @@ def compute(context, config: EvaSignalConfig) -> Result:
     frame = context.frame()
     size = config.examples_per_step or len(frame)
     steps = [frame.iloc[start: start + size] for start in range(0, len(frame), size)]
-    parallel.require_shares(min(len(step) for step in steps), "examples of an EVA step")
+    parallel.require_shares(min(len(step) for step in steps), "example(s) of an EVA step")
     shares = [step.iloc[list(parallel.shard(len(step)))] for step in steps]
     batches = [model_inputs(batch) for share in shares
                for batch in context.batches(batch_size=len(share), frame=share, show_progress=False)]
