@@ -335,9 +335,7 @@ class AnalysisContext:
                     chunks[p].append(states)
             mine = parallel.shard(-(-len(frame) // self.settings.batch_size))
             for p, per_batch in chunks.items():
-                gathered = parallel.gather_in_order(per_batch, mine)
-                self._collected[(split, p)] = None if gathered is None else [
-                    torch.cat(layer).to(self.device) for layer in zip(*gathered)]
+                self._collected[(split, p)] = parallel.gather_batches(per_batch, mine)
         return self._collected[(split, pooling)]
 
 

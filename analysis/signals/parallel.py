@@ -189,6 +189,32 @@ def gather_in_order(items: list, positions, everywhere: bool = False) -> list | 
     return [item for _, item in sorted((pair for part in parts for pair in part), key=lambda pair: pair[0])]
 
 
+def gather_batches(batches: list[list[torch.Tensor]], positions) -> list[torch.Tensor] | None:
+    """Batches spread over the processes, joined on the main process: each batch is a list of tensors (one per
+    slot: a layer's states, say), and the result holds per slot every batch's rows in the order of the batches'
+    global `positions`; None on the other processes. Every process holds at least one batch; the rows may differ
+    between batches and slots (sampled tokens). Rows travel as tensors, one gather per slot, never pickled."""
+    if count() == 1:
+        return [torch.cat(slot) for slot in zip(*batches)]
+    rows = [[tensor.shape[0] for tensor in batch] for batch in batches]
+    layout = gather_in_order([list(zip(positions, rows))], [rank()], everywhere=True)   # every process's batches
+    joined = []
+    for j, slot in enumerate(zip(*batches)):
+        local = torch.cat(slot).to(_collective_device())
+        sizes = [sum(counts[j] for _, counts in part) for part in layout]
+        padded = local.new_zeros((max(sizes), *local.shape[1:]))   # gather takes one shape from every process
+        padded[: local.shape[0]] = local
+        received = [torch.empty_like(padded) for _ in layout] if is_main() else None
+        dist.gather(padded, received, dst=0)
+        if received is not None:
+            pieces = {}
+            for part, tensor, size in zip(layout, received, sizes):
+                chunks = tensor[:size].split([counts[j] for _, counts in part])
+                pieces.update({position: chunk for (position, _), chunk in zip(part, chunks)})
+            joined.append(torch.cat([pieces[position] for position in sorted(pieces)]))
+    return joined if is_main() else None
+
+
 def barrier() -> None:
     if count() > 1:   # NCCL warns about (and may hang on) a barrier that does not name this process's GPU
         dist.barrier(device_ids=[torch.cuda.current_device()] if dist.get_backend() == "nccl" else None)

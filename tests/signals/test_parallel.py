@@ -38,6 +38,9 @@ WORKER = textwrap.dedent("""
     to_main = parallel.gather_in_order([item(p) for p in held], held)
     everywhere = parallel.gather_in_order([torch.tensor(p) for p in parallel.shard(5)], parallel.shard(5),
                                           everywhere=True)
+    batches = {0: [2, 0], 1: [1]}[rank]   # per batch two slots (layers) of different widths and row counts
+    joined = parallel.gather_batches([[torch.full((p + 1, 3), float(p)), torch.full((2 * p + 1, 2), -float(p))]
+                                      for p in batches], batches)
 
     generator = torch.Generator().manual_seed(0)
     layers = [torch.randn(40, 6, generator=generator, dtype=torch.float64) + 50 for _ in range(3)]
@@ -52,8 +55,9 @@ WORKER = textwrap.dedent("""
         accumulator.count = parallel.total(accumulator.count)
         results[str(unbiased)] = accumulator.consecutive().tolist()
     json.dump({"to_main": None if to_main is None else [[t.tolist() for t in i] for i in to_main],
-               "everywhere": [int(t) for t in everywhere], "shift0": shift[0].tolist(), "cka": results,
-               "count": accumulator.count}, open(sys.argv[1], "w"))
+               "everywhere": [int(t) for t in everywhere],
+               "joined": None if joined is None else [t.tolist() for t in joined],
+               "shift0": shift[0].tolist(), "cka": results, "count": accumulator.count}, open(sys.argv[1], "w"))
 """)
 
 
@@ -67,12 +71,13 @@ def test_one_process_leaves_everything_as_it_is():
     items = [torch.ones(2), torch.zeros(3)]
     assert parallel.count() == 1 and parallel.is_main() and list(parallel.shard(3)) == [0, 1, 2]
     assert all(a is b for a, b in zip(parallel.gather_in_order(items, [0, 1]), items))
+    assert [t.tolist() for t in parallel.gather_batches([[items[0]], [items[1]]], [0, 1])] == [[1, 1, 0, 0, 0]]
     assert parallel.sum_(items) is items and parallel.total(7) == 7 and parallel.process_seed(5) == 5
     assert parallel.local_device(torch.device("cpu")) == torch.device("cpu")
 
 
 @pytest.mark.slow
-def test_two_processes_gather_in_order_and_add_up_accumulators(tmp_path):
+def test_two_processes_gather_uneven_shares_in_order_and_add_up_accumulators(tmp_path):
     from analysis.signals.cka.linear_cka import CKAAccumulator, linear_cka
     port = _free_port()
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / f"{rank}.json")], cwd=REPO,
@@ -85,6 +90,9 @@ def test_two_processes_gather_in_order_and_add_up_accumulators(tmp_path):
     expected = [[torch.full((p + 1, 3), float(p)).tolist(), [p]] for p in range(5)]
     assert main["to_main"] == expected and other["to_main"] is None
     assert main["everywhere"] == other["everywhere"] == [0, 1, 2, 3, 4]
+    assert other["joined"] is None and main["joined"] == [
+        torch.cat([torch.full((p + 1, 3), float(p)) for p in range(3)]).tolist(),
+        torch.cat([torch.full((2 * p + 1, 2), -float(p)) for p in range(3)]).tolist()]
 
     # The same rows in one accumulator, and directly from all rows at once.
     generator = torch.Generator().manual_seed(0)
