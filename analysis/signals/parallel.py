@@ -87,7 +87,8 @@ def process_seed(seed: int) -> int:
 
 
 def shard(items: int) -> range:
-    """The positions among 0..items-1 this process takes: every P-th from its rank (shares differ by one at most)."""
+    """The positions among 0..items-1 this process takes: every count()-th from its rank (shares differ by one at
+    most)."""
     return range(rank(), items, count())
 
 
@@ -121,7 +122,7 @@ def sum_(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def mean(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor's mean over the processes (a copy)."""
+    """The tensor's mean over the processes (a new tensor; with one process, the tensor itself)."""
     if count() == 1:
         return tensor
     return sum_([tensor.clone()])[0] / count()
