@@ -96,6 +96,8 @@ def main() -> None:
                                max_length=args.length, batch_size=args.batch_size, fractions=(0.01, 0.98, 0.01),
                                device=args.device)
         prepared = prepare(settings, Store(args.work / "cache"))
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()   # not the model built above
     context = AnalysisContext(prepared)
     loaded = context.loaded
     capture = capture_seconds(prepared, loaded, args.repeats)
