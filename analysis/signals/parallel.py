@@ -154,15 +154,16 @@ def broadcast_object(value):
 
 def average_gradients(parameters) -> None:
     """Each parameter's gradient replaced by its mean over the processes, as DDP averages them: one all-reduce per
-    dtype. A parameter without a gradient counts as a zero one, so every process reduces the same tensors."""
+    device and dtype (a model split with --device-map has its adapters on several GPUs). A parameter without a
+    gradient counts as a zero one, so every process reduces the same tensors."""
     if count() == 1:
         return
-    by_dtype = defaultdict(list)
+    groups = defaultdict(list)
     for parameter in parameters:
         if parameter.grad is None:
             parameter.grad = torch.zeros_like(parameter)
-        by_dtype[parameter.grad.dtype].append(parameter.grad)
-    for grads in by_dtype.values():
+        groups[parameter.grad.device, parameter.grad.dtype].append(parameter.grad)
+    for grads in groups.values():
         flat = torch.cat([g.reshape(-1) for g in grads])
         sum_([flat])
         flat /= count()
