@@ -55,6 +55,7 @@ def _store(args):
 
 
 def cmd_run(args) -> int:
+    from analysis.signals import parallel
     from analysis.signals.registry import all_signals
     from analysis.signals.runner import parse_signal_list, run_signals
     names = args.signals or ",".join(all_signals())
@@ -65,6 +66,10 @@ def cmd_run(args) -> int:
         raise UserError(f"--set names signal(s) not being run: {', '.join(sorted(unknown))}.")
     started = time.time()
     results = run_signals(_settings(args), signals, overrides, _store(args), force=args.force)
+    main = parallel.is_main()
+    parallel.stop()
+    if not main:   # another process of a data-parallel launch: the main one reports
+        return 0
     for signal, entry, computed in results:
         status = f"computed in {entry.meta.get('seconds', 0):.1f}s" if computed else "cached"
         print(f"{signal.name:14s} {status:22s} {len(entry.table())} rows  key {entry.key[:12]}")

@@ -20,6 +20,13 @@ T = TypeVar("T")
 
 # The job's current phase: what it is doing, item k of n, and when items started (for the total estimate).
 _phase: dict = {}
+_silent = False
+
+
+def silence() -> None:
+    """No bars from this process from now on: another process of its data-parallel launch draws them."""
+    global _silent
+    _silent = True
 
 
 def phase(text: str, k: int | None = None, n: int | None = None) -> None:
@@ -67,7 +74,7 @@ def _report(bar: tqdm) -> None:
 
 def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "batch") -> Iterator[T]:
     job_dir = folder.current()
-    bar = tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+    bar = tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, disable=_silent)
     last = 0.0
     for item in bar:
         yield item

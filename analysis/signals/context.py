@@ -7,6 +7,7 @@ actually has to be computed, so a run whose results are all cached never touches
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -14,10 +15,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from analysis.model import capture
+from analysis.signals import parallel
 from analysis.errors import UserError
 from analysis.store.hashing import hash_json
 from analysis.jobs.progress import progress, step
@@ -65,8 +68,9 @@ def model_max_length(source: ModelSource, config) -> int | None:
 
 
 def report(message: str) -> None:
-    """A warning in the run's log (stderr, which a dashboard job's log.txt holds)."""
-    print(f"warning: {message}", file=sys.stderr)
+    """A warning in the run's log (stderr, which a dashboard job's log.txt holds); once, by the main process."""
+    if parallel.is_main():
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def _adjusted(settings: RunSettings, source: ModelSource, config, validation_rows: int
@@ -179,6 +183,7 @@ def prepare(settings: RunSettings, store: Store, warn=report) -> Prepared:
     if settings.device_map != "none" and device.type != "cuda":
         raise UserError("--device-map auto splits a model across GPUs, and this run is on the CPU; leave it out "
                         "there (--device-map none).")
+    device = parallel.local_device(device)   # under a launcher: this process's own GPU
     dtype = resolve_dtype(settings.dtype, device)
     source = resolve_model(settings.model, store.root)
     config = read_config(source.path)
@@ -254,12 +259,19 @@ class AnalysisContext:
         return -(-len(self.frame(split)) // size)
 
     def batches(self, split: str = "validation", batch_size: int | None = None, desc: str | None = None,
-                frame: pd.DataFrame | None = None, show_progress: bool = True):
+                frame: pd.DataFrame | None = None, show_progress: bool = True, shard: bool = False):
         """Tokenized batches with labels (class ids, or next-token targets for causal LM); of `frame`
         when given, else of the whole split. `show_progress=False` for batches consumed inside another
-        loop's progress bar (a warm-up's steps)."""
+        loop's progress bar (a warm-up's steps). `shard`: only this process's batches under a data-parallel
+        launch (`parallel.shard` of the one-process batching, so every example is in the same batch as
+        in a one-process run); the caller reduces or gathers what it computes from them."""
         frame = self.frame(split) if frame is None else frame
         size = batch_size or self.settings.batch_size
+        if shard and parallel.count() > 1:
+            batches = -(-len(frame) // size)
+            parallel.require_shares(batches, f"batch(es) of up to {size} {split} examples")
+            frame = frame.iloc[np.concatenate([np.arange(b * size, min((b + 1) * size, len(frame)))
+                                               for b in parallel.shard(batches)])]
         labels = frame["label"].tolist() if self.prepared.task == "classification" else None
         raw = capture.tokenize_batches(self.loaded.tokenizer, frame["text"].tolist(), size,
                                        self.settings.max_length, self.device, labels)
@@ -269,14 +281,25 @@ class AnalysisContext:
             return raw
         return progress(raw, total=-(-len(frame) // size), desc=desc or split)
 
+    def training_batches(self, batch_size: int):
+        """Endless batches of the train split for a training loop: consecutive slices of `batch_size`,
+        cycled. Under a data-parallel launch this process's slice of each step's batch_size x P examples,
+        as retrain takes them, over whole steps only (every process trains on as many examples)."""
+        frame = self.frame("train")
+        if parallel.count() > 1:
+            step = batch_size * parallel.count()
+            frame = frame.iloc[: len(frame) // step * step]
+        return itertools.cycle(self.batches("train", batch_size, frame=frame, show_progress=False, shard=True))
+
     def pooled_states(self, pooling: str = "auto", desc: str = "capture", tokens_per_example: int = 8,
                       split: str = "validation"):
         """Per batch of the measured examples of `split`, the L+1 pooled hidden states (embedding
-        output, then each block; the last after the final norm where there is one)."""
+        output, then each block; the last after the final norm where there is one). Under a data-parallel
+        launch, this process's batches only: the caller reduces what it sums."""
         pooling = capture.resolve_pooling(pooling, self.prepared.is_decoder)
-        batches = self.batches(split, desc=desc, frame=self.measured(split))
-        for by_pooling in capture.pooled_hidden_states(self.model, batches, [pooling],
-                                                       tokens_per_example, self.settings.seed):
+        batches = self.batches(split, desc=desc, frame=self.measured(split), shard=True)
+        for by_pooling in capture.pooled_hidden_states(self.model, batches, [pooling], tokens_per_example,
+                                                       parallel.process_seed(self.settings.seed)):
             yield by_pooling[pooling]
 
     def plan_pooling(self, pooling: str, split: str = "validation") -> None:
@@ -290,24 +313,29 @@ class AnalysisContext:
             if getattr(config, "collects_states", False):
                 self.plan_pooling(config.pooling, getattr(config, "split", "validation"))
 
-    def collected_states(self, pooling: str = "auto", split: str = "validation") -> list[torch.Tensor]:
+    def collected_states(self, pooling: str = "auto", split: str = "validation") -> list[torch.Tensor] | None:
         """All measured examples' pooled states on `split`: one (N, D) tensor per state, on the device.
 
         The first call runs one capture pass for this pooling and every planned one of the same
         split; later calls for any of them are free. Memory: N x D x (L+1) per pooling (285 MB in
-        bf16 for 4096 examples of a 16-layer, 2048-wide model).
+        bf16 for 4096 examples of a 16-layer, 2048-wide model). Under a data-parallel launch each
+        process captures its share of the batches and the main process gets everyone's states in
+        the one-process order; the other processes get None (their signal ends there).
         """
         pooling = capture.resolve_pooling(pooling, self.prepared.is_decoder)
         if (split, pooling) not in self._collected:
             planned = {p for s, p in self._planned_poolings if s == split}
             wanted = sorted(({pooling} | planned) - {p for s, p in self._collected if s == split})
             chunks: dict[str, list[list[torch.Tensor]]] = {p: [] for p in wanted}
-            batches = self.batches(split, desc=f"capture ({split})", frame=self.measured(split))
-            for by_pooling in capture.pooled_hidden_states(self.model, batches, wanted, seed=self.settings.seed):
+            frame = self.measured(split)
+            batches = self.batches(split, desc=f"capture ({split})", frame=frame, shard=True)
+            for by_pooling in capture.pooled_hidden_states(self.model, batches, wanted,
+                                                           seed=parallel.process_seed(self.settings.seed)):
                 for p, states in by_pooling.items():
                     chunks[p].append(states)
+            mine = parallel.shard(-(-len(frame) // self.settings.batch_size))
             for p, per_batch in chunks.items():
-                self._collected[(split, p)] = [torch.cat(layer) for layer in zip(*per_batch)]
+                self._collected[(split, p)] = parallel.gather_batches(per_batch, mine)
         return self._collected[(split, pooling)]
 
 

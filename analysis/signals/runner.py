@@ -1,10 +1,15 @@
-"""Run signals for one setting: compute what the cache lacks, return every signal's entry."""
+"""Run signals for one setting: compute what the cache lacks, return every signal's entry.
+
+Under `torchrun` / `accelerate launch` every process runs this; they compute each signal together
+(parallel.py) and the main process alone writes the store.
+"""
 from __future__ import annotations
 
 import dataclasses
 import sys
 
-from analysis.signals.context import AnalysisContext, RunIdentity, prepare, report
+from analysis.signals import parallel
+from analysis.signals.context import AnalysisContext, RunIdentity, prepare, report, resolve_device
 from analysis.settings import RunSettings
 from analysis.errors import UserError
 from analysis.jobs.progress import phase, step
@@ -14,9 +19,15 @@ from analysis.store.cache import Entry, Store
 from analysis.store.runs import newest_entry
 
 
-def signal_key(context_key: str, signal: Signal, config) -> str:
-    return hash_json({"context": context_key, "signal": signal.name, "version": signal.version,
-                      "config": dataclasses.asdict(config)})
+def signal_key(context_key: str, signal: Signal, config, processes: int = 1) -> str:
+    """The entry's key. The number of processes joins it, as in retrain's key, only where the numbers depend on it
+    (a config's `depends_on_processes`: a global training batch, per-process random streams) and only above one,
+    so a one-process run keeps the keys it always had."""
+    parts = {"context": context_key, "signal": signal.name, "version": signal.version,
+             "config": dataclasses.asdict(config)}
+    if processes > 1 and getattr(config, "depends_on_processes", False):
+        parts["processes"] = processes
+    return hash_json(parts)
 
 
 def parse_signal_list(text: str) -> list[Signal]:
@@ -31,21 +42,24 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
     """Compute (or fetch) each signal; returns (signal, entry, computed_now) in order."""
     store = store or Store()
     configs = [make_config(signal, (overrides or {}).get(signal.name)) for signal in signals]  # before any work
-    store.clean_tmp()
+    parallel.start(resolve_device(settings.device))
+    if parallel.is_main():
+        store.clean_tmp()
     step("reading the data")
-    prepared = prepare(settings, store)
+    with parallel.main_first():   # the main process fills the fingerprint memos the others then read
+        prepared = prepare(settings, store)
     context = AnalysisContext(prepared)
     context.plan_collections(configs)  # signals that collect pooled states share one capture pass
     results = []
     for k, (signal, config) in enumerate(zip(signals, configs), 1):
         phase(f"signal {signal.name}", k, len(signals))
-        key = signal_key(prepared.key, signal, config)
-        if force and store.get(key):
+        key = signal_key(prepared.key, signal, config, parallel.count())
+        if force and parallel.is_main() and store.get(key):
             store.discard(key)
         warnings = list(prepared.warnings)
         meta = {"signal": signal.name, "title": signal.title, "config": dataclasses.asdict(config),
                 "version": signal.version, "context_key": prepared.key, **prepared.description,
-                "warnings": warnings}
+                "warnings": warnings, "processes": parallel.count()}
 
         def compute(signal=signal, config=config, warnings=warnings):
             examples = len(prepared.validation)
@@ -60,7 +74,7 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
         def waiting(name=signal.name):
             step(f"waiting for another job computing {name}")
             print(f"Another process is computing {name} for this setting; waiting for it.", file=sys.stderr)
-        entry, computed = store.get_or_compute(key, compute, meta, on_wait=waiting)
+        entry, computed = parallel.shared_entry(store, key, compute, meta, on_wait=waiting)
         results.append((signal, entry, computed))
     return results
 

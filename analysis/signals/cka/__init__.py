@@ -19,15 +19,22 @@ Extra table "matrix": linear CKA between every pair of states, in long form; its
 `layer2` columns are STATE indices 0..L (0 = embedding output), not block indices. With
 `accumulate` the states are streamed a batch at a time into running sums whose size does not
 depend on the number of examples; that gives the consecutive pairs only, so no matrix table.
+
+Data-parallel (parallel.py): each process captures its share of the batches. Collected states are
+gathered on the main process, which computes the matrix from exactly a one-process run's states;
+with `accumulate` every process adds its batches into sums shifted by the same offset (batch 0's
+mean, as one process would take), and the sums are added over the processes.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
 
 from analysis.errors import UserError
+from analysis.signals import parallel
 from analysis.signals.cka.linear_cka import CKAAccumulator, cka_matrix
 from analysis.signals.registry import Signal, deferred, register
 from analysis.store.cache import Result
@@ -68,9 +75,14 @@ def _check_pooling(pooling: str) -> None:
 
 
 def _consecutive_from_stream(context, config: CKAConfig) -> tuple[torch.Tensor, int]:
-    accumulator = CKAAccumulator(unbiased=config.unbiased)
-    for states in context.pooled_states(config.pooling, desc="cka", split=config.split):
+    stream = context.pooled_states(config.pooling, desc="cka", split=config.split)
+    first = next(stream)   # every process has a batch (context.batches' shard); the main one has batch 0
+    shift = parallel.broadcast_([s.detach().to(torch.float64).mean(dim=0) for s in first])
+    accumulator = CKAAccumulator(unbiased=config.unbiased, shift=shift)
+    for states in itertools.chain([first], stream):
         accumulator.update(states)
+    parallel.sum_(accumulator.running_sums())
+    accumulator.count = parallel.total(accumulator.count)
     try:
         return accumulator.consecutive(), accumulator.count
     except ValueError as exc:
@@ -84,6 +96,8 @@ def compute(context, config: CKAConfig) -> Result:
         consecutive, examples = _consecutive_from_stream(context, config)
     else:
         states = context.collected_states(config.pooling, config.split)
+        if states is None:   # a data-parallel process other than the main one, which computes from everyone's states
+            return None
         try:
             matrix = cka_matrix(states, unbiased=config.unbiased, device=context.device)
         except ValueError as exc:

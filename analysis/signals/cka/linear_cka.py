@@ -113,11 +113,13 @@ class CKAAccumulator:
     collected states and uses `cka_matrix`; this class serves streaming callers with many examples
     (`AnalysisContext.pooled_states`).
 
-    Rows are shifted by the first batch's mean before summing, which leaves CKA unchanged and
-    keeps the sums from cancelling catastrophically when states have a large common offset.
+    Rows are shifted by the first batch's mean before summing (or by a given `shift`, one float64
+    vector per layer), which leaves CKA unchanged and keeps the sums from cancelling catastrophically
+    when states have a large common offset. Accumulators of disjoint examples with the same shift
+    add up: `running_sums` (and `count`) of several processes summed are those of all their rows.
     """
 
-    def __init__(self, unbiased: bool = False):
+    def __init__(self, unbiased: bool = False, shift: list[torch.Tensor] | None = None):
         self.unbiased = unbiased
         self.count = 0
         self._shift: list[torch.Tensor] = []
@@ -129,12 +131,15 @@ class CKAAccumulator:
         self._pair_sq: list[torch.Tensor] = []      # sum_i ||x_i||^2 ||y_i||^2
         self._pair_weighted: list[tuple[torch.Tensor, torch.Tensor]] = []  # sum ||y_i||^2 x_i, sum ||x_i||^2 y_i
         self._raw_square: list[torch.Tensor] = []  # ||X||_F^2 of the unshifted rows
+        if shift is not None:
+            self._shift = [s.to(torch.float64) for s in shift]
+            self._zero_sums(self._shift)
 
     def update(self, states: list[torch.Tensor]) -> None:
         xs = [s.detach().to(torch.float64) for s in states]
         if not self._shift:
             self._shift = [x.mean(dim=0) for x in xs]
-            self._zero_sums(xs)
+            self._zero_sums(self._shift)
         elif len(xs) != len(self._shift):
             raise ValueError(f"Expected {len(self._shift)} layers of states, got {len(xs)}.")
         self._raw_square = [acc + x.square().sum() for acc, x in zip(self._raw_square, xs)]
@@ -153,17 +158,23 @@ class CKAAccumulator:
             wx += squared[l + 1] @ x
             wy += squared[l] @ y
 
-    def _zero_sums(self, xs: list[torch.Tensor]) -> None:
+    def _zero_sums(self, shift: list[torch.Tensor]) -> None:
         def zeros(*shape):
-            return torch.zeros(*shape, dtype=torch.float64, device=xs[0].device)
-        self._sum = [zeros(x.shape[1]) for x in xs]
-        self._gram = [zeros(x.shape[1], x.shape[1]) for x in xs]
-        self._sq = [zeros(()) for _ in xs]
-        self._norm_weighted = [zeros(x.shape[1]) for x in xs]
-        self._raw_square = [zeros(()) for _ in xs]
-        self._cross = [zeros(x.shape[1], y.shape[1]) for x, y in zip(xs[:-1], xs[1:])]
-        self._pair_sq = [zeros(()) for _ in xs[:-1]]
-        self._pair_weighted = [(zeros(x.shape[1]), zeros(y.shape[1])) for x, y in zip(xs[:-1], xs[1:])]
+            return torch.zeros(*shape, dtype=torch.float64, device=shift[0].device)
+        widths = [s.shape[0] for s in shift]
+        self._sum = [zeros(d) for d in widths]
+        self._gram = [zeros(d, d) for d in widths]
+        self._sq = [zeros(()) for _ in widths]
+        self._norm_weighted = [zeros(d) for d in widths]
+        self._raw_square = [zeros(()) for _ in widths]
+        self._cross = [zeros(d, e) for d, e in zip(widths[:-1], widths[1:])]
+        self._pair_sq = [zeros(()) for _ in widths[:-1]]
+        self._pair_weighted = [(zeros(d), zeros(e)) for d, e in zip(widths[:-1], widths[1:])]
+
+    def running_sums(self) -> list[torch.Tensor]:
+        """Every running sum (the live tensors: adding to them in place adds to the accumulator)."""
+        return [*self._sum, *self._gram, *self._sq, *self._norm_weighted, *self._raw_square, *self._cross,
+                *self._pair_sq, *(t for pair in self._pair_weighted for t in pair)]
 
     def _centred_norm(self, l: int) -> torch.Tensor:
         """||Xc||_F^2 = trace(X^T X) - ||sum x||^2 / n on the shifted rows."""

@@ -20,6 +20,10 @@ the first one whose LoRA parameters (d_in + d_out per rank) no longer fit the bu
 rule with the rank count replaced by the parameter count; where every module costs the same, a
 budget of r x (number of modules) ranks reproduces peft's rank_pattern exactly. Components beyond
 r * rho per module were never fitted, so larger budgets stop there (with a warning).
+
+Data-parallel: each process takes its share of every step's examples and peft gathers the layer
+inputs of all processes (run_eva's `gather`), so every step fits the PCA of the same tokens as one
+process does (in another order: equal within float tolerance).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from analysis.signals import parallel
 from analysis.signals.eva.peft_eva import lora_config, model_inputs, run_eva
 from analysis.signals.registry import Signal, register
 from analysis.store.cache import Result
@@ -48,10 +53,15 @@ class EvaSignalConfig:
 
 def compute(context, config: EvaSignalConfig) -> Result:
     modules = context.modules
-    size = config.examples_per_step or len(context.frame())
-    batches = [model_inputs(batch) for batch in context.batches(batch_size=size, desc="eva")]
+    frame = context.frame()
+    size = config.examples_per_step or len(frame)
+    steps = [frame.iloc[start: start + size] for start in range(0, len(frame), size)]
+    parallel.require_shares(min(len(step) for step in steps), "example(s) of an EVA step")
+    shares = [step.iloc[list(parallel.shard(len(step)))] for step in steps]
+    batches = [model_inputs(batch) for share in shares
+               for batch in context.batches(batch_size=len(share), frame=share, show_progress=False)]
     run = run_eva(context.model, batches, lora_config([m.path for m in modules], config.r, config.rho, config.tau),
-                  config.max_passes)
+                  config.max_passes, gather=parallel.count() > 1)
     rows = [{"signal": "eva", "layer": m.layer, "module": m.name, "value": float(v), "rank": j}
             for m in modules for j, v in enumerate(run.ratios[m.path].tolist()[:round(config.r * config.rho)])]
     peft_ranks = pd.DataFrame({"layer": [m.layer for m in modules], "module": [m.name for m in modules],

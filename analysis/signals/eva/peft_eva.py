@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -76,9 +77,12 @@ def model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
 
-def run_eva(model, batches: list[dict], config, max_passes: int = 50) -> EvaRun:
+def run_eva(model, batches: list[dict], config, max_passes: int = 50, gather: bool = False) -> EvaRun:
     """peft's get_eva_state_dict on `batches` (repeated until its PCA converges, as peft does), plus the
-    ratios and input groups it used. Gives up after `max_passes` passes over the batches."""
+    ratios and input groups it used. Gives up after `max_passes` passes over the batches. `gather`: the
+    processes of a data-parallel launch hold different shares of each batch, and peft gathers every layer's
+    inputs from all of them (its gather_distributed_inputs), so each fits the PCA of the whole batch; without
+    it every process passes the same batches (a data-parallel retrain's initialisation)."""
     from peft.tuners.lora.eva import get_eva_state_dict
 
     limit = max_passes * len(batches)
@@ -95,10 +99,11 @@ def run_eva(model, batches: list[dict], config, max_passes: int = 50) -> EvaRun:
                             f"{len(batches)} batches; lower eva.tau or use more validation examples.")
         return model(**inputs, **extra)
 
-    with _recording() as made:
-        # Every process of a data-parallel launch passes the same batches: nothing to gather.
+    with _recording() as made, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*gather_distributed_inputs.*")   # peft's note on what we chose
+        warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*")     # torch's, on peft's gather
         state = get_eva_state_dict(model, batches, peft_config=config, forward_fn=forward,
-                                   gather_distributed_inputs=False, show_progress_bar=False)
+                                   gather_distributed_inputs=gather, show_progress_bar=False)
     svd = {hook.name: hook.svd for hook in made["svd"]}
     first_hash = {hook.name: hook.hashed_inputs[0] for hook in made["hash"]}
     owner_of_hash = {first_hash[name]: name for name in svd}

@@ -12,6 +12,9 @@ Plan (family "shares", GoRA's `get_allocated_rank`): module i receives a share o
 budget proportional to its importance, rank_i = round(budget * p_i) // (d_in + d_out), clipped to
 the limits; what flooring leaves is spent one rank at a time. GoRA's initialisation of B from the
 gradient is a retrain option (`--init gora`).
+
+Data-parallel: each process sums the gradients of its share of the batches; sums and counts are added
+over the processes, which averages over exactly the batches one process would take.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from analysis.errors import UserError
-from analysis.signals.gora.gradient_importance import IMPORTANCE, averaged_gradients, importance
+from analysis.signals import parallel
+from analysis.signals.gora.gradient_importance import IMPORTANCE, importance, summed_gradients
 from analysis.signals.registry import Signal, register
 from analysis.store.cache import Result
 
@@ -29,7 +33,7 @@ from analysis.store.cache import Result
 class GoRAConfig:
     importance: str = field(default="union_mean", metadata={
         "help": "GoRA's importance type: " + ", ".join(IMPORTANCE) + " (union_mean = avg |W * G|, the paper's)"})
-    steps: int = field(default=0, metadata={
+    steps: int = field(default=0, metadata={"minimum": 0,
         "help": "batches whose gradients are averaged (0: every validation batch; GoRA's scripts use 32-64)"})
 
 
@@ -39,7 +43,12 @@ def compute(context, config: GoRAConfig) -> Result:
     model, modules = context.model, context.modules
     weights = [model.get_submodule(m.path).weight for m in modules]
     model.eval()
-    grads, steps = averaged_gradients(model, weights, context.batches(desc="gora"), config.steps)
+    frame = context.frame()
+    if config.steps:
+        frame = frame.iloc[: config.steps * context.settings.batch_size]
+    sums, steps = summed_gradients(model, weights, context.batches(desc="gora", frame=frame, shard=True))
+    steps = parallel.total(steps)
+    grads = [total / steps for total in parallel.sum_(sums)]
     values = [importance(w, g, config.importance) for w, g in zip(weights, grads)]
     table = pd.DataFrame({"signal": "gora", "layer": [m.layer for m in modules],
                           "module": [m.name for m in modules], "value": values})

@@ -21,10 +21,18 @@ IMPORTANCE = {
 }
 
 
-def averaged_gradients(model, weights: list[torch.Tensor], batches, steps: int = 0) -> tuple[list[torch.Tensor], int]:
+def averaged_gradients(model, weights: list[torch.Tensor], batches) -> tuple[list[torch.Tensor], int]:
     """Mean over batches of dL_b/dW (L_b: the batch's mean loss), as GoRA's hook sums one gradient per step
-    and divides by the step count; `steps` > 0 stops after that many batches. Float32 sums, on W's device.
-    Only the listed weights need gradients; the model's requires_grad flags and .grad are restored."""
+    and divides by the step count; and that count."""
+    sums, count = summed_gradients(model, weights, batches)
+    if count == 0:
+        raise ValueError("no batches")
+    return [total / count for total in sums], count
+
+
+def summed_gradients(model, weights: list[torch.Tensor], batches) -> tuple[list[torch.Tensor], int]:
+    """Sum over batches of dL_b/dW and the number of batches. Float32 sums, on W's device. Only the listed
+    weights need gradients; the model's requires_grad flags and .grad are restored."""
     saved = {name: p.requires_grad for name, p in model.named_parameters()}
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -34,8 +42,6 @@ def averaged_gradients(model, weights: list[torch.Tensor], batches, steps: int =
     count = 0
     try:
         for batch in batches:
-            if steps and count >= steps:
-                break
             grads = torch.autograd.grad(model(**batch).loss, weights)
             for total, grad in zip(sums, grads):
                 total += grad.float()
@@ -44,9 +50,7 @@ def averaged_gradients(model, weights: list[torch.Tensor], batches, steps: int =
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(saved[name])
             parameter.grad = None
-    if count == 0:
-        raise ValueError("no batches")
-    return [total / count for total in sums], count
+    return sums, count
 
 
 def importance(weight: torch.Tensor, grad: torch.Tensor, kind: str = "union_mean") -> float:

@@ -2,6 +2,7 @@
 
 value = || dL/dW ||_F for the mean validation loss L, per (layer, module). A cheap first look
 at where fine-tuning would move the weights; not one of the four papers' signals.
+Data-parallel: each process backpropagates its batches and the gradients are added over the processes.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from analysis.signals import parallel
 from analysis.signals.registry import Signal, register
 from analysis.store.cache import Result
 
@@ -30,10 +32,11 @@ def compute(context, config: GradNormConfig) -> Result:
         weight.grad = None
     total = len(context.frame("validation"))
     try:
-        for batch in context.batches(desc="grad_norm"):
+        for batch in context.batches(desc="grad_norm", shard=True):
             # Sum of per-batch mean losses weighted by batch share = mean loss over all examples.
             loss = model(**batch).loss * (batch["input_ids"].shape[0] / total)
             loss.backward()
+        parallel.sum_(list({id(w): w.grad for w in weights.values()}.values()))   # a shared weight once
         norms = [weights[m.path].grad.float().norm().item() for m in modules]
     finally:
         for name, parameter in model.named_parameters():

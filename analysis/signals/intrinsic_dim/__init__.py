@@ -15,6 +15,9 @@ Pooling defaults to the mean over tokens: an encoder's CLS at the embedding outp
 repeated, which has no dimension. "tokens" (sampled real tokens) gives more points per state.
 
 Extra table "dimensions": the estimate d_j for every state j = 0..L.
+
+Data-parallel: the processes capture their shares of the batches and the main process estimates
+from everyone's points, gathered in the one-process order (context.collected_states).
 """
 from __future__ import annotations
 
@@ -56,6 +59,11 @@ class IntrinsicDimConfig:
     def collects_states(self) -> bool:
         """Every example's states are kept: the estimate needs them all at once (the shared capture pass)."""
         return True
+
+    @property
+    def depends_on_processes(self) -> bool:
+        """Sampled tokens come from each process's own random stream, so they depend on the number of processes."""
+        return self.pooling == "tokens"
 
 
 def _scikit_estimators() -> dict[str, type]:
@@ -101,6 +109,8 @@ def degenerate(dim: float, points: torch.Tensor) -> bool:
 def compute(context, config: IntrinsicDimConfig) -> Result:
     estimate = estimator_for(config)
     states = context.collected_states(config.pooling, config.split)
+    if states is None:   # a data-parallel process other than the main one, which estimates from everyone's points
+        return None
     hint = "try pooling mean or tokens, or more validation examples"
     dims, duplicates = [], []
     for j, points in enumerate(states):

@@ -13,18 +13,23 @@ before the optimizer step (peft updates them just after it; the two differ by on
 
 For classification the head is trained with the adapter and stored beside it; `warm_adapter`
 puts both into the live model and restores the original head on exit.
+
+Data-parallel, as retrain: each process trains on its `warmup_batch_size` slice of every step
+(context.training_batches) and the gradients are averaged before the scores and the optimizer see
+them, so every process holds the same adapter; the main process writes it. The global batch grows
+with the processes, so the number of processes is part of the key (above one).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import time
 from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
 
+from analysis.signals import parallel
 from analysis.signals.lora.gated_lora import gated_lora
 from analysis.store.hashing import hash_json
 from analysis.jobs.progress import progress
@@ -40,7 +45,13 @@ class WarmupConfig:
     alpha: float = field(default=16.0, metadata={"above": 0, "help": "LoRA alpha of the warm-up adapter (scale alpha / r_max)"})
     warmup_steps: int = field(default=200, metadata={"minimum": 1, "help": "optimizer steps of the warm-up on the train split"})
     warmup_lr: float = field(default=1e-3, metadata={"above": 0, "help": "AdamW learning rate of the warm-up"})
-    warmup_batch_size: int = field(default=16, metadata={"minimum": 1, "help": "examples per warm-up step"})
+    warmup_batch_size: int = field(default=16, metadata={"minimum": 1,
+                                                         "help": "examples per warm-up step (and process)"})
+
+    @property
+    def depends_on_processes(self) -> bool:
+        """The warm-up's global batch grows with the processes (and Shapley draws a stream per process)."""
+        return True
 
 
 def warmup_options(config) -> WarmupConfig:
@@ -102,16 +113,18 @@ def _train(context, config: WarmupConfig) -> Result:
         for p in head.values():
             p.requires_grad_(True)
         params = gated.lora_parameters()
-        optimizer = torch.optim.AdamW(params + list(head.values()), lr=config.warmup_lr, weight_decay=0.0)
+        trained = params + list(head.values())
+        optimizer = torch.optim.AdamW(trained, lr=config.warmup_lr, weight_decay=0.0)
         scores = AdaLoRAScores(params)
         # Tokenized as consumed: only the first steps x batch-size training examples, cycled if fewer.
-        batches = itertools.cycle(context.batches("train", config.warmup_batch_size, show_progress=False))
+        batches = context.training_batches(config.warmup_batch_size)
         losses = []
         started = time.perf_counter()
         model.train()
         for _ in progress(range(config.warmup_steps), total=config.warmup_steps, desc="warm-up"):
             loss = gated.model(**next(batches)).loss
             loss.backward()
+            parallel.average_gradients(trained)
             scores.update()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -119,7 +132,8 @@ def _train(context, config: WarmupConfig) -> Result:
         tensors = {**{f"lora.{k}": v for k, v in gated.adapter_state().items()},
                    **{f"head.{name}": p.detach().cpu() for name, p in head.items()},
                    "adalora": scores.per_rank()}
-    curve = pd.DataFrame({"step": range(1, len(losses) + 1), "loss": torch.stack(losses).float().cpu().tolist()})
+    losses = parallel.mean(torch.stack(losses).float())   # each step's loss, averaged over the processes
+    curve = pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses.cpu().tolist()})
     return Result(pd.DataFrame(columns=["signal", "layer", "module", "value"]), tables={"losses": curve},
                   tensors=tensors,
                   meta={"seconds": time.perf_counter() - started, "modules": [m.path for m in context.modules]})
@@ -127,11 +141,13 @@ def _train(context, config: WarmupConfig) -> Result:
 
 def warm_up(context, config: WarmupConfig) -> Entry:
     """The cached warm-up for this context and these options, trained now if missing."""
-    key = "warmup-" + hash_json({"context": context.prepared.key, "config": dataclasses.asdict(config),
-                                 "version": VERSION})[:24]
+    parts = {"context": context.prepared.key, "config": dataclasses.asdict(config), "version": VERSION}
+    if parallel.count() > 1:   # as retrain's key: the processes set the global batch (one process: the old keys)
+        parts["processes"] = parallel.count()
+    key = "warmup-" + hash_json(parts)[:24]
     meta = {"signal": "warmup", "title": "LoRA warm-up", "config": dataclasses.asdict(config),
-            "context_key": context.prepared.key, **context.prepared.description}
-    entry, _ = context.prepared.store.get_or_compute(key, lambda: _train(context, config), meta)
+            "context_key": context.prepared.key, **context.prepared.description, "processes": parallel.count()}
+    entry, _ = parallel.shared_entry(context.prepared.store, key, lambda: _train(context, config), meta)
     return entry
 
 

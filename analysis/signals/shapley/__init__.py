@@ -19,6 +19,10 @@ and the estimate's gap to the exact value (only for models with at most 16 ranks
 
 The split defaults to validation, as the paper scores ranks on held-out data; `split=train` is an option.
 
+Data-parallel: the warm-up trains data-parallel; each process then evaluates its own coalitions on
+the whole split (sampling.py), so a run's numbers depend on the number of processes (its cache key
+says how many; WarmupConfig.depends_on_processes).
+
 What it implies for a plan: keep the globally best ranks until the budget is spent, then retrain
 from scratch with those counts (allocate-then-retrain). A plan that keeps ranks of negative value,
 or within two standard errors of zero, says so.
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from analysis.signals import parallel
 from analysis.signals.shapley import exact
 from analysis.signals.shapley import sampling as shapley
 from analysis.model.capture import find_blocks
@@ -131,9 +136,11 @@ def loss_function(gated, batches: list[dict], task: str, per_batch: bool, forwar
         return value, gated.gates.grad
 
     def value_at(mask: torch.Tensor) -> float:
+        """v(mask); under a data-parallel launch each process evaluates its share of the batches."""
         gated.gates.data.copy_(mask)
         with torch.no_grad():
-            return sum(float(gated.model(**b).loss) * w for b, w in zip(batches, weights))
+            return parallel.total(sum((float(gated.model(**batches[b]).loss) * weights[b]
+                                       for b in parallel.shard(len(batches))), 0.0))
 
     return gradient_at, value_at, len(batches) if per_batch else 1
 
@@ -215,7 +222,7 @@ def compute(context, config: ShapleyConfig) -> Result:
         per_batch = config.coalition_per == "batch"
         forward = torch.compile(gated.model) if config.compile else None
         gradient_at, value_at, parts = loss_function(gated, batches, context.prepared.task, per_batch, forward)
-        generator = torch.Generator().manual_seed(context.settings.seed)
+        generator = torch.Generator().manual_seed(parallel.process_seed(context.settings.seed))
         with checkpointing_in_eval(model, config.gradient_checkpointing):
             estimate = shapley.estimate(
                 gradient_at, tuple(gated.gates.shape), config.samples, generator,

@@ -28,6 +28,10 @@ sensitivity when present. It is not a Shapley value and does not add up to the t
 Early stopping: when a stopping rule decides how many samples to take, the samples it looked at
 are a pilot only; the estimate and its standard error come from a fresh stream of as many
 coalitions, so stopping when the noise looks small does not make the reported noise look small.
+
+Data-parallel (parallel.py): coalition t of a stream goes to process t mod P, which draws its masks
+from its own random stream; the stopping rule's running sums are added over the processes, so all
+of them stop at the same round, and every process receives all samples in the order t.
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
+
+from analysis.signals import parallel
 
 
 def sample_coalitions(count: int, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -100,6 +106,14 @@ def resolved(total: torch.Tensor, squares: torch.Tensor, count: int, tolerance: 
     return bool(stderr.mean() <= tolerance * mean.abs().mean())
 
 
+def _over_processes(total, squares, shape: tuple[int, ...], groups) -> list[torch.Tensor]:
+    """The stopping rule's running sums added over the processes (copies: each process's own sums go on; one
+    without a sample yet holds zeros)."""
+    zeros = torch.zeros(shape, dtype=torch.float64)
+    zeros = groups(zeros) if groups else zeros.reshape(-1)
+    return parallel.sum_([s.clone() if isinstance(s, torch.Tensor) else zeros.clone() for s in (total, squares)])
+
+
 def estimate(gradient_at: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
              shape: tuple[int, ...], max_samples: int, generator: torch.Generator, parts: int = 1,
              min_samples: int = 8, tolerance: float = 0.0,
@@ -127,27 +141,41 @@ def estimate(gradient_at: Callable[[torch.Tensor, int], tuple[torch.Tensor, torc
         raise ValueError(f"unknown reading {reading!r}")
     max_samples = -(-max_samples // parts) * parts  # whole passes, so every part weighs the same
 
-    def stream(count: int, stop: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
-        masks = sample_coalitions(count, shape, generator)
-        samples, total, squares = [], 0.0, 0.0
-        for t in iterate(range(count)):
-            _, gradient = gradient_at(masks[t], t % parts)
-            sample = sample_contribution(masks[t], gradient, parts, reading)
-            samples.append(sample)  # kept on the device: no synchronisation per sample
-            if stop:
-                grouped = groups(sample) if groups else sample.reshape(-1)
-                total, squares = total + grouped, squares + grouped ** 2
-                whole_pass = (t + 1) % parts == 0
-                if whole_pass and t + 1 >= min_samples and resolved(total, squares, t + 1, tolerance):
+    processes = parallel.count()
+
+    def stream(count: int, stop: bool) -> tuple[list[torch.Tensor], torch.Tensor, int]:
+        """This process's samples and masks of a stream of `count` coalitions, and how many the whole stream took."""
+        mine = parallel.shard(count)
+        masks = sample_coalitions(len(mine), shape, generator)
+        samples, total, squares, done = [], 0.0, 0.0, count
+        # Round k evaluates coalitions kP .. kP + P - 1, one per process; every process runs every round, so
+        # the stopping rule's collective meets all of them.
+        for k in iterate(range(-(-count // processes))):
+            if k < len(mine):
+                _, gradient = gradient_at(masks[k], mine[k] % parts)
+                sample = sample_contribution(masks[k], gradient, parts, reading)
+                samples.append(sample)  # kept on the device: no synchronisation per sample
+                if stop:
+                    grouped = groups(sample) if groups else sample.reshape(-1)
+                    total, squares = total + grouped, squares + grouped ** 2
+            seen = min((k + 1) * processes, count)
+            if stop and seen % parts == 0 and seen >= min_samples:   # whole passes only
+                if resolved(*_over_processes(total, squares, shape, groups), seen, tolerance):
+                    done = seen
                     break
-        return samples, masks[: len(samples)]
+        return samples, masks[: len(samples)], done
+
+    def gathered(samples: list[torch.Tensor], masks: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mine = parallel.shard(count)
+        everyone = parallel.gather_in_order(list(zip(samples, masks)), mine, everywhere=True)
+        return torch.stack([s for s, _ in everyone]).cpu(), torch.stack([m for _, m in everyone])
 
     if tolerance <= 0:
-        samples, masks = stream(max_samples, stop=False)
-        return ShapleyEstimate(torch.stack(samples).cpu(), masks)
-    pilot, _ = stream(max_samples, stop=True)
-    samples, masks = stream(len(pilot), stop=False)  # fresh coalitions: the rule never saw these
-    return ShapleyEstimate(torch.stack(samples).cpu(), masks, pilot=len(pilot))
+        samples, masks, _ = stream(max_samples, stop=False)
+        return ShapleyEstimate(*gathered(samples, masks, max_samples))
+    _, _, pilot = stream(max_samples, stop=True)
+    samples, masks, _ = stream(pilot, stop=False)  # fresh coalitions: the rule never saw these
+    return ShapleyEstimate(*gathered(samples, masks, pilot), pilot=pilot)
 
 
 def running_estimates(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

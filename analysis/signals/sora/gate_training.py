@@ -19,16 +19,20 @@ threshold. `schedule=constant` trains every step at the full rate instead (our e
 Pruning keeps the ranks with non-zero gates, folds each gate into B's column and sets the module's
 alpha to s * r so that alpha / r, hence the output, is unchanged: a standard peft LoRA with
 `rank_pattern` (and `alpha_pattern`) = the learned ranks, modules with no rank left out.
+
+Data-parallel, as retrain: each process trains on its `batch_size` slice of every step and the
+gradients (gates included) are averaged before the clip and both optimizers, so every process
+keeps the same gates; the global batch, hence the key, depends on the number of processes.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 
 import torch
 
 from analysis.errors import UserError
+from analysis.signals import parallel
 from analysis.signals.lora.gated_lora import ADAPTER, GatedLoRA, gated_lora
 from analysis.jobs.progress import progress
 from analysis.signals.lora.warmup import head_kept
@@ -124,6 +128,11 @@ class SoraConfig:
         "choices": ("exp_linear", "log_linear", "linear"),
         "help": "the rounds' thresholds, official names: exp_linear (geometric), log_linear or linear"})
 
+    @property
+    def depends_on_processes(self) -> bool:
+        """The global batch grows with the processes."""
+        return True
+
     def check(self) -> None:
         """Checks across options, run by registry.make_config before anything is computed."""
         if self.rounds > 0 and not self.xi < self.xi_max:
@@ -155,10 +164,11 @@ def sora_step(gated: GatedLoRA, batch: dict, weights: torch.optim.Optimizer,
     task = gated.model(**batch).loss
     loss = task + l1 * gated.gates.abs().sum() / gated.gates.numel()
     loss.backward()
+    params = [p for group in weights.param_groups + gate_optimizer.param_groups for p in group["params"]]
+    parallel.average_gradients(params)
     if update == "soft":  # dead gates get no gradient, so they neither move nor count in the clip
         gated.gates.grad.mul_(alive)
     if max_grad_norm > 0:
-        params = [p for group in weights.param_groups + gate_optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     weights.step()
     if update == "official":
@@ -213,7 +223,7 @@ def train(context, config: SoraConfig, directory=None) -> dict:
             p.requires_grad_(True)
         weights, gate_optimizer = optimizers(gated, head, config)
         lr_schedules = schedulers(weights, gate_optimizer, config)
-        batches = itertools.cycle(context.batches("train", config.batch_size, show_progress=False))
+        batches = context.training_batches(config.batch_size)
         model.train()
         bar = progress(range(total), total=total, desc="sora", unit="step")
         step = 0
@@ -236,6 +246,7 @@ def train(context, config: SoraConfig, directory=None) -> dict:
                 learned = gated.gates.detach().cpu().clone()
                 if directory is not None:
                     save_pruned(gated, directory, str(context.prepared.source.path))
+    losses = parallel.mean(torch.stack(losses).float())   # each step's loss, averaged over the processes
     history = [(*row, loss, count) for row, loss, count in
-               zip(steps_run, torch.stack(losses).float().cpu().tolist(), torch.stack(nonzero).cpu().tolist())]
+               zip(steps_run, losses.cpu().tolist(), torch.stack(nonzero).cpu().tolist())]
     return {"snapshots": snapshots, "history": history, "learned": learned}

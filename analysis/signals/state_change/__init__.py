@@ -2,6 +2,7 @@
 
 value for block i = mean over validation examples of ||R_{i+1} - R_i|| / ||R_i||, with R_0 the
 embedding output. Layer-level (module = "block"); a simple signal that exercises the capture path.
+Data-parallel: each process sums over its batches; the sums and counts are added over the processes.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from analysis.signals import parallel
 from analysis.signals.registry import Signal, register
 from analysis.store.cache import Result
 
@@ -17,6 +19,11 @@ from analysis.store.cache import Result
 @dataclass
 class StateChangeConfig:
     pooling: str = field(default="mean", metadata={"choices": ("auto", "cls", "last", "mean", "tokens"), "help": "auto, cls, last, mean or tokens"})
+
+    @property
+    def depends_on_processes(self) -> bool:
+        """Sampled tokens come from each process's own random stream, so they depend on the number of processes."""
+        return self.pooling == "tokens"
 
 
 def compute(context, config: StateChangeConfig) -> Result:
@@ -28,7 +35,7 @@ def compute(context, config: StateChangeConfig) -> Result:
         batch_sum = change.sum(dim=1).double().cpu()
         sums = batch_sum if sums is None else sums + batch_sum
         count += change.shape[1]
-    values = (sums / count).tolist()
+    values = (parallel.sum_([sums])[0] / parallel.total(count)).tolist()
     table = pd.DataFrame({"signal": "state_change", "layer": range(len(values)), "module": "block",
                           "value": values})
     return Result(table)
