@@ -791,3 +791,19 @@ def test_switching_to_a_run_of_other_signals_keeps_methods_chosen(cache_dir, app
     no_exception(app)
     assert methods() == ["cka"] and planned() == ["uniform", "cka"]   # id stays off
 
+
+def test_each_choice_of_run_takes_effect_at_once(cache_dir):
+    """The Run box stays one widget whichever run is current: a run chosen right after a switch is opened at once
+    (an unkeyed box became a new widget when the current run changed, and dropped that choice)."""
+    fill(cache_dir, MINILM, signals=("cka",))
+    fill(cache_dir, dataclasses.replace(MINILM, val_size=32), signals=("cka",))
+    from analysis.store.runs import runs
+
+    labels = {run.key: run.label for run in runs(Store(cache_dir), None)}
+    app = run_page("budget")
+    newest, older = app.selectbox[0].options
+    for label in (older, newest, older):
+        app.selectbox[0].set_value(label).run()
+        no_exception(app)
+        assert app.selectbox[0].options[app.selectbox[0].index] == label
+        assert label.startswith(labels[app.session_state["current_run"]])   # the run the page plans for
