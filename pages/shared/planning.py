@@ -64,6 +64,19 @@ def module_types_control(container, layout) -> tuple[str, ...]:
     return tuple(value)
 
 
+def chosen_methods(available: list[str]) -> list[str]:
+    """The methods to plan for this run: each one it offers that the user has not turned off. What is kept is the
+    methods turned off (on any run), not those chosen, so a switch to a run of other signals never empties the
+    choice, and a method turned off stays off on every run that has it."""
+    state = st.session_state
+    off = set(state.get("plan_methods_off", ()))
+    shown, offered = state.get("plan_methods"), state.get("plan_methods_offered")
+    if shown is not None and offered is not None:   # the multiselect as last drawn: what it offered, what it held
+        off = (off | set(offered)) - set(shown)
+    state["plan_methods_off"] = off
+    return [m for m in available if m not in off]
+
+
 def current_budget() -> str:
     """The budget last set on the Budget or Retrain page, as a budget string (r4 by default)."""
     state = st.session_state
@@ -81,7 +94,8 @@ def budget_controls(layout, available: list[str], titles: dict[str, str]) -> tup
     state.setdefault("budget_params", uniform_cost(layout, 4))
     for key in LIMIT_KEYS:
         state.setdefault(key, getattr(DEFAULT_LIMITS, key))
-    state["plan_methods"] = [m for m in state.get("plan_methods", available) if m in available]
+    state["plan_methods"] = chosen_methods(available)
+    state["plan_methods_offered"] = available
     left, right = st.columns(2)
     unit = left.radio("Budget as", ["average rank", "parameters"], horizontal=True, key="budget_unit")
     if unit == "average rank":
@@ -147,7 +161,7 @@ def current_plans(run: Run, signals: dict[str, Signal]):
     _, layout = planning(run)
     state = st.session_state
     available = [name for name in signals if name in run.entries]
-    methods = [m for m in state.get("plan_methods", available) if m in available]
+    methods = chosen_methods(available)
     blend = state.get("plan_blend", "").strip()
     limits = limits_or_stop({**{key: state.get(key, getattr(DEFAULT_LIMITS, key)) for key in LIMIT_KEYS},
                              "module_types": chosen_module_types(layout)})

@@ -16,6 +16,7 @@ from analysis.store.runs import Run, describe_options, runs
 from analysis.store.cache import Store
 
 RUN_KEY = "current_run"   # the run every page opens with: the one last chosen on any page
+RUN_CHOICE = "run_choice"  # the Run select box's own state
 # Choices that span pages (app.py keeps them alive): the budget and plan limits, the export style.
 PERSISTENT_KEYS = ("budget_unit", "budget_rank", "budget_params", "plan_methods", "plan_blend", "min_rank",
                    "max_rank", "block_rank", "block_count", "plan_difference", "export_width", "export_grayscale")
@@ -51,18 +52,27 @@ def keep(*keys: str) -> None:
 
 def choose_run(signals: set[str] | None, empty_message: str, found: list[Run] | None = None) -> Run:
     """A select box over the runs holding any of `signals` (any signal: None; or the runs a page already
-    read, `found`), opened on the current run; stops the page with `empty_message` if there is none."""
+    read, `found`), opened on the current run; stops the page with `empty_message` if there is none.
+
+    The box has a key of its own, so that it stays one widget whichever run is current (without a key, its
+    identity would follow the option it opens on, and the choice made in it would be dropped on the rerun it
+    starts); a choice there becomes the current run before the page runs again."""
     found = runs(Store(), signals) if found is None else found
     if not found:
         st.info(empty_message)
         st.stop()
-    keys = [r.key for r in found]
+    by_key = {r.key: r for r in found}
     current = st.session_state.get(RUN_KEY)
+    st.session_state[RUN_CHOICE] = current if current in by_key else found[0].key
     differences = run_differences(found)
-    chosen = st.selectbox("Run", found, index=keys.index(current) if current in keys else 0,
-                          format_func=lambda r: " · ".join(filter(None, [r.label, differences[r.key]])))
-    st.session_state[RUN_KEY] = chosen.key
-    return chosen
+    chosen = st.selectbox("Run", list(by_key), key=RUN_CHOICE, on_change=_run_chosen,
+                          format_func=lambda key: " · ".join(filter(None, [by_key[key].label, differences[key]])))
+    st.session_state[RUN_KEY] = chosen
+    return by_key[chosen]
+
+
+def _run_chosen() -> None:
+    st.session_state[RUN_KEY] = st.session_state[RUN_CHOICE]
 
 
 # Already in Run.label, or the same for every run of a cache by construction.

@@ -1,72 +1,19 @@
 """End to end: the dashboard served by Streamlit, opened in headless Chromium (Debian package)."""
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from analysis.settings import RunSettings
 from analysis.store.cache import Store
+from tests.pages.browser import CHROMIUM_FLAGS, chromium_path, launch_comparison, requests_leaving_localhost, serve
 from tests.synthetic_store import fill
-
-REPO = Path(__file__).resolve().parents[2]
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def chromium_path() -> str:
-    path = os.environ.get("BROWSER_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
-    assert path, "Debian's chromium is needed for the browser test: apt-get install chromium"
-    return path
-
-
-def requests_leaving_localhost(page) -> list[str]:
-    """Every request the page makes to anywhere but this machine (the dashboard must work offline); the list
-    fills as the page runs."""
-    outside = []
-
-    def record(request):
-        if not request.url.startswith(("http://127.0.0.1", "http://localhost", "ws://127.0.0.1", "data:", "blob:")):
-            outside.append(request.url)
-    page.on("request", record)
-    return outside
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
 def dashboard(cache_dir):
-    port = free_port()
-    # The jobs the pages start inherit OMP_NUM_THREADS: on CI's two cores, shared with this server and chromium,
-    # a retrain with two BLAS threads took three times as long as with one.
-    env = {**os.environ, "ANALYSIS_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                               "--server.port", str(port), "--server.address", "127.0.0.1",
-                               "--browser.gatherUsageStats", "false"], cwd=REPO, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "streamlit did not start"
-                time.sleep(0.5)
+    with serve(cache_dir) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -146,12 +93,7 @@ def test_launching_a_comparison_from_the_browser_trains_and_shows_results(dashbo
         outside = requests_leaving_localhost(page)
         page.goto(dashboard)
         page.get_by_text("Retrain and compare").first.click()
-        page.get_by_text("Plans at this budget").wait_for(timeout=60_000)
-        page.get_by_label("Seeds").fill("0,1")
-        page.get_by_label("Steps").fill("4")
-        page.get_by_label("Test examples (0 = all)").fill("16")
-        page.get_by_role("textbox", name="Tune learning rate over").fill("")   # two seeds at one rate: 4 runs
-        page.get_by_role("button", name="Retrain and compare").click()
+        launch_comparison(page, seeds="0,1", steps=4, test_size=16)   # two seeds at one rate: 4 runs
         page.get_by_text("Compare at r4").first.wait_for(timeout=60_000)   # the job panel picked it up
         page.get_by_text("Mean ± standard deviation over the seeds that trained").wait_for(timeout=300_000)
         page.locator("th", has_text="accuracy (%)").first.wait_for(state="attached", timeout=30_000)  # the grid
@@ -183,14 +125,7 @@ def test_a_comparison_at_two_budgets_draws_the_budget_curve_and_the_table_in_chr
         page = browser.new_page(viewport={"width": 1400, "height": 2200})
         outside = requests_leaving_localhost(page)
         page.goto(f"{dashboard}/retrain")
-        page.get_by_text("Plans at this budget").wait_for(timeout=90_000)
-        page.get_by_label("Seeds").fill("0")
-        page.get_by_label("Steps").fill("30")   # enough for runs that train (an untrained run draws no line)
-        page.get_by_label("Learning rate (without tuning)").fill("0.003")
-        page.get_by_label("Test examples (0 = all)").fill("32")
-        page.get_by_role("textbox", name="Budgets").fill("r1,r2")   # the label also names its help button
-        page.get_by_role("textbox", name="Tune learning rate over").fill("")
-        page.get_by_role("button", name="Retrain and compare").click()
+        launch_comparison(page, seeds="0", steps=30, test_size=32, lr=0.003, budgets="r1,r2")
         page.get_by_text("Compare at r1, r2").first.wait_for(timeout=60_000)
         page.get_by_text("Budget curve").wait_for(timeout=900_000)   # CI: two cores shared with the server
         curve = page.locator(".js-plotly-plot", has_text="Trainable LoRA parameters")

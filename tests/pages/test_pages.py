@@ -8,6 +8,7 @@ the figures' own code.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -758,3 +759,51 @@ def test_switching_runs_between_models_keeps_each_models_limits(tmp_path, monkey
     app.switch_page("pages/retrain.py").run()
     no_exception(app)
     assert module_types(app).value == ["query", "value"] and app.dataframe
+
+
+def test_switching_to_a_run_of_other_signals_keeps_methods_chosen(cache_dir, app_navigation):
+    """Runs with different signals: each switch plans every method the run offers (never none, which would leave
+    only uniform LoRA and Retrain's button disabled), and a method turned off stays off when its run comes back."""
+    fill(cache_dir, MINILM, signals=("cka", "id"))
+    fill(cache_dir, dataclasses.replace(MINILM, val_size=32), signals=("shapley", "sora"))
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    app.switch_page("pages/budget.py").run()
+    run = lambda signals: next(label for label in app.selectbox[0].options   # noqa: E731
+                               if f"{16 if 'cka' in signals else 32} validation examples" in label)
+
+    def methods():
+        return next(m for m in app.multiselect if m.label.startswith("Methods")).value
+
+    def planned():
+        return app.dataframe[0].value["method"].tolist()
+
+    app.selectbox[0].set_value(run("cka")).run()
+    assert methods() == ["cka", "id"] and planned() == ["uniform", "cka", "id"]
+    next(m for m in app.multiselect if m.label.startswith("Methods")).set_value(["cka"]).run()
+    assert planned() == ["uniform", "cka"]
+    app.selectbox[0].set_value(run("shapley")).run()
+    no_exception(app)
+    assert methods() == ["shapley", "sora"] and planned() == ["uniform", "shapley", "sora"]
+    app.switch_page("pages/retrain.py").run()
+    assert planned() == ["uniform", "shapley", "sora"]
+    assert not next(b for b in app.button if b.label == "Retrain and compare").disabled
+    app.selectbox[0].set_value(run("cka")).run()
+    no_exception(app)
+    assert methods() == ["cka"] and planned() == ["uniform", "cka"]   # id stays off
+
+
+def test_each_choice_of_run_takes_effect_at_once(cache_dir):
+    """The Run box stays one widget whichever run is current: a run chosen right after a switch is opened at once
+    (an unkeyed box became a new widget when the current run changed, and dropped that choice)."""
+    fill(cache_dir, MINILM, signals=("cka",))
+    fill(cache_dir, dataclasses.replace(MINILM, val_size=32), signals=("cka",))
+    from analysis.store.runs import runs
+
+    labels = {run.key: run.label for run in runs(Store(cache_dir), None)}
+    app = run_page("budget")
+    newest, older = app.selectbox[0].options
+    for label in (older, newest, older):
+        app.selectbox[0].set_value(label).run()
+        no_exception(app)
+        assert app.selectbox[0].options[app.selectbox[0].index] == label
+        assert label.startswith(labels[app.session_state["current_run"]])   # the run the page plans for
