@@ -206,7 +206,8 @@ def learning_curves_figure(curves: pd.DataFrame, title: str = "", smooth: int = 
     """Training loss per step for each run (`run`, `step`, `loss`), a running mean over `smooth` steps."""
     figure = go.Figure()
     runs = list(dict.fromkeys(curves["run"]))
-    colours = sample_colorscale(HEATMAP_SCALE, [i / max(1, len(runs) - 1) * 0.9 for i in range(len(runs))])
+    # From 0.2: viridis below that is a dark purple that vanishes into the dark theme's background.
+    colours = sample_colorscale(HEATMAP_SCALE, [0.2 + 0.65 * i / max(1, len(runs) - 1) for i in range(len(runs))])
     for run, colour in zip(runs, colours):
         rows = curves[curves["run"] == run].sort_values("step")
         figure.add_trace(go.Scatter(x=rows["step"], y=rows["loss"].rolling(smooth, min_periods=1).mean(),
