@@ -69,7 +69,8 @@ with st.form("setup"):
     chosen = st.multiselect("Signals", list(signals), default=cheap,
                             help="Signals that train a model are left out by default on a CPU; see their costs below.")
     st.dataframe(pd.DataFrame({"signal": list(signals), "what": [s.title for s in signals.values()],
-                               "cost here": [cost_text(n) for n in signals]}), hide_index=True)
+                               "cost here": [cost_text(n) for n in signals]}), hide_index=True,
+                 column_config={"cost here": st.column_config.TextColumn(width=540)})   # the warm-up's note whole
     st.caption(f"Costs are the medians of earlier runs of {model or 'this model'} on this kind of device."
                if costs else "No earlier runs of this model on this kind of device: the costs are rough guides.")
     force = st.checkbox("Recompute even when cached")

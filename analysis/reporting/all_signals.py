@@ -63,8 +63,9 @@ def layer_curves_figure(frames: dict[str, pd.DataFrame]) -> go.Figure:
         table = table.sort_values("layer")
         if "stderr" in table:
             figure.add_trace(error_band(table["layer"], table["value"] / scale, table["stderr"] / scale, colour, 0.2))
+        repeat = index // len(OKABE_ITO)   # more signals than colours: a colour's second line is dashed
         figure.add_trace(go.Scatter(x=table["layer"], y=table["value"] / scale, mode="lines+markers",
-                                    name=name, line={"color": colour},
+                                    name=name, line={"color": colour, "dash": ["solid", "dash", "dot"][repeat % 3]},
                                     marker={"symbol": index % 24}, customdata=table["value"],
                                     hovertemplate=f"{name}<br>layer %{{x}}<br>"
                                                   "%{customdata:.4g}<extra></extra>"))

@@ -120,11 +120,16 @@ def side_by_side_heatmaps(frames: dict[str, pd.DataFrame], titles: dict[str, str
     annotations = [{"text": titles.get(name, name), "x": starts[i] + spans[i] / 2, "y": 1.0, "xref": "paper",
                     "yref": "paper", "xanchor": "center", "yanchor": "bottom", "showarrow": False}
                    for i, name in enumerate(names)]
+    # Room below the panels for the longest module name at -60 degrees (automargin alone gives up when many
+    # panels share the height, and cut 'attention.output.dense' off), then for the legend under the names.
+    longest = max(len(str(module)) for name in names for module in frames[name]["module"].unique())
+    bottom = round(6 * longest) + 30 + (30 if undefined else 0)
     return go.Figure(traces, {
         **layout, "yaxis": {"title": "layer", "autorange": "reversed", "dtick": 1 if len(layers) <= 40 else 2},
         **scales, "annotations": annotations, "showlegend": undefined,
-        "legend": {"orientation": "h", "x": 0, "y": -0.25, "yanchor": "top"},
-        "height": max(360, 22 * len(layers) + 180), "margin": {"l": 60, "r": 20, "t": 60, "b": 80}})
+        "legend": {"orientation": "h", "x": 0, "y": 0, "yref": "container", "yanchor": "bottom"},
+        "height": max(360, 22 * len(layers) + 180) + max(0, bottom - 80),
+        "margin": {"l": 60, "r": 20, "t": 60, "b": bottom}})
 
 
 def module_heatmap(modules: pd.DataFrame, title: str = "", value_label: str = "value",
@@ -206,7 +211,8 @@ def learning_curves_figure(curves: pd.DataFrame, title: str = "", smooth: int = 
     """Training loss per step for each run (`run`, `step`, `loss`), a running mean over `smooth` steps."""
     figure = go.Figure()
     runs = list(dict.fromkeys(curves["run"]))
-    colours = sample_colorscale(HEATMAP_SCALE, [i / max(1, len(runs) - 1) * 0.9 for i in range(len(runs))])
+    # From 0.2: viridis below that is a dark purple that vanishes into the dark theme's background.
+    colours = sample_colorscale(HEATMAP_SCALE, [0.2 + 0.65 * i / max(1, len(runs) - 1) for i in range(len(runs))])
     for run, colour in zip(runs, colours):
         rows = curves[curves["run"] == run].sort_values("step")
         figure.add_trace(go.Scatter(x=rows["step"], y=rows["loss"].rolling(smooth, min_periods=1).mean(),

@@ -175,7 +175,7 @@ def summary_table(outcomes: list[Outcome], amount: int) -> None:
     table = summary(outcomes, amount)
     planned = table.dropna(subset=["trainable params"]) if "trainable params" in table else table.iloc[0:0]
     if len(planned):
-        st.dataframe(planned.drop(columns="note"), hide_index=True,
+        st.dataframe(planned.drop(columns="note"), hide_index=True, height=35 * (len(planned) + 1) + 3,  # every row
                      column_config={"trainable params": st.column_config.NumberColumn(format="localized"),
                                     "of budget": st.column_config.NumberColumn(format="percent")})
     for row in table.itertuples(index=False):

@@ -12,6 +12,7 @@ from analysis.jobs import launch as jobs
 from analysis.reporting.exhibits import Exhibit, render
 from analysis.reporting.figures import learning_curves_figure
 from analysis.reporting.paper import FORMATS, MIME, WIDTHS
+from analysis.reporting.screen import on_screen
 from analysis.store.runs import Run, describe_options, runs
 from analysis.store.cache import Store
 
@@ -115,10 +116,16 @@ def download_buttons(exhibit: Exhibit, formats, container=st, key: str = "{fmt}-
                                key=key.format(fmt=fmt, name=exhibit.name), on_click="ignore")
 
 
+def dark_theme() -> bool:
+    """Whether the page is drawn in the dark theme: the server's configured theme, or the one the browser reports
+    (Streamlit may not know that one yet on a session's first run)."""
+    return st.get_option("theme.base") == "dark" or st.context.theme.type == "dark"
+
+
 def show(exhibit: Exhibit, figure=None) -> None:
-    """A figure on the page (`figure` when already built) with a Download popover: PDF, SVG and PNG of it in
-    paper style, and the CSV behind it."""
-    st.plotly_chart(figure or exhibit.figure(), key=f"chart-{exhibit.name}")
+    """A figure on the page (`figure` when already built), readable in the light and the dark theme, with a
+    Download popover: PDF, SVG and PNG of it in paper style, and the CSV behind it."""
+    st.plotly_chart(on_screen(figure or exhibit.figure(), dark_theme()), key=f"chart-{exhibit.name}")
     width, grayscale = export_style()
     with st.popover("Download", icon=":material/download:"):
         st.caption(f"Paper style: {WIDTHS[width]} in wide{', grayscale' if grayscale else ''} "
@@ -173,4 +180,5 @@ def job_panel(store: Store, verbs: set[str], limit: int = 5, curves: bool = Fals
         if curves and job.state in ("running", "died", "cancelled"):
             curve = job.curve
             if len(curve):
-                st.plotly_chart(learning_curves_figure(curve, f"Training loss: {title}"), key=f"curve-{job.id}")
+                st.plotly_chart(on_screen(learning_curves_figure(curve, f"Training loss: {title}"), dark_theme()),
+                                key=f"curve-{job.id}")

@@ -74,8 +74,8 @@ def table_rows(page, nth: int = 0) -> dict[str, list[str]]:
     """The rows of the page's nth data frame by their first cell, read from its accessible table (which the grid
     draws a few seconds after its canvas, and re-draws a moment after new data)."""
     frame = page.locator("[data-testid=stDataFrame]").nth(nth)
-    return {cells[0]: cells for cells in (row.locator("td").all_text_contents() for row in frame.locator("tbody tr").all())
-            if cells}
+    rows = (row.locator("td").all_text_contents() for row in frame.locator("tbody tr").all())
+    return {cells[0]: cells for cells in rows if cells}
 
 
 def plan_rows(page, amount: int, methods: list[str]) -> dict[str, list[str]]:
