@@ -22,8 +22,6 @@ MINILM_TYPES = ["query", "key", "value", "attention.output.dense", "intermediate
 SMOLLM2_TYPES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEAD_END = "No module type may receive rank"
 DURATION = r"(\d+ s|\d+ min \d\d s)"   # analysis.jobs.launch.duration
-
-
 MINILM = RunSettings(val_size=16, batch_size=8, max_length=32, device="cpu")
 SMOLLM2 = RunSettings(model="smollm2", val_size=8, batch_size=8, max_length=32, device="cpu")
 MINILM_METHODS = ["adalora", "cka", "grad_norm", "id", "shapley", "sora", "state_change"]   # the registry's order
@@ -203,6 +201,7 @@ def test_setup_follows_smollm2_without_a_label_column_and_with_costs_from_its_ea
         assert page.get_by_label("Text column").count() == 1, page.get_by_label("Text column").count()
         assert page.get_by_label("Hub name or local directory").count() == 0
         page.get_by_text("Costs are the medians of earlier runs of smollm2 on this kind of device").wait_for()
+
         def smollm2_costs():   # the table re-drawn for SmolLM2: its state_change run has a cost
             costs = {name: row[2] for name, row in table_rows(page).items()}
             return costs if costs.get("state_change", "").startswith("about") else None
