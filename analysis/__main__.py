@@ -259,6 +259,7 @@ def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from analysis.settings import DEFAULT_GRID
     parser = Parser(prog="python -m analysis", description="Layer and rank importance for LoRA.")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
     run = verbs.add_parser("run", help="compute signals (cached) for a model and dataset")
@@ -301,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
     comparison.add_argument("--budgets", default=None, help="comma-separated budgets for a budget curve, such as "
                             "r1,r2,r4,r8 (default: --budget)")
-    comparison.add_argument("--tune-lr", default="1e-4,3e-4,1e-3,3e-3", metavar="RATES",
+    comparison.add_argument("--tune-lr", default=",".join(f"{rate:g}" for rate in DEFAULT_GRID), metavar="RATES",
                             help="learning rates tried per method and budget with the first seed, chosen on "
                             "validation; 'off' trains every run at --lr (default: %(default)s)")
     comparison.add_argument("--out", type=Path, default=None, help="also write summary.csv, table.csv, table.md, "

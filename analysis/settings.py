@@ -27,6 +27,11 @@ def setting(default, help: str, *, flag: str | None = None, minimum=None, maximu
                                             "choices": choices, "above": above})
 
 
+def choices_of(group, name: str) -> tuple:
+    """The values a setting accepts, as its field declares them (for pages' select boxes)."""
+    return next(f for f in dataclasses.fields(group) if f.name == name).metadata["choices"]
+
+
 def _fractions(text) -> tuple[float, float, float]:
     if isinstance(text, (list, tuple)):
         parts = tuple(float(p) for p in text)
@@ -157,6 +162,10 @@ class RunSettings:
 
     def __post_init__(self):
         _check(self)
+
+
+# Learning rates a comparison tries per method and budget (chosen on validation with the first seed).
+DEFAULT_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 
 
 @dataclass(frozen=True)

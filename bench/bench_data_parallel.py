@@ -1,5 +1,5 @@
 """Benchmark: the analyses data-parallel, one process per GPU. Run it once per process count and compare
-the throughputs (issue 17's targets: >= 1.8x on two GPUs for Shapley and for the capture signals):
+the throughputs (targets: >= 1.8x on two GPUs for Shapley and for the capture signals):
 
     torchrun --standalone --nproc_per_node 1 bench/bench_data_parallel.py --model /tmp/llama-1b-shape
     torchrun --standalone --nproc_per_node 2 bench/bench_data_parallel.py --model /tmp/llama-1b-shape

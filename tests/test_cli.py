@@ -95,7 +95,7 @@ def test_a_closed_pipe_is_not_an_error(cache_dir):
 
 @pytest.mark.slow
 def test_eva_alpha_gora_run_and_plan_on_a_tiny_decoder(cache_dir, tmp_path):
-    """Issue 16's command lines: the three allocators through `run`, then a peft plan at r2 and r8 each."""
+    """The allocators' command lines: the three allocators through `run`, then a peft plan at r2 and r8 each."""
     import json
 
     import torch

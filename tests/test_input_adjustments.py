@@ -1,4 +1,4 @@
-"""Issue 18, the inputs that are not refused but adjusted or reported: rows left out, a --val-size or --max-length
+"""The inputs that are not refused but adjusted or reported: rows left out, a --val-size or --max-length
 beyond what there is, too few examples for a signal, duplicate points for the ID estimators; and the rules that
 must be the same everywhere (which cached entry a command uses), the plan JSON applied by hand, one-seed
 comparisons."""

@@ -1,4 +1,4 @@
-"""Every input a researcher can type gets a clear answer (issue 18): one row per bad input, run through the real
+"""Every input a researcher can type gets a clear answer: one row per bad input, run through the real
 command line in-process, must end with exit code 2, one sentence on stderr, no traceback and no cache entry; the
 inputs that are adjusted instead (rows left out, a --val-size or --max-length beyond what there is) say so."""
 from __future__ import annotations

@@ -159,7 +159,7 @@ def figure_bytes(figure: go.Figure, fmt: str, title: str = "") -> bytes:
 def _pdf_without_margins() -> None:
     """kaleido prints a PDF page of the figure's size with 0.1 in margins, so Chromium shrinks the figure to fit:
     a 3.4 in figure's 7.5 pt text came out at 7.1 pt. Print with no margins instead, so one CSS pixel is 0.75 pt
-    exactly (kaleido 1.5's print_pdf, replaced at its module; tests/test_paper_pdf.py reads the sizes back)."""
+    exactly (kaleido 1.5's print_pdf, replaced at its module; tests/reporting/test_paper_pdf.py reads the sizes back)."""
     from kaleido._kaleido_tab import _devtools_utils as tools
 
     if getattr(tools.print_pdf, "without_margins", False):

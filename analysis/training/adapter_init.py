@@ -20,7 +20,6 @@ import torch
 from analysis.model.capture import tokenize_batches
 from analysis.signals.context import with_lm_labels
 
-INITS = ("default", "eva", "gora")
 PREFIX = "base_model.model."
 GORA_GAMMA = 0.02   # GoRA's --gora-stable-gemma default
 

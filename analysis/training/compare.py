@@ -28,7 +28,7 @@ import pandas as pd
 
 from analysis.errors import UserError
 from analysis.jobs.progress import phase
-from analysis.settings import Limits, PlanOptions, RunSettings, TrainSettings, to_dict
+from analysis.settings import DEFAULT_GRID, Limits, PlanOptions, RunSettings, TrainSettings, to_dict
 from analysis.signals.context import prepare
 from analysis.store.hashing import hash_json
 from analysis.planning.methods import UNIFORM, layout_for, make_plan
@@ -40,7 +40,6 @@ METRICS = {"classification": ["accuracy", "f1", "test_loss"], "causal-lm": ["tes
 # learning-rate choice use it. For a decoder that is the loss (perplexity is its exponential; the curve shows it).
 PRIMARY = {"classification": ("accuracy", True), "causal-lm": ("test_loss", False)}
 CURVE = {"classification": "accuracy", "causal-lm": "perplexity"}
-DEFAULT_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 LEVEL = 0.95
 
 

@@ -1,5 +1,7 @@
 """The budget and the plans at it, shared by the Budget and Retrain pages: the controls (so a budget set on one
 page is the budget on the other), the run's layout and scores read once, and the preview at the budget."""
+import dataclasses
+
 import streamlit as st
 
 from analysis.planning.allocate import parse_budget, uniform_cost
@@ -14,7 +16,8 @@ from analysis.store.cache import Store
 
 
 DEFAULT_LIMITS = Limits()
-LIMIT_KEYS = ("min_rank", "max_rank", "block_rank", "block_count")   # limits kept in session state by these names
+# Limits kept in session state under their field names; the module types have their own chooser.
+LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(Limits) if f.name != "module_types")
 
 
 @st.cache_resource(show_spinner="Reading the model's layout from its config", max_entries=8)

@@ -1,4 +1,4 @@
-"""End to end, as a first-time researcher meets the dashboard (issue 19): runs of two different models on the
+"""End to end, as a first-time researcher meets the dashboard: runs of two different models on the
 Budget and Retrain pages, a running comparison's progress and its too-small warning, and the Setup page
 following the chosen model. A real `streamlit run` server, Debian's chromium, and no request may leave this
 machine."""

@@ -1,4 +1,4 @@
-"""The allocators practitioners already have (issue 16), each against its own reference:
+"""The allocators practitioners already have, each against its own reference:
 EVA against peft's get_eva_state_dict, alpha against the weightwatcher package, GoRA against a slow
 float64 loop on a tiny decoder."""
 import numpy as np

@@ -1,6 +1,7 @@
 """Registered signals: the tidy-table contract, and each signal against a direct reference computation."""
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,9 @@ from analysis.settings import RunSettings
 from analysis.errors import UserError
 from analysis.signals.registry import TIDY_COLUMNS, all_signals, get_signal, make_config
 from analysis.store.cache import Store
+from analysis.planning.methods import layout_for
 from tests.conftest import reference_states
+from tests.synthetic_store import MAKERS
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,8 @@ SHORT = {"shapley": {"warmup_steps": "4", "samples": "4", "min_samples": "2"}, "
 @pytest.mark.parametrize("name", sorted(all_signals()))
 def test_every_signal_returns_a_tidy_table(context, name):
     signal = get_signal(name)
-    table = signal.compute(context, make_config(signal, SHORT.get(name))).table
+    result = signal.compute(context, make_config(signal, SHORT.get(name)))
+    table = result.table
     assert list(table.columns[:4]) == list(TIDY_COLUMNS)
     assert (table["signal"] == name).all()
     # A value may be missing only where the signal says why (CKA with a constant state).
@@ -35,6 +39,12 @@ def test_every_signal_returns_a_tidy_table(context, name):
     assert table["layer"].between(0, 5).all() and set(table["layer"]) == set(range(6))
     assert all(column in ("stderr", "rank") or column not in ("signal", "layer", "module", "value")
                for column in table.columns[4:])
+    if name in MAKERS:   # the page tests' synthetic results must keep the real schema
+        modules = list(layout_for(context.prepared.identity).modules)
+        fake = MAKERS[name](modules, sorted({m.layer for m in modules}), np.random.default_rng(0))
+        assert list(fake.table.columns) == list(table.columns)
+        assert {key: list(frame.columns) for key, frame in fake.tables.items()} == \
+            {key: list(frame.columns) for key, frame in result.tables.items()}
 
 
 def test_grad_norm_equals_one_full_batch_gradient(context):

@@ -304,7 +304,7 @@ def test_causal_lm_comparison_reports_loss_and_perplexity_per_budget(cache_dir, 
 
 @pytest.mark.slow
 def test_the_default_settings_train_uniform_rank_4_for_every_seed(cache_dir):
-    """Issue 15: with the retrain defaults, uniform LoRA at r4 on the embedded MiniLM and Rotten Tomatoes
+    """With the retrain defaults, uniform LoRA at r4 on the embedded MiniLM and Rotten Tomatoes
     reaches 78% test accuracy on the whole test split for each of seeds 0-4, and no run collapses."""
     from analysis.planning.methods import make_plan
     from analysis.settings import RunSettings
