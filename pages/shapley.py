@@ -2,11 +2,9 @@
 AdaLoRA's sensitivity and with the exact Shapley value where it was enumerated: all read from the store."""
 import streamlit as st
 
-from analysis.reporting.exhibits import signal_exhibits
-from analysis.reporting.figures import agreement_figure
+from analysis.reporting.exhibits import agreement_exhibit, signal_exhibits
 from analysis.signals.shapley.shapley_figures import reading_of
-from analysis.signals.tidy import spearman
-from pages.shared.widgets import chart, choose_run, pick, show
+from pages.shared.widgets import choose_run, pick, show
 
 st.title("Shapley sensitivity (ShapLoRA)")
 st.caption("Each LoRA rank's importance for lowering the validation loss, estimated from gate gradients at "
@@ -26,13 +24,12 @@ adalora_entry = pick(run, "adalora", "AdaLoRA options")
 
 if shapley_entry is None:
     st.info("Shapley sensitivity is not computed for this run yet (signal `shapley`).")
-    shapley_modules = None
 else:
     meta, exhibits = shapley_entry.meta, {e.name: e for e in signal_exhibits(shapley_entry)}
     reading = reading_of(shapley_entry)
     split = meta.get("split") or meta.get("config", {}).get("split", "validation")
     st.info(f"These tables hold {READINGS.get(reading, reading)}, measured on the **{split}** split.")
-    table, shapley_modules = shapley_entry.table(), shapley_entry.table("modules")
+    table = shapley_entry.table()
     left, middle, right = st.columns(3)
     left.metric("Coalition samples", meta.get("samples"))
     middle.metric("Loss, all ranks on", f"{meta.get('loss_all_ranks', float('nan')):.4f}")
@@ -50,13 +47,8 @@ else:
             show(exhibits[name])
 
 st.header("Agreement")
-if shapley_modules is not None and adalora_entry is not None:
-    adalora_modules = adalora_entry.table("modules")
-    rho = spearman(shapley_modules, adalora_modules)
-    chart(agreement_figure(shapley_modules, adalora_modules, "Shapley", "AdaLoRA",
-                           title=f"Shapley vs AdaLoRA sensitivity per module: Spearman {rho:.2f}"),
-          lambda: shapley_modules.merge(adalora_modules, on=["layer", "module"], suffixes=("_shapley", "_adalora")),
-          "shapley_vs_adalora")
+if shapley_entry is not None and adalora_entry is not None:
+    show(agreement_exhibit(shapley_entry, adalora_entry, "Shapley", "AdaLoRA"))
 elif adalora_entry is not None:
     show(signal_exhibits(adalora_entry)[0])
     st.info("Compute `shapley` for this run to compare it with AdaLoRA's sensitivity.")

@@ -4,6 +4,7 @@ import streamlit as st
 
 from analysis.reporting.exhibits import signal_exhibits
 from analysis.reporting.figures import module_heatmap
+from analysis.signals.sora.sora_figures import r_max_of
 from pages.shared.widgets import chart, choose_run, pick, show
 
 st.title("SoRA gate sparsity")
@@ -41,7 +42,7 @@ shown = snapshots[snapshots["step"] == step]
 stage, xi = shown["stage"].iloc[0], shown["xi"].iloc[0]
 chart(module_heatmap(shown.rename(columns={"nonzero": "value"})[["layer", "module", "value"]],
                      title=f"Non-zero gates at step {step} ({stage}, xi {xi:.3g})",
-                     value_label="non-zero gates", zrange=(0, int(config.get("r_max", 8)))),
+                     value_label="non-zero gates", zrange=(0, r_max_of(entry))),
       lambda: snapshots, "sora_snapshots")
 show(exhibits["sora_rank_histogram"])
 show(exhibits["sora_sparsity_path"])

@@ -25,6 +25,7 @@ from analysis.reporting.all_signals import (agreement, agreement_matrix_figure, 
 from analysis.reporting.paper import FORMATS, figure_bytes, latex_table, paper_style
 from analysis.planning.preview import drawn, plan_table, preview
 from analysis.signals.registry import all_signals
+from analysis.signals.tidy import spearman
 from analysis.store.runs import comparisons, newest_entries, runs
 from analysis.store.cache import Entry
 
@@ -45,6 +46,22 @@ def signal_exhibits(entry: Entry) -> list[Exhibit]:
     if signal is not None and signal.exhibits is not None:
         return signal.exhibits(entry)
     return [Exhibit(name, entry.meta.get("title", name), table, lambda: figures.signal_figure(table()))]
+
+
+def agreement_exhibit(left: Entry, right: Entry, left_name: str, right_name: str) -> Exhibit:
+    """Two signals' per-module tables against each other: each module's position when sorted by one and by
+    the other, titled with their Spearman correlation; the CSV holds both values per module."""
+    a, b = left.meta["signal"], right.meta["signal"]
+
+    def joined() -> pd.DataFrame:
+        return left.table("modules").merge(right.table("modules"), on=["layer", "module"], suffixes=(f"_{a}", f"_{b}"))
+
+    def figure() -> go.Figure:
+        modules_a, modules_b = left.table("modules"), right.table("modules")
+        rho = spearman(modules_a, modules_b)
+        return figures.agreement_figure(modules_a, modules_b, left_name, right_name,
+                                        title=f"{left_name} vs {right_name} per module: Spearman {rho:.2f}")
+    return Exhibit(f"{a}_vs_{b}", f"{left_name} vs {right_name} per module", joined, figure)
 
 
 def overview_exhibits(entries: dict[str, Entry]) -> list[Exhibit]:

@@ -83,8 +83,6 @@ def scheduler_thresholds(xi: float, xi_max: float, rounds: int, grid: str) -> li
     xi_max, without its first (the training threshold)."""
     if rounds <= 0:
         return []
-    if grid == "log":
-        raise UserError("sora.grid 'log' is now called by its official name, exp_linear.")
     if grid not in GRIDS:
         raise UserError(f"sora.grid must be one of {', '.join(GRIDS)}, not '{grid}'.")
     if not 0 < xi < xi_max:

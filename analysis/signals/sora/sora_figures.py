@@ -6,6 +6,12 @@ import plotly.graph_objects as go
 
 from analysis.reporting import figures
 from analysis.reporting.exhibits import Exhibit
+from analysis.signals.sora.gate_training import SoraConfig
+
+
+def r_max_of(entry) -> int:
+    """The gated ranks per module the run started from (its config's r_max)."""
+    return int(entry.meta.get("config", {}).get("r_max", SoraConfig.r_max))
 
 
 def rank_histogram(table: pd.DataFrame, r_max: int, title: str = "") -> go.Figure:
@@ -42,7 +48,7 @@ def sparsity_path_figure(history: pd.DataFrame, schedule: pd.DataFrame, title: s
 
 def exhibits(entry) -> list[Exhibit]:
     table = entry.table
-    r_max = int(entry.meta.get("config", {}).get("r_max", 8))
+    r_max = r_max_of(entry)
     return [
         Exhibit("sora_learned_ranks", "SoRA learned rank per module", table,
                 lambda: figures.module_heatmap(table(), value_label="learned rank", zrange=(0, r_max))),
