@@ -18,7 +18,12 @@ run = choose_run(set(signals), "No signals computed yet: run an analysis on the 
                  "`python -m analysis run`.")
 entries = newest_entries(run, signals)
 missing = [f"{signals[name].title} (`{name}`)" for name in signals if name not in entries]
-st.caption(" · ".join(f"**{name}**: {signals[name].title}" for name in entries))
+
+# The split each entry measured on, where the signal has that option (CKA, EVA, GoRA: train by default, as their
+# sources do; intrinsic dimension, Shapley: validation).
+splits = {name: entry.meta.get("config", {}).get("split") for name, entry in entries.items()}
+st.caption(" · ".join(f"**{name}**: {signals[name].title}" + (f" (**{splits[name]}** split)" if splits[name] else "")
+                      for name in entries))
 if missing:
     st.info(f"Not computed for this run yet: {', '.join(missing)}. Run them on the Setup page.")
 

@@ -77,6 +77,29 @@ def randomize_adapter(gated, generator: torch.Generator, scale: float = 0.3) -> 
     return state
 
 
+def captum_shapley(value, n: int) -> tuple[torch.Tensor, int]:
+    """captum's ShapleyValues of the game `value` (a 0/1 float64 mask of n players -> its worth): input every
+    player on, baseline every player off, one feature per player (feature_mask). For n features captum walks
+    all n! orders exactly, asking for each of the 2^n coalitions many times; each coalition's worth is computed
+    once and remembered. Returns the values (captum sums them in float32) and the number of distinct
+    coalitions captum asked for."""
+    from captum.attr import ShapleyValues
+
+    worth: dict[tuple[int, ...], float] = {}
+
+    def forward(masks: torch.Tensor) -> torch.Tensor:
+        for mask in masks:
+            key = tuple(int(x) for x in mask.tolist())
+            if key not in worth:
+                worth[key] = float(value(mask.to(torch.float64)))
+        return torch.tensor([worth[tuple(int(x) for x in mask.tolist())] for mask in masks], dtype=torch.float64)
+
+    attributions = ShapleyValues(forward).attribute(
+        torch.ones(1, n, dtype=torch.float64), baselines=torch.zeros(1, n, dtype=torch.float64),
+        feature_mask=torch.arange(n).unsqueeze(0), perturbations_per_eval=n)
+    return attributions.reshape(n).double(), len(worth)
+
+
 def tiny_qwen2(layers: int = 2, hidden: int = 32, vocab: int = 128):
     from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(0)

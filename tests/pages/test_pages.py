@@ -599,6 +599,9 @@ def test_overview_names_the_missing_signals_and_still_draws(partial):
     info = " ".join(i.value for i in app.info)
     assert "Shapley sensitivity (ShapLoRA) (`shapley`)" in info and "`adalora`" in info and "`sora`" in info
     assert "`cka`" not in info and "`id`" not in info
+    names = next(c.value for c in app.caption if c.value.startswith("**cka**"))   # each entry's split, as measured
+    assert names == "**cka**: CKA layer importance (**train** split) · **id**: Intrinsic dimension (GeLoRA) " \
+                    "(**validation** split)"
     heatmaps, curves, agreement = chart_specs(app)
     assert panel_titles(heatmaps) == ["cka", "id"]
     assert [t["x"] for t in heatmaps["data"]] == [["block"], ["block"]]

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from analysis.errors import UserError
 from analysis.model.layout import layout_of
 from analysis.planning.allocate import allocate, parse_budget, scores_from_tables
 from analysis.settings import RunSettings
@@ -26,7 +27,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
-    """MiniLM on 12 validation snippets in one batch (EVA's PCA converges on a repeated batch in a few passes)."""
+    """MiniLM on 12 snippets of a split in one batch (EVA's PCA converges on a repeated batch in a few passes)."""
     store = Store(tmp_path_factory.mktemp("allocators-encoder"))
     return AnalysisContext(prepare(RunSettings(val_size=12, batch_size=12, device="cpu"), store))
 
@@ -54,9 +55,10 @@ def _table(context, name, **options):
     return signal.compute(context, make_config(signal, {k: str(v) for k, v in options.items()}))
 
 
-def _tokenized(context):
-    """The validation batches straight from the tokenizer (not through the signal's context.batches)."""
-    frame, size = context.frame(), context.settings.batch_size
+def _tokenized(context, split="train"):
+    """The measured examples of `split` (EVA's and GoRA's default: train) in batches straight from the tokenizer
+    (not through the signal's context.batches)."""
+    frame, size = context.measured(split), context.settings.batch_size
     texts = frame["text"].tolist()
     return [dict(context.loaded.tokenizer(texts[i:i + size], padding=True, truncation=True,
                                           max_length=context.settings.max_length, return_tensors="pt"))
@@ -240,6 +242,32 @@ def test_gora_shares_plan_follows_gora_rule_then_fills(decoder):
         gora = np.round(budget * share).astype(int) // features     # GoRA's moderate rule, no limits
         assert (allocation.ranks >= gora).all() and allocation.cost <= budget
         assert budget - allocation.cost < features.min()            # the fill spent what flooring left
+
+
+# --- EVA and GoRA: the split -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["eva", "gora"])
+def test_eva_and_gora_measure_the_train_split_by_default_and_validation_on_request(decoder, monkeypatch, name):
+    """peft feeds EVA the training dataloader and GoRA averages gradients of training batches: the default entry
+    is computed on exactly the measured train examples, `split=validation` on the validation ones."""
+    from analysis.model import capture
+    fed, tokenize = [], capture.tokenize_batches
+
+    def recording(tokenizer, texts, *args, **kwargs):
+        fed.extend(texts)
+        return tokenize(tokenizer, texts, *args, **kwargs)
+
+    monkeypatch.setattr(capture, "tokenize_batches", recording)
+    train, validation = (decoder.measured(split)["text"].tolist() for split in ("train", "validation"))
+    assert not set(train) & set(validation)
+    default = _table(decoder, name)
+    assert sorted(fed) == sorted(train) and default.meta["split"] == "train"
+    fed.clear()
+    other = _table(decoder, name, split="validation")
+    assert sorted(fed) == sorted(validation) and other.meta["split"] == "validation"
+    assert not np.allclose(default.table["value"], other.table["value"])
+    with pytest.raises(UserError, match="An analysis measures on the validation or train split, not 'test'"):
+        _table(decoder, name, split="test")
 
 
 # --- all three: plans peft accepts ----------------------------------------------------------------------------

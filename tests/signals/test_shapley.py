@@ -1,4 +1,5 @@
-"""The Monte Carlo Shapley estimator against exact enumeration on toys with closed-form value functions."""
+"""The Monte Carlo Shapley estimator against exact enumeration on toys with closed-form value functions, and
+exact enumeration against the textbook loop and captum's ShapleyValues."""
 import itertools
 import math
 
@@ -188,3 +189,15 @@ def test_exact_enumeration_on_games_with_known_shapley_values():
         gradients = torch.stack([_gradient_at(value)(m)[1] for m in masks])
         torch.testing.assert_close(first_order_from_gradients(gradients, 5), exact_first_order_shapley(value, 5),
                                    rtol=1e-12, atol=1e-12)
+
+
+def test_exact_enumeration_equals_captum_shapley_values_on_a_cubic_game():
+    """captum's ShapleyValues (all 720 orders of 6 players) is an independent implementation of the same sum."""
+    from analysis.signals.shapley.exact import all_coalitions, shapley_from_values
+    from tests.conftest import captum_shapley
+
+    value = _cubic(6, seed=6)
+    ours = shapley_from_values(torch.stack([value(m) for m in all_coalitions(6)]), 6)
+    theirs, asked = captum_shapley(value, 6)
+    assert asked == 2 ** 6
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)   # captum sums 720 orders in float32

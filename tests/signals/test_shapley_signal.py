@@ -1,5 +1,5 @@
 """The shapley and adalora signals on real models: warm-up cache, zero ranks, sums, the exact rank-level
-reference on a tiny model, the sensitivity reading, peft's scores."""
+reference on a tiny model (and against captum's ShapleyValues), the sensitivity reading, peft's scores."""
 import contextlib
 
 import pandas as pd
@@ -235,6 +235,32 @@ def test_exact_rank_level_reference_on_a_tiny_model(tiny_gpt2_context):
     assert meta["reference_first_order_gap"] < 0.05 and meta["reference_spearman"] > 0.9
     print(f"first-order gap {meta['reference_first_order_gap']:.3%}, estimate gap {meta['reference_estimate_gap']:.3%}, "
           f"Spearman {meta['reference_spearman']:.3f}")
+
+
+def test_exact_rank_level_reference_equals_captum_shapley_values():
+    """The signal's exact reference (`reference=true`: every coalition of ranks, exact.py's sums) against captum's
+    ShapleyValues on the same game: players are the ranks of a random gated adapter on three modules of a
+    float64 one-block GPT-2 (3 x 2 = 6 ranks, so captum walks all 720 orders), a coalition's worth is the loss
+    reduction with those gates on, the baseline is every gate off."""
+    from analysis.signals.shapley import _exact_reference
+    from tests.conftest import captum_shapley, tiny_gpt2
+
+    model = tiny_gpt2(layers=1).double()
+    modules = adaptable_modules(model)[:3]
+    batches = [random_batch(seed=s) for s in range(2)]
+    for batch in batches:
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with gated_lora(model, modules, r_max=2, alpha=4) as gated:
+        randomize_adapter(gated, torch.Generator().manual_seed(3), 0.3)
+        gated.freeze_adapter(torch.float64)
+        gradient_at, value_at, parts = loss_function(gated, batches, "causal-lm", per_batch=False)
+        shape = tuple(gated.gates.shape)
+        reference, _ = _exact_reference(gradient_at, value_at, parts, shape, modules, torch.zeros(shape), "shapley")
+        theirs, asked = captum_shapley(lambda mask: -value_at(mask.reshape(shape)), 6)
+    assert asked == 2 ** 6 and reference["rank"].tolist() == [0, 1] * 3
+    ours = torch.tensor(reference["exact"].to_numpy())
+    assert ours.abs().min() > 1e-4   # every rank matters, so a swapped player would show
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)   # captum sums 720 orders in float32
 
 
 def test_sensitivity_reading_on_a_tiny_model_is_the_coalition_mean_of_each_gate_sensitivity(tiny_gpt2_context):

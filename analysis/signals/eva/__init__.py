@@ -1,12 +1,14 @@
 """EVA (explained variance adaptation, peft): how much of each layer's input variance its top components hold.
 
-peft's own `get_eva_state_dict` runs on the validation batches: forward passes only, an incremental
+peft's own `get_eva_state_dict` runs on the measured examples: forward passes only, an incremental
 PCA of every target layer's inputs (non-padding tokens), repeated until the components converge
 (cosine similarity >= tau). EVA then pools the explained-variance ratios of the first r * rho
 components of every layer and keeps the best r x (number of layers): its budget counts ranks.
 
-Data: by default all validation examples form ONE step of EVA (one batch). peft streams a training
-dataloader until every kept component is stable; cycling a small, fixed validation set does not get
+Data: the first val_size examples of the train split by default, as peft feeds EVA the training
+dataloader (`initialize_lora_eva_weights` / `get_eva_state_dict`); `split=validation` is our option.
+By default all those examples form ONE step of EVA (one batch). peft streams a training dataloader
+until every kept component is stable; cycling a small, fixed set of examples does not get
 there (on 64 MiniLM snippets in batches of 16, some layers still had only 5 of 16 components stable
 after 40 passes), whereas one step over all of it is the PCA of exactly that data and is stable on
 its repeat (3 forward passes in all). `examples_per_step` > 0 streams as peft does.
@@ -39,27 +41,29 @@ from analysis.store.cache import Result
 
 @dataclass
 class EvaSignalConfig:
+    split: str = field(default="train", metadata={
+        "help": "train (peft feeds EVA the training dataloader) or validation"})
     r: int = field(default=8, metadata={"help": "EVA's initial rank per module (its budget is r x modules ranks)"})
     rho: float = field(default=2.0, metadata={
         "help": "EVA's rho (>= 1): each module may get at most round(r * rho) ranks; peft's default 2"})
     tau: float = field(default=0.99, metadata={
         "help": "EVA's convergence threshold: cosine similarity of components between steps; peft's default"})
     examples_per_step: int = field(default=0, metadata={
-        "help": "validation examples per EVA step (0: all of them in one step, the PCA of exactly that data; "
-                "> 0: peft's streaming, which may not converge on a small validation set)"})
+        "help": "examples per EVA step (0: all of them in one step, the PCA of exactly that data; "
+                "> 0: peft's streaming, which may not converge on a small set)"})
     max_passes: int = field(default=50, metadata={
-        "help": "give up when the PCA has not converged after this many passes over the validation batches"})
+        "help": "give up when the PCA has not converged after this many passes over the batches"})
 
 
 def compute(context, config: EvaSignalConfig) -> Result:
     modules = context.modules
-    frame = context.frame()
+    frame = context.measured(config.split)   # checks the split, as CKA's does
     size = config.examples_per_step or len(frame)
     steps = [frame.iloc[start: start + size] for start in range(0, len(frame), size)]
     parallel.require_shares(min(len(step) for step in steps), "example(s) of an EVA step")
     shares = [step.iloc[list(parallel.shard(len(step)))] for step in steps]
     batches = [model_inputs(batch) for share in shares
-               for batch in context.batches(batch_size=len(share), frame=share, show_progress=False)]
+               for batch in context.batches(config.split, batch_size=len(share), frame=share, show_progress=False)]
     run = run_eva(context.model, batches, lora_config([m.path for m in modules], config.r, config.rho, config.tau),
                   config.max_passes, gather=parallel.count() > 1)
     rows = [{"signal": "eva", "layer": m.layer, "module": m.name, "value": float(v), "rank": j}
@@ -69,11 +73,11 @@ def compute(context, config: EvaSignalConfig) -> Result:
     shared = {m.path: run.shares_input_with[m.path] for m in modules if run.shares_input_with[m.path] != m.path}
     return Result(pd.DataFrame(rows), tables={"peft_ranks": peft_ranks},
                   meta={"forwards": run.forwards, "batches": len(batches), "shares_input_with": shared,
-                        "rank_budget": config.r * len(modules)})
+                        "rank_budget": config.r * len(modules), "split": config.split})
 
 
 register(Signal(
     name="eva", title="EVA explained variance (peft)",
-    description="peft's EVA: explained-variance ratios of an incremental PCA of each layer's inputs on validation "
-                "data; the plan keeps EVA's pooled ranking while it fits the parameter budget.",
-    config=EvaSignalConfig, compute=compute, version=1, plan_family="eva"))
+    description="peft's EVA: explained-variance ratios of an incremental PCA of each layer's inputs (train "
+                "data by default, as peft); the plan keeps EVA's pooled ranking while it fits the parameter budget.",
+    config=EvaSignalConfig, compute=compute, version=2, plan_family="eva"))

@@ -96,7 +96,7 @@ def run_eva(model, batches: list[dict], config, max_passes: int = 50, gather: bo
         forwards += 1
         if forwards > limit:
             raise UserError(f"EVA's incremental PCA did not converge within {max_passes} passes over the "
-                            f"{len(batches)} batches; lower eva.tau or use more validation examples.")
+                            f"{len(batches)} batches; lower eva.tau or use more examples (--val-size).")
         return model(**inputs, **extra)
 
     with _recording() as made, warnings.catch_warnings():

@@ -5,8 +5,9 @@ per batch, divided by the number of batches, as GoRA's recording hook does). Eac
 then gets GoRA's importance from W and that gradient G; the default is the paper's avg(|W * G|)
 (`union_mean`, what GoRA's published scripts use); GoRA's other deterministic types are options.
 
-Data: the validation split (the project's rule for importance; GoRA uses its first training
-batches), with the model in eval mode (no dropout noise; GoRA's loop is in train mode).
+Data: the first val_size examples of the train split by default, as GoRA computes its importance on its
+first training batches; `split=validation` is our option. The model is in eval mode (no dropout noise;
+GoRA's loop is in train mode).
 
 Plan (family "shares", GoRA's `get_allocated_rank`): module i receives a share of the parameter
 budget proportional to its importance, rank_i = round(budget * p_i) // (d_in + d_out), clipped to
@@ -31,10 +32,13 @@ from analysis.store.cache import Result
 
 @dataclass
 class GoRAConfig:
+    split: str = field(default="train", metadata={
+        "help": "train (GoRA averages the gradients of its first training batches) or validation"})
     importance: str = field(default="union_mean", metadata={
         "help": "GoRA's importance type: " + ", ".join(IMPORTANCE) + " (union_mean = avg |W * G|, the paper's)"})
     steps: int = field(default=0, metadata={"minimum": 0,
-        "help": "batches whose gradients are averaged (0: every validation batch; GoRA's scripts use 32-64)"})
+        "help": "batches whose gradients are averaged (0: every batch of the measured examples; GoRA's scripts "
+                "use 32-64)"})
 
 
 def compute(context, config: GoRAConfig) -> Result:
@@ -43,20 +47,21 @@ def compute(context, config: GoRAConfig) -> Result:
     model, modules = context.model, context.modules
     weights = [model.get_submodule(m.path).weight for m in modules]
     model.eval()
-    frame = context.frame()
+    frame = context.measured(config.split)   # checks the split, as CKA's does
     if config.steps:
         frame = frame.iloc[: config.steps * context.settings.batch_size]
-    sums, steps = summed_gradients(model, weights, context.batches(desc="gora", frame=frame, shard=True))
+    batches = context.batches(config.split, desc="gora", frame=frame, shard=True)
+    sums, steps = summed_gradients(model, weights, batches)
     steps = parallel.total(steps)
     grads = [total / steps for total in parallel.sum_(sums)]
     values = [importance(w, g, config.importance) for w, g in zip(weights, grads)]
     table = pd.DataFrame({"signal": "gora", "layer": [m.layer for m in modules],
                           "module": [m.name for m in modules], "value": values})
-    return Result(table, meta={"steps": steps, "importance": config.importance})
+    return Result(table, meta={"steps": steps, "importance": config.importance, "split": config.split})
 
 
 register(Signal(
     name="gora", title="GoRA gradient importance",
     description="GoRA's importance avg|W * G| of each matrix from gradients averaged over batches before training; "
                 "the plan gives each module parameters in proportion (GoRA's allocation).",
-    config=GoRAConfig, compute=compute, version=1, plan_family="shares"))
+    config=GoRAConfig, compute=compute, version=2, plan_family="shares"))
