@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from analysis.model.capture import adaptable_modules  # noqa: E402
 from analysis.signals.alpha.esd_fit import fit_power_law, spectra  # noqa: E402
-from analysis.signals.eva.peft_eva import lora_config, run_eva  # noqa: E402
+from analysis.signals.eva.peft_eva import eva_lora_config, run_eva  # noqa: E402
 from analysis.signals.gora.gradient_importance import averaged_gradients, importance  # noqa: E402
 from llama_shapes import make_batches, random_llama  # noqa: E402
 
@@ -91,7 +91,7 @@ def bench_eva(model, batches, r: int, repeats: int, device: str) -> dict:
     modules = adaptable_modules(model)
     one_step = [{"input_ids": torch.cat([b["input_ids"] for b in batches]),
                  "attention_mask": torch.cat([b["attention_mask"] for b in batches])}]
-    config = lora_config([m.path for m in modules], r, 2.0, 0.99)
+    config = eva_lora_config([m.path for m in modules], r, 2.0, 0.99)
     forwards = {}
 
     def run():

@@ -43,10 +43,10 @@ def _train_batches(prepared, tokenizer, device, one: bool = False) -> list[dict]
 def eva_init(peft_model, batches: list[dict], tau: float = 0.99) -> dict:
     from peft.tuners.lora.eva import initialize_lora_eva_weights
 
-    from analysis.signals.eva.peft_eva import lora_config, model_inputs, run_eva
+    from analysis.signals.eva.peft_eva import eva_lora_config, model_inputs, run_eva
     layers = _lora_layers(peft_model)
     ranks = {name.removeprefix(PREFIX): module.r["default"] for name, module in layers.items()}
-    config = lora_config(list(ranks), max(ranks.values()), rho=1.0, tau=tau, rank_pattern=ranks)
+    config = eva_lora_config(list(ranks), max(ranks.values()), rho=1.0, tau=tau, rank_pattern=ranks)
     run = run_eva(peft_model, [model_inputs(b) for b in batches], config)
     state = {name: run.components[name][: module.r["default"]] for name, module in layers.items()}
     adapter = peft_model.peft_config["default"]

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from analysis.signals import parallel
-from analysis.signals.eva.peft_eva import lora_config, model_inputs, run_eva
+from analysis.signals.eva.peft_eva import eva_lora_config, model_inputs, run_eva
 from analysis.signals.registry import Signal, register
 from analysis.store.cache import Result
 
@@ -64,7 +64,7 @@ def compute(context, config: EvaSignalConfig) -> Result:
     shares = [step.iloc[list(parallel.shard(len(step)))] for step in steps]
     batches = [model_inputs(batch) for share in shares
                for batch in context.batches(config.split, batch_size=len(share), frame=share, show_progress=False)]
-    run = run_eva(context.model, batches, lora_config([m.path for m in modules], config.r, config.rho, config.tau),
+    run = run_eva(context.model, batches, eva_lora_config([m.path for m in modules], config.r, config.rho, config.tau),
                   config.max_passes, gather=parallel.count() > 1)
     rows = [{"signal": "eva", "layer": m.layer, "module": m.name, "value": float(v), "rank": j}
             for m in modules for j, v in enumerate(run.ratios[m.path].tolist()[:round(config.r * config.rho)])]

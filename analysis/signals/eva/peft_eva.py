@@ -65,7 +65,7 @@ def _recording():
         eva.SVDHook, eva.HashHook = original
 
 
-def lora_config(paths: list[str], r: int, rho: float, tau: float, rank_pattern: dict[str, int] | None = None):
+def eva_lora_config(paths: list[str], r: int, rho: float, tau: float, rank_pattern: dict[str, int] | None = None):
     from peft import EvaConfig, LoraConfig
     return LoraConfig(r=r, target_modules=list(paths), init_lora_weights="eva", rank_pattern=rank_pattern or {},
                       eva_config=EvaConfig(rho=rho, tau=tau))
