@@ -25,7 +25,7 @@ from analysis.reporting.all_signals import (agreement, agreement_matrix_figure, 
 from analysis.reporting.paper import FORMATS, figure_bytes, latex_table, paper_style
 from analysis.planning.preview import drawn, plan_table, preview
 from analysis.signals.registry import all_signals
-from analysis.store.runs import comparisons, newest_entries, runs
+from analysis.store.runs import chosen_entries, comparisons, run_of
 from analysis.store.cache import Entry
 
 
@@ -113,10 +113,10 @@ def plan_exhibit(outcomes, layout, budget: int, difference: bool = False) -> Exh
 
 
 def cached_signals(identity) -> dict[str, Entry]:
-    """The newest entry of every signal computed for this setting (current signal versions only)."""
+    """Every signal computed for this setting, each by its entry under `store.runs.chosen_entry`'s rule."""
 
-    run = next((r for r in runs(identity.store) if r.key == identity.key), None)
-    return newest_entries(run, all_signals()) if run else {}
+    run = run_of(identity.store, identity.key)
+    return chosen_entries(run, all_signals()) if run else {}
 
 
 def exhibits_for(identity, what: str, budget: str = "r4", limits=None, overrides=None) -> list[Exhibit]:
