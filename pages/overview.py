@@ -4,7 +4,7 @@ import streamlit as st
 
 from analysis.reporting.exhibits import overview_exhibits
 from analysis.signals.registry import all_signals
-from analysis.store.runs import newest_entries
+from analysis.store.runs import chosen_entries
 from pages.shared.widgets import choose_run, show
 
 signals = all_signals()
@@ -16,7 +16,7 @@ st.caption("Each signal is scaled by its largest |value| (they come in different
 
 run = choose_run(set(signals), "No signals computed yet: run an analysis on the Setup page, or "
                  "`python -m analysis run`.")
-entries = newest_entries(run, signals)
+entries = chosen_entries(run, signals)
 missing = [f"{signals[name].title} (`{name}`)" for name in signals if name not in entries]
 
 # The split each entry measured on, where the signal has that option (CKA, EVA, GoRA: train by default, as their

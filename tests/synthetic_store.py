@@ -96,9 +96,10 @@ def _cka(modules, layers, rng) -> Result:
 MAKERS = {"shapley": _shapley, "adalora": _adalora, "sora": _sora, "id": _intrinsic_dimension, "cka": _cka}
 
 
-def fill(cache_dir, settings: RunSettings, signals=tuple(MAKERS), seed: int = 0) -> Store:
+def fill(cache_dir, settings: RunSettings, signals=tuple(MAKERS), seed: int = 0,
+         overrides: dict[str, dict[str, str]] | None = None) -> Store:
     """Run `signals` through the real runner (real keys, metadata and store), each computing random tables of
-    its real schema for the model's layout instead of training."""
+    its real schema for the model's layout instead of training; `overrides` are options as `--set` gives them."""
     store, rng = Store(cache_dir), np.random.default_rng(seed)
 
     def synthetic(name):
@@ -107,5 +108,5 @@ def fill(cache_dir, settings: RunSettings, signals=tuple(MAKERS), seed: int = 0)
             return MAKERS[name](modules, sorted({m.layer for m in modules}), rng)
         return dataclasses.replace(get_signal(name), compute=compute)
 
-    run_signals(settings, [synthetic(name) for name in signals], store=store)
+    run_signals(settings, [synthetic(name) for name in signals], overrides, store=store)
     return store

@@ -26,7 +26,7 @@ from analysis.reporting.paper import FORMATS, figure_bytes, latex_table, paper_s
 from analysis.planning.preview import drawn, plan_table, preview
 from analysis.signals.registry import all_signals
 from analysis.signals.tidy import spearman
-from analysis.store.runs import comparisons, newest_entries, runs
+from analysis.store.runs import chosen_entries, comparisons, run_of
 from analysis.store.cache import Entry
 
 
@@ -130,10 +130,10 @@ def plan_exhibit(outcomes, layout, budget: int, difference: bool = False) -> Exh
 
 
 def cached_signals(identity) -> dict[str, Entry]:
-    """The newest entry of every signal computed for this setting (current signal versions only)."""
+    """Every signal computed for this setting, each by its entry under `store.runs.chosen_entry`'s rule."""
 
-    run = next((r for r in runs(identity.store) if r.key == identity.key), None)
-    return newest_entries(run, all_signals()) if run else {}
+    run = run_of(identity.store, identity.key)
+    return chosen_entries(run, all_signals()) if run else {}
 
 
 def exhibits_for(identity, what: str, budget: str = "r4", limits=None, overrides=None) -> list[Exhibit]:

@@ -26,8 +26,8 @@ from analysis.store.hashing import hash_json
 from analysis.jobs.progress import progress, step
 from analysis.model.sources import Splits, TextData, load_data, load_model, resolve_model, split_data
 from analysis.model.sources.data import data_identity, remember_identity, split_sizes
-from analysis.model.sources.models import (LoadedModel, ModelSource, is_decoder_config, read_config,
-                                           resolve_dtype, resolve_task)
+from analysis.model.sources.models import (LoadedModel, ModelSource, is_decoder_config, model_files,
+                                           read_config, resolve_dtype, resolve_task)
 from analysis.settings import RunSettings, from_dict, to_dict
 from analysis.store.cache import Store
 
@@ -107,12 +107,12 @@ class RunIdentity:
         """The identity of a cached run from its own description (a run made on a GPU server is planned here
         on the CPU under its own key)."""
         settings = from_dict(RunSettings, description.get("settings"), device="cpu")
-        source = resolve_model(settings.model, store.root)
+        path, _ = model_files(settings.model, store.root)   # its key is the run's: nothing to fingerprint
         labels = description.get("labels")
         if labels is None and description.get("task") == "classification":   # entries written before labels
             labels = data_identity(settings.data, settings.text_column, settings.label_column, settings.hub_split,
                                    store.root / DATA_MEMO, settings.allow_many_classes).labels
-        return cls(settings, key, description.get("task", "classification"), source.path,
+        return cls(settings, key, description.get("task", "classification"), path,
                    len(labels) if labels else None, store)
 
 

@@ -16,7 +16,7 @@ from analysis.jobs.progress import phase, step
 from analysis.store.hashing import hash_json
 from analysis.signals.registry import Signal, get_signal, make_config
 from analysis.store.cache import Entry, Store
-from analysis.store.runs import newest_entry
+from analysis.store.runs import chosen_entry, run_of
 
 
 def signal_key(context_key: str, signal: Signal, config, processes: int = 1) -> str:
@@ -80,13 +80,14 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
 
 
 def find_entry(identity: RunIdentity, signal: Signal, overrides: dict[str, str] | None = None) -> Entry | None:
-    """The one rule by which `show`, `plan`, `export` and the pages pick a cached entry: with options (`--set`),
-    the entry computed with exactly those options; without, the one with default options, or else the newest
-    variant from the signal's current code version. None when there is none."""
-    entry = identity.store.get(signal_key(identity.key, signal, make_config(signal, overrides)))
-    if entry is None and not overrides:
-        entry = newest_entry(identity.store, identity.key, signal.name, signal.version)
-    return entry
+    """The signal's cached entry for `show`, `plan`, `export` and the plans: with options (`--set`), the entry
+    computed with exactly those options; without, the run's entry by `store.runs.chosen_entry`, the rule the
+    pages follow too. None when there is none."""
+    if overrides:
+        return identity.store.get(signal_key(identity.key, signal, make_config(signal, overrides)))
+    run = run_of(identity.store, identity.key, {signal.name})
+    chosen = chosen_entry(run, signal) if run else None
+    return identity.store.get(chosen.key) if chosen else None   # get: its files checked, as with --set
 
 
 def not_computed(name: str, overrides: dict[str, str] | None = None) -> str:

@@ -1,15 +1,16 @@
 """Cached results grouped by analysis run (same model, data, split and settings), for the pages.
 
-A run is one context key; within it the newest entry of each signal stands for that signal,
-and older entries with other options stay reachable as variants.
+A run is one context key; within it one entry of each signal stands for that signal (`chosen_entry`: the one
+with default options, else the newest, of the signal's current version), and entries with other options stay
+reachable as variants.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-
+from dataclasses import asdict, dataclass, field
 
 from analysis.store.cache import Entry, Store
+from analysis.store.hashing import hash_json
 
 
 def when(timestamp: float) -> str:
@@ -54,22 +55,30 @@ def describe_options(entry: Entry) -> str:
     return ", ".join(f"{k}={v}" for k, v in config.items()) or "defaults"
 
 
-def newest_entry(store: Store, run_key: str, signal: str, version: int) -> Entry | None:
-    """The newest entry of `signal` in the run from code version `version` (an older version's tables may
-    have another schema): the one lookup every page and command uses when no options are named."""
-    return next((e for e in store.entries() if e.meta.get("signal") == signal and e.meta.get("context_key") == run_key
-                 and e.meta.get("version") == version), None)
+def run_of(store: Store, key: str, signals: set[str] | None = None) -> Run | None:
+    """The run filed under context key `key` (holding any of `signals`), or None."""
+    return next((r for r in runs(store, signals) if r.key == key), None)
 
 
-def newest_entries(run: Run, signals: dict) -> dict[str, Entry]:
-    """Each registered signal's newest entry in the run from its current code version, in registry order
-    (the same rule as newest_entry, over a run already read)."""
-    found = {}
-    for name, signal in signals.items():
-        entry = next((e for e in run.entries.get(name, []) if e.meta.get("version") == signal.version), None)
-        if entry is not None:
-            found[name] = entry
-    return found
+def variants(run: Run, signal) -> list[Entry]:
+    """A signal's entries in the run from its current code version (an older version's tables may have another
+    schema), newest first; `signal` is its registry record (name, version, config dataclass)."""
+    return [e for e in run.entries.get(signal.name, []) if e.meta.get("version") == signal.version]
+
+
+def chosen_entry(run: Run, signal) -> Entry | None:
+    """The one rule by which every command and page picks a signal's entry in a run when no options are named:
+    of its `variants`, the one computed with default options, or else the newest. None when there is none."""
+    current = variants(run, signal)
+    defaults = hash_json(asdict(signal.config()))
+    return next((e for e in current if hash_json(e.meta.get("config", {})) == defaults),
+                current[0] if current else None)
+
+
+def chosen_entries(run: Run, signals: dict) -> dict[str, Entry]:
+    """Each registered signal's entry in the run by `chosen_entry`'s rule, in registry order."""
+    found = {name: chosen_entry(run, signal) for name, signal in signals.items()}
+    return {name: entry for name, entry in found.items() if entry is not None}
 
 
 def comparisons(store: Store, run_key: str) -> list[Entry]:

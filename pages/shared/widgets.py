@@ -13,7 +13,8 @@ from analysis.reporting.exhibits import Exhibit, render
 from analysis.reporting.figures import learning_curves_figure
 from analysis.reporting.paper import FORMATS, MIME, WIDTHS
 from analysis.reporting.screen import on_screen
-from analysis.store.runs import Run, describe_options, runs
+from analysis.signals.registry import all_signals
+from analysis.store.runs import Run, chosen_entry, describe_options, runs, variants
 from analysis.store.cache import Store
 
 RUN_KEY = "current_run"   # the run every page opens with: the one last chosen on any page
@@ -94,11 +95,15 @@ def run_differences(found: list[Run]) -> dict[str, str]:
 
 
 def pick(run: Run, signal: str, label: str):
-    """The newest entry of a signal in the run, or a chosen variant when several option sets exist."""
-    variants = run.entries.get(signal, [])
-    if len(variants) > 1:
-        return st.selectbox(label, variants, format_func=describe_options, key=f"{signal}-{run.key}")
-    return variants[0] if variants else None
+    """A signal's entry in the run by the rule every command and page follows (`store.runs.chosen_entry`); where
+    its current version was computed with several option sets, a select box opened on that entry lets the user
+    choose another."""
+    record = all_signals()[signal]
+    offered, chosen = variants(run, record), chosen_entry(run, record)
+    if len(offered) > 1:
+        return st.selectbox(label, offered, index=offered.index(chosen), format_func=describe_options,
+                            key=f"{signal}-{run.key}")
+    return chosen
 
 
 def export_style() -> tuple[str, bool]:

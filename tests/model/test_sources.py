@@ -65,6 +65,26 @@ def test_directory_without_config_is_rejected(tmp_path, session_cache):
         resolve_model(str(tmp_path), session_cache)
 
 
+def test_model_files_are_found_without_fingerprinting(tmp_path, monkeypatch):
+    """What a page planning from a cached run needs: the model's folder, no hash and no dequantizing."""
+    import analysis.model.sources.models as models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fingerprinted or dequantized")
+    monkeypatch.setattr(models, "hash_files_memoized", refuse)
+    monkeypatch.setattr(models, "_dequantized_decoder", refuse)
+    path, name = models.model_files("minilm", tmp_path)
+    assert (path / "config.json").is_file() and name == "all-MiniLM-L6-v2 (embedded)"
+    local = tmp_path / "my-model"
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    assert models.model_files(str(local), tmp_path) == (local.resolve(), "my-model")
+    copy = tmp_path / "models" / f"smollm2-0123456789ab-v{models.DEQUANTIZED_FORMAT}"
+    copy.mkdir(parents=True)
+    (copy / "config.json").write_text("{}")   # the dequantized copy a run left under the cache
+    assert models.model_files("smollm2", tmp_path) == (copy, "SmolLM2-135M-Instruct (embedded)")
+
+
 @pytest.mark.slow
 def test_embedded_decoder_is_dequantized_once(session_cache):
     source = resolve_model("smollm2", session_cache)

@@ -1,7 +1,8 @@
 """Every dashboard page under Streamlit's AppTest, on stores the real runner filled with synthetic tables of each
 signal's real schema (tests/synthetic_store.py): an empty cache, the embedded MiniLM encoder with five signals,
 MiniLM with only CKA and intrinsic dimension, and the 30-layer SmolLM2 decoder. No page may load model weights:
-every test runs with the model loaders replaced by a function that fails.
+every test runs with the model loaders replaced by a function that fails (section 9 also refuses fingerprinting
+the weights and reading the data).
 
 Expected values are computed here from the stored tables with pandas and from the allocator, not read back from
 the figures' own code.
@@ -810,3 +811,66 @@ def test_each_choice_of_run_takes_effect_at_once(cache_dir):
         no_exception(app)
         assert app.selectbox[0].options[app.selectbox[0].index] == label
         assert label.startswith(labels[app.session_state["current_run"]])   # the run the page plans for
+
+
+# --- 9. pages that only read the store -----------------------------------------------------------------------------
+
+@pytest.fixture
+def store_only(cache_dir, monkeypatch) -> dict:
+    """Five signals of MiniLM with default options and a newer CKA variant, filled (which fingerprints the weights
+    and reads the data) before fingerprinting weights and reading data are made to fail as well; loading a model
+    already fails (no_model_weights)."""
+    from transformers.models.auto.auto_factory import _BaseAutoModelClass
+
+    import analysis.model.sources
+    import analysis.model.sources.data
+    import analysis.model.sources.models
+    import analysis.signals.context
+    import analysis.store.hashing
+
+    store = fill(cache_dir, MINILM)
+    default = newest(store)["cka"]
+    fill(cache_dir, MINILM, signals=("cka",), seed=1, overrides={"cka": {"split": "validation"}})
+    expected = {"budget": uniform_cost(planning_inputs(store)[1], 4), "cka": default}
+
+    def refuse(what):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"a page that only reads the store tried to {what}")
+        return fail
+
+    for module, name in [(analysis.store.hashing, "hash_file"), (analysis.store.hashing, "hash_files_memoized"),
+                         (analysis.model.sources.models, "hash_files_memoized"),
+                         (analysis.model.sources.models, "_dequantized_decoder")]:
+        monkeypatch.setattr(module, name, refuse("fingerprint the weights"))
+    for module in (analysis.model.sources.data, analysis.model.sources, analysis.signals.context):
+        monkeypatch.setattr(module, "load_data", refuse("read the data"))
+    monkeypatch.setattr(_BaseAutoModelClass, "from_pretrained", classmethod(refuse("load weights")))
+    return expected
+
+
+def test_budget_page_plans_without_fingerprinting_weights_or_reading_data(store_only):
+    app = run_page("budget")
+    no_exception(app)
+    summary = app.dataframe[0].value
+    assert summary["method"].tolist() == ["uniform", *FIVE]
+    assert summary["trainable params"].iloc[0] == store_only["budget"]
+    [plans] = chart_specs(app)
+    assert len(plans["data"]) == 6
+
+
+def test_all_signals_page_draws_without_fingerprinting_weights_or_reading_data(store_only):
+    app = run_page("overview")
+    no_exception(app)
+    assert len(chart_specs(app)) == 3
+
+
+def test_export_page_draws_plans_and_the_chosen_entries_without_weights_or_data(store_only, deferred):
+    from analysis.reporting.exhibits import render, signal_exhibits
+
+    app = run_page("export")
+    no_exception(app)
+    budget = store_only["budget"]
+    assert {f"export-plans_{budget}-pdf", f"export-plans_{budget}_vs_uniform-pdf"} <= download_keys(app)
+    assert len(chart_specs(app)) == 1
+    drawn = click_download(app, deferred, "export-cka_importance-csv")
+    assert drawn == render(signal_exhibits(store_only["cka"])[0], "csv").decode()   # the CKA the plans use

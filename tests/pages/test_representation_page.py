@@ -59,7 +59,8 @@ def test_missing_signal_and_streamed_cka_are_explained(cache_dir):
     table = pd.DataFrame({"signal": "cka", "layer": [0, 1], "module": "block", "value": [0.2, 0.1],
                           "degenerate": [False, False]})
     Store(cache_dir).put("k1", Result(table), {"signal": "cka", "title": "CKA", "context_key": "ctx",
-                                               "model_name": "tiny", "data": "d", "config": {"accumulate": True}})
+                                               "model_name": "tiny", "data": "d", "config": {"accumulate": True},
+                                               "version": get_signal("cka").version})
     app = _page()
     assert not app.exception
     assert any("not computed for this run yet (signal `id`)" in info.value for info in app.info)

