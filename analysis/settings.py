@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 from analysis.errors import UserError, quoted
 
 
+# No integer option is meaningful beyond int32, and none of the analysed ranks beyond this (memory).
+INT_LIMIT = 2**31 - 1
+MAX_RANK = 1024
+
+
 def setting(default, help: str, *, flag: str | None = None, minimum=None, maximum=None, choices=None,
             above: float | None = None):
     """A field with its help text and the range its values must lie in (checked on construction)."""
@@ -124,6 +129,8 @@ def _check(instance, label_of=flag_of) -> None:
             raise UserError(f"{label} must be at most {meta['maximum']}, not {value}.")
         if meta.get("above") is not None and value <= meta["above"]:
             raise UserError(f"{label} must be greater than {meta['above']}, not {value}.")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+            raise UserError(f"{label} must lie within ±{INT_LIMIT:,}, not {value:,}.")   # beyond int32 arguments
 
 
 def check_values(instance, prefix: str) -> None:

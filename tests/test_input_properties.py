@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from analysis.__main__ import build_parser
 from analysis.errors import UserError
 from analysis.settings import Limits, PlanOptions, RunSettings, TrainSettings, flag_of
+from analysis.signals.registry import all_signals
 
 BOUNDED = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                           HealthCheck.too_slow])
@@ -78,8 +79,7 @@ def test_random_run_and_plan_options_work_or_are_one_sentence(data):
 
 
 @BOUNDED
-@given(signal=st.sampled_from(["shapley", "sora", "id", "cka", "adalora", "state_change", "grad_norm"]),
-       data=st.data())
+@given(signal=st.sampled_from(sorted(all_signals())), data=st.data())
 def test_random_signal_options_work_or_are_one_sentence(signal, data):
     from analysis.signals.registry import get_signal, make_config
     config_type = get_signal(signal).config
@@ -97,6 +97,10 @@ def test_random_signal_options_work_or_are_one_sentence(signal, data):
             assert math.isfinite(value)
         if f.metadata.get("minimum") is not None:
             assert value >= f.metadata["minimum"]
+        if f.metadata.get("maximum") is not None:
+            assert value <= f.metadata["maximum"]
+        if f.metadata.get("choices"):
+            assert value in f.metadata["choices"]
 
 
 @BOUNDED

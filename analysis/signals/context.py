@@ -35,6 +35,9 @@ from analysis.store.cache import Store
 CONTEXT_VERSION = 1
 DATA_MEMO = "data-fingerprints.json"   # under the cache root, beside the models' fingerprints.json
 
+# The splits an analysis may measure on (test is kept for the retrain's report).
+MEASURED_SPLITS = ("validation", "train")
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -249,7 +252,7 @@ class AnalysisContext:
     def measured(self, split: str = "validation") -> pd.DataFrame:
         """The examples an analysis measures on: the first val_size of `split` (validation or train;
         each signal's paper says which, e.g. CKA's code measures on train)."""
-        if split not in ("validation", "train"):
+        if split not in MEASURED_SPLITS:
             raise UserError(f"An analysis measures on the validation or train split, not '{split}' "
                             "(test is kept for the retrain's report).")
         return self.frame(split).iloc[: self.settings.val_size]

@@ -266,7 +266,7 @@ def test_eva_and_gora_measure_the_train_split_by_default_and_validation_on_reque
     other = _table(decoder, name, split="validation")
     assert sorted(fed) == sorted(validation) and other.meta["split"] == "validation"
     assert not np.allclose(default.table["value"], other.table["value"])
-    with pytest.raises(UserError, match="An analysis measures on the validation or train split, not 'test'"):
+    with pytest.raises(UserError, match=f"{name}.split must be one of validation, train, not 'test'"):
         _table(decoder, name, split="test")
 
 

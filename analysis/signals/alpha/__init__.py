@@ -22,6 +22,7 @@ import torch
 
 from analysis.errors import UserError
 from analysis.signals.alpha.esd_fit import fit_alphalora, fit_power_law, spectra
+from analysis.signals.context import MEASURED_SPLITS
 from analysis.signals.registry import Signal, register
 from analysis.store.cache import Result
 
@@ -31,29 +32,24 @@ FITS = {"ww": fit_power_law, "alphalora": fit_alphalora}
 
 @dataclass
 class AlphaConfig:
-    svd_dtype: str = field(default="float32", metadata={
+    svd_dtype: str = field(default="float32", metadata={"choices": tuple(DTYPES),
         "help": "precision of the singular values: float32 (fast on a GPU) or float64 (what WeightWatcher uses; "
                 "slow on a GPU); the fit itself is always float64"})
-    chunk: int = field(default=16, metadata={"help": "matrices of one shape per svdvals call (GPU memory)"})
-    spectrum: str = field(default="svdvals", metadata={
+    chunk: int = field(default=16, metadata={"minimum": 1,
+                                             "help": "matrices of one shape per svdvals call (GPU memory)"})
+    spectrum: str = field(default="svdvals", metadata={"choices": ("svdvals", "gram"),
         "help": "svdvals (squared singular values, as WeightWatcher) or gram (eigvalsh of the smaller Gram matrix: "
                 "faster on a GPU, less accurate for the smallest eigenvalues in float32)"})
-    fit: str = field(default="ww", metadata={
+    fit: str = field(default="ww", metadata={"choices": tuple(FITS),
         "help": "ww (WeightWatcher's default fit, the reference for the metric) or alphalora (AlphaLoRA's own "
                 "fix_finger: xmin in a window around the ESD's histogram peak, no threshold)"})
 
 
 def compute(context, config: AlphaConfig) -> Result:
-    if config.svd_dtype not in DTYPES:
-        raise UserError(f"alpha.svd_dtype must be float32 or float64, not '{config.svd_dtype}'.")
-    if config.spectrum not in ("svdvals", "gram"):
-        raise UserError(f"alpha.spectrum must be svdvals or gram, not '{config.spectrum}'.")
-    if config.fit not in FITS:
-        raise UserError(f"alpha.fit must be ww or alphalora, not '{config.fit}'.")
     modules = context.modules
     weights = [context.model.get_submodule(m.path).weight for m in modules]
     with torch.no_grad():
-        evals = spectra(weights, DTYPES[config.svd_dtype], max(1, config.chunk), config.spectrum)
+        evals = spectra(weights, DTYPES[config.svd_dtype], config.chunk, config.spectrum)
         fits = [FITS[config.fit](e) for e in evals]
     table = pd.DataFrame({"signal": "alpha", "layer": [m.layer for m in modules],
                           "module": [m.name for m in modules], "value": [f.alpha for f in fits],

@@ -36,6 +36,7 @@ import torch
 from analysis.errors import UserError
 from analysis.signals import parallel
 from analysis.signals.cka.linear_cka import CKAAccumulator, cka_matrix
+from analysis.signals.context import MEASURED_SPLITS
 from analysis.signals.registry import Signal, deferred, register
 from analysis.store.cache import Result
 
@@ -46,7 +47,7 @@ MIN_EXAMPLES = 32
 
 @dataclass
 class CKAConfig:
-    split: str = field(default="train", metadata={
+    split: str = field(default="train", metadata={"choices": MEASURED_SPLITS,
         "help": "train (the paper's selection code measures on training data) or validation"})
     pooling: str = field(default="auto", metadata={
         "help": "auto (CLS token for encoders, last real token for decoders), cls, last or mean"})

@@ -35,23 +35,26 @@ import pandas as pd
 
 from analysis.signals import parallel
 from analysis.signals.eva.peft_eva import eva_lora_config, model_inputs, run_eva
+from analysis.signals.context import MEASURED_SPLITS
 from analysis.signals.registry import Signal, register
 from analysis.store.cache import Result
+from analysis.settings import MAX_RANK
 
 
 @dataclass
 class EvaSignalConfig:
-    split: str = field(default="train", metadata={
+    split: str = field(default="train", metadata={"choices": MEASURED_SPLITS,
         "help": "train (peft feeds EVA the training dataloader) or validation"})
-    r: int = field(default=8, metadata={"help": "EVA's initial rank per module (its budget is r x modules ranks)"})
-    rho: float = field(default=2.0, metadata={
+    r: int = field(default=8, metadata={"minimum": 1, "maximum": MAX_RANK,
+                                    "help": "EVA's initial rank per module (its budget is r x modules ranks)"})
+    rho: float = field(default=2.0, metadata={"minimum": 1.0,
         "help": "EVA's rho (>= 1): each module may get at most round(r * rho) ranks; peft's default 2"})
-    tau: float = field(default=0.99, metadata={
+    tau: float = field(default=0.99, metadata={"above": 0, "maximum": 1.0,
         "help": "EVA's convergence threshold: cosine similarity of components between steps; peft's default"})
-    examples_per_step: int = field(default=0, metadata={
+    examples_per_step: int = field(default=0, metadata={"minimum": 0,
         "help": "examples per EVA step (0: all of them in one step, the PCA of exactly that data; "
                 "> 0: peft's streaming, which may not converge on a small set)"})
-    max_passes: int = field(default=50, metadata={
+    max_passes: int = field(default=50, metadata={"minimum": 1,
         "help": "give up when the PCA has not converged after this many passes over the batches"})
 
 

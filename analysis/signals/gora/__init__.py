@@ -26,15 +26,16 @@ import pandas as pd
 from analysis.errors import UserError
 from analysis.signals import parallel
 from analysis.signals.gora.gradient_importance import IMPORTANCE, importance, summed_gradients
+from analysis.signals.context import MEASURED_SPLITS
 from analysis.signals.registry import Signal, register
 from analysis.store.cache import Result
 
 
 @dataclass
 class GoRAConfig:
-    split: str = field(default="train", metadata={
+    split: str = field(default="train", metadata={"choices": MEASURED_SPLITS,
         "help": "train (GoRA averages the gradients of its first training batches) or validation"})
-    importance: str = field(default="union_mean", metadata={
+    importance: str = field(default="union_mean", metadata={"choices": tuple(IMPORTANCE),
         "help": "GoRA's importance type: " + ", ".join(IMPORTANCE) + " (union_mean = avg |W * G|, the paper's)"})
     steps: int = field(default=0, metadata={"minimum": 0,
         "help": "batches whose gradients are averaged (0: every batch of the measured examples; GoRA's scripts "
@@ -42,8 +43,6 @@ class GoRAConfig:
 
 
 def compute(context, config: GoRAConfig) -> Result:
-    if config.importance not in IMPORTANCE:
-        raise UserError(f"gora.importance must be one of {', '.join(IMPORTANCE)}, not '{config.importance}'.")
     model, modules = context.model, context.modules
     weights = [model.get_submodule(m.path).weight for m in modules]
     model.eval()

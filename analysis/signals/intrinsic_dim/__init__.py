@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from analysis.errors import UserError
+from analysis.signals.context import MEASURED_SPLITS
 from analysis.signals.registry import Signal, deferred, register
 from analysis.store.cache import Result
 from analysis.signals.intrinsic_dim.twonn import twonn
@@ -41,7 +42,8 @@ MIN_EXAMPLES = 32
 
 @dataclass
 class IntrinsicDimConfig:
-    split: str = field(default="validation", metadata={"help": "validation or train: the examples measured"})
+    split: str = field(default="validation", metadata={"choices": MEASURED_SPLITS,
+                                                       "help": "validation or train: the examples measured"})
     pooling: str = field(default="mean", metadata={"choices": ("auto", "cls", "last", "mean", "tokens"),
         "help": "mean (default: an encoder's CLS is constant at the embedding output), tokens, last, cls or auto"})
     estimator: str = field(default="twonn", metadata={

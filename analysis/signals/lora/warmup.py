@@ -34,6 +34,7 @@ from analysis.signals.lora.gated_lora import gated_lora
 from analysis.store.hashing import hash_json
 from analysis.jobs.progress import progress
 from analysis.store.cache import Entry, Result
+from analysis.settings import MAX_RANK
 
 VERSION = 1
 BETA1 = BETA2 = 0.85
@@ -41,7 +42,8 @@ BETA1 = BETA2 = 0.85
 
 @dataclass
 class WarmupConfig:
-    r_max: int = field(default=8, metadata={"minimum": 1, "help": "rank of the uniform LoRA warmed up and analysed"})
+    r_max: int = field(default=8, metadata={"minimum": 1, "maximum": MAX_RANK,
+                                            "help": "rank of the uniform LoRA warmed up and analysed"})
     alpha: float = field(default=16.0, metadata={"above": 0, "help": "LoRA alpha of the warm-up adapter (scale alpha / r_max)"})
     warmup_steps: int = field(default=200, metadata={"minimum": 1, "help": "optimizer steps of the warm-up on the train split"})
     warmup_lr: float = field(default=1e-3, metadata={"above": 0, "help": "AdamW learning rate of the warm-up"})

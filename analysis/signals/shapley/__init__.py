@@ -43,6 +43,7 @@ from analysis.model.capture import find_blocks
 from analysis.errors import UserError
 from analysis.jobs.progress import progress
 from analysis.signals.tidy import per_rank_table
+from analysis.signals.context import MEASURED_SPLITS
 from analysis.signals.registry import Signal, deferred, register
 from analysis.store.cache import Result
 from analysis.signals.lora.warmup import WarmupConfig, warm_adapter, warmup_options
@@ -65,10 +66,10 @@ class ShapleyConfig(WarmupConfig):
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the gradient passes: on an H100 a 1B model's coalition takes 1.7 s instead of "
                 "2.8 s after about 100 s of compiling, so it pays from about 100 coalitions on"})
-    reading: str = field(default="shapley", metadata={
+    reading: str = field(default="shapley", metadata={"choices": ("shapley", "sensitivity"),
         "help": "shapley (first-order Shapley value of the loss reduction) or sensitivity (|g dL/dg| averaged "
                 "over Shapley-weighted coalitions)"})
-    split: str = field(default="validation", metadata={
+    split: str = field(default="validation", metadata={"choices": MEASURED_SPLITS,
         "help": "validation (the paper's held-out scoring) or train: the examples the loss is measured on"})
     reference: bool = field(default=False, metadata={
         "help": "also compute the exact Shapley value of every rank by enumerating all coalitions of true loss "

@@ -36,6 +36,7 @@ from analysis.signals import parallel
 from analysis.signals.lora.gated_lora import ADAPTER, GatedLoRA, gated_lora
 from analysis.jobs.progress import progress
 from analysis.signals.lora.warmup import head_kept
+from analysis.settings import MAX_RANK
 from analysis.signals.sora.gate_rules import (GRIDS, UPDATES, OfficialGateAdam, linear_schedule, proximal_step,
                                               scheduler_thresholds as grid_thresholds)
 
@@ -93,7 +94,8 @@ def save_pruned(gated: GatedLoRA, directory, base_model_name_or_path: str | None
 
 @dataclass
 class SoraConfig:
-    r_max: int = field(default=8, metadata={"minimum": 1, "help": "gated ranks per adapted module at the start"})
+    r_max: int = field(default=8, metadata={"minimum": 1, "maximum": MAX_RANK,
+                                            "help": "gated ranks per adapted module at the start"})
     alpha: float = field(default=16.0, metadata={"above": 0,
                                                  "help": "LoRA alpha (scale alpha / r_max, kept when pruning)"})
     update: str = field(default="official", metadata={
