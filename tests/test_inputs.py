@@ -310,3 +310,16 @@ def test_every_not_computed_message_is_a_sentence():
     from analysis.signals.runner import not_computed
     assert not_computed("cka").endswith("--signals cka.")
     assert not_computed("cka", {"split": "test"}).endswith("--set cka.split=test.")
+
+
+def test_an_internal_error_is_logged_under_the_cache_dir_given(cache_dir, tmp_path, capsys, monkeypatch):
+    import analysis.__main__ as cli
+
+    def crash(args):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(cli, "cmd_list", crash)
+    code, _, err = run_cli(["list", "--cache-dir", str(tmp_path / "elsewhere")], capsys)
+    assert code == 1 and "Internal error (RuntimeError: boom)" in err
+    log = Path(err.split("traceback is in ")[1].rstrip(".\n"))
+    assert log.parent == tmp_path / "elsewhere" / "logs" and "Traceback" in log.read_text()
+    assert not (cache_dir / "logs").exists()
