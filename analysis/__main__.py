@@ -6,6 +6,7 @@ Errors are one sentence on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -34,8 +35,18 @@ def _settings_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args):
-    from analysis.settings import RunSettings, from_args
-    return from_args(RunSettings, args)
+    from analysis.model.sources.data import EMBEDDED
+    from analysis.settings import RunSettings, flag_of, from_args
+    settings = from_args(RunSettings, args)
+    if settings.data == EMBEDDED:   # its columns and split are fixed: say so rather than ignore the flags
+        defaults = RunSettings()
+        ignored = [flag_of(f) for f in dataclasses.fields(RunSettings)
+                   if f.name in ("text_column", "label_column", "hub_split")
+                   and getattr(settings, f.name) != getattr(defaults, f.name)]
+        if ignored:
+            print(f"warning: {', '.join(ignored)} apply only to CSV, parquet or hub data; the embedded "
+                  f"'{EMBEDDED}' dataset ignores them.", file=sys.stderr)
+    return settings
 
 
 def _overrides(pairs: list[str]) -> dict[str, dict[str, str]]:
@@ -49,6 +60,51 @@ def _overrides(pairs: list[str]) -> dict[str, dict[str, str]]:
     return result
 
 
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(path).expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_folder(path: Path) -> None:
+    """A folder the command writes into (or creates): neither it nor a folder above it may be a file."""
+    found = _existing_ancestor(path)
+    if not found.is_dir():
+        raise UserError(f"'{found}' is a file, not a folder.")
+
+
+def _check_file(path: Path) -> None:
+    """A file the command writes: not a folder, and in a folder that is one (or can be created)."""
+    if Path(path).expanduser().is_dir():
+        raise UserError(f"'{path}' is a folder; give a file name.")
+    _check_folder(Path(path).expanduser().parent)
+
+
+def _check_paths(args) -> None:
+    """Every path a command writes, checked once before any work: the cache, and --out (a file for plan and
+    export, a folder for retrain and compare)."""
+    from analysis.store.cache import default_cache_dir
+    if "cache_dir" in args:
+        _check_folder(args.cache_dir or default_cache_dir())
+    out = getattr(args, "out", None)
+    if out is not None:
+        (_check_folder if args.verb in ("retrain", "compare") else _check_file)(out)
+
+
+def _check_set(overrides: dict, used: set[str], what: str) -> None:
+    """--set may only name signals the command uses (a typo or a stray option is not silently ignored)."""
+    unknown = set(overrides) - used
+    if unknown:
+        raise UserError(f"--set names signal(s) {what}: {', '.join(sorted(unknown))}.")
+
+
+def _method_signals(methods: list[str]) -> set[str]:
+    """The signals that methods (signal names, blends, 'uniform') use, each method checked as it is written."""
+    from analysis.planning.methods import UNIFORM, blend_parts
+    return {name for method in methods if method != UNIFORM for name, _ in blend_parts(method)}
+
+
 def _store(args):
     from analysis.store.cache import Store
     return Store(args.cache_dir)
@@ -58,12 +114,10 @@ def cmd_run(args) -> int:
     from analysis.signals import parallel
     from analysis.signals.registry import all_signals
     from analysis.signals.runner import parse_signal_list, run_signals
-    names = args.signals or ",".join(all_signals())
+    names = args.signals if args.signals is not None else ",".join(all_signals())
     signals = parse_signal_list(names)
     overrides = _overrides(args.set)
-    unknown = set(overrides) - {s.name for s in signals}
-    if unknown:
-        raise UserError(f"--set names signal(s) not being run: {', '.join(sorted(unknown))}.")
+    _check_set(overrides, {s.name for s in signals}, "not being run")
     started = time.time()
     results = run_signals(_settings(args), signals, overrides, _store(args), force=args.force)
     main = parallel.is_main()
@@ -87,6 +141,7 @@ def cmd_show(args) -> int:
     settings = _settings(args)
     signals = [get_signal(args.signal)] if args.signal else list(all_signals().values())
     overrides = _overrides(args.set)
+    _check_set(overrides, {s.name for s in signals}, "not being shown")
     identity = identify(settings, _store(args))
     frames = []
     for signal in signals:
@@ -100,7 +155,7 @@ def cmd_show(args) -> int:
                             f"{', '.join(entry.table_names)}.")
         frames.append(entry.table(args.table))
     if not frames:
-        raise UserError("Nothing has been computed for this model and data yet; run: python -m analysis run")
+        raise UserError("Nothing has been computed for this model and data yet; run: python -m analysis run.")
     table = pd.concat(frames, ignore_index=True)
     sys.stdout.write(table.to_csv(index=False) if args.format == "csv" else table.to_json(orient="records") + "\n")
     return 0
@@ -153,6 +208,7 @@ def cmd_plan(args) -> int:
     from analysis.planning.plan_json import write_plan
     from analysis.planning.methods import make_plan
     limits, options, overrides = _limits(args), _plan_options(args), _overrides(args.set)   # checked first
+    _check_set(overrides, _method_signals([args.signal]), f"that '{args.signal}' does not use")
     plan = make_plan(identify(_settings(args), _store(args)), args.signal, args.budget, limits, options, overrides)
     for warning in plan["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
@@ -176,7 +232,10 @@ def _retrain_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...]
 def cmd_retrain(args) -> int:
     from analysis.planning.plan_json import read_plan
     from analysis.training.retrain import retrain, write_outputs
+    from analysis.settings import check_device
     config = _retrain_config(args)   # checked before the plan is read
+    if args.device is not None:
+        check_device(args.device)
     plan = read_plan(args.plan)
     entry = retrain(plan, config, _store(args), args.device)
     if entry is None:  # a non-main process under accelerate launch
@@ -201,17 +260,22 @@ def cmd_compare(args) -> int:
         raise UserError(f"--seeds expects comma-separated integers, not {quoted(args.seeds)}.") from None
     if any(not 0 <= s <= 2**31 - 1 for s in seeds):
         raise UserError(f"--seeds expects integers from 0 to {2**31 - 1}, not {quoted(args.seeds)}.")
-    if args.signals:
+    if args.signals is not None:
         methods = [m.strip() for m in args.signals.split(",") if m.strip()]
+        if not methods:
+            raise UserError(f"--signals names no method ({quoted(args.signals)}); give comma-separated signal "
+                            "names or blends, or leave it out to compare every cached signal.")
     else:  # every signal already computed for this setting
         key = identify(settings, _store(args)).key
         cached = {e.meta.get("signal") for e in _store(args).entries() if e.meta.get("context_key") == key}
         methods = [name for name in all_signals() if name in cached]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds repeats a seed: '{args.seeds}'.")
-    budgets = parse_budgets(args.budgets or args.budget)
+    budgets = parse_budgets(args.budgets if args.budgets is not None else args.budget)
+    overrides = _overrides(args.set)
+    _check_set(overrides, _method_signals(methods), "that no compared method uses")
     entry = compare(settings, methods, budgets, seeds, _retrain_config(args), _limits(args), _plan_options(args),
-                    _store(args), overrides=_overrides(args.set), tune_lrs=parse_rates(args.tune_lr))
+                    _store(args), overrides=overrides, tune_lrs=parse_rates(args.tune_lr))
     table = formatted(entry.table(), entry.meta["task"])
     print(markdown(table))
     left_out = entry.meta.get("left_out", 0)
@@ -238,7 +302,15 @@ def cmd_export(args) -> int:
     from analysis.signals.context import identify
     from analysis.reporting.exhibits import exhibits_for, render
     from analysis.store.atomic import write_bytes_atomic
+    from analysis.signals.registry import all_signals
     limits, overrides = _limits(args), _overrides(args.set)   # checked first
+    used = {"all": set(), "comparison": set(), "plans": set(all_signals())}.get(args.signal)
+    _check_set(overrides, _method_signals([args.signal]) if used is None else used,
+               f"that exporting '{args.signal}' does not use")
+    if not args.list and args.out is None:
+        raise UserError("Name the file to write with --out, e.g. --out figure.pdf.")
+    if not args.list and not args.out.parent.is_dir():
+        raise UserError(f"The folder '{args.out.parent}' does not exist; create it or choose another --out.")
     found = exhibits_for(identify(_settings(args), _store(args)), args.signal, args.budget, limits, overrides)
     if args.list:
         for exhibit in found:
@@ -248,10 +320,6 @@ def cmd_export(args) -> int:
     chosen = next((e for e in found if e.name == args.figure), None) if args.figure else found[0]
     if chosen is None:
         raise UserError(f"'{args.signal}' has no figure '{args.figure}'; it has: {', '.join(e.name for e in found)}.")
-    if args.out is None:
-        raise UserError("Name the file to write with --out, e.g. --out figure.pdf.")
-    if not args.out.parent.is_dir():
-        raise UserError(f"The folder '{args.out.parent}' does not exist; create it or choose another --out.")
     fmt = args.format or args.out.suffix.lstrip(".").lower()
     write_bytes_atomic(args.out, render(chosen, fmt, args.width, args.grayscale))
     print(f"wrote {chosen.name} ({chosen.title}) to {args.out}")
@@ -333,10 +401,11 @@ def _write_job_result(value: dict) -> None:
     folder.write_result(value)
 
 
-def _internal_error(exc: BaseException) -> str:
-    """Keep the traceback on disk; return the one sentence the user sees."""
+def _internal_error(exc: BaseException, cache_dir: Path | None = None) -> str:
+    """Keep the traceback on disk, under the command's cache (--cache-dir, else the default); return the one
+    sentence the user sees."""
     from analysis.store.cache import default_cache_dir
-    log = default_cache_dir() / "logs" / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log = Path(cache_dir or default_cache_dir()) / "logs" / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(traceback.format_exc())
     return f"Internal error ({type(exc).__name__}: {shorten(str(exc), 200)}); the traceback is in {log}."
@@ -354,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_paths(args)
         code = args.handler(args)
         sys.stdout.flush()   # inside the try: a closed pipe shows up here, not at interpreter exit
         return code
@@ -364,12 +434,12 @@ def main(argv: list[str] | None = None) -> int:
         message, code = "Interrupted; nothing partial was written to the cache.", 130
     except BrokenPipeError as exc:
         if not _stdout_reader_gone():
-            message, code = _internal_error(exc), EXIT_INTERNAL_ERROR
+            message, code = _internal_error(exc, getattr(args, "cache_dir", None)), EXIT_INTERNAL_ERROR
         else:   # the reader went away (`... | head`): not an error of ours
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
     except Exception as exc:  # a bug: keep the traceback on disk, show one sentence
-        message, code = _internal_error(exc), EXIT_INTERNAL_ERROR
+        message, code = _internal_error(exc, getattr(args, "cache_dir", None)), EXIT_INTERNAL_ERROR
     print(f"error: {message}", file=sys.stderr)
     _write_job_result({"status": "failed", "message": message})
     return code

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import functools
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -51,6 +52,17 @@ def _fractions(text) -> tuple[float, float, float]:
     return parts
 
 
+DEVICE = re.compile(r"auto|cpu|cuda(:(0|[1-9]\d{0,3}))?")
+
+
+def check_device(text, label: str = "--device") -> str:
+    """A device as typed (auto, cpu, cuda, cuda:N), refused where it is parsed so that torch never sees another
+    spelling."""
+    if not (isinstance(text, str) and DEVICE.fullmatch(text)):
+        raise UserError(f"Unknown device {quoted(text)} for {label}; use auto, cpu, cuda or cuda:N.")
+    return text
+
+
 def _names(text) -> tuple[str, ...] | None:
     if text is None or isinstance(text, tuple):
         return text
@@ -81,6 +93,8 @@ def _convert(f: dataclasses.Field, owner: type, value, label: str | None = None)
     label = label or flag_of(f)
     if f.name == "fractions":
         return _fractions(value)
+    if f.name == "device" and value is not None:
+        return check_device(value, label)
     if kind is tuple:
         return _names(value)
     if value is None:

@@ -120,6 +120,70 @@ CASES = {
 }
 
 
+
+# --- the input-gaps audit: paths, devices, budgets, blends, --set, empty lists, plan files (one row each) ---------
+
+def a_file(tmp_path: Path, name: str = "a-file") -> str:
+    path = tmp_path / name
+    path.write_text("not a folder")
+    return str(path)
+
+
+def json_file(tmp_path: Path, value) -> str:
+    path = tmp_path / "hand.json"
+    path.write_text(json.dumps(value))
+    return str(path)
+
+
+CASES.update({
+    "plan --out is a folder": (lambda t: ["plan", "--out", str(t)], "is a folder; give a file name"),
+    "plan --out under a file": (lambda t: ["plan", "--out", a_file(t) + "/p.json"], "is a file, not a folder"),
+    "export --out is a folder": (lambda t: ["export", "--signal", "cka", "--out", str(t), "--format", "pdf"],
+                                 "is a folder; give a file name"),
+    "compare --out is a file": (lambda t: ["compare", "--out", a_file(t)], "is a file, not a folder"),
+    "retrain --out is a file": (lambda t: ["retrain", "--plan", plan_file(t), "--out", a_file(t)],
+                                "is a file, not a folder"),
+    "show --cache-dir is a file": (lambda t: ["show", "--signal", "cka", "--cache-dir", a_file(t)],
+                                   "is a file, not a folder"),
+    "run --cache-dir is a file": (lambda t: ["run", "--signals", "cka", "--cache-dir", a_file(t)],
+                                  "is a file, not a folder"),
+    "device cuda:x": (lambda t: ["run", "--device", "cuda:x", "--signals", "cka"], "Unknown device 'cuda:x'"),
+    "device cuda:-1": (lambda t: ["run", "--device", "cuda:-1", "--signals", "cka"], "Unknown device 'cuda:-1'"),
+    "device cuda:0:1": (lambda t: ["run", "--device", "cuda:0:1", "--signals", "cka"], "Unknown device 'cuda:0:1'"),
+    "device with a space": (lambda t: ["run", "--device", "cuda ", "--signals", "cka"], "Unknown device 'cuda '"),
+    "device cudax": (lambda t: ["plan", "--device", "cudax"], "Unknown device 'cudax'"),
+    "retrain device": (lambda t: ["retrain", "--plan", plan_file(t), "--device", "cuda:-1"],
+                       "Unknown device 'cuda:-1'"),
+    "device-map": (lambda t: ["run", "--device-map", "nope", "--signals", "cka"], "--device-map must be one of"),
+    "retrain init": (lambda t: ["retrain", "--plan", plan_file(t), "--init", "nope"], "--init must be one of"),
+    "plan huge average rank": (lambda t: ["plan", "--budget", "r99999999999", "--out", str(t / "p.json")],
+                               "parameters); give at most that (a larger budget"),
+    "zero-weight blend": (lambda t: ["plan", "--signal", "0*cka", "--out", str(t / "p.json")],
+                          "gives cka weight 0"),
+    "blend with a zero weight": (lambda t: ["compare", "--signals", "cka+0.0*id"], "gives id weight 0"),
+    "plan --set for an unused signal": (lambda t: ["plan", "--signal", "uniform", "--set", "cka.split=abc"],
+                                        "--set names signal(s) that 'uniform' does not use: cka"),
+    "show --set for another signal": (lambda t: ["show", "--signal", "cka", "--set", "id.estimator=twonn"],
+                                      "--set names signal(s) not being shown: id"),
+    "export --set for another signal": (lambda t: ["export", "--signal", "cka", "--set", "id.estimator=twonn",
+                                                   "--out", str(t / "f.pdf")], "does not use: id"),
+    "export all with --set": (lambda t: ["export", "--signal", "all", "--set", "cka.split=abc",
+                                         "--out", str(t / "f.pdf")], "that exporting 'all' does not use: cka"),
+    "compare --set for an unused signal": (lambda t: ["compare", "--signals", "cka", "--set", "id.estimator=twonn"],
+                                           "that no compared method uses: id"),
+    "run --signals empty": (lambda t: ["run", "--signals", ""], "No signals were named"),
+    "compare --signals empty": (lambda t: ["compare", "--signals", ""], "--signals names no method"),
+    "compare --signals comma": (lambda t: ["compare", "--signals", ","], "--signals names no method"),
+    "compare --budgets empty": (lambda t: ["compare", "--budgets", ""], "--budgets expects comma-separated"),
+    "plan file bias": (lambda t: ["retrain", "--plan", plan_file(t, bias="all2")],
+                       "has bias 'all2'; it must be one of none, all, lora_only"),
+    "plan file {}": (lambda t: ["retrain", "--plan", json_file(t, {})], "lacks r, lora_alpha"),
+    "plan file target_modules": (lambda t: ["retrain", "--plan", plan_file(t, target_modules="query")],
+                                 "target_modules that are not a non-empty list"),
+    "plan file is a folder": (lambda t: ["retrain", "--plan", str(t)], "is a folder, not a plan file"),
+})
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_bad_input_is_one_sentence_with_exit_code_2(case, cache_dir, tmp_path, capsys):
     build, fragment = CASES[case]
@@ -228,3 +292,34 @@ def test_the_run_chooser_shows_what_differs(cache_dir):
     assert len(options) == 2
     assert any(o.endswith("dtype float32, max-length 64") for o in options), options
     assert any(o.endswith("dtype auto, max-length 128") for o in options), options
+
+
+def test_embedded_data_says_which_flags_it_ignores(capsys):
+    """--text-column, --label-column and --hub-split name columns and splits of CSV, parquet or hub data; the
+    embedded dataset has its own, so it says so (one line) instead of ignoring them silently."""
+    from analysis.__main__ import _settings, build_parser
+    _settings(build_parser().parse_args(["run", "--text-column", "review", "--hub-split", "test"]))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: --text-column, --hub-split apply only to CSV"), lines
+    _settings(build_parser().parse_args(["run", "--text-column", "text"]))   # the default, as jobs pass it
+    _settings(build_parser().parse_args(["run", "--data", "x.csv", "--text-column", "review"]))
+    assert capsys.readouterr().err == ""
+
+
+def test_every_not_computed_message_is_a_sentence():
+    from analysis.signals.runner import not_computed
+    assert not_computed("cka").endswith("--signals cka.")
+    assert not_computed("cka", {"split": "test"}).endswith("--set cka.split=test.")
+
+
+def test_an_internal_error_is_logged_under_the_cache_dir_given(cache_dir, tmp_path, capsys, monkeypatch):
+    import analysis.__main__ as cli
+
+    def crash(args):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(cli, "cmd_list", crash)
+    code, _, err = run_cli(["list", "--cache-dir", str(tmp_path / "elsewhere")], capsys)
+    assert code == 1 and "Internal error (RuntimeError: boom)" in err
+    log = Path(err.split("traceback is in ")[1].rstrip(".\n"))
+    assert log.parent == tmp_path / "elsewhere" / "logs" and "Traceback" in log.read_text()
+    assert not (cache_dir / "logs").exists()

@@ -26,6 +26,8 @@ def changed(group: type):
             values[f.name] = options[(options.index(value) + 1) % len(options)]
         elif f.name == "fractions":
             values[f.name] = (0.7, 0.2, 0.1)
+        elif f.name == "device":   # a device's spelling is checked: another valid one
+            values[f.name] = "cuda:1"
         elif value is None:
             values[f.name] = ("query", "value")
         elif isinstance(value, bool):
@@ -115,3 +117,14 @@ def test_a_new_field_is_picked_up_everywhere():
     value = Extended(label_smoothing=0.1, steps=9)
     assert from_args(Extended, parser.parse_args(to_argv(value))) == value
     assert from_dict(Extended, to_dict(value)) == value
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_a_device_is_one_of_its_spellings(device):
+    assert RunSettings(device=device).device == device
+
+
+@pytest.mark.parametrize("device", ["cuda:x", "cuda:-1", "cuda:0:1", "cuda ", "cudax", "CPU", "tpu", "cuda:01", ""])
+def test_another_device_spelling_is_refused_when_settings_are_built(device):
+    with pytest.raises(UserError, match=r"^Unknown device .* use auto, cpu, cuda or cuda:N\.$"):
+        RunSettings(device=device)

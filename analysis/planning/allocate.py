@@ -269,8 +269,14 @@ def allocate(scores: Scores | None, layout: Layout, budget: int, limits: Limits 
     cost = _cost(ranks, costs)
     assert cost <= budget, (cost, budget)
     if (ranks[high > 0] >= limits.max_rank).all() and budget - cost >= cheapest:
-        warnings.append(f"Every allowed module is at the maximum rank {limits.max_rank}, so the plan stops at "
-                        f"{cost:,} parameters; raise the maximum rank to spend the whole budget.")
+        full = full_rank_cost(layout)
+        if budget > full:   # either spelling (r1000, 1e9): no limit would let a plan spend it
+            warnings.append(f"A budget of {budget:,} parameters is more than full rank on every module of this "
+                            f"model costs ({full:,}), so no plan can spend it; this one stops at {cost:,} "
+                            f"parameters (at most --max-rank {limits.max_rank} per module).")
+        else:
+            warnings.append(f"Every allowed module is at the maximum rank {limits.max_rank}, so the plan stops at "
+                            f"{cost:,} parameters; raise the maximum rank to spend the whole budget.")
     return Allocation(ranks, cost, warnings)
 
 
@@ -350,18 +356,22 @@ def _allocate_blocks(scores, layout, limits, low, high, costs, budget):
     wanted = layout.num_layers // 2 if paper else None
     ranks, chosen = _top_blocks(scores.per_module, scores.excluded, layout, low, high, costs, budget,
                                 limits.block_rank, wanted)
+    # the rank a block really gets: --max-rank caps --block-rank
+    rank = int(min(limits.block_rank, high.max(initial=0) or limits.block_rank))
+    capped = f" (--block-rank {limits.block_rank}, capped by --max-rank)" if rank < limits.block_rank else ""
     if chosen == 0:
         raise UserError(f"A budget of {budget:,} parameters does not fit a single block at rank "
-                        f"{limits.block_rank}; lower the block rank or raise the budget.")
+                        f"{rank}{capped}; lower the block rank or raise the budget.")
     warnings = []
     if paper and chosen < wanted:
         warnings.append(f"The CKA paper's rule selects floor({layout.num_layers}/2) = {wanted} blocks, but this "
-                        f"budget fits {chosen} at rank {limits.block_rank}.")
+                        f"budget fits {chosen} at rank {rank}{capped}.")
     spent = _cost(ranks, costs)   # the paper's rule keeps floor(L/2) blocks whatever the budget: no advice there
     if not paper and budget - spent >= int(costs[high > 0].min()) and spent < budget / 2:
-        warnings.append(f"{scores.name} adapts {chosen} block(s) at rank {limits.block_rank}, which uses "
-                        f"{spent:,} parameters, {spent / budget:.1%} of the budget; raise the block rank "
-                        f"(--block-rank) to spend more of it.")
+        advice = ("raise --max-rank (it caps the block rank)" if capped
+                  else "raise the block rank (--block-rank)")
+        warnings.append(f"{scores.name} adapts {chosen} block(s) at rank {rank}{capped}, which uses "
+                        f"{spent:,} parameters, {spent / budget:.1%} of the budget; {advice} to spend more of it.")
     return ranks, warnings
 
 
@@ -470,6 +480,11 @@ def uniform_cost(layout: Layout, rank: float, limits: Limits = Limits()) -> int:
     return int(round(rank * sum(c for c, h in zip(layout.costs, high) if h > 0)))
 
 
+def full_rank_cost(layout: Layout) -> int:
+    """LoRA parameters with every module at full rank (min(d_in, d_out)): more than any plan can spend."""
+    return sum(min(m.d_in, m.d_out) * (m.d_in + m.d_out) for m in layout.modules)
+
+
 # The largest budget taken: above every model's full-rank LoRA, and far inside int64 (numbers beyond it are typos).
 MAX_BUDGET = 10**15
 
@@ -482,14 +497,17 @@ def parse_budget(text: str, layout: Layout, limits: Limits = Limits()) -> int:
         raise UserError(f"Cannot read the budget {quoted(text)}; give parameters (150000, 150k, 1.2M) or an average "
                         "rank (r4).")
     number = Decimal(match.group(2))   # exact: 99999999999999999999999 stays that number, not a float's neighbour
-    if match.group(1):
-        budget = uniform_cost(layout, float(number), limits) if number < 10**9 else None
+    if match.group(1):   # what uniform LoRA at that rank costs on the allowed modules (uniform_cost, but exact)
+        _, high = _bounds(layout, limits)
+        budget = int((number * sum(c for c, h in zip(layout.costs, high) if h > 0)).to_integral_value())
     else:
         budget = int(number * {"k": 1000, "m": 10**6, None: 1}[match.group(3)])
-    if budget is None or budget > MAX_BUDGET:
-        full = sum(min(m.d_in, m.d_out) * (m.d_in + m.d_out) for m in layout.modules)   # every module at full rank
+    # One rule for both spellings: above full rank a plan is capped there (allocate warns); a number beyond any
+    # model's full rank is a typo, refused with what full rank costs here.
+    if budget > MAX_BUDGET:
+        full = full_rank_cost(layout)
         raise UserError(f"A budget of {quoted(text)} is beyond any LoRA (full rank on every module of this model is "
-                        f"{full:,} parameters); give at most {MAX_BUDGET:.0e} parameters.")
+                        f"{full:,} parameters); give at most that (a larger budget is capped there).")
     if budget <= 0:
         raise UserError("The budget must be a positive number of parameters.")
     return budget

@@ -33,6 +33,12 @@ def blend_parts(method: str) -> list[tuple[str, float]]:
             raise UserError(f"Cannot read the method '{method}'; write a signal name, 'uniform' or a blend such as "
                             "'0.7*shapley+0.3*cka'.")
         parts.append((match.group(2), float(match.group(1) or 1)))
+    zero = [name for name, weight in parts if weight <= 0]
+    if zero:
+        raise UserError(f"The method '{method}' gives {', '.join(zero)} weight 0; every weight of a blend must be "
+                        "positive (leave a signal out instead).")
+    for name, _ in parts:
+        get_signal(name)   # an unknown name is refused here, before anything is loaded
     return parts
 
 

@@ -150,6 +150,8 @@ def write_plan(plan: dict, path: Path) -> None:
 
 
 def read_plan(path: Path) -> dict:
+    if Path(path).is_dir():
+        raise UserError(f"'{path}' is a folder, not a plan file.")
     try:
         plan = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -166,9 +168,34 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# peft's LoraConfig.bias values (others raise NotImplementedError only when the model is built)
+BIASES = ("none", "all", "lora_only")
+
+
 def check_values(plan: dict, path) -> None:
-    """The ranges a hand-edited plan must keep (what `plan` itself refuses on its command line): ranks positive
-    integers, alpha positive, dropout in [0, 0.99]."""
+    """What a hand-edited plan must keep, checked before any model is loaded: the keys a rank plan has, of the
+    right types, and the ranges `plan` itself refuses on its command line (ranks positive integers, alpha
+    positive, dropout in [0, 0.99], bias one of peft's)."""
+    missing = [key for key in ("r", "lora_alpha", "target_modules", "trainable_params") if key not in plan]
+    if missing:
+        raise UserError(f"The plan file '{path}' lacks {', '.join(missing)}; it is not a rank plan from this tool.")
+    modules = plan["target_modules"]
+    if not (isinstance(modules, list) and modules and all(isinstance(m, str) and m for m in modules)):
+        raise UserError(f"The plan file '{path}' has target_modules that are not a non-empty list of module names.")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if plan.get(key) is not None and not isinstance(plan[key], dict):
+            raise UserError(f"The plan file '{path}' has a {key} that is not an object of module: value.")
+    count = plan["trainable_params"]
+    if not (isinstance(count, int) and not isinstance(count, bool) and count > 0):
+        raise UserError(f"The plan file '{path}' has trainable_params {count!r}; it must be a positive integer.")
+    if plan.get("bias") not in (None, *BIASES):
+        raise UserError(f"The plan file '{path}' has bias {plan.get('bias')!r}; it must be one of "
+                        f"{', '.join(BIASES)}.")
+    if not isinstance(plan.get("use_rslora") or False, bool):
+        raise UserError(f"The plan file '{path}' has use_rslora {plan.get('use_rslora')!r}; it must be true or "
+                        "false.")
+    if not isinstance(plan.get("settings") or {}, dict):
+        raise UserError(f"The plan file '{path}' has settings that are not a JSON object.")
     ranks = [plan.get("r"), *(plan.get("rank_pattern") or {}).values()]
     if any(r is not None and not (isinstance(r, int) and not isinstance(r, bool) and r >= 1) for r in ranks):
         raise UserError(f"The plan file '{path}' has a rank that is not a positive integer; ranks must be 1 or more.")

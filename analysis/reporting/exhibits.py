@@ -143,7 +143,7 @@ def exhibits_for(identity, what: str, budget: str = "r4", limits=None, overrides
     if what == "all":
         entries = cached_signals(identity)
         if not entries:
-            raise UserError("No signal has been computed for this model and data yet; run: python -m analysis run")
+            raise UserError("No signal has been computed for this model and data yet; run: python -m analysis run.")
         return overview_exhibits(entries)
     if what == "plans":
         layout, limits = layout_for(identity), limits or Limits()
@@ -156,7 +156,7 @@ def exhibits_for(identity, what: str, budget: str = "r4", limits=None, overrides
         found = comparisons(identity.store, identity.key)
         if not found:
             raise UserError("No retrain comparison has finished for this model and data; run: "
-                            "python -m analysis compare")
+                            "python -m analysis compare.")
         return comparison_exhibits(found[0])
     return signal_exhibits(cached_entry(identity, what, (overrides or {}).get(what)))
 

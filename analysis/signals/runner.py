@@ -95,6 +95,6 @@ def not_computed(name: str, overrides: dict[str, str] | None = None) -> str:
     if overrides:
         options = " ".join(f"--set {name}.{k}={v}" for k, v in overrides.items())
         return (f"Signal '{name}' has not been computed with {options} for this model and data yet; run: "
-                f"python -m analysis run --signals {name} {options}")
+                f"python -m analysis run --signals {name} {options}.")
     return (f"Signal '{name}' has not been computed for this model and data yet; run: "
-            f"python -m analysis run --signals {name}")
+            f"python -m analysis run --signals {name}.")

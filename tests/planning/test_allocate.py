@@ -294,3 +294,29 @@ def test_pattern_matching_shortcut_agrees_with_peft_on_every_name():
                                                 "mlp.*_proj", r"layers\.1\d\..*", "self_attn"]
     for key in keys:
         assert _pattern_matches(key, layout.names) == [n for n in layout.names if get_pattern_key([key], n) == key]
+
+
+def test_a_cka_plan_names_the_rank_its_blocks_really_get():
+    """--block-rank above --max-rank: the blocks get --max-rank, and the warning says so (not the asked rank)."""
+    layout = layout_of(tiny_llama(layers=4))
+    scores = scores_from_tables("cka", "blocks", {"main": per_block(layout, [0.1, 0.9, 0.2, 0.3], "cka")}, layout)
+    allocation = allocate(scores, layout, uniform_cost(layout, 4) * 4, Limits(block_rank=100_000, max_rank=4))
+    assert set(allocation.ranks[allocation.ranks > 0]) == {4}
+    warning = allocation.warnings[0]
+    assert "at rank 4 (--block-rank 100000, capped by --max-rank)" in warning and "raise --max-rank" in warning
+    with pytest.raises(UserError, match=r"at rank 4 \(--block-rank 100000, capped by --max-rank\)"):
+        allocate(scores, layout, uniform_cost(layout, 4) // 4 - 1, Limits(block_rank=100_000, max_rank=4))
+
+
+def test_a_budget_above_full_rank_is_capped_with_a_warning_in_either_spelling():
+    layout = layout_of(tiny_llama(layers=2))
+    full = sum(min(m.d_in, m.d_out) * (m.d_in + m.d_out) for m in layout.modules)
+    for text in ("r1000", str(full + 1), "1.5M"):
+        budget = parse_budget(text, layout)
+        assert budget > full
+        [warning] = allocate(None, layout, budget, Limits(max_rank=8)).warnings
+        assert f"more than full rank on every module of this model costs ({full:,})" in warning, warning
+    for text in ("r9999999999999", "99999999999999999999999"):   # beyond any model: a typo, refused
+        with pytest.raises(UserError, match=rf"is {full:,} parameters\); give at most that") as error:
+            parse_budget(text, layout)
+        assert "e+" not in str(error.value)
