@@ -86,9 +86,8 @@ def test_exported_pdf_text_is_7_5_pt_and_nothing_is_clipped(tmp_path, width):
     path = tmp_path / "figure.pdf"
     path.write_bytes(pdf)
     sizes = text_sizes(pdf)
-    # Every tick label and both axis titles at 7.5 pt; the one title one pixel larger (8.25 pt).
-    assert sizes and set(sizes) <= {7.5, 8.25}, sorted(set(sizes))
-    assert sizes.count(8.25) == 1
+    # Every tick label (the colour bar's too), both axis titles and the figure's title at 7.5 pt.
+    assert sizes and set(sizes) == {7.5}, sorted(set(sizes))
     (page_width, page_height), found = words(path)
     assert page_width == pytest.approx(WIDTHS[width] * 72, abs=1)
     for name in ("module", "type", "layer", "attention.output.dense"):
@@ -116,7 +115,7 @@ def test_latex_headers_read_as_words():
 @pytest.mark.slow   # a minute: about 16 renders
 def test_every_exported_figure_keeps_the_paper_sizes_and_the_page(tmp_path):
     """Each signal's figures, the all-signals overview and the plans, from a store the real runner filled with
-    synthetic tables: text at 7.5 pt (legends 6.75 pt, titles 8.25 pt; no 9 pt axis or colour-bar titles), every
+    synthetic tables: all text at 7.5 pt (titles and legends too; no 9 pt axis or colour-bar titles), every
     word inside the page."""
     from analysis.reporting.exhibits import exhibits_for
     from analysis.settings import Limits, RunSettings
@@ -131,7 +130,7 @@ def test_every_exported_figure_keeps_the_paper_sizes_and_the_page(tmp_path):
                 continue
             pdf = figure_bytes(paper_style(exhibit.figure(), "column"), "pdf")
             sizes = text_sizes(pdf)
-            assert sizes and set(sizes) <= {6.75, 7.5, 8.25}, (exhibit.name, sorted(set(sizes)))
+            assert sizes and set(sizes) == {7.5}, (exhibit.name, sorted(set(sizes)))
             path = tmp_path / f"{exhibit.name}.pdf"
             path.write_bytes(pdf)
             (width, height), found = words(path)
