@@ -93,10 +93,63 @@ def _cka(modules, layers, rng) -> Result:
     return Result(table, tables={"matrix": matrix}, meta={"examples": 64, "accumulated": False})
 
 
-MAKERS = {"shapley": _shapley, "adalora": _adalora, "sora": _sora, "id": _intrinsic_dimension, "cka": _cka}
+def _grad_norm(modules, layers, rng) -> Result:
+    return Result(pd.DataFrame({"signal": "grad_norm", "layer": [m.layer for m in modules],
+                                "module": [m.name for m in modules], "value": rng.gamma(2.0, 0.05, len(modules))}))
 
 
-def fill(cache_dir, settings: RunSettings, signals=tuple(MAKERS), seed: int = 0,
+def _state_change(modules, layers, rng) -> Result:
+    return Result(pd.DataFrame({"signal": "state_change", "layer": range(len(layers)), "module": "block",
+                                "value": rng.uniform(0.05, 0.6, len(layers)).tolist()}))
+
+
+def _gora(modules, layers, rng) -> Result:
+    table = pd.DataFrame({"signal": "gora", "layer": [m.layer for m in modules], "module": [m.name for m in modules],
+                          "value": rng.gamma(2.0, 1e-4, len(modules)).tolist()})
+    return Result(table, meta={"steps": 4, "importance": "union_mean", "split": "train"})
+
+
+def _eva(modules, layers, rng, r: int = 8, rho: float = 2.0) -> Result:
+    """Explained-variance ratios of round(r * rho) components per module, largest first; peft_ranks as EVA's pooled
+    ranking gives them (the best r x modules components over all modules)."""
+    kept = round(r * rho)
+    ratios = np.sort(rng.dirichlet(np.full(64, 0.3), len(modules))[:, :kept], axis=1)[:, ::-1]
+    best = np.argsort(-ratios, axis=None, kind="stable")[: r * len(modules)] // kept
+    table = pd.DataFrame({"signal": "eva", "layer": np.repeat([m.layer for m in modules], kept),
+                          "module": np.repeat([m.name for m in modules], kept), "value": ratios.reshape(-1),
+                          "rank": np.tile(np.arange(kept), len(modules))})
+    peft_ranks = _module_frame(modules, value=np.bincount(best, minlength=len(modules)))
+    return Result(table, tables={"peft_ranks": peft_ranks},
+                  meta={"forwards": 3, "batches": 1, "shares_input_with": {}, "rank_budget": r * len(modules),
+                        "split": "train"})
+
+
+def _alpha(modules, layers, rng) -> Result:
+    """Each matrix's eigenvalues of W^T W (min(d_in, d_out) of them, a power-law tail) and a fit consistent with
+    them: xmin an eigenvalue, n_tail the eigenvalues at or above it."""
+    rows, spectra = [], []
+    for m in modules:
+        alpha = rng.uniform(2.0, 6.0)
+        evals = np.sort((rng.pareto(alpha - 1, min(m.d_in, m.d_out)) + 1) * 0.05)
+        xmin = float(evals[len(evals) // 2])
+        n_tail = int((evals >= xmin).sum())
+        rows.append({"value": alpha, "xmin": xmin, "D": rng.uniform(0.02, 0.1), "sigma": (alpha - 1) / np.sqrt(n_tail),
+                     "n_evals": len(evals), "n_tail": n_tail})
+        spectra.append(pd.DataFrame({"layer": m.layer, "module": m.name, "eigenvalue": evals}))
+    table = pd.concat([_module_frame(modules), pd.DataFrame(rows)], axis=1)
+    table.insert(0, "signal", "alpha")
+    table["degenerate"] = table["value"].isna()
+    return Result(table, tables={"spectra": pd.concat(spectra, ignore_index=True)},
+                  meta={"svd_dtype": "float32", "fit": "ww", "spectrum": "svdvals"})
+
+
+MAKERS = {"shapley": _shapley, "adalora": _adalora, "sora": _sora, "id": _intrinsic_dimension, "cka": _cka,
+          "eva": _eva, "alpha": _alpha, "gora": _gora, "grad_norm": _grad_norm, "state_change": _state_change}
+# What fill() computes unless told: the signals the page tests and the budget bench were written against.
+DEFAULT_SIGNALS = ("shapley", "adalora", "sora", "id", "cka")
+
+
+def fill(cache_dir, settings: RunSettings, signals=DEFAULT_SIGNALS, seed: int = 0,
          overrides: dict[str, dict[str, str]] | None = None) -> Store:
     """Run `signals` through the real runner (real keys, metadata and store), each computing random tables of
     its real schema for the model's layout instead of training; `overrides` are options as `--set` gives them."""
@@ -110,3 +163,28 @@ def fill(cache_dir, settings: RunSettings, signals=tuple(MAKERS), seed: int = 0,
 
     run_signals(settings, [synthetic(name) for name in signals], overrides, store=store)
     return store
+
+
+def fill_comparison(store: Store, settings: RunSettings, methods=("shapley", "cka"), budgets=("r2", "r4", "r8"),
+                    seeds=(0, 1, 2), seed: int = 0):
+    """A finished retrain comparison of `methods` in `store` (whose signals must be there), made by the real
+    training.compare with each retrain replaced by random metrics in its real schema, a bit better the more
+    parameters a plan trains: the comparison entry the Retrain page and `export --signal comparison` read."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from analysis.settings import TrainSettings
+    from analysis.training import compare as comparison
+
+    rng = np.random.default_rng(seed)
+
+    def retrain(plan, config, store, label=None):   # what compare reads of a finished run's entry
+        accuracy = float(np.clip(0.7 + 0.02 * np.log2(plan["trainable_params"] / 1e4) + rng.normal(0, 0.01), 0, 1))
+        metrics = {"accuracy": accuracy, "f1": accuracy - 0.01, "test_loss": 1.2 - accuracy, "test_examples": 400,
+                   "predicted_classes": 2}
+        return SimpleNamespace(key=f"retrain-{plan['signal']}-{plan['trainable_params']}-{config.lr}-{config.seed}",
+                               meta={"config": {"lr": config.lr}, "metrics": metrics, "train_seconds": 1.0,
+                                     "did_not_train": None})
+
+    with mock.patch.object(comparison, "retrain", retrain), mock.patch.object(comparison, "phase", lambda *a: None):
+        return comparison.compare(settings, list(methods), list(budgets), list(seeds), TrainSettings(), store=store)

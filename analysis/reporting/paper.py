@@ -11,6 +11,7 @@ import os
 import threading
 import warnings
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -51,11 +52,14 @@ def paper_style(figure: go.Figure, width: str = "column", grayscale: bool = Fals
                        if a.yref == "paper" and a.yanchor == "bottom"),
                       default=0)
     top = 10 + (FONT_SIZE + 6) * title_lines + (FONT_SIZE + 10 if styled.layout.title.text else 0)
+    height = max(height, _legend_height(styled) + top + 50)   # every legend entry beside the plot, above its x axis
+    # One size for every text, titles and legends included (plotly makes a title and a legend's title larger by
+    # default); tests/reporting/test_paper_pdf.py reads every size back from the exported PDFs.
     styled.update_layout(template="simple_white", width=pixels, height=height,
                          font={"family": FONT, "size": FONT_SIZE, "color": "black"},
-                         title={"font": {"size": FONT_SIZE + 1}, "x": 0.5, "xanchor": "center"},
+                         title={"font": {"size": FONT_SIZE}, "x": 0.5, "xanchor": "center"},
                          margin={"l": 48, "r": 8, "t": top, "b": 40},
-                         legend={"font": {"size": FONT_SIZE - 1}})
+                         legend={"font": {"size": FONT_SIZE}, "title_font_size": FONT_SIZE})
     styled.update_annotations(font_size=FONT_SIZE)   # subplot titles
     # Axis titles at the text size (plotly's default is 1.2 x, 9 pt here); automargin widens the margins to fit
     # the tick labels and titles, so a long module name does not push the y-axis title off the page.
@@ -63,9 +67,16 @@ def paper_style(figure: go.Figure, width: str = "column", grayscale: bool = Fals
                 tickfont_size=FONT_SIZE, automargin=True)
     styled.update_xaxes(**axes)
     styled.update_yaxes(**axes)
+    _log_ticks(styled, pixels, height)
+    _heatmap_text(styled, pixels)
+    for axis in _square_cell_axes(styled):   # the panel shrinks to its square cells (no empty band in its frame)
+        styled.layout[axis].constrain = "domain"
     # A colour bar's title is an axis title too (plotly's default is 1.2 x the text size as well).
     colorbar = {"thickness": 10, "title_font_size": FONT_SIZE, "tickfont_size": FONT_SIZE}
     styled.update_traces(colorbar={**colorbar, "len": 0.9}, selector={"type": "heatmap"})
+    # Markers coloured by a scale (the agreement scatter's layers) carry their own colour bar.
+    styled.update_traces(marker_colorbar={**colorbar, "len": 0.9},
+                         selector=lambda trace: trace.type == "scatter" and trace.marker.colorscale is not None)
     if "coloraxis2" in styled.layout:   # two scales side by side (one-signed and signed), each half as long
         styled.update_layout(coloraxis_colorbar=colorbar, coloraxis2_colorbar=colorbar)
     elif styled.layout.coloraxis.colorbar is not None:
@@ -73,6 +84,121 @@ def paper_style(figure: go.Figure, width: str = "column", grayscale: bool = Fals
     if grayscale:
         _to_grayscale(styled)
     return styled
+
+
+def _axis_traces(figure: go.Figure, name: str) -> list:
+    """The traces drawn on layout axis `name` ('xaxis', 'yaxis2', ...)."""
+    letter, number = name[0], name[5:]
+    return [t for t in figure.data if (getattr(t, f"{letter}axis", None) or letter) == letter + number]
+
+
+def _tick_label(value: float) -> str:
+    """A tick label as plotly writes one (SI suffixes from a thousand up: 50k, 1.5M; else the shortest decimal)."""
+    for power, suffix in ((9, "G"), (6, "M"), (3, "k")):
+        if abs(value) >= 10 ** power:
+            return f"{value / 10 ** power:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _log_ticks(figure: go.Figure, width: int, height: int) -> None:
+    """Log axes get their ticks at powers of ten (every k-th where they would run into each other), with 2 and 5
+    (then 3 and 7) times them added while there are fewer than three labels and they stay clear of each other, all
+    labelled at the text size: plotly draws the 2s and 5s of a log axis at 0.75 x the text size (5.6 pt), and an
+    axis spanning less than a decade gets linear-looking labels that overlap."""
+    legend_outside = (figure.layout.showlegend is not False and len(legend_entries(figure)) > 1
+                      and (figure.layout.legend.x is None or figure.layout.legend.x >= 1))
+    for name in [key for key in figure.layout.to_plotly_json() if key[:5] in ("xaxis", "yaxis")]:
+        axis = figure.layout[name]
+        if axis.type != "log" or axis.tickvals is not None:
+            continue
+        if axis.range is not None:
+            low, high = 10 ** min(axis.range), 10 ** max(axis.range)
+        else:
+            values = [np.asarray(getattr(t, name[0]), dtype=float).ravel() for t in _axis_traces(figure, name)
+                      if getattr(t, name[0], None) is not None]
+            values = np.concatenate(values or [np.array([])])
+            values = values[np.isfinite(values) & (values > 0)]
+            if not len(values):
+                continue
+            low, high = values.min(), values.max()
+        # Pixels per decade, a little short of the plot's (margins, tick labels, a legend beside the plot), and the
+        # room a label needs: its width along an x axis, its height along a y axis.
+        length = width * (0.5 if legend_outside else 0.7) if name[0] == "x" else height * 0.6
+        per_decade = length / max(np.log10(high / low), 0.1)
+
+        def spaced(ticks):   # the labels, and whether each is clear of the next
+            labels = [_tick_label(t) for t in ticks]
+            need = [0.6 * FONT_SIZE * max(len(a), len(b)) + 6 if name[0] == "x" else 1.6 * FONT_SIZE
+                    for a, b in zip(labels, labels[1:])]
+            return labels, all(gap >= n for gap, n in zip(np.diff(np.log10(ticks)) * per_decade, need))
+
+        decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+        ticks = [10.0 ** d for d in decades if low * (1 - 1e-9) <= 10.0 ** d <= high * (1 + 1e-9)]
+        labels, clear = spaced(ticks)
+        step = 1
+        while not clear:   # many decades on a short axis: every second (third, ...) power of ten
+            step += 1
+            labels, clear = spaced(ticks[::step])
+        ticks = ticks[::step]
+        for mantissas in ((1, 2, 5), (1, 2, 3, 5, 7)):   # denser while fewer than 3 labels, and clear of each other
+            if len(ticks) >= 3:
+                break
+            denser = [m * 10.0 ** d for d in decades for m in mantissas if low * (1 - 1e-9) <= m * 10.0 ** d
+                      <= high * (1 + 1e-9)]
+            denser_labels, clear = spaced(denser)
+            if not clear:
+                break
+            ticks, labels = denser, denser_labels
+        if len(ticks) < 2:   # too narrow a range for two of these: plotly's own ticks (full size there)
+            continue
+        axis.update(tickmode="array", tickvals=ticks, ticktext=labels)
+
+
+def legend_entries(figure: go.Figure) -> list[str]:
+    """The names the legend lists (plotly shows a legend for two entries or more, or when told to)."""
+    if figure.layout.showlegend is False:
+        return []
+    names = [t.name for t in figure.data if t.name and t.showlegend is not False and t.visible is not False
+             and (t.showlegend or t.type not in ("heatmap", "histogram2d", "contour", "surface"))]
+    return names if len(names) > 1 or figure.layout.showlegend else []
+
+
+def _legend_height(figure: go.Figure) -> int:
+    """The pixels a vertical legend needs: plotly cuts off the entries that do not fit beside the plot."""
+    legend = figure.layout.legend
+    if legend.orientation == "h":
+        return 0
+    entries = [t for t in figure.data if t.name in legend_entries(figure) and t.showlegend is not False]
+    groups = len({t.legendgroup for t in entries}) if any(t.legendgroup for t in entries) else 1
+    gap = legend.tracegroupgap if legend.tracegroupgap is not None else 10
+    title = 2 * FONT_SIZE if legend.title.text else 0
+    return round(len(entries) * 1.9 * FONT_SIZE + (groups - 1) * gap + title + 10) if entries else 0
+
+
+def _heatmap_text(figure: go.Figure, width: int) -> None:
+    """Numbers written in heatmap cells at the text size (plotly shrinks them to fit a cell: 3.75 pt in a column-wide
+    10 x 10 matrix), or left out where a cell is too narrow for them at that size (the CSV holds them)."""
+    for trace in figure.data:
+        if trace.type != "heatmap" or not trace.texttemplate:
+            continue
+        columns = len(set(trace.x)) if trace.x is not None else np.shape(trace.z)[1]
+        labels = [str(v) for v in (trace.y if trace.y is not None else [])]
+        # What the cells share of the width: less the margins, the y tick labels and a colour bar.
+        room = width - 60 - 0.6 * FONT_SIZE * max(map(len, labels), default=2) - 60
+        longest = max((len(str(t)) for row in (trace.text if trace.text is not None else []) for t in row),
+                      default=4)
+        if room / max(columns, 1) >= 0.6 * FONT_SIZE * longest + 4:
+            trace.textfont.size = FONT_SIZE
+        else:
+            trace.texttemplate = None
+
+
+def _square_cell_axes(figure: go.Figure) -> list[str]:
+    """Both axes of every subplot whose cells are kept square (an axis with scaleanchor)."""
+    names = [key for key in figure.layout.to_plotly_json() if key[:5] in ("xaxis", "yaxis")]
+    anchored = [name for name in names if figure.layout[name].scaleanchor]
+    partners = [f"{figure.layout[name].scaleanchor[0]}axis{figure.layout[name].scaleanchor[1:]}" for name in anchored]
+    return list(dict.fromkeys(anchored + partners))
 
 
 def _to_grayscale(figure: go.Figure) -> None:
