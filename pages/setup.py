@@ -19,8 +19,9 @@ signals = all_signals()
 defaults = RunSettings()
 
 st.title("Where should the LoRA rank go?")
-st.caption("Per-layer, per-module importance signals for LoRA fine-tuning, computed on the validation split "
-           "(never test) and cached on disk; the same cache serves `python -m analysis` on a GPU server.")
+st.caption("Per-layer, per-module importance signals for LoRA fine-tuning, each computed on the split its method's "
+           "source uses (train or validation, never test) and cached on disk; the same cache serves "
+           "`python -m analysis` on a GPU server.")
 
 MODELS = {"minilm": "all-MiniLM-L6-v2 encoder (embedded)", "smollm2": "SmolLM2-135M decoder, 30 layers (embedded)",
           "other": "Hub name or local directory"}
