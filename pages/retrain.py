@@ -47,9 +47,10 @@ with st.form("retrain"):
     grid = f.text_input("Tune learning rate over", ",".join(f"{r:g}" for r in DEFAULT_GRID),
                         help="tried per method and budget with the first seed, chosen on the validation split; "
                         "empty: every run uses the learning rate at the left")
-    init = g.selectbox("Adapter start", choices_of(TrainSettings, "init"), help="default: peft's (B = 0); eva: peft's EVA (A from a PCA of each "
-                       "module's inputs); gora: GoRA's (B from the gradient). Every method, uniform included, starts "
-                       "this way, and the results table says which.")
+    init = g.selectbox("Adapter start", choices_of(TrainSettings, "init"),
+                       help="default: peft's (B = 0); eva: peft's EVA (A from a PCA of each module's inputs); gora: "
+                       "GoRA's (B from the gradient). Every method, uniform included, starts this way, and the results "
+                       "table says which.")
     start = st.form_submit_button("Retrain and compare", type="primary", disabled=len(planned) < 2)
 if start:
     chosen = [m for m in planned if m != UNIFORM]

@@ -28,7 +28,7 @@ import pandas as pd
 
 from analysis.errors import UserError
 from analysis.jobs.progress import phase
-from analysis.settings import DEFAULT_GRID, Limits, PlanOptions, RunSettings, TrainSettings, to_dict
+from analysis.settings import Limits, PlanOptions, RunSettings, TrainSettings, to_dict
 from analysis.signals.context import prepare
 from analysis.store.hashing import hash_json
 from analysis.planning.methods import UNIFORM, layout_for, make_plan

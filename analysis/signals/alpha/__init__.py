@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from analysis.errors import UserError
 from analysis.signals.alpha.esd_fit import fit_alphalora, fit_power_law, spectra
-from analysis.signals.context import MEASURED_SPLITS
 from analysis.signals.registry import Signal, register
 from analysis.store.cache import Result
 

@@ -60,7 +60,7 @@ class EvaSignalConfig:
 
 def compute(context, config: EvaSignalConfig) -> Result:
     modules = context.modules
-    frame = context.measured(config.split)   # checks the split, as CKA's does
+    frame = context.measured(config.split)
     size = config.examples_per_step or len(frame)
     steps = [frame.iloc[start: start + size] for start in range(0, len(frame), size)]
     parallel.require_shares(min(len(step) for step in steps), "example(s) of an EVA step")

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from analysis.errors import UserError
 from analysis.signals import parallel
 from analysis.signals.gora.gradient_importance import IMPORTANCE, importance, summed_gradients
 from analysis.signals.context import MEASURED_SPLITS
@@ -46,7 +45,7 @@ def compute(context, config: GoRAConfig) -> Result:
     model, modules = context.model, context.modules
     weights = [model.get_submodule(m.path).weight for m in modules]
     model.eval()
-    frame = context.measured(config.split)   # checks the split, as CKA's does
+    frame = context.measured(config.split)
     if config.steps:
         frame = frame.iloc[: config.steps * context.settings.batch_size]
     batches = context.batches(config.split, desc="gora", frame=frame, shard=True)
