@@ -474,10 +474,15 @@ FAMILIES: dict[str, Family] = {
 
 # --- budgets -----------------------------------------------------------------------------------------
 
+def _rank_one_cost(layout: Layout, limits: Limits) -> int:
+    """Parameters of one rank on every allowed module (uniform LoRA costs this times its rank)."""
+    _, high = _bounds(layout, limits)
+    return sum(c for c, h in zip(layout.costs, high) if h > 0)
+
+
 def uniform_cost(layout: Layout, rank: float, limits: Limits = Limits()) -> int:
     """Parameters of uniform LoRA at `rank` on the allowed modules."""
-    _, high = _bounds(layout, limits)
-    return int(round(rank * sum(c for c, h in zip(layout.costs, high) if h > 0)))
+    return int(round(rank * _rank_one_cost(layout, limits)))
 
 
 def full_rank_cost(layout: Layout) -> int:
@@ -498,8 +503,7 @@ def parse_budget(text: str, layout: Layout, limits: Limits = Limits()) -> int:
                         "rank (r4).")
     number = Decimal(match.group(2))   # exact: 99999999999999999999999 stays that number, not a float's neighbour
     if match.group(1):   # what uniform LoRA at that rank costs on the allowed modules (uniform_cost, but exact)
-        _, high = _bounds(layout, limits)
-        budget = int((number * sum(c for c, h in zip(layout.costs, high) if h > 0)).to_integral_value())
+        budget = int((number * _rank_one_cost(layout, limits)).to_integral_value())
     else:
         budget = int(number * {"k": 1000, "m": 10**6, None: 1}[match.group(3)])
     # One rule for both spellings: above full rank a plan is capped there (allocate warns); a number beyond any

@@ -168,6 +168,10 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 # peft's LoraConfig.bias values (others raise NotImplementedError only when the model is built)
 BIASES = ("none", "all", "lora_only")
 
@@ -186,7 +190,7 @@ def check_values(plan: dict, path) -> None:
         if plan.get(key) is not None and not isinstance(plan[key], dict):
             raise UserError(f"The plan file '{path}' has a {key} that is not an object of module: value.")
     count = plan["trainable_params"]
-    if not (isinstance(count, int) and not isinstance(count, bool) and count > 0):
+    if not _positive_int(count):
         raise UserError(f"The plan file '{path}' has trainable_params {count!r}; it must be a positive integer.")
     if plan.get("bias") not in (None, *BIASES):
         raise UserError(f"The plan file '{path}' has bias {plan.get('bias')!r}; it must be one of "
@@ -197,7 +201,7 @@ def check_values(plan: dict, path) -> None:
     if not isinstance(plan.get("settings") or {}, dict):
         raise UserError(f"The plan file '{path}' has settings that are not a JSON object.")
     ranks = [plan.get("r"), *(plan.get("rank_pattern") or {}).values()]
-    if any(r is not None and not (isinstance(r, int) and not isinstance(r, bool) and r >= 1) for r in ranks):
+    if any(r is not None and not _positive_int(r) for r in ranks):
         raise UserError(f"The plan file '{path}' has a rank that is not a positive integer; ranks must be 1 or more.")
     alphas = [plan.get("lora_alpha"), *(plan.get("alpha_pattern") or {}).values()]
     if any(a is not None and not (_number(a) and a > 0) for a in alphas):
