@@ -86,6 +86,11 @@ def paper_style(figure: go.Figure, width: str = "column", grayscale: bool = Fals
     return styled
 
 
+def _axis_names(figure: go.Figure) -> list[str]:
+    """The layout's axes by name: 'xaxis', 'yaxis2', ..."""
+    return [key for key in figure.layout.to_plotly_json() if key[:5] in ("xaxis", "yaxis")]
+
+
 def _axis_traces(figure: go.Figure, name: str) -> list:
     """The traces drawn on layout axis `name` ('xaxis', 'yaxis2', ...)."""
     letter, number = name[0], name[5:]
@@ -107,7 +112,7 @@ def _log_ticks(figure: go.Figure, width: int, height: int) -> None:
     axis spanning less than a decade gets linear-looking labels that overlap."""
     legend_outside = (figure.layout.showlegend is not False and len(legend_entries(figure)) > 1
                       and (figure.layout.legend.x is None or figure.layout.legend.x >= 1))
-    for name in [key for key in figure.layout.to_plotly_json() if key[:5] in ("xaxis", "yaxis")]:
+    for name in _axis_names(figure):
         axis = figure.layout[name]
         if axis.type != "log" or axis.tickvals is not None:
             continue
@@ -168,7 +173,8 @@ def _legend_height(figure: go.Figure) -> int:
     legend = figure.layout.legend
     if legend.orientation == "h":
         return 0
-    entries = [t for t in figure.data if t.name in legend_entries(figure) and t.showlegend is not False]
+    listed = set(legend_entries(figure))
+    entries = [t for t in figure.data if t.name in listed and t.showlegend is not False]
     groups = len({t.legendgroup for t in entries}) if any(t.legendgroup for t in entries) else 1
     gap = legend.tracegroupgap if legend.tracegroupgap is not None else 10
     title = 2 * FONT_SIZE if legend.title.text else 0
@@ -195,8 +201,7 @@ def _heatmap_text(figure: go.Figure, width: int) -> None:
 
 def _square_cell_axes(figure: go.Figure) -> list[str]:
     """Both axes of every subplot whose cells are kept square (an axis with scaleanchor)."""
-    names = [key for key in figure.layout.to_plotly_json() if key[:5] in ("xaxis", "yaxis")]
-    anchored = [name for name in names if figure.layout[name].scaleanchor]
+    anchored = [name for name in _axis_names(figure) if figure.layout[name].scaleanchor]
     partners = [f"{figure.layout[name].scaleanchor[0]}axis{figure.layout[name].scaleanchor[1:]}" for name in anchored]
     return list(dict.fromkeys(anchored + partners))
 
