@@ -274,8 +274,11 @@ def cmd_compare(args) -> int:
     budgets = parse_budgets(args.budgets if args.budgets is not None else args.budget)
     overrides = _overrides(args.set)
     _check_set(overrides, _method_signals(methods), "that no compared method uses")
+    from analysis.settings import Grouping, from_args
+    grouping = from_args(Grouping, args)
     entry = compare(settings, methods, budgets, seeds, _retrain_config(args), _limits(args), _plan_options(args),
-                    _store(args), overrides=overrides, tune_lrs=parse_rates(args.tune_lr))
+                    _store(args), overrides=overrides, tune_lrs=parse_rates(args.tune_lr),
+                    adapters_at_once=grouping.adapters_at_once)
     table = formatted(entry.table(), entry.meta["task"])
     print(markdown(table))
     left_out = entry.meta.get("left_out", 0)
@@ -378,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     _plan_arguments(comparison)
     # --seed is the split seed here, --seeds the runs; tuning evaluates on validation, the runs on test
     _retrain_arguments(comparison, exclude=("seed", "eval_split"))
+    from analysis.settings import Grouping, add_flags
+    add_flags(comparison.add_argument_group("speed"), Grouping)
     comparison.set_defaults(handler=cmd_compare)
     export = verbs.add_parser("export", help="write a figure (paper style) or the table behind it")
     _settings_arguments(export)

@@ -232,12 +232,26 @@ class TrainSettings:
     test_size: int = setting(0, "test examples to evaluate on (0: the whole test split)", minimum=0)
     eval_split: str = setting("test", "the split the metrics come from: test, or validation (what learning-rate "
                                       "tuning selects on; never test)", choices=("test", "validation"))
+    max_grad_norm: float = setting(1.0, "clip each run's gradient to this norm before every step (0: no clipping)",
+                                   minimum=0.0)
     checkpoint_every: int = setting(50, "steps between resumable checkpoints", minimum=1)
     seed: int = setting(0, "seed of the adapter and head initialisation and the data order", minimum=0,
                         maximum=2**31 - 1)
     init: str = setting("default", "adapter initialisation at the plan's ranks: default (peft's, B = 0), eva (peft's "
                                    "EVA: A from a PCA of each module's inputs) or gora (GoRA: B from the gradient)",
                         choices=("default", "eva", "gora"))
+
+    def __post_init__(self):
+        _check(self)
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """How many retrains share one copy of the model: a matter of speed, never of results (a run's entry is the
+    same either way), so no cache key holds it."""
+    adapters_at_once: int | None = setting(None, "retrains trained together on one copy of the model (default: as "
+                                                 "many as fit in the device's memory, measured; 1: one at a time)",
+                                           minimum=1, maximum=4096)
 
     def __post_init__(self):
         _check(self)

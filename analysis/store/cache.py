@@ -11,6 +11,7 @@ No pickle anywhere: tables are parquet, tensors safetensors, metadata JSON.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -164,14 +165,14 @@ class Store:
             raise
         return Entry(final, full_meta)
 
-    def get_or_compute(self, key: str, compute: Callable[[], Result], meta: dict,
-                       on_wait: Callable[[], None] | None = None) -> tuple[Entry, bool]:
-        """Return (entry, computed_now). Another process on the same key makes this one wait."""
-        entry = self.get(key)
-        if entry:
-            return entry, False
+    def _lock_of(self, key: str) -> FileLock:
         self.locks_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.locks_dir / f"{key}.lock"))
+        return FileLock(str(self.locks_dir / f"{key}.lock"))
+
+    @contextlib.contextmanager
+    def lock(self, key: str, on_wait: Callable[[], None] | None = None):
+        """Hold the key's lock (one process computes a key at a time; a second waits, calling `on_wait` first)."""
+        lock = self._lock_of(key)
         try:
             lock.acquire(timeout=0)
         except Timeout:
@@ -179,14 +180,32 @@ class Store:
                 on_wait()
             lock.acquire()
         try:
+            yield
+        finally:
+            lock.release()
+
+    def try_lock(self, key: str) -> FileLock | None:
+        """The key's lock, held, if no other process holds it (the caller releases it); else None."""
+        lock = self._lock_of(key)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return None
+        return lock
+
+    def get_or_compute(self, key: str, compute: Callable[[], Result], meta: dict,
+                       on_wait: Callable[[], None] | None = None) -> tuple[Entry, bool]:
+        """Return (entry, computed_now). Another process on the same key makes this one wait."""
+        entry = self.get(key)
+        if entry:
+            return entry, False
+        with self.lock(key, on_wait):
             entry = self.get(key)
             if entry:
                 return entry, False
             started = time.time()
             result = compute()
             return self.put(key, result, {**meta, "seconds": round(time.time() - started, 3)}), True
-        finally:
-            lock.release()
 
     def entries(self) -> list[Entry]:
         """All readable entries, newest first (corrupt ones are skipped, not moved, while listing)."""

@@ -19,7 +19,6 @@ summary), which the dashboard lists.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import time
 
@@ -27,12 +26,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import UserError
-from analysis.jobs.progress import phase
 from analysis.settings import Limits, PlanOptions, RunSettings, TrainSettings, to_dict
 from analysis.signals.context import prepare
 from analysis.store.hashing import hash_json
 from analysis.planning.methods import UNIFORM, layout_for, make_plan
-from analysis.training.retrain import did_not_train, retrain
+from analysis.training.outcome import did_not_train
+from analysis.training.runs import Request, train_runs
 from analysis.store.cache import Entry, Result, Store
 
 METRICS = {"classification": ["accuracy", "f1", "test_loss"], "causal-lm": ["test_loss", "perplexity"]}
@@ -257,9 +256,10 @@ def choose_rate(tuning: pd.DataFrame, task: str) -> float:
 def compare(settings: RunSettings, methods: list[str], budget: str | list[str], seeds: list[int],
             config: TrainSettings, limits: Limits = Limits(), options: PlanOptions = PlanOptions(),
             store: Store | None = None, overrides: dict[str, dict[str, str]] | None = None,
-            tune_lrs: list[float] | None = None) -> Entry:
+            tune_lrs: list[float] | None = None, adapters_at_once: int | None = None) -> Entry:
     """Retrain uniform LoRA and every method at every budget with every seed (the learning rate tuned per
-    method and budget on validation when `tune_lrs` is given; else `config.lr`); the comparison's entry."""
+    method and budget on validation when `tune_lrs` is given; else `config.lr`); the comparison's entry.
+    `adapters_at_once` runs train together on one copy of the model (None: as many as fit; 1: one by one)."""
     store = store or Store()
     budgets = parse_budgets(budget) if isinstance(budget, str) else list(dict.fromkeys(budget))
     if not seeds:
@@ -276,31 +276,29 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
     rows, tuning_rows, chosen = [], [], {}
     started = time.time()
     final = dataclasses.replace(config, eval_split="test")
-    total = len(plans) * (len(tune_lrs or []) + len(seeds))   # the job's progress counts every training run
-    count = itertools.count(1)
-    for (b, method), plan in plans.items():
-        lr = config.lr
-        if tune_lrs:
-            trials = []
-            for rate in tune_lrs:
-                phase(f"run {method} at {b}, lr {rate:g} (tuning)", next(count), total)
-                print(f"tune {method} at {b}: lr {rate:g} (seed {seeds[0]}, validation)", flush=True)
-                entry = retrain(plan, dataclasses.replace(final, lr=rate, seed=seeds[0], eval_split="validation"),
-                                store, label=f"{method} · {b} · lr {rate:g} (tuning)")
-                trials.append(_row(method, b, plan, seeds[0], entry, task))
-            trials = pd.DataFrame(trials)
-            lr = choose_rate(trials, task)
-            tuning_rows += trials.assign(chosen=trials["lr"] == lr).to_dict("records")
-        chosen[f"{b}/{method}"] = lr
-        for seed in seeds:
-            phase(f"run {method} at {b}, seed {seed}", next(count), total)
-            print(f"retrain {method} at {b} (seed {seed}, lr {lr:g}, {plan['trainable_params']:,} parameters)",
-                  flush=True)
-            entry = retrain(plan, dataclasses.replace(final, lr=lr, seed=seed), store,
-                            label=f"{method} · {b} · seed {seed}")
-            rows.append({**_row(method, b, plan, seed, entry, task), "init": final.init})   # which start (--init)
-            if rows[-1]["did_not_train"]:
-                print(f"  did not train: {rows[-1]['did_not_train']}", flush=True)
+    if tune_lrs:   # every method's tuning runs first (trained together), then every final run
+        trials = {(b, m): [(rate, dataclasses.replace(final, lr=rate, seed=seeds[0], eval_split="validation"))
+                           for rate in tune_lrs] for (b, m) in plans}
+        print(f"tuning: {len(plans)} plans x {len(tune_lrs)} rates (seed {seeds[0]}, validation)", flush=True)
+        entries = iter(train_runs([Request(plans[pair], trial, f"{pair[1]} · {pair[0]} · lr {rate:g} (tuning)")
+                                   for pair, tried in trials.items() for rate, trial in tried], store,
+                                  adapters_at_once))
+        for (b, method), tried in trials.items():
+            table = pd.DataFrame([_row(method, b, plans[(b, method)], seeds[0], next(entries), task) for _ in tried])
+            lr = choose_rate(table, task)
+            chosen[f"{b}/{method}"] = lr
+            tuning_rows += table.assign(chosen=table["lr"] == lr).to_dict("records")
+    else:
+        chosen = {f"{b}/{m}": config.lr for (b, m) in plans}
+    finals = [((b, method), seed) for (b, method) in plans for seed in seeds]
+    print(f"training: {len(plans)} plans x {len(seeds)} seeds", flush=True)
+    entries = train_runs([Request(plans[pair], dataclasses.replace(final, lr=chosen[f"{pair[0]}/{pair[1]}"], seed=seed),
+                                  f"{pair[1]} · {pair[0]} · seed {seed}") for pair, seed in finals], store,
+                         adapters_at_once)
+    for ((b, method), seed), entry in zip(finals, entries):
+        rows.append({**_row(method, b, plans[(b, method)], seed, entry, task), "init": final.init})   # which start
+        if rows[-1]["did_not_train"]:
+            print(f"  {method} at {b}, seed {seed} did not train: {rows[-1]['did_not_train']}", flush=True)
     runs = pd.DataFrame(rows)
     tuning = pd.DataFrame(tuning_rows)
     summary = summarise(runs, task)

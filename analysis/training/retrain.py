@@ -4,9 +4,18 @@ validation, which is what learning-rate tuning selects on; `TrainSettings.eval_s
 Allocate-then-retrain: the adapter starts from scratch (peft's initialisation, B = 0), whatever
 signal produced the plan, unless `init` asks for EVA's or GoRA's data-driven start at the same ranks
 (training/adapter_init.py); the run's table and metadata say which. For classification the task head
-is trained alongside, from the same seeded initialisation every method gets. The run is one store entry (metrics, learning curve,
-saved adapter, head), keyed by the setting, the plan's LoRA config, the options and the seed, so
-a comparison never trains the same thing twice.
+is trained alongside, from the same seeded initialisation every method gets. The run is one store entry
+(metrics, learning curve, saved adapter, head), keyed by the setting, the plan's LoRA config, the options
+and the seed, so a comparison never trains the same thing twice.
+
+What a run is (version 3), on this path and on the many-adapters path (training/group.py) alike: the frozen
+model runs as in evaluation (its own dropout off; decoders such as Llama have none anyway), so a run's
+randomness is its seed's: the data order, the head's and the adapter's initialisation and the LoRA dropout
+masks, drawn from a generator of the run's own. LoRA weights and the head are float32 whatever the base
+model's dtype. Each step clips the run's gradient to `max_grad_norm` and takes an AdamW step.
+
+This module trains one run in its own process: peft's model, torch's AdamW. It is the reference the
+grouped path is tested against, and the path `retrain --plan` and data-parallel launches take.
 
 Crash safety: every `checkpoint_every` steps the trainable weights, optimizer, scheduler, loss
 curve and random state go to <cache>/retrain/<key>/checkpoint.pt (written whole, then renamed);
@@ -25,7 +34,6 @@ takes its own `batch_size` slice of every step's examples; only the main process
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -37,21 +45,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.model.capture import tokenize_batches
-from analysis.settings import RunSettings, TrainSettings, from_dict, to_dict
-from analysis.signals.context import prepare, with_lm_labels
-from analysis.store.hashing import hash_json
-from analysis.model.layout import layout_of
-from analysis.planning.plan_json import LORA_KEYS, check_peft_model, lora_config, validate
 from analysis.jobs import folder
 from analysis.jobs.progress import progress
-from analysis.store.atomic import write_json_atomic
+from analysis.model.capture import tokenize_batches
+from analysis.model.layout import layout_of
 from analysis.model.sources import load_model
-from analysis.store.cache import Entry, Result, Store, files_under
+from analysis.planning.plan_json import LORA_KEYS, check_peft_model, lora_config, validate
+from analysis.settings import RunSettings, TrainSettings, from_dict, to_dict
+from analysis.signals.context import prepare, with_lm_labels
 from analysis.signals.lora.warmup import head_parameters
+from analysis.store.atomic import write_json_atomic
+from analysis.store.cache import Entry, Result, Store, files_under
+from analysis.store.hashing import hash_json
 from analysis.training.adapter_init import initialise
+from analysis.training.adapter_stack import SeededDropout, dropout_seed, float32_head
+from analysis.training.outcome import classification_metrics, did_not_train, language_model_metrics, token_losses
+from analysis.training.steps import Pretokenised, batch_indices, lr_factor
 
-VERSION = 2   # 2: eval_split, predicted classes and the did-not-train flag
+VERSION = 3   # 2: eval_split, predicted classes and the did-not-train flag; 3: see the module's docstring
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -64,32 +75,18 @@ def retrain_key(context_key: str, plan: dict, config: TrainSettings, processes: 
                                    "processes": processes, "version": VERSION})[:24]
 
 
-def batch_indices(step: int, size: int, n: int, seed: int) -> np.ndarray:
-    """Examples of global step `step`: consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
-    positions = np.arange(step * size, (step + 1) * size)
-    epochs = positions // n
-    return np.concatenate([np.random.default_rng([seed, int(e)]).permutation(n)[positions[epochs == e] % n]
-                           for e in np.unique(epochs)])
+def evaluation_frame(prepared, config: TrainSettings) -> pd.DataFrame:
+    """The examples a run's metrics come from: the test split (validation when tuning), its first test_size."""
+    frame = prepared.splits[config.eval_split]
+    return frame.iloc[: config.test_size] if config.test_size else frame
 
 
-def _schedule(config: TrainSettings):
-    warm = max(1, int(config.warmup_fraction * config.steps))
-    return lambda step: min((step + 1) / warm, max(0.0, (config.steps - step) / max(1, config.steps - warm)))
-
-
-def did_not_train(metrics: dict, losses: list[float], task: str) -> str | None:
-    """Why a run did not train (one predicted class for every example, a NaN loss, or a training loss that
-    ends above where it started: the mean of its last tenth of steps, at most 10, against its first), or None."""
-    values = np.asarray(losses, dtype=float)
-    if not np.isfinite(metrics.get("test_loss", 0.0)) or (len(values) and not np.isfinite(values).all()):
-        return "NaN loss"
-    if task == "classification" and metrics.get("predicted_classes") == 1 and metrics.get("test_examples", 0) > 1:
-        return "one class predicted for every example"
-    if len(values) >= 2:
-        k = max(1, min(10, len(values) // 10))
-        if values[-k:].mean() > values[:k].mean():
-            return "loss ended above its start"
-    return None
+def by_length(tokenizer, frame: pd.DataFrame, max_length: int) -> pd.DataFrame:
+    """Shortest first: each evaluation batch is padded to its own longest example, so sorting cuts the padding
+    (metrics do not depend on the order)."""
+    lengths = [len(ids) for ids in tokenizer(frame["text"].tolist(), truncation=True, max_length=max_length)
+               ["input_ids"]]
+    return frame.iloc[np.argsort(lengths, kind="stable")]
 
 
 def _evaluate(model, tokenizer, frame: pd.DataFrame, task: str, settings: RunSettings, config: TrainSettings,
@@ -97,13 +94,8 @@ def _evaluate(model, tokenizer, frame: pd.DataFrame, task: str, settings: RunSet
     """Metrics on `frame` (the test split, or validation when tuning); each process evaluates its share and the
     main process combines them. Sums stay on the device until the end (one synchronisation, not one a batch)."""
     from accelerate.utils import gather_object
-    from sklearn.metrics import accuracy_score, f1_score
-    shard = frame.iloc[accelerator.process_index::accelerator.num_processes]
-    # shortest first: each batch is padded to its own longest example, so sorting cuts the padding (the
-    # metrics do not depend on the order; predictions and labels stay aligned)
-    lengths = [len(ids) for ids in tokenizer(shard["text"].tolist(), truncation=True,
-                                             max_length=settings.max_length)["input_ids"]]
-    shard = shard.iloc[np.argsort(lengths, kind="stable")]
+    shard = by_length(tokenizer, frame.iloc[accelerator.process_index::accelerator.num_processes],
+                      settings.max_length)
     labels = shard["label"].tolist() if task == "classification" else None
     predictions, loss_sum, count = [], torch.zeros((), device=accelerator.device, dtype=torch.float64), 0
     model.eval()
@@ -117,62 +109,43 @@ def _evaluate(model, tokenizer, frame: pd.DataFrame, task: str, settings: RunSet
                 predictions.append(logits.argmax(-1))
             else:
                 batch = with_lm_labels(batch)
-                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
-                targets = batch["labels"][:, 1:]
-                loss_sum += torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(),
-                                                              ignore_index=-100, reduction="sum")
-                count += (targets != -100).sum()
+                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                loss_sum += token_losses(logits, batch["labels"]).sum()
+                count += (batch["labels"][:, 1:] != -100).sum()
     predictions = torch.cat(predictions).tolist() if predictions else []
-    loss_sum, count = float(loss_sum), int(count)
-    gathered = gather_object([(predictions, labels or [], loss_sum, count)])
-    loss = sum(g[2] for g in gathered) / max(1, sum(g[3] for g in gathered))
+    gathered = gather_object([(predictions, labels or [], float(loss_sum), int(count))])
+    loss_sum, count = sum(g[2] for g in gathered), sum(g[3] for g in gathered)
     if task != "classification":
-        return {"test_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "test_tokens": sum(g[3] for g in gathered)}
-    predicted = [p for g in gathered for p in g[0]]
-    truth = [t for g in gathered for t in g[1]]
-    return {"accuracy": accuracy_score(truth, predicted), "f1": f1_score(truth, predicted, average="macro"),
-            "test_loss": loss, "test_examples": len(truth), "predicted_classes": len(set(predicted))}
-
-
-class Pretokenised:
-    """A split tokenised once: ids (and masks) padded to its longest example on the device, lengths on the host.
-    `batch(rows)` gathers rows and trims the padding to the longest of them, without a host synchronisation."""
-
-    def __init__(self, tokenizer, texts: list[str], max_length: int, device, labels=None):
-        encoded = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        self.tensors = {k: v.to(device) for k, v in encoded.items()
-                        if k in ("input_ids", "attention_mask", "token_type_ids")}
-        self.lengths = encoded["attention_mask"].sum(1).numpy()
-        if labels is not None:
-            self.tensors["labels"] = torch.as_tensor(np.array(labels), device=device)
-        self.device = device
-
-    def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        length = int(self.lengths[rows].max())
-        index = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(self.device, non_blocking=True)
-        return {k: v.index_select(0, index) if k == "labels" else v.index_select(0, index)[:, :length]
-                for k, v in self.tensors.items()}
+        return language_model_metrics(loss_sum, count)
+    return classification_metrics([p for g in gathered for p in g[0]], [t for g in gathered for t in g[1]],
+                                  loss_sum, count)
 
 
 def _save_checkpoint(path: Path, step: int, trainable: dict, optimizer, scheduler, losses: list[float],
-                     elapsed: float) -> None:
+                     elapsed: float, dropout: torch.Generator) -> None:
     state = {"step": step, "trainable": {k: v.detach().cpu() for k, v in trainable.items()},
              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "losses": losses,
-             "elapsed": elapsed, "torch_rng": torch.get_rng_state(),
+             "elapsed": elapsed, "torch_rng": torch.get_rng_state(), "dropout_rng": dropout.get_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
+def head_names(model: torch.nn.Module, task: str) -> list[str]:
+    return list(head_parameters(model, task))
+
+
 def _peft_model(plan: dict, prepared, seed: int, init: str = "default", device=None):
     """The base model with a fresh LoRA of the plan's ranks (checked against the plan) started as `init`
-    says, and, for classification, a trainable head initialised from `seed`; plus what to record of the init."""
+    says, and, for classification, a trainable float32 head initialised from `seed`; plus what to record of
+    the init."""
     from peft import get_peft_model
 
     labels = prepared.data.label_names
     loaded = load_model(prepared.source, prepared.task, len(labels) if labels else None, seed, prepared.dtype)
     validate(plan, layout_of(loaded.model))
+    float32_head(loaded.model, head_names(loaded.model, prepared.task))
     torch.manual_seed(seed)
     with warnings.catch_warnings():  # transformers' deprecation note on a name peft still calls
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
@@ -187,7 +160,27 @@ def _peft_model(plan: dict, prepared, seed: int, init: str = "default", device=N
     return loaded, model, {"init": init, **recorded}
 
 
-def _restore(path: Path, trainable: dict, optimizer, scheduler) -> tuple[int, list[float], float]:
+def _seeded_dropout(model, seed: int, device) -> torch.Generator:
+    """Replace each LoRA dropout with one drawing from the run's own generator (as the grouped path draws)."""
+    from peft.tuners.lora import LoraLayer
+    generator = torch.Generator(device=device).manual_seed(dropout_seed(seed))
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            for name, dropout in module.lora_dropout.items():
+                module.lora_dropout[name] = SeededDropout(getattr(dropout, "p", 0.0), generator)
+    return generator
+
+
+def training_mode(model) -> None:
+    """The frozen model as in evaluation (no dropout of its own); only LoRA's dropout trains."""
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, SeededDropout):
+            module.train()
+
+
+def _restore(path: Path, trainable: dict, optimizer, scheduler, dropout: torch.Generator
+             ) -> tuple[int, list[float], float]:
     """Load a checkpoint into the live weights, optimizer, scheduler and random state; (step, losses, elapsed)."""
     state = torch.load(path, weights_only=False)
     with torch.no_grad():
@@ -196,15 +189,31 @@ def _restore(path: Path, trainable: dict, optimizer, scheduler) -> tuple[int, li
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
+    dropout.set_state(state["dropout_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["step"], state["losses"], state["elapsed"]
 
 
-def _adapter_files(peft_model) -> dict[str, bytes]:
+def adapter_files(peft_model) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as scratch:
         peft_model.save_pretrained(scratch)
         return files_under(Path(scratch), "adapter")
+
+
+def store_run(store: Store, key: str, plan: dict, config: TrainSettings, prepared, metrics: dict,
+              losses: list[float], head: dict[str, torch.Tensor], adapter: dict[str, bytes], timing: dict,
+              recorded: dict) -> Entry:
+    """A finished run's entry (both training paths write the same): metrics, curve, head, saved adapter."""
+    curve = pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses})
+    meta = {"signal": "retrain", "title": f"Retrain: {plan.get('signal', 'plan')}", "context_key": prepared.key,
+            **prepared.description, "plan": plan, "config": to_dict(config), "metrics": metrics,
+            "trainable_params": plan["trainable_params"], "eval_split": config.eval_split,
+            "did_not_train": did_not_train(metrics, losses, prepared.task), **timing, **recorded}
+    table = pd.DataFrame([{"method": plan.get("signal"), "seed": config.seed, "init": config.init, **metrics}])
+    return store.put(key, Result(table, tables={"curve": curve},
+                                 tensors={f"head.{k}": v.detach().cpu() for k, v in head.items()}, files=adapter),
+                     meta)
 
 
 def retrain(plan: dict, config: TrainSettings, store: Store | None = None, device: str | None = None,
@@ -225,9 +234,7 @@ def retrain(plan: dict, config: TrainSettings, store: Store | None = None, devic
         return _train(plan, config, store, settings, prepared, accelerator, key, label)
     # One process trains a key at a time: a second one (a parallel study that shares uniform's runs) waits
     # for it and then reads its entry, instead of training the same run into the same checkpoint folder.
-    from filelock import FileLock
-    store.locks_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(store.locks_dir / f"{key}.lock")):
+    with store.lock(key):
         return store.get(key) or _train(plan, config, store, settings, prepared, accelerator, key, label)
 
 
@@ -237,14 +244,15 @@ def _train(plan: dict, config: TrainSettings, store: Store, settings: RunSetting
     work.mkdir(parents=True, exist_ok=True)
     checkpoint_path = work / CHECKPOINT
     loaded, model, init = _peft_model(plan, prepared, config.seed, config.init, accelerator.device)
+    dropout = _seeded_dropout(model, config.seed + accelerator.process_index, accelerator.device)
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     # fused: one kernel for every parameter's update on a GPU (the foreach default launches several)
     optimizer = torch.optim.AdamW(trainable.values(), lr=config.lr, weight_decay=config.weight_decay,
                                   fused=prepared.device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
     start, losses, elapsed = 0, [], 0.0
     if checkpoint_path.exists():
-        start, losses, elapsed = _restore(checkpoint_path, trainable, optimizer, scheduler)
+        start, losses, elapsed = _restore(checkpoint_path, trainable, optimizer, scheduler, dropout)
         accelerator.print(f"Resuming from the checkpoint at step {start} of {config.steps}.")
     model, optimizer = accelerator.prepare(model, optimizer)
     train = prepared.splits.train
@@ -255,7 +263,7 @@ def _train(plan: dict, config: TrainSettings, store: Store, settings: RunSetting
     mine = slice(accelerator.process_index * config.batch_size, (accelerator.process_index + 1) * config.batch_size)
     started = time.perf_counter() - elapsed
     pending: list[torch.Tensor] = []
-    model.train()
+    training_mode(model)
     steps = range(start, config.steps)
     for step in (progress(steps, total=len(steps), desc="retrain", unit="step") if accelerator.is_main_process
                  else steps):
@@ -264,6 +272,8 @@ def _train(plan: dict, config: TrainSettings, store: Store, settings: RunSetting
             batch = with_lm_labels(batch)
         loss = model(**batch).loss
         accelerator.backward(loss)
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(list(trainable.values()), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -278,29 +288,19 @@ def _train(plan: dict, config: TrainSettings, store: Store, settings: RunSetting
         if done % config.checkpoint_every == 0 and done < config.steps and accelerator.is_main_process:
             _save_checkpoint(checkpoint_path, done, {n: p for n, p in accelerator.unwrap_model(model)
                                                      .named_parameters() if p.requires_grad},
-                             optimizer, scheduler, losses, time.perf_counter() - started)
+                             optimizer, scheduler, losses, time.perf_counter() - started, dropout)
     train_seconds = time.perf_counter() - started
-    test = prepared.splits[config.eval_split]
-    if config.test_size:
-        test = test.iloc[: config.test_size]
-    metrics = _evaluate(model, loaded.tokenizer, test, prepared.task, settings, config, accelerator)
-    failure = did_not_train(metrics, losses, prepared.task)
+    metrics = _evaluate(model, loaded.tokenizer, evaluation_frame(prepared, config), prepared.task, settings,
+                        config, accelerator)
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     if not accelerator.is_main_process:
         return None
-    head = {f"head.{k}": v.detach().cpu() for k, v in
-            head_parameters(unwrapped.base_model.model, prepared.task).items()}
-    curve = pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses})
-    meta = {"signal": "retrain", "title": f"Retrain: {plan.get('signal', 'plan')}", "context_key": prepared.key,
-            **prepared.description, "plan": plan, "config": to_dict(config), "metrics": metrics,
-            "trainable_params": plan["trainable_params"], "train_seconds": round(train_seconds, 3),
-            "eval_split": config.eval_split, "did_not_train": failure,
-            "seconds": round(time.perf_counter() - started, 3), "processes": accelerator.num_processes,
-            "device": str(accelerator.device), **init}
-    entry = store.put(key, Result(pd.DataFrame([{"method": plan.get("signal"), "seed": config.seed,
-                                                 "init": config.init, **metrics}]),
-                                  tables={"curve": curve}, tensors=head, files=_adapter_files(unwrapped)), meta)
+    timing = {"train_seconds": round(train_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
+              "processes": accelerator.num_processes, "device": str(accelerator.device)}
+    entry = store_run(store, key, plan, config, prepared, metrics, losses,
+                      head_parameters(unwrapped.base_model.model, prepared.task), adapter_files(unwrapped), timing,
+                      init)
     shutil.rmtree(work, ignore_errors=True)
     return entry
 

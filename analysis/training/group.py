@@ -1,0 +1,295 @@
+"""Train K runs (plans, seeds, learning rates, starts) together on one frozen copy of the model, in one process.
+
+Each run is what `retrain` would train alone, and ends as the same cache entry under the same key: its
+adapter and head start from the values peft and the model loader give that run (training/adapter_stack.py
+explains the sharing), its batches are its own (seed, step) slices of the train split, and its learning rate,
+schedule, weight decay and clipping are its own (training/grouped_adamw.py). Its loss is the mean over its
+own rows, so the sum the backward pass takes gives each adapter exactly its own gradient.
+
+A group needs runs of one setting (data, model, split) and one step count, batch size and evaluation;
+training/runs.py forms the groups. Every `checkpoint_every` steps the whole group's state goes to
+<cache>/retrain/group-<members>/checkpoint.pt; started again with the same runs, it resumes there.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from analysis.jobs import folder
+from analysis.jobs.progress import progress
+from analysis.model.capture import tokenize_batches
+from analysis.model.layout import layout_of
+from analysis.model.sources import load_model
+from analysis.planning.plan_json import check_peft_model, lora_config, validate
+from analysis.settings import TrainSettings
+from analysis.signals.context import with_lm_labels
+from analysis.store.cache import Entry
+from analysis.store.hashing import hash_json
+from analysis.training.adapter_init import initialise
+from analysis.training.adapter_stack import AdapterStack, AdapterStart, float32_head
+from analysis.training.grouped_adamw import GroupedAdamW
+from analysis.training.outcome import classification_metrics, language_model_metrics, token_losses
+from analysis.training.retrain import adapter_files, by_length, evaluation_frame, head_names, store_run
+from analysis.training.steps import Pretokenised, batch_indices, lr_factor
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run to train: its plan, its settings, its cache key and the label its live curve is drawn under."""
+    plan: dict
+    config: TrainSettings
+    key: str
+    label: str
+
+
+def shared_settings(config: TrainSettings) -> tuple:
+    """What the runs of one group must share; the rest (lr, seed, init, weight decay, warm-up, clipping) is
+    each run's own."""
+    return (config.steps, config.batch_size, config.eval_batch_size, config.eval_split, config.test_size,
+            config.checkpoint_every)
+
+
+class FrozenModel:
+    """The model loaded once for a group, frozen, on the device, in evaluation mode, its head in float32;
+    and the head each seed's run starts from (the loader initialises a classification head from the seed)."""
+
+    def __init__(self, prepared):
+        self.prepared = prepared
+        labels = prepared.data.label_names
+        self.num_labels = len(labels) if labels else None
+        loaded = load_model(prepared.source, prepared.task, self.num_labels, 0, prepared.dtype)
+        self.tokenizer, self.model = loaded.tokenizer, loaded.model
+        self.layout = layout_of(self.model)
+        self.head_names = head_names(self.model, prepared.task)
+        float32_head(self.model, self.head_names)
+        self.model.requires_grad_(False)
+        self.model.to(prepared.device)
+        self.model.eval()
+        self._heads: dict[int, dict[str, torch.Tensor]] = {}
+
+    def head(self, seed: int) -> dict[str, torch.Tensor]:
+        if seed not in self._heads:
+            model = load_model(self.prepared.source, self.prepared.task, self.num_labels, seed,
+                               self.prepared.dtype).model
+            state = dict(model.named_parameters())
+            self._heads[seed] = {name: state[name].detach().float().clone() for name in self.head_names}
+        return self._heads[seed]
+
+    def peft(self, plan: dict, seed: int | None = None):
+        """The plan's peft model around the shared weights (seed: its initialisation, as the run alone makes
+        it); `unpeft` takes it off again."""
+        from peft import get_peft_model
+        if seed is not None:
+            torch.manual_seed(seed)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            model = get_peft_model(self.model, lora_config(plan))
+        check_peft_model(plan, model)
+        return model
+
+    def unpeft(self, peft_model) -> None:
+        self.model = peft_model.unload()
+        self.model.eval()
+
+    def load_head(self, head: dict[str, torch.Tensor]) -> None:
+        state = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in head.items():
+                state[name].copy_(value)
+
+    def start(self, run: Run) -> AdapterStart:
+        """The run's starting adapter and head: peft's initialisation under the run's seed, then its `init`
+        (EVA's or GoRA's start, computed with the run's own head in place)."""
+        from peft.tuners.lora import LoraLayer
+        validate(run.plan, self.layout)
+        head = self.head(run.config.seed)
+        self.load_head(head)
+        peft_model = self.peft(run.plan, run.config.seed)
+        try:
+            recorded = initialise(peft_model, run.config.init, self.prepared, self.tokenizer, self.prepared.device)
+            check_peft_model(run.plan, peft_model)
+            lora = {}
+            for name, module in peft_model.base_model.model.named_modules():
+                if isinstance(module, LoraLayer):
+                    lora[name] = (module.lora_A["default"].weight.detach().float().clone(),
+                                  module.lora_B["default"].weight.detach().float().clone(),
+                                  float(module.scaling["default"]), float(getattr(module.lora_dropout["default"],
+                                                                                  "p", 0.0)))
+        finally:
+            self.unpeft(peft_model)
+        return AdapterStart(lora, head, run.config.seed, {"init": run.config.init, **recorded})
+
+    def saved_adapter(self, plan: dict, lora: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, bytes]:
+        """The trained adapter as peft saves it (adapter_config.json and weights), as the run alone saves it."""
+        peft_model = self.peft(plan)
+        try:
+            layers = dict(peft_model.base_model.model.named_modules())
+            with torch.no_grad():
+                for path, (a, b) in lora.items():
+                    layers[path].lora_A["default"].weight.copy_(a)
+                    layers[path].lora_B["default"].weight.copy_(b)
+            return adapter_files(peft_model)
+        finally:
+            self.unpeft(peft_model)
+
+
+def per_run_losses(logits: torch.Tensor, batch: dict, k: int, task: str) -> torch.Tensor:
+    """(K,) each run's mean loss over its own rows: cross-entropy of its classes, or of its next tokens."""
+    if task == "classification":
+        losses = torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="none")
+        return losses.view(k, -1).mean(1)
+    per_token = token_losses(logits, batch["labels"]).view(k, -1)
+    counts = (batch["labels"][:, 1:] != -100).view(k, -1).sum(1)
+    return per_token.sum(1) / counts
+
+
+def group_key(runs: list[Run]) -> str:
+    return "group-" + hash_json(sorted(r.key for r in runs))[:24]
+
+
+def _rows(runs: list[Run], step: int, n: int) -> list[np.ndarray]:
+    return [batch_indices(step, r.config.batch_size, n, r.config.seed) for r in runs]
+
+
+def train_step(stack: AdapterStack, optimizer: GroupedAdamW, tokens: Pretokenised, runs: list[Run], step: int,
+               task: str, schedules: list) -> torch.Tensor:
+    """One step of every run of the group; (K,) losses, left on the device."""
+    rows = _rows(runs, step, len(tokens.lengths))
+    stack.lengths = [int(tokens.lengths[r].max()) for r in rows]
+    batch = tokens.batch(np.concatenate(rows))
+    if task != "classification":
+        batch = with_lm_labels(batch)
+    logits = stack.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    losses = per_run_losses(logits, batch, stack.k, task)
+    losses.sum().backward()
+    optimizer.clip([r.config.max_grad_norm for r in runs])
+    lrs = torch.tensor([r.config.lr * schedule(step) for r, schedule in zip(runs, schedules)])
+    optimizer.step(lrs.to(stack.device, non_blocking=True))
+    optimizer.zero_grad()
+    return losses.detach()
+
+
+@torch.no_grad()
+def evaluate(stack: AdapterStack, frozen: FrozenModel, runs: list[Run], rows_per_pass: int) -> list[dict]:
+    """Each run's metrics on its evaluation split: every batch repeated for the runs, `rows_per_pass` rows
+    at most per forward pass (the group is split into as many passes as that takes)."""
+    prepared, config = frozen.prepared, runs[0].config
+    frame = by_length(frozen.tokenizer, evaluation_frame(prepared, config), prepared.settings.max_length)
+    task = prepared.task
+    labels = frame["label"].tolist() if task == "classification" else None
+    k = stack.k
+    loss_sums = torch.zeros(k, dtype=torch.float64, device=stack.device)
+    counts = torch.zeros(k, dtype=torch.long, device=stack.device)
+    predictions = []
+    per_pass = max(1, rows_per_pass // config.eval_batch_size)
+    for batch in tokenize_batches(frozen.tokenizer, frame["text"].tolist(), config.eval_batch_size,
+                                  prepared.settings.max_length, stack.device, labels):
+        if task != "classification":
+            batch = with_lm_labels(batch)
+        inputs = {key: value.repeat(k, *[1] * (value.dim() - 1)) for key, value in batch.items() if key != "labels"}
+        chunks = []
+        for first in range(0, k, per_pass):   # a pass over the runs first..first+m-1 only
+            m = min(per_pass, k - first)
+            chunk_inputs = {key: value[first * len(batch["input_ids"]): (first + m) * len(batch["input_ids"])]
+                            for key, value in inputs.items()}
+            with stack.only(first, m):
+                chunks.append(stack.model(**chunk_inputs).logits)
+        logits = torch.cat(chunks)
+        n = len(batch["input_ids"])
+        if task == "classification":
+            logits = logits.float().view(k, n, -1)
+            loss_sums += torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].repeat(k),
+                                                           reduction="none").view(k, n).sum(1)
+            counts += n
+            predictions.append(logits.argmax(-1))
+        else:
+            targets = batch["labels"].repeat(k, 1)
+            loss_sums += token_losses(logits, targets).view(k, -1).sum(1)
+            counts += (targets[:, 1:] != -100).view(k, -1).sum(1)
+    if task != "classification":
+        return [language_model_metrics(float(s), int(c)) for s, c in zip(loss_sums.tolist(), counts.tolist())]
+    predicted = torch.cat(predictions, dim=1).tolist()
+    return [classification_metrics(predicted[i], labels, float(loss_sums[i]), int(counts[i])) for i in range(k)]
+
+
+def _save(path: Path, stack: AdapterStack, optimizer: GroupedAdamW, step: int, losses: list[list[float]],
+          elapsed: float) -> None:
+    state = {"step": step, "flat": stack.flat.detach().cpu(), "optimizer": optimizer.state_dict(),
+             "losses": losses, "elapsed": elapsed, "dropout_rng": [g.get_state() for g in stack.generators]}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _restore(path: Path, stack: AdapterStack, optimizer: GroupedAdamW) -> tuple[int, list[list[float]], float]:
+    state = torch.load(path, weights_only=False)
+    with torch.no_grad():
+        stack.flat.copy_(state["flat"])
+    optimizer.load_state_dict(state["optimizer"])
+    for generator, saved in zip(stack.generators, state["dropout_rng"]):
+        generator.set_state(saved)
+    return state["step"], state["losses"], state["elapsed"]
+
+
+def train_group(runs: list[Run], frozen: FrozenModel, rows_per_pass: int | None = None) -> list[Entry]:
+    """Train the runs together (each as `retrain` would alone) and store each one's entry under its key.
+    `rows_per_pass`: most rows an evaluation pass may hold (default: a training step's)."""
+    prepared, store, config = frozen.prepared, frozen.prepared.store, runs[0].config
+    assert len({shared_settings(r.config) for r in runs}) == 1, "a group's runs share steps, batch and evaluation"
+    work = store.root / "retrain" / group_key(runs)
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = work / CHECKPOINT
+    starts = [frozen.start(run) for run in runs]
+    stack = AdapterStack(frozen.model, starts, prepared.device)
+    try:
+        optimizer = GroupedAdamW(stack.flat, [r.config.weight_decay for r in runs])
+        start, losses, elapsed = 0, [[] for _ in runs], 0.0
+        if checkpoint.exists():
+            start, losses, elapsed = _restore(checkpoint, stack, optimizer)
+            print(f"Resuming {len(runs)} runs from their checkpoint at step {start} of {config.steps}.", flush=True)
+        train = prepared.splits.train
+        labels = train["label"].to_numpy() if prepared.task == "classification" else None
+        tokens = Pretokenised(frozen.tokenizer, train["text"].tolist(), prepared.settings.max_length,
+                              prepared.device, labels)
+        schedules = [lr_factor(r.config) for r in runs]
+        started = time.perf_counter() - elapsed
+        pending: list[torch.Tensor] = []
+        stack.training = True
+        steps = range(start, config.steps)
+        for step in progress(steps, total=len(steps), desc=f"retrain {len(runs)} adapters", unit="step"):
+            pending.append(train_step(stack, optimizer, tokens, runs, step, prepared.task, schedules))
+            done = step + 1
+            if done % 10 == 0 or done % config.checkpoint_every == 0 or done == config.steps:
+                new = torch.stack(pending).float().cpu().T.tolist()
+                for run, curve, values in zip(runs, losses, new):
+                    folder.append_curve(run.label, list(zip(range(done - len(values) + 1, done + 1), values)))
+                    curve += values
+                pending = []
+            if done % config.checkpoint_every == 0 and done < config.steps:
+                _save(checkpoint, stack, optimizer, done, losses, time.perf_counter() - started)
+        stack.training = False
+        train_seconds = time.perf_counter() - started
+        metrics = evaluate(stack, frozen, runs, rows_per_pass or len(runs) * config.batch_size)
+        seconds = time.perf_counter() - started
+        entries = []
+        for k, run in enumerate(runs):
+            # each run's share of the group's time, and the group it trained in
+            timing = {"train_seconds": round(train_seconds / len(runs), 3), "seconds": round(seconds / len(runs), 3),
+                      "processes": 1, "device": str(prepared.device), "adapters_at_once": len(runs),
+                      "group_seconds": round(seconds, 3)}
+            entries.append(store_run(store, run.key, run.plan, run.config, prepared, metrics[k], losses[k],
+                                     stack.head_state(k), frozen.saved_adapter(run.plan, stack.lora_state(k)),
+                                     timing, starts[k].recorded))
+    finally:
+        stack.remove()
+    shutil.rmtree(work, ignore_errors=True)
+    return entries

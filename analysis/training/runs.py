@@ -1,0 +1,168 @@
+"""Many retrains at once: what a comparison, its tuning and a study hand over to be trained.
+
+`train_runs` returns every run's entry in the order asked. Runs already in the store are read; the others are
+trained `adapters_at_once` at a time on one copy of the model (training/group.py), or one by one through
+`retrain` when that is 1. Either way a run ends as the entry `retrain` would write, under the same key, so
+each path finds the other's results. A run another process is training (its key locked) is left to that
+process and read once it is done.
+
+The default group size is what fits in the device's memory, from a measured cost: one training step of one
+adapter and of two, at the split's longest examples, gives the memory a further adapter costs (CUDA's peak
+allocation; on the CPU, the bytes autograd saves for the backward pass plus the adapters' own state).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from analysis.errors import UserError
+from analysis.jobs.progress import phase
+from analysis.settings import RunSettings, TrainSettings, from_dict
+from analysis.signals.context import prepare
+from analysis.store.cache import Entry, Store
+from analysis.training.group import FrozenModel, Run, shared_settings, train_group
+from analysis.training.retrain import retrain, retrain_key
+
+MEMORY_SHARE = 0.85   # of the free memory a group may plan for (the rest: allocator slack, evaluation)
+MAX_AT_ONCE = 512
+
+
+@dataclass(frozen=True)
+class Request:
+    plan: dict
+    config: TrainSettings
+    label: str
+
+
+def train_runs(requests: list[Request], store: Store, adapters_at_once: int | None = None,
+               device: str | None = None) -> list[Entry]:
+    """Every request's retrain entry, in order (cached, grouped, or one at a time)."""
+    if not requests:
+        return []
+    settings = {repr(r.plan.get("settings")) for r in requests}
+    if len(settings) != 1:
+        raise UserError("Runs trained together must share one model, data set and split.")
+    run_settings = from_dict(RunSettings, requests[0].plan.get("settings"), **({"device": device} if device else {}))
+    prepared = prepare(run_settings, store, warn=None)
+    runs = [Run(r.plan, r.config, retrain_key(prepared.key, r.plan, r.config), r.label) for r in requests]
+    found: dict[str, Entry] = {}
+    for run in runs:
+        entry = store.get(run.key)
+        if entry:
+            found[run.key] = entry
+    todo = list({run.key: run for run in runs if run.key not in found}.values())
+    if todo and adapters_at_once != 1:
+        found.update(_grouped(todo, prepared, adapters_at_once))
+    for run in [r for r in todo if r.key not in found]:   # one at a time, or held by another process
+        found[run.key] = retrain(run.plan, run.config, store, device=device, label=run.label)
+    return [found[run.key] for run in runs]
+
+
+def _grouped(todo: list[Run], prepared, adapters_at_once: int | None) -> dict[str, Entry]:
+    """Train the runs no other process holds, in groups of runs that share their step settings."""
+    store = prepared.store
+    locks = {}
+    for run in todo:
+        lock = store.try_lock(run.key)
+        if lock is not None:
+            if store.get(run.key):   # finished between the look-up and the lock
+                lock.release()
+            else:
+                locks[run.key] = lock
+    mine = [run for run in todo if run.key in locks]
+    found = {}
+    try:
+        if not mine:
+            return found
+        frozen = FrozenModel(prepared)
+        size = adapters_at_once or fitting_group_size(frozen, mine)
+        batches = {}
+        for run in mine:
+            batches.setdefault(shared_settings(run.config), []).append(run)
+        groups = [same[i: i + size] for same in batches.values() for i in range(0, len(same), size)]
+        done = 0
+        for number, group in enumerate(groups, 1):
+            phase(f"train {len(group)} adapter(s) together (group {number} of {len(groups)})", done + 1, len(mine))
+            print(f"group {number}/{len(groups)}: {len(group)} adapters together", flush=True)
+            for entry in train_group(group, frozen):
+                found[entry.key] = entry
+            done += len(group)
+    finally:
+        for lock in locks.values():
+            lock.release()
+    return found
+
+
+def fitting_group_size(frozen: FrozenModel, runs: list[Run]) -> int:
+    """How many of these runs fit in the device's memory at once, from one measured training step of one
+    adapter and of two (the runs' largest plan, the split's longest examples)."""
+    from analysis.training.adapter_stack import AdapterStack
+    from analysis.training.grouped_adamw import GroupedAdamW
+    from analysis.training.group import train_step
+    from analysis.training.steps import Pretokenised
+
+    if len(runs) == 1:
+        return 1
+    prepared = frozen.prepared
+    largest = max(runs, key=lambda r: r.plan["trainable_params"])
+    start = frozen.start(largest)
+    train = prepared.splits.train
+    longest = np.argsort(-_lengths(frozen, train["text"].tolist(), prepared.settings.max_length),
+                         kind="stable")[: largest.config.batch_size]
+    labels = train["label"].to_numpy()[longest] if prepared.task == "classification" else None
+    tokens = Pretokenised(frozen.tokenizer, train["text"].iloc[longest].tolist(), prepared.settings.max_length,
+                          prepared.device, labels)
+    costs = []
+    for k in (1, 2):
+        probe = [largest] * k   # the probe split holds one batch: every seed's step takes all of it
+        stack = AdapterStack(frozen.model, [start] * k, prepared.device)
+        try:
+            optimizer = GroupedAdamW(stack.flat, [0.0] * k)
+            costs.append(_peak_bytes(lambda: train_step(stack, optimizer, tokens, probe, 0, prepared.task,
+                                                        [lambda step: 1.0] * k), stack, optimizer, prepared.device))
+        finally:
+            stack.remove()
+    per_adapter = max(1, costs[1] - costs[0])
+    fixed = max(0, costs[0] - per_adapter)
+    available = _free_bytes(prepared.device) * MEMORY_SHARE - fixed
+    size = int(max(1, min(MAX_AT_ONCE, len(runs), math.floor(available / per_adapter))))
+    print(f"adapters at once: {size} (one more adapter costs {per_adapter / 2**20:.0f} MiB at the longest batch; "
+          f"{_free_bytes(prepared.device) / 2**30:.1f} GiB free)", flush=True)
+    return size
+
+
+def _lengths(frozen: FrozenModel, texts: list[str], max_length: int) -> np.ndarray:
+    return np.array([len(ids) for ids in frozen.tokenizer(texts, truncation=True, max_length=max_length)
+                     ["input_ids"]])
+
+
+def _peak_bytes(step, stack, optimizer, device: torch.device) -> int:
+    """Memory one training step needs: CUDA's peak allocation; on the CPU what autograd saves for backward
+    plus the adapters' parameters, gradients and AdamW moments."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    saved = [0]
+
+    def pack(tensor):
+        saved[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        step()
+    return saved[0] + 4 * stack.flat.numel() * stack.flat.element_size()
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    import psutil
+    return psutil.virtual_memory().available
