@@ -43,7 +43,7 @@ def plain_loop_seconds(plan: dict, prepared, steps: int, batch: int, lr: float) 
     from analysis.model.sources import load_model
     from analysis.planning.plan_json import lora_config
     from analysis.signals.lora.warmup import head_parameters
-    from analysis.training.retrain import Pretokenised, batch_indices
+    from analysis.training.steps import Pretokenised, batch_indices
 
     loaded = load_model(prepared.source, prepared.task, len(prepared.data.label_names), 0, prepared.dtype)
     model = get_peft_model(loaded.model, lora_config(plan))

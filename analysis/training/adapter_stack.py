@@ -96,7 +96,7 @@ class AdapterStack:
         offset, self.blocks = 0, {}
         for path in paths:
             module = model.get_submodule(path)
-            d_in, d_out = _in_out(module)
+            d_in, d_out = in_out(module)
             r = max(self.ranks[path])
             self.blocks[(path, "A")] = _Block(offset, (r, d_in))
             self.blocks[(path, "B")] = _Block(offset + r * d_in, (d_out, r))
@@ -128,8 +128,16 @@ class AdapterStack:
         self.lengths: list[int] | None = None   # each adapter's own longest example this step (dropout's shape)
         self.training = False
         self.active = slice(0, self.k)   # the adapters whose rows the input holds (see `only`)
-        self._hooks = [model.get_submodule(p).register_forward_hook(self._lora_hook(p)) for p in paths]
-        self._hooks += [model.get_submodule(n).register_forward_hook(self._head_hook(n)) for n in head_modules]
+        self.head_modules = head_modules
+        self._hooks = []
+        self.attach()
+
+    def attach(self) -> None:
+        """Put this stack's hooks on the model (done when it is built; `remove` takes them off)."""
+        self.remove()
+        self._hooks = [self.model.get_submodule(p).register_forward_hook(self._lora_hook(p)) for p in self.ranks]
+        self._hooks += [self.model.get_submodule(n).register_forward_hook(self._head_hook(n))
+                        for n in self.head_modules]
 
     # --- forward -----------------------------------------------------------------------------------------
 
@@ -201,9 +209,10 @@ class AdapterStack:
     def remove(self) -> None:
         for handle in self._hooks:
             handle.remove()
+        self._hooks = []
 
 
-def _in_out(module: torch.nn.Module) -> tuple[int, int]:
+def in_out(module: torch.nn.Module) -> tuple[int, int]:
     """(d_in, d_out) of a linear layer, or of GPT-2's Conv1D, which keeps its weight as (d_in, d_out)."""
     if isinstance(module, torch.nn.Linear):
         return module.in_features, module.out_features

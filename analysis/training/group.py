@@ -36,8 +36,9 @@ from analysis.training.adapter_init import initialise
 from analysis.training.adapter_stack import AdapterStack, AdapterStart, float32_head
 from analysis.training.grouped_adamw import GroupedAdamW
 from analysis.training.outcome import classification_metrics, language_model_metrics, token_losses
-from analysis.training.retrain import adapter_files, by_length, evaluation_frame, head_names, store_run
-from analysis.training.steps import Pretokenised, batch_indices, lr_factor
+from analysis.training.peft_form import adapter_files, default_start
+from analysis.training.retrain import by_length, evaluation_frame, head_names, store_run
+from analysis.training.steps import DataOrder, Pretokenised, lr_factor
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -75,6 +76,7 @@ class FrozenModel:
         self.model.to(prepared.device)
         self.model.eval()
         self._heads: dict[int, dict[str, torch.Tensor]] = {}
+        self._fast_start: bool | None = None   # whether peft_form.default_start matches peft (see start)
 
     def head(self, seed: int) -> dict[str, torch.Tensor]:
         if seed not in self._heads:
@@ -109,37 +111,53 @@ class FrozenModel:
     def start(self, run: Run) -> AdapterStart:
         """The run's starting adapter and head: peft's initialisation under the run's seed, then its `init`
         (EVA's or GoRA's start, computed with the run's own head in place)."""
-        from peft.tuners.lora import LoraLayer
         validate(run.plan, self.layout)
         head = self.head(run.config.seed)
+        if run.config.init == "default" and self._default_start_agrees(run):
+            return AdapterStart(default_start(self.model, run.plan, run.config.seed), head, run.config.seed,
+                                {"init": "default"})
         self.load_head(head)
         peft_model = self.peft(run.plan, run.config.seed)
         try:
             recorded = initialise(peft_model, run.config.init, self.prepared, self.tokenizer, self.prepared.device)
             check_peft_model(run.plan, peft_model)
-            lora = {}
-            for name, module in peft_model.base_model.model.named_modules():
-                if isinstance(module, LoraLayer):
-                    lora[name] = (module.lora_A["default"].weight.detach().float().clone(),
-                                  module.lora_B["default"].weight.detach().float().clone(),
-                                  float(module.scaling["default"]), float(getattr(module.lora_dropout["default"],
-                                                                                  "p", 0.0)))
+            lora = _lora_values(peft_model)
         finally:
             self.unpeft(peft_model)
         return AdapterStart(lora, head, run.config.seed, {"init": run.config.init, **recorded})
 
+    def _default_start_agrees(self, run: Run) -> bool:
+        """Whether peft_form.default_start gives what peft gives (checked once, on the first run)."""
+        if self._fast_start is None:
+            peft_model = self.peft(run.plan, run.config.seed)
+            try:
+                made = _lora_values(peft_model)
+            finally:
+                self.unpeft(peft_model)
+            mine = default_start(self.model, run.plan, run.config.seed)
+            self._fast_start = made.keys() == mine.keys() and all(
+                torch.equal(made[p][0], mine[p][0].to(made[p][0].device)) and torch.equal(made[p][1], mine[p][1])
+                and made[p][2:] == mine[p][2:] for p in made)
+            if not self._fast_start:
+                print("note: peft starts adapters otherwise than peft_form.default_start expects; building each "
+                      "run's start with peft (slower).", flush=True)
+        return self._fast_start
+
     def saved_adapter(self, plan: dict, lora: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, bytes]:
-        """The trained adapter as peft saves it (adapter_config.json and weights), as the run alone saves it."""
-        peft_model = self.peft(plan)
-        try:
-            layers = dict(peft_model.base_model.model.named_modules())
-            with torch.no_grad():
-                for path, (a, b) in lora.items():
-                    layers[path].lora_A["default"].weight.copy_(a)
-                    layers[path].lora_B["default"].weight.copy_(b)
-            return adapter_files(peft_model)
-        finally:
-            self.unpeft(peft_model)
+        """The trained adapter's files, as PeftModel.from_pretrained loads them."""
+        return adapter_files(plan, lora, getattr(self.model, "name_or_path", None))
+
+
+def _lora_values(peft_model) -> dict[str, tuple]:
+    """{path: (A, B, scaling, dropout)} of a peft model's LoRA layers, float32 on the CPU."""
+    from peft.tuners.lora import LoraLayer
+    values = {}
+    for name, module in peft_model.base_model.model.named_modules():
+        if isinstance(module, LoraLayer):
+            values[name] = (module.lora_A["default"].weight.detach().float().cpu().clone(),
+                            module.lora_B["default"].weight.detach().float().cpu().clone(),
+                            float(module.scaling["default"]), float(getattr(module.lora_dropout["default"], "p", 0.0)))
+    return values
 
 
 def per_run_losses(logits: torch.Tensor, batch: dict, k: int, task: str) -> torch.Tensor:
@@ -156,14 +174,10 @@ def group_key(runs: list[Run]) -> str:
     return "group-" + hash_json(sorted(r.key for r in runs))[:24]
 
 
-def _rows(runs: list[Run], step: int, n: int) -> list[np.ndarray]:
-    return [batch_indices(step, r.config.batch_size, n, r.config.seed) for r in runs]
-
-
-def train_step(stack: AdapterStack, optimizer: GroupedAdamW, tokens: Pretokenised, runs: list[Run], step: int,
-               task: str, schedules: list) -> torch.Tensor:
+def train_step(stack: AdapterStack, optimizer: GroupedAdamW, tokens: Pretokenised, order: DataOrder, runs: list[Run],
+               step: int, task: str, schedules: list) -> torch.Tensor:
     """One step of every run of the group; (K,) losses, left on the device."""
-    rows = _rows(runs, step, len(tokens.lengths))
+    rows = [order.rows(step, r.config.batch_size, r.config.seed) for r in runs]
     stack.lengths = [int(tokens.lengths[r].max()) for r in rows]
     batch = tokens.batch(np.concatenate(rows))
     if task != "classification":
@@ -261,12 +275,13 @@ def train_group(runs: list[Run], frozen: FrozenModel, rows_per_pass: int | None 
         tokens = Pretokenised(frozen.tokenizer, train["text"].tolist(), prepared.settings.max_length,
                               prepared.device, labels)
         schedules = [lr_factor(r.config) for r in runs]
+        order = DataOrder(len(train))
         started = time.perf_counter() - elapsed
         pending: list[torch.Tensor] = []
         stack.training = True
         steps = range(start, config.steps)
         for step in progress(steps, total=len(steps), desc=f"retrain {len(runs)} adapters", unit="step"):
-            pending.append(train_step(stack, optimizer, tokens, runs, step, prepared.task, schedules))
+            pending.append(train_step(stack, optimizer, tokens, order, runs, step, prepared.task, schedules))
             done = step + 1
             if done % 10 == 0 or done % config.checkpoint_every == 0 or done == config.steps:
                 new = torch.stack(pending).float().cpu().T.tolist()

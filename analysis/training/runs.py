@@ -102,7 +102,7 @@ def fitting_group_size(frozen: FrozenModel, runs: list[Run]) -> int:
     from analysis.training.adapter_stack import AdapterStack
     from analysis.training.grouped_adamw import GroupedAdamW
     from analysis.training.group import train_step
-    from analysis.training.steps import Pretokenised
+    from analysis.training.steps import DataOrder, Pretokenised
 
     if len(runs) == 1:
         return 1
@@ -121,7 +121,8 @@ def fitting_group_size(frozen: FrozenModel, runs: list[Run]) -> int:
         stack = AdapterStack(frozen.model, [start] * k, prepared.device)
         try:
             optimizer = GroupedAdamW(stack.flat, [0.0] * k)
-            costs.append(_peak_bytes(lambda: train_step(stack, optimizer, tokens, probe, 0, prepared.task,
+            order = DataOrder(len(longest))
+            costs.append(_peak_bytes(lambda: train_step(stack, optimizer, tokens, order, probe, 0, prepared.task,
                                                         [lambda step: 1.0] * k), stack, optimizer, prepared.device))
         finally:
             stack.remove()

@@ -11,10 +11,30 @@ from analysis.settings import TrainSettings
 
 def batch_indices(step: int, size: int, n: int, seed: int) -> np.ndarray:
     """Examples of global step `step`: consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
-    positions = np.arange(step * size, (step + 1) * size)
-    epochs = positions // n
-    return np.concatenate([np.random.default_rng([seed, int(e)]).permutation(n)[positions[epochs == e] % n]
-                           for e in np.unique(epochs)])
+    return DataOrder(n).rows(step, size, seed)
+
+
+class DataOrder:
+    """batch_indices, each (seed, epoch) permutation drawn once: a group asks for every run's batch at every
+    step, and runs share seeds. Epochs before the previous one are forgotten."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._permutations: dict[tuple[int, int], np.ndarray] = {}
+
+    def _permutation(self, seed: int, epoch: int) -> np.ndarray:
+        key = (seed, epoch)
+        if key not in self._permutations:
+            for old in [k for k in self._permutations if k[0] == seed and k[1] < epoch - 1]:
+                del self._permutations[old]
+            self._permutations[key] = np.random.default_rng([seed, epoch]).permutation(self.n)
+        return self._permutations[key]
+
+    def rows(self, step: int, size: int, seed: int) -> np.ndarray:
+        positions = np.arange(step * size, (step + 1) * size)
+        epochs = positions // self.n
+        return np.concatenate([self._permutation(seed, int(e))[positions[epochs == e] % self.n]
+                               for e in np.unique(epochs)])
 
 
 def lr_factor(config: TrainSettings):

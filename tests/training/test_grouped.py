@@ -190,3 +190,35 @@ def test_a_killed_group_resumes_from_its_checkpoint_and_ends_as_if_never_stopped
         np.testing.assert_allclose(entry.table("curve")["loss"], again.table("curve")["loss"], rtol=1e-5)
         assert entry.meta["metrics"] == pytest.approx(again.meta["metrics"], rel=1e-5)
     assert len(list(killed.glob("entries/retrain-*"))) == 3 and not checkpoint()
+
+
+@pytest.mark.parametrize("make", ["tiny_llama", "tiny_gpt2"])
+def test_default_start_draws_what_peft_draws(make):
+    """peft_form.default_start against get_peft_model itself: the same A, B, scaling and dropout for every module
+    of a plan with a rank pattern, an alpha pattern and rsLoRA, on a Llama and on GPT-2 (Conv1D layers)."""
+    import warnings
+
+    from peft import get_peft_model
+
+    from analysis.planning.plan_json import lora_config
+    from analysis.training.group import _lora_values
+    from analysis.training.peft_form import default_start
+    import tests.conftest as shapes
+    model = getattr(shapes, make)()
+    if make == "tiny_gpt2":   # and a bfloat16 model, whose A peft rounds to bfloat16
+        model = model.to(torch.bfloat16)
+    layout = layout_of(model)
+    ranks = np.arange(len(layout.modules)) % 3 + 1
+    ranks[1] = 0
+    for options in (PlanOptions(alpha_ratio=3.0, dropout=0.05), PlanOptions(rslora=True)):
+        plan = build_plan(layout, ranks, "custom", 0, options)
+        assert plan["rank_pattern"] and (plan["alpha_pattern"] or options.rslora)
+        torch.manual_seed(11)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            made = _lora_values(get_peft_model(copy.deepcopy(model), lora_config(plan)))
+        mine = default_start(model, plan, 11)
+        assert list(mine) == list(made) and len(made) == int((ranks > 0).sum())
+        for path, (a, b, scale, dropout) in made.items():
+            assert torch.equal(mine[path][0], a) and torch.equal(mine[path][1], b)
+            assert mine[path][2:] == pytest.approx((scale, dropout))
