@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from analysis.model.layout import layout_of  # noqa: E402
+from bench.bench_allocators import sync, timed  # noqa: E402
 from analysis.planning.plan_json import build_plan, lora_config  # noqa: E402
 from analysis.settings import PlanOptions, RunSettings, TrainSettings  # noqa: E402
 from analysis.signals.context import prepare  # noqa: E402
@@ -40,22 +39,12 @@ from analysis.training.steps import DataOrder, Pretokenised  # noqa: E402
 
 
 def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device.type)
 
 
 def _timed(step, repeats: int, device) -> float:
-    """Median seconds of `step()` over `repeats` calls after two warm-up calls."""
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        started = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    """Median seconds of `step()` over `repeats` calls after a warm-up call."""
+    return timed(step, repeats, device.type)["median_s"]
 
 
 def _peak(device) -> float:
@@ -105,7 +94,6 @@ def minilm(device: str, dtype: str, sizes: list[int], repeats: int, cache: Path)
         optimizer.zero_grad(set_to_none=True)
 
     out["alone_ms"] = 1e3 * _timed(alone, repeats, prepared.device)
-    del model, optimizer
     for k in sizes:
         runs = [Run(plan, dataclasses.replace(config, seed=s), f"k{s}", "") for s in range(k)]
         starts = [frozen.start(run) for run in runs]
