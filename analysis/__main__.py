@@ -250,7 +250,8 @@ def cmd_retrain(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from analysis.training.compare import compare, formatted, markdown, parse_budgets, parse_rates
+    from analysis.reporting.comparison_tables import formatted, markdown
+    from analysis.training.compare import compare, parse_budgets, parse_rates
     from analysis.signals.context import identify
     from analysis.signals.registry import all_signals
     settings = _settings(args)
@@ -282,7 +283,7 @@ def cmd_compare(args) -> int:
     if left_out:
         print(f"{left_out} run(s) did not train and are left out of the means (see runs.csv).")
     if args.out:
-        from analysis.training.compare import budget_table, curve_points
+        from analysis.reporting.comparison_tables import budget_table, curve_points
         args.out.mkdir(parents=True, exist_ok=True)
         entry.table().to_csv(args.out / "summary.csv", index=False)
         table.to_csv(args.out / "table.csv", index=False)

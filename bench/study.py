@@ -168,7 +168,7 @@ def main() -> None:
 
 
 def _markdown(frame: pd.DataFrame) -> str:
-    from analysis.training.compare import markdown
+    from analysis.reporting.comparison_tables import markdown
     return markdown(frame.fillna(""))
 
 

@@ -17,7 +17,9 @@ import plotly.graph_objects as go
 from analysis.reporting import figures
 from analysis.planning.allocate import parse_budget
 from analysis.settings import Limits
-from analysis.training.compare import budget_table, curve_points, formatted, summary_of, too_small
+from analysis.reporting.comparison_tables import budget_table, curve_points, formatted
+from analysis.training.compare import too_small
+from analysis.training.comparison_stats import summary_of
 from analysis.errors import UserError
 from analysis.planning.methods import UNIFORM, cached_entry, layout_for, method_scores
 from analysis.reporting.all_signals import (agreement, agreement_matrix_figure, layer_curves_figure, layer_importance,

@@ -239,7 +239,7 @@ def plan_figure(outcomes: list[Outcome], layout: Layout, difference: bool = Fals
 
 def budget_curve_figure(points: pd.DataFrame, title: str = "") -> go.Figure:
     """Metric against trainable parameters (log axis), one line per method with its 95% band (the t interval
-    of the mean over seeds; none where a point has a single run). `points`: training.compare.curve_points."""
+    of the mean over seeds; none where a point has a single run). `points`: comparison_tables.curve_points."""
     from plotly.colors import qualitative
 
     metric = points["metric"].iloc[0] if len(points) else "accuracy"

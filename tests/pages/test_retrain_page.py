@@ -13,7 +13,8 @@ from analysis.settings import TrainSettings
 from analysis.signals.runner import run_signals
 from analysis.store.cache import Result, Store
 from analysis.store.runs import comparisons
-from analysis.training.compare import formatted, summarise, summary_of
+from analysis.reporting.comparison_tables import formatted
+from analysis.training.comparison_stats import summarise, summary_of
 from tests.conftest import chart_specs
 import pandas as pd
 

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.training.compare import (budget_table, choose_rate, curve_points, formatted, paired_difference,
-                                       parse_budgets, parse_rates, summarise, verdict)
+from analysis.reporting.comparison_tables import budget_table, curve_points, formatted
+from analysis.training.compare import choose_rate, parse_budgets, parse_rates
+from analysis.training.comparison_stats import paired_difference, summarise, verdict
 from analysis.training.retrain import did_not_train
 from analysis.errors import UserError
 

@@ -270,7 +270,8 @@ def test_causal_lm_comparison_reports_loss_and_perplexity_per_budget(cache_dir, 
     from analysis.settings import RunSettings
     from analysis.signals.registry import get_signal
     from analysis.signals.runner import run_signals
-    from analysis.training.compare import compare, curve_points, formatted, markdown
+    from analysis.reporting.comparison_tables import curve_points, formatted, markdown
+    from analysis.training.compare import compare
 
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=len(minilm.tokenizer), hidden_size=32, intermediate_size=64,
