@@ -1,4 +1,6 @@
-"""Compare plans at one or more budgets: uniform LoRA first, then each method, each retrained with several seeds.
+"""Compare plans at one or more budgets: uniform LoRA first, then the module baselines (uniform LoRA on the
+attention only, the MLP only, every linear; planning/baselines.py), then each method, each retrained with several
+seeds.
 
 The protocol (docs/architecture.md, "The comparison protocol" in the design notes):
 
@@ -30,6 +32,7 @@ from analysis.jobs.progress import phase
 from analysis.settings import Limits, PlanOptions, RunSettings, TrainSettings, to_dict
 from analysis.signals.context import prepare
 from analysis.store.hashing import hash_json
+from analysis.planning.baselines import DEFAULT_BASELINES, baseline_rows
 from analysis.planning.methods import UNIFORM, layout_for, make_plan
 from analysis.training.comparison_stats import PRIMARY, summarise
 from analysis.training.retrain import did_not_train, retrain
@@ -82,9 +85,11 @@ def choose_rate(tuning: pd.DataFrame, task: str) -> float:
 def compare(settings: RunSettings, methods: list[str], budget: str | list[str], seeds: list[int],
             config: TrainSettings, limits: Limits = Limits(), options: PlanOptions = PlanOptions(),
             store: Store | None = None, overrides: dict[str, dict[str, str]] | None = None,
-            tune_lrs: list[float] | None = None) -> Entry:
-    """Retrain uniform LoRA and every method at every budget with every seed (the learning rate tuned per
-    method and budget on validation when `tune_lrs` is given; else `config.lr`); the comparison's entry."""
+            tune_lrs: list[float] | None = None,
+            baselines: list[str] | tuple[str, ...] = DEFAULT_BASELINES) -> Entry:
+    """Retrain uniform LoRA, the module baselines (uniform LoRA on each family in `baselines` at the same budget)
+    and every method at every budget with every seed (the learning rate tuned per method and budget on validation
+    when `tune_lrs` is given; else `config.lr`); the comparison's entry."""
     store = store or Store()
     budgets = parse_budgets(budget) if isinstance(budget, str) else list(dict.fromkeys(budget))
     if not seeds:
@@ -92,7 +97,12 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
     prepared = prepare(settings, store)
     task = prepared.task
     layout = layout_for(prepared.identity)
-    methods = [UNIFORM] + [m for m in dict.fromkeys(methods) if m != UNIFORM]   # uniform LoRA is the first row
+    # Uniform LoRA is the first row, then the baselines that ask which modules, then the methods.
+    baseline_methods, notes = baseline_rows(layout, list(baselines), limits)
+    for note in notes:
+        print(f"note: {note}")
+    methods = [UNIFORM, *baseline_methods] + [m for m in dict.fromkeys(methods) if m not in (UNIFORM,
+                                                                                             *baseline_methods)]
     plans = {(b, method): make_plan(prepared.identity, method, b, limits, options, overrides=overrides,
                                     layout=layout) for b in budgets for method in methods}
     for (b, method), plan in plans.items():
@@ -137,8 +147,8 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
                                                                       f" at {len(budgets)} budgets"),
             "context_key": prepared.key, **prepared.description, "budget": first["budget"], "budget_spec": budgets[0],
             "budgets": budgets, "budget_params": {b: plans[(b, UNIFORM)]["budget"] for b in budgets},
-            "seeds": seeds, "methods": methods, "config": to_dict(config), "tune_lrs": list(tune_lrs or []),
-            "chosen_lrs": chosen, "left_out": int(runs["did_not_train"].notna().sum()),
+            "seeds": seeds, "methods": methods, "baselines": list(baselines), "config": to_dict(config),
+            "tune_lrs": list(tune_lrs or []), "chosen_lrs": chosen, "left_out": int(runs["did_not_train"].notna().sum()),
             "plans": {f"{b}/{m}": p for (b, m), p in plans.items()}, "seconds": round(time.time() - started, 1)}
     tables = {"runs": runs}
     if len(tuning):
