@@ -112,3 +112,60 @@ def markdown(table: pd.DataFrame) -> str:
     rows = [list(map(str, table.columns))] + [list(map(str, row)) for row in table.itertuples(index=False)]
     lines = ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join([lines[0], "|" + "---|" * len(table.columns), *lines[1:]])
+
+
+def _count(value: float) -> str:
+    return "not reached" if math.isinf(value) else f"{value:,.0f}"
+
+
+def savings_table(savings: pd.DataFrame, task: str) -> pd.DataFrame:
+    """training.savings as researchers write it: per method, the parameters it needs to reach uniform's result at
+    the largest budget with the bootstrap interval, and the share of uniform's parameters there that it saves."""
+    if savings.empty:
+        return pd.DataFrame()
+    first = savings.iloc[0]
+    metric = first["metric"]
+    scale, digits = _scale(metric)
+    unit = "%" if scale == 100 else ""
+    target = f"{first['target'] * scale:.{digits}f}{unit}" if np.isfinite(first["target"]) else "none"
+    level = f"{first['level']:.0%}"
+
+    def needed(row) -> str:
+        if row["reading"] == "":
+            return ""
+        text = ("≤ " if row["reading"] == "at most" else "") + _count(row["needed_params"])
+        low, high = _count(row["needed_low"]), _count(row["needed_high"])
+        return text + (f" [{low}, {high}]" if np.isfinite(row["needed_low"]) and low != high else "")
+
+    def saved(row) -> str:
+        if not np.isfinite(row["saved"]):
+            return ""
+        text = ("≥ " if row["reading"] == "at most" else "") + f"{row['saved']:+.0%}"
+        low = "not reached" if math.isinf(row["saved_low"]) else f"{row['saved_low']:+.0%}"
+        high = f"{row['saved_high']:+.0%}"
+        return text + (f" [{low}, {high}]" if np.isfinite(row["saved_high"]) and low != high else "")
+
+    name = NAMES.get(metric, metric).split(" (")[0]
+    return pd.DataFrame({
+        "method": savings["method"],
+        f"params to reach uniform's {name} at {first['reference_budget']} ({target}), {level} CI":
+            savings.apply(needed, axis=1),
+        f"saved of uniform's {int(first['reference_params']):,}": savings.apply(saved, axis=1)})
+
+
+def pareto_points(summary: pd.DataFrame, task: str) -> pd.DataFrame:
+    """What the Pareto figure draws: per method and budget, trainable parameters and the judged metric's mean over
+    the runs that trained, and whether the point is on the Pareto frontier: no other point has at most its
+    parameters and at least its result (at most its loss), one of the two strictly."""
+    metric, higher = PRIMARY[task]
+    frame = summary[["method", "budget", "trainable_params", f"{metric}_mean"]].rename(
+        columns={f"{metric}_mean": "mean"}).reset_index(drop=True)
+    params = frame["trainable_params"].to_numpy(dtype=float)
+    value = frame["mean"].to_numpy(dtype=float) * (1 if higher else -1)   # larger is better from here on
+    finite = np.isfinite(value)
+    fewer, better = params[None, :] <= params[:, None], value[None, :] >= value[:, None]
+    strictly = (params[None, :] < params[:, None]) | (value[None, :] > value[:, None])
+    dominated = (fewer & better & strictly & finite[None, :]).any(axis=1)
+    frame["frontier"] = finite & ~dominated
+    frame.insert(0, "metric", metric)
+    return frame

@@ -50,7 +50,7 @@ def verdict(low: float, high: float, higher_is_better: bool) -> str:
     return "no clear difference"
 
 
-def _with_defaults(runs: pd.DataFrame) -> pd.DataFrame:
+def with_defaults(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs of comparisons made before budgets, tuning and the did-not-train flag still summarise."""
     runs = runs.copy()
     if "budget" not in runs:
@@ -67,7 +67,7 @@ def _with_defaults(runs: pd.DataFrame) -> pd.DataFrame:
 def summarise(runs: pd.DataFrame, task: str) -> pd.DataFrame:
     """One row per budget and method (methods in the order given): the runs that trained, their mean and std,
     and the paired difference from uniform LoRA at the same budget on the primary metric."""
-    runs = _with_defaults(runs)
+    runs = with_defaults(runs)
     primary, higher = PRIMARY[task]
     columns = [m for m in METRICS[task] + ["train_seconds"] if m in runs]
     rows = []
