@@ -12,7 +12,8 @@ process per (data set, budget, method or baseline), `--parallel` at a time on th
 mostly idle): each runs that method's tuning and seeds through `compare`, and uniform's runs are shared
 through the cache (a second process waits for the first); (3) per data set, one `compare` over every method
 and budget, all from the cache, writes the tables. Files under --out (at most 8, for the device tool):
-study.md (every table, the parameters each method needs to reach uniform included), study.json (timings, settings), <data>-runs.csv (every run and tuning run) and
+study.md (every table, the parameters each method needs to reach uniform included), study.json (timings,
+settings), <data>-runs.csv (every run and tuning run) and
 <data>-curve.csv (the budget curve's points with 95% bands), comparisons.tar.gz (the two comparison entries,
 for `python -m analysis export --signal comparison` after unpacking into a cache's entries/).
 

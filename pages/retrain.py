@@ -121,9 +121,9 @@ else:
         show(exhibits["comparison_pareto"])
     if len(saved):
         st.dataframe(saved, hide_index=True)
-        st.caption(f"Each method's budget curve read where it reaches uniform LoRA's result at the largest budget: "
-                   "linear in log-parameters between the two budgets around it; '≤' where it already reaches it at its "
-                   "smallest budget, 'not reached' where it never does. The interval resamples the seeds "
+        st.caption("Each method's budget curve is read where it reaches uniform LoRA's result at the largest budget: "
+                   "linear in log-parameters between the two budgets around it; '≤' where it already reaches it at "
+                   "its smallest budget, 'not reached' where it never does. The interval resamples the seeds "
                    f"({RESAMPLES} times, the same seeds for every method). A ringed point is on the Pareto frontier: "
                    "no other point has fewer parameters and a better result.")
         download_buttons(exhibits["comparison_savings"], ["csv", "tex"])

@@ -51,8 +51,8 @@ def family_types(layout: Layout, family: str) -> tuple[str, ...]:
     """The module types (query, q_proj, c_attn, ...) of a family, in layout order."""
     types = tuple(dict.fromkeys(m.name for m in layout.modules if family == "all" or layout.family(m) == family))
     if not types:
-        raise UserError(f"This model has no linear in {MODULE_FAMILIES[family]} of its blocks, so the '{family}' baseline "
-                        "cannot be planned; leave it out of --baselines.")
+        raise UserError(f"This model has no linear in {MODULE_FAMILIES[family]} of its blocks, so the '{family}' "
+                        "baseline cannot be planned; leave it out of --baselines.")
     return types
 
 
@@ -68,8 +68,8 @@ def baseline_rows(layout: Layout, families: list[str], limits: Limits) -> tuple[
     rows, notes = [], []
     for family in families:
         if set(family_types(layout, family)) == allowed:
-            notes.append(f"uniform LoRA already adapts {MODULE_FAMILIES[family]} ({', '.join(sorted(allowed))}), so its "
-                         f"row is the '{family}' baseline.")
+            notes.append(f"uniform LoRA already adapts {MODULE_FAMILIES[family]} ({', '.join(sorted(allowed))}), so "
+                         f"its row is the '{family}' baseline.")
         else:
             rows.append(baseline_method(family))
     return rows, notes

@@ -313,7 +313,8 @@ def pareto_figure(points: pd.DataFrame, savings: pd.DataFrame, title: str = "") 
                 x=[row.needed_params], y=[target], mode="markers", showlegend=False, legendgroup=row.method,
                 marker={"symbol": "x", "size": 10, "color": colours.get(row.method, "#000000")},
                 hovertemplate=f"{row.method} reaches uniform at {bound}{row.needed_params:,.0f} parameters "
-                              f"({row.saved:+.0%} of uniform's)<br>{row.level:.0%} interval: {interval}<extra></extra>"))
+                              f"({row.saved:+.0%} of uniform's)<br>{row.level:.0%} interval: {interval}"
+                              "<extra></extra>"))
         if len(reached):   # one legend entry for every method's mark
             figure.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="parameters to reach it",
                                         marker={"symbol": "x", "size": 10, "color": "#000000"}))

@@ -148,7 +148,8 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
             "context_key": prepared.key, **prepared.description, "budget": first["budget"], "budget_spec": budgets[0],
             "budgets": budgets, "budget_params": {b: plans[(b, UNIFORM)]["budget"] for b in budgets},
             "seeds": seeds, "methods": methods, "baselines": list(baselines), "config": to_dict(config),
-            "tune_lrs": list(tune_lrs or []), "chosen_lrs": chosen, "left_out": int(runs["did_not_train"].notna().sum()),
+            "tune_lrs": list(tune_lrs or []), "chosen_lrs": chosen,
+            "left_out": int(runs["did_not_train"].notna().sum()),
             "plans": {f"{b}/{m}": p for (b, m), p in plans.items()}, "seconds": round(time.time() - started, 1)}
     tables = {"runs": runs}
     if len(tuning):

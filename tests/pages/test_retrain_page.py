@@ -16,6 +16,7 @@ from analysis.store.runs import comparisons
 from analysis.reporting.comparison_tables import formatted
 from analysis.training.comparison_stats import summarise, summary_of
 from tests.conftest import chart_specs
+import numpy as np
 import pandas as pd
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "retrain.py")
@@ -180,3 +181,36 @@ def test_a_comparison_too_small_to_mean_much_says_so_on_the_page_and_in_its_expo
     assert any("Only 3 test examples" in w for w in warnings) and any("1 training steps" in w for w in warnings)
     latex = render(comparison_exhibits(entry)[0], "tex").decode()
     assert "too small to mean much" in latex and "Only 3 test examples" in latex
+
+
+@pytest.mark.slow
+def test_the_pareto_figure_and_the_savings_of_a_real_small_comparison(small_comparison, monkeypatch):
+    """The shared small comparison (uniform on q_proj and v_proj, the three module baselines and grad_norm at r8
+    and r16): the Pareto figure draws every method's points, the frontier through the points `compare --out` marked,
+    uniform's loss at r16 as a line and a cross where each method reaches it; the savings table is the one the
+    command line wrote."""
+    from analysis.reporting.comparison_tables import savings_table
+
+    cache, out = small_comparison
+    monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(cache))
+    app = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not app.exception
+    [pareto] = [spec for spec in chart_specs(app) if "Pareto frontier" in spec["layout"]["title"]["text"]]
+    points, saved = pd.read_csv(out / "pareto.csv"), pd.read_csv(out / "savings.csv")
+    lines = {t["name"]: t for t in pareto["data"] if t.get("mode") == "lines+markers"}
+    assert set(lines) == {"uniform", "uniform-attention", "uniform-mlp", "uniform-all", "grad_norm", "Pareto frontier"}
+    for method, frame in points.groupby("method"):
+        frame = frame.sort_values("trainable_params")
+        assert lines[method]["x"] == frame["trainable_params"].tolist()
+        assert lines[method]["y"] == pytest.approx(frame["mean"].tolist())
+    frontier = points[points["frontier"]].sort_values("trainable_params")
+    assert lines["Pareto frontier"]["x"] == frontier["trainable_params"].tolist()
+    [target] = [t for t in pareto["data"] if t.get("name") == "uniform at r16"]
+    assert target["y"] == pytest.approx([saved["target"].iloc[0]] * 2)
+    crosses = [t for t in pareto["data"] if t.get("marker", {}).get("symbol") == "x" and t["x"] != [None]]
+    reached = saved[np.isfinite(saved["needed_params"])]
+    assert sorted(t["x"][0] for t in crosses) == pytest.approx(sorted(reached["needed_params"]))
+    [table] = [d.value for d in app.dataframe if any(str(c).startswith("saved of uniform's") for c in d.value)]
+    expected = savings_table(saved.fillna({"reading": ""}), "causal-lm")
+    assert table.columns.tolist() == expected.columns.tolist()
+    assert table.astype(str).to_numpy().tolist() == expected.astype(str).to_numpy().tolist()
