@@ -135,6 +135,7 @@ def test_starting_a_comparison_launches_a_job_with_the_shown_settings(filled, ca
     assert argv[0] == "compare" and argv[argv.index("--budgets") + 1] == "r4"
     assert argv[argv.index("--tune-lr") + 1] == "0.0001,0.0003,0.001,0.003"   # the default grid
     assert argv[argv.index("--signals") + 1] == "cka,grad_norm"
+    assert argv[argv.index("--baselines") + 1] == "attention,mlp,all"   # the module baselines by default
     assert argv[argv.index("--val-size") + 1] == "16" and argv[argv.index("--seeds") + 1] == "0,1,2"
     from analysis.__main__ import build_parser
     assert build_parser().parse_args(argv).handler.__name__ == "cmd_compare"   # a command the CLI accepts
