@@ -127,7 +127,8 @@ def savings_table(savings: pd.DataFrame, task: str) -> pd.DataFrame:
     metric = first["metric"]
     scale, digits = _scale(metric)
     unit = "%" if scale == 100 else ""
-    target = f"{first['target'] * scale:.{digits}f}{unit}" if np.isfinite(first["target"]) else "none"
+    target = (f"{first['target'] * scale:.{digits}f}{unit}" if np.isfinite(first["target"]) else
+              "none: no run of it trained there")
     level = f"{first['level']:.0%}"
 
     def needed(row) -> str:
