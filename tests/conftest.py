@@ -44,6 +44,39 @@ def minilm(session_cache):
 
 
 @pytest.fixture(scope="session")
+def small_comparison(tmp_path_factory, minilm):
+    """A real comparison on the CPU, as small as one can be with every kind of row: a tiny Llama (2 blocks of width
+    32, MiniLM's tokenizer) as a causal LM on 200 short sentences; uniform LoRA on q_proj and v_proj (peft's default
+    for Llama), the three module baselines and grad_norm's plan; budgets r8 and r16; seeds 0 and 1; 12 steps at one
+    rate; 16 test examples. Made by the command line (`run`, then `compare --out`), on one CPU thread (on two
+    shared cores, two threads made each step of this tiny model ten times slower): (cache folder, --out folder)."""
+    from analysis.__main__ import main
+
+    root = tmp_path_factory.mktemp("small-comparison")
+    torch.manual_seed(0)
+    from transformers import LlamaConfig, LlamaForCausalLM
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(minilm.tokenizer), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2)).save_pretrained(root / "model")
+    minilm.tokenizer.save_pretrained(root / "model")
+    import pandas as pd
+    pd.DataFrame({"text": [f"the cat number {i} sat on the mat" for i in range(200)]}).to_csv(root / "text.csv",
+                                                                                             index=False)
+    common = ["--model", str(root / "model"), "--data", str(root / "text.csv"), "--val-size", "16", "--device",
+              "cpu", "--cache-dir", str(root / "cache")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["run", *common, "--signals", "grad_norm"]) == 0
+        assert main(["compare", *common, "--signals", "grad_norm", "--modules", "q_proj,v_proj", "--budgets",
+                     "r8,r16", "--seeds", "0,1", "--steps", "12", "--test-size", "16", "--train-batch-size", "8",
+                     "--tune-lr", "off", "--lr", "1e-2", "--out", str(root / "out")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return root / "cache", root / "out"
+
+
+@pytest.fixture(scope="session")
 def encoder_context(tmp_path_factory):
     """The embedded MiniLM on 64 validation snippets, on the CPU, for checking signals against references."""
     from analysis.signals.context import AnalysisContext, prepare
@@ -52,6 +85,13 @@ def encoder_context(tmp_path_factory):
 
     store = Store(tmp_path_factory.mktemp("encoder-context-cache"))
     return AnalysisContext(prepare(RunSettings(val_size=64, batch_size=16, device="cpu"), store))
+
+
+def tiny_bert(layers: int = 3, vocab: int = 64):
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(vocab_size=vocab, hidden_size=32, intermediate_size=48,
+                                                    num_hidden_layers=layers, num_attention_heads=4)).eval()
 
 
 def tiny_llama(layers: int = 2, hidden: int = 32, vocab: int = 128):

@@ -167,9 +167,10 @@ def fill(cache_dir, settings: RunSettings, signals=DEFAULT_SIGNALS, seed: int = 
 
 def fill_comparison(store: Store, settings: RunSettings, methods=("shapley", "cka"), budgets=("r2", "r4", "r8"),
                     seeds=(0, 1, 2), seed: int = 0):
-    """A finished retrain comparison of `methods` in `store` (whose signals must be there), made by the real
-    training.compare with each retrain replaced by random metrics in its real schema, a bit better the more
-    parameters a plan trains: the comparison entry the Retrain page and `export --signal comparison` read."""
+    """A finished retrain comparison of `methods` in `store` (whose signals must be there), with the module
+    baselines compare adds by default, made by the real training.compare with each retrain replaced by random
+    metrics in its real schema, a bit better the more parameters a plan trains: the comparison entry the Retrain
+    page and `export --signal comparison` read (its budget curve, Pareto figure and savings included)."""
     from types import SimpleNamespace
     from unittest import mock
 

@@ -156,7 +156,8 @@ def test_the_plan_json_applied_by_hand_trains_the_head(cache_dir, tmp_path, caps
 
 
 def test_compare_with_one_seed_prints_no_spread():
-    from analysis.training.compare import formatted, summarise
+    from analysis.reporting.comparison_tables import formatted
+    from analysis.training.comparison_stats import summarise
     runs = pd.DataFrame({"budget": "r2", "method": ["uniform", "cka", "cka", "cka"], "seed": [0, 0, 1, 2],
                          "lr": 1e-3, "trainable_params": 100, "accuracy": [0.406, 0.49, 0.50, 0.51],
                          "f1": 0.4, "test_loss": 0.6, "train_seconds": 1.0, "did_not_train": None})

@@ -175,6 +175,8 @@ CASES.update({
     "compare --signals empty": (lambda t: ["compare", "--signals", ""], "--signals names no method"),
     "compare --signals comma": (lambda t: ["compare", "--signals", ","], "--signals names no method"),
     "compare --budgets empty": (lambda t: ["compare", "--budgets", ""], "--budgets expects comma-separated"),
+    "compare --baselines unknown": (lambda t: ["compare", "--signals", "uniform", "--baselines", "attention,ffn"],
+                                    "--baselines expects comma-separated module families from attention, mlp, all"),
     "plan file bias": (lambda t: ["retrain", "--plan", plan_file(t, bias="all2")],
                        "has bias 'all2'; it must be one of none, all, lora_only"),
     "plan file {}": (lambda t: ["retrain", "--plan", json_file(t, {})], "lacks r, lora_alpha"),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from analysis.model.capture import AdaptableModule, adaptable_modules
+from analysis.model.capture import AdaptableModule, adaptable_modules, find_blocks
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class Layout:
     task_type: str | None = None    # peft's TaskType of the model class: SEQ_CLS, CAUSAL_LM (None: a bare model)
     head_modules: tuple[str, ...] = ()   # the task head (trained with the adapter): peft's modules_to_save
     base_model_prefix: str = ""     # the backbone's attribute ('bert', 'model'): module paths start with it
+    block_prefix: str = ""          # the stack of blocks ('bert.encoder.layer', 'model.layers', 'transformer.h')
 
     @property
     def num_layers(self) -> int:
@@ -35,6 +36,17 @@ class Layout:
     def costs(self) -> list[int]:
         """Parameters one rank costs in each module: d_in + d_out."""
         return [m.d_in + m.d_out for m in self.modules]
+
+    def family(self, module: AdaptableModule) -> str:
+        """'attention' for a linear inside the block's attention (BERT's query, key, value and
+        attention.output.dense; Llama's q/k/v/o_proj under self_attn; GPT-2's c_attn and attn.c_proj), 'mlp'
+        for every other linear of the block (BERT's intermediate.dense and output.dense, Llama's
+        gate/up/down_proj, GPT-2's c_fc and mlp.c_proj): transformers names the attention submodule of every
+        architecture with 'attn' or 'attention' in it, and the feed-forward part never."""
+        parts = module.path.lower().split(".")
+        if self.block_prefix:   # only the path within the block: the stack's own name says nothing
+            parts = parts[self.block_prefix.count(".") + 2:]
+        return "attention" if any("attn" in part or "attention" in part for part in parts) else "mlp"
 
 
 def lora_parameter_count(modules, ranks) -> int:
@@ -51,7 +63,7 @@ def layout_of(model: torch.nn.Module) -> Layout:
     head = tuple(name for name, child in model.named_children()
                  if name != prefix and any(True for _ in child.parameters())) if task_type == "SEQ_CLS" else ()
     return Layout(tuple(adaptable_modules(model)), tuple(name for name, _ in model.named_modules()), task_type, head,
-                  prefix if hasattr(model, prefix) else "")
+                  prefix if hasattr(model, prefix) else "", find_blocks(model)[0])
 
 
 def model_layout(path, task: str, num_labels: int | None = None) -> Layout:

@@ -1,4 +1,5 @@
-"""Planning methods by name: 'uniform', a signal ('shapley'), or a blend ('shapley+cka', '0.7*shapley+0.3*id').
+"""Planning methods by name: 'uniform', a signal ('shapley'), a blend ('shapley+cka', '0.7*shapley+0.3*id'), or
+uniform LoRA on one module family ('uniform-attention', 'uniform-mlp', 'uniform-all'; planning/baselines.py).
 
 Turns a method into Scores from the cached tables of one analysis setting and a plan from those,
 so the command line, the comparison and the pages all plan the same way.
@@ -8,6 +9,7 @@ from __future__ import annotations
 import re
 
 from analysis.planning.allocate import Scores, allocate, blend, parse_budget, scores_from_tables
+from analysis.planning.baselines import MODULE_FAMILIES, baseline_family, family_limits
 from analysis.signals.context import RunIdentity
 from analysis.errors import UserError
 from analysis.settings import Limits, PlanOptions, to_dict
@@ -77,9 +79,27 @@ def plan_from_scores(identity: RunIdentity, scores: Scores | None, layout: Layou
                       allocation.warnings, settings=to_dict(identity.settings))
 
 
+def baseline_plan(identity: RunIdentity, method: str, budget: str, limits: Limits = Limits(),
+                  options: PlanOptions = PlanOptions(), layout: Layout | None = None) -> dict:
+    """Uniform LoRA on one module family ('uniform-mlp') at the budget uniform LoRA has under `limits`."""
+    layout = layout or layout_for(identity)
+    family = baseline_family(method)
+    amount = parse_budget(budget, layout, limits)
+    narrowed = family_limits(layout, family, limits)
+    try:
+        allocation = allocate(None, layout, amount, narrowed)
+    except UserError as error:
+        raise UserError(f"The '{family}' baseline (uniform LoRA on {MODULE_FAMILIES[family]}) has no plan at "
+                        f"{budget}: {error} Leave it out of --baselines or raise the budget.") from None
+    return build_plan(layout, allocation.ranks, method, amount, options, allocation.warnings,
+                      settings=to_dict(identity.settings))
+
+
 def make_plan(identity: RunIdentity, method: str, budget: str, limits: Limits = Limits(),
               options: PlanOptions = PlanOptions(), overrides: dict[str, dict[str, str]] | None = None,
               layout: Layout | None = None) -> dict:
     layout = layout or layout_for(identity)
+    if baseline_family(method):
+        return baseline_plan(identity, method, budget, limits, options, layout)
     return plan_from_scores(identity, method_scores(identity, method, layout, overrides), layout, budget, limits,
                             options)

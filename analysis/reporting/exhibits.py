@@ -17,7 +17,11 @@ import plotly.graph_objects as go
 from analysis.reporting import figures
 from analysis.planning.allocate import parse_budget
 from analysis.settings import Limits
-from analysis.training.compare import budget_table, curve_points, formatted, summary_of, too_small
+from analysis.reporting.comparison_tables import (budget_table, curve_points, formatted, pareto_points,
+                                                   savings_table)
+from analysis.training.compare import too_small
+from analysis.training.comparison_stats import summary_of
+from analysis.training.savings import RESAMPLES, savings
 from analysis.errors import UserError
 from analysis.planning.methods import UNIFORM, cached_entry, layout_for, method_scores
 from analysis.reporting.all_signals import (agreement, agreement_matrix_figure, layer_curves_figure, layer_importance,
@@ -95,13 +99,25 @@ def overview_exhibits(entries: dict[str, Entry]) -> list[Exhibit]:
 
 def comparison_exhibits(entry: Entry) -> list[Exhibit]:
     """The retrain comparison: its summary (mean ± std over the runs that trained, the paired difference from
-    uniform with its interval; also as LaTeX), the budget curve and its table, every run (runs that did not
-    train flagged) and the learning-rate tuning runs."""
+    uniform with its interval; also as LaTeX), the budget curve and its table, the Pareto figure and the parameters
+    each method needs to reach uniform, every run (runs that did not train flagged) and the learning-rate tuning
+    runs."""
     task = entry.meta["task"]
 
     @cache
     def summary():
         return summary_of(entry)
+
+    @cache
+    def saved():
+        return savings(entry.table("runs"), task)
+
+    def pareto() -> pd.DataFrame:   # each point with its method's reading of the parameters to reach uniform
+        points = pareto_points(summary(), task)
+        if saved().empty:
+            return points
+        columns = ["method", "target", "reference_budget", "needed_params", "reading", "needed_low", "needed_high"]
+        return points.merge(saved()[columns], on="method", how="left")
 
     budgets = entry.meta.get("budgets") or [entry.meta.get("budget_spec", "")]
     caveats = too_small(entry)   # the exported caption says so too, not only the page
@@ -114,6 +130,11 @@ def comparison_exhibits(entry: Entry) -> list[Exhibit]:
                             curve_points(summary(), task))),
                 Exhibit("comparison_budget_table", "Retrain comparison per budget († beats uniform)",
                         lambda: budget_table(summary(), task)),
+                Exhibit("comparison_pareto", "Metric against trainable parameters: the Pareto frontier and the "
+                        "parameters each method needs to reach uniform at the largest budget", pareto,
+                        lambda: figures.pareto_figure(pareto_points(summary(), task), saved())),
+                Exhibit("comparison_savings", "Parameters to reach uniform LoRA at the largest budget (bootstrap "
+                        f"over seeds, {RESAMPLES} resamples)" + caveat, lambda: savings_table(saved(), task)),
                 Exhibit("comparison_runs", "Every retrain run of the comparison", lambda: entry.table("runs"))]
     if "tuning" in entry.table_names:
         exhibits.append(Exhibit("comparison_tuning", "Learning-rate tuning runs (validation split)",

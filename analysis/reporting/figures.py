@@ -239,7 +239,7 @@ def plan_figure(outcomes: list[Outcome], layout: Layout, difference: bool = Fals
 
 def budget_curve_figure(points: pd.DataFrame, title: str = "") -> go.Figure:
     """Metric against trainable parameters (log axis), one line per method with its 95% band (the t interval
-    of the mean over seeds; none where a point has a single run). `points`: training.compare.curve_points."""
+    of the mean over seeds; none where a point has a single run). `points`: comparison_tables.curve_points."""
     from plotly.colors import qualitative
 
     metric = points["metric"].iloc[0] if len(points) else "accuracy"
@@ -264,6 +264,61 @@ def budget_curve_figure(points: pd.DataFrame, title: str = "") -> go.Figure:
                                     hovertemplate="%{customdata[0]}: %{x:,} parameters<br>%{y:.3f} over "
                                                   "%{customdata[1]} runs<extra>" + method + "</extra>"))
     figure.update_layout(title=title or f"{label.split(' (')[0]} against trainable parameters",
+                         xaxis_title="Trainable LoRA parameters", yaxis_title=label, hovermode="closest",
+                         legend={"title": {"text": "method"}})
+    figure.update_xaxes(type="log")
+    return figure
+
+
+def pareto_figure(points: pd.DataFrame, savings: pd.DataFrame, title: str = "") -> go.Figure:
+    """The judged metric (accuracy, or the test loss for a decoder) against trainable parameters (log axis) for
+    every method and budget, the Pareto frontier drawn through its points and ringed (as peft's method-comparison
+    app marks it), uniform's result at the largest budget as a dotted line, and a cross where each method's curve
+    reaches that line: the parameters it needs (its bootstrap interval in the hover; on one line, whiskers would hide
+    each other). `points`: comparison_tables.pareto_points; `savings`: training.savings.savings."""
+    from plotly.colors import qualitative
+
+    metric = points["metric"].iloc[0] if len(points) else "accuracy"
+    scale = 100 if metric in ("accuracy", "f1") else 1
+    label = {"accuracy": "Test accuracy (%)", "f1": "Macro F1 (%)", "test_loss": "Test loss"}.get(metric, metric)
+    palette = qualitative.Plotly
+    colours = {method: palette[i % len(palette)] for i, method in enumerate(dict.fromkeys(points["method"]))}
+    figure = go.Figure()
+    for method, frame in points.dropna(subset=["mean"]).groupby("method", sort=False):
+        frame = frame.sort_values("trainable_params")
+        figure.add_trace(go.Scatter(x=frame["trainable_params"], y=frame["mean"] * scale, mode="lines+markers",
+                                    name=method, legendgroup=method, line={"color": colours[method], "width": 1},
+                                    marker={"size": 7}, customdata=frame[["budget"]].to_numpy(),
+                                    hovertemplate="%{customdata[0]}: %{x:,} parameters<br>%{y:.3f}<extra>" + method
+                                                  + "</extra>"))
+    frontier = points[points["frontier"]].sort_values("trainable_params")
+    if len(frontier):
+        figure.add_trace(go.Scatter(x=frontier["trainable_params"], y=frontier["mean"] * scale, mode="lines+markers",
+                                    name="Pareto frontier", line={"color": "#000000", "width": 1.5, "dash": "dash"},
+                                    marker={"size": 13, "symbol": "circle-open", "color": "#000000"},
+                                    text=frontier["method"] + " at " + frontier["budget"].astype(str),
+                                    hovertemplate="%{text}<br>%{x:,} parameters<br>%{y:.3f}<extra>frontier</extra>"))
+    if len(savings) and np.isfinite(savings["target"].iloc[0]):
+        target = savings["target"].iloc[0] * scale
+        span = [points["trainable_params"].min(), points["trainable_params"].max()]
+        figure.add_trace(go.Scatter(x=span, y=[target, target], mode="lines", hoverinfo="skip",
+                                    name=f"uniform at {savings['reference_budget'].iloc[0]}",
+                                    line={"color": "#7f7f7f", "width": 1, "dash": "dot"}))
+        reached = savings[np.isfinite(savings["needed_params"])]
+        for row in reached.itertuples():   # in its method's colour; the interval is in the hover and the table
+            bound = "at most " if row.reading == "at most" else ""
+            interval = f"{row.needed_low:,.0f} to " + ("not reached" if np.isinf(row.needed_high) else
+                                                       f"{row.needed_high:,.0f}")
+            figure.add_trace(go.Scatter(
+                x=[row.needed_params], y=[target], mode="markers", showlegend=False, legendgroup=row.method,
+                marker={"symbol": "x", "size": 10, "color": colours.get(row.method, "#000000")},
+                hovertemplate=f"{row.method} reaches uniform at {bound}{row.needed_params:,.0f} parameters "
+                              f"({row.saved:+.0%} of uniform's)<br>{row.level:.0%} interval: {interval}"
+                              "<extra></extra>"))
+        if len(reached):   # one legend entry for every method's mark
+            figure.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="parameters to reach it",
+                                        marker={"symbol": "x", "size": 10, "color": "#000000"}))
+    figure.update_layout(title=title or f"{label.split(' (')[0]} against trainable parameters: the Pareto frontier",
                          xaxis_title="Trainable LoRA parameters", yaxis_title=label, hovermode="closest",
                          legend={"title": {"text": "method"}})
     figure.update_xaxes(type="log")

@@ -74,8 +74,9 @@ def open_page(playwright, height: int = 1700):
 
 
 def launch_comparison(page, seeds: str, steps: int, test_size: int, lr: float | None = None,
-                      budgets: str | None = None) -> None:
-    """On the Retrain page: fill the form (every run at one learning rate, no tuning) and start the comparison."""
+                      budgets: str | None = None, baselines: bool = False) -> None:
+    """On the Retrain page: fill the form (every run at one learning rate, no tuning; the module baselines, which
+    multiply the runs, only with `baselines`) and start the comparison."""
     page.get_by_text("Plans at this budget").wait_for(timeout=90_000)
     page.get_by_label("Seeds").fill(seeds)
     page.get_by_label("Steps").fill(str(steps))
@@ -85,4 +86,7 @@ def launch_comparison(page, seeds: str, steps: int, test_size: int, lr: float | 
     if budgets is not None:
         page.get_by_role("textbox", name="Budgets").fill(budgets)   # the label also names its help button
     page.get_by_role("textbox", name="Tune learning rate over").fill("")
+    if not baselines:
+        page.locator("[data-testid=stMultiSelect]", has_text="Module baselines").get_by_role(
+            "button", name="Clear all").click()
     page.get_by_role("button", name="Retrain and compare").click()

@@ -144,3 +144,33 @@ def test_a_comparison_at_two_budgets_draws_the_budget_curve_and_the_table_in_chr
     assert sorted(zip(runs["budget"], runs["method"])) == [("r1", "grad_norm"), ("r1", "uniform"),
                                                            ("r2", "grad_norm"), ("r2", "uniform")]
     assert runs.groupby("budget")["trainable_params"].first().to_dict() == {"r1": 41472, "r2": 82944}
+
+
+@pytest.mark.slow
+def test_the_retrain_page_draws_the_pareto_figure_with_the_savings_in_chromium(small_comparison, tmp_path):
+    """The shared small CPU comparison (two budgets, uniform on q_proj and v_proj, the three module baselines and a
+    signal's plan) on the Retrain page: the Pareto figure with every method, the frontier, uniform's line and the
+    crosses where each method reaches it, and the table of parameters each method needs."""
+    from playwright.sync_api import sync_playwright
+
+    cache, _ = small_comparison
+    screenshot = Path(os.environ.get("SCREENSHOT_PATH_PARETO", tmp_path / "pareto.png"))
+    with serve(cache) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2600})
+        outside = requests_leaving_localhost(page)
+        page.goto(f"{url}/retrain")
+        page.get_by_text("Pareto frontier and parameters to reach uniform").wait_for(timeout=90_000)
+        figure = page.locator(".js-plotly-plot", has_text="Pareto frontier")
+        figure.first.locator(".legendtext").first.wait_for(state="attached", timeout=60_000)
+        legend = figure.first.locator(".legendtext").all_text_contents()
+        assert legend == ["uniform", "uniform-attention", "uniform-mlp", "uniform-all", "grad_norm",
+                          "Pareto frontier", "uniform at r16", "parameters to reach it"]
+        assert figure.first.locator(".scatterlayer .trace").count() >= len(legend)
+        page.locator("th", has_text="saved of uniform's").first.wait_for(state="attached", timeout=30_000)
+        page.get_by_text("The interval resamples the seeds").wait_for(timeout=30_000)
+        figure.first.scroll_into_view_if_needed()
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    assert outside == [], f"the dashboard reached outside this machine: {outside[:5]}"
+    assert screenshot.stat().st_size > 10_000

@@ -13,8 +13,10 @@ from analysis.settings import TrainSettings
 from analysis.signals.runner import run_signals
 from analysis.store.cache import Result, Store
 from analysis.store.runs import comparisons
-from analysis.training.compare import formatted, summarise, summary_of
+from analysis.reporting.comparison_tables import formatted
+from analysis.training.comparison_stats import summarise, summary_of
 from tests.conftest import chart_specs
+import numpy as np
 import pandas as pd
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "retrain.py")
@@ -31,7 +33,8 @@ def test_without_signals_the_page_says_what_to_run(cache_dir):
 def filled(cache_dir):
     store = Store(cache_dir)
     run_signals(SETTINGS, [get_signal("grad_norm"), get_signal("cka")], None, store)
-    compare(SETTINGS, ["grad_norm"], "r2", [0, 1], TrainSettings(steps=2, test_size=16, batch_size=4), store=store)
+    compare(SETTINGS, ["grad_norm"], "r2", [0, 1], TrainSettings(steps=2, test_size=16, batch_size=4), store=store,
+            baselines=())
     return store
 
 
@@ -97,7 +100,7 @@ def test_the_budget_curve_and_the_flagged_run_are_shown(filled):
     assert grad_r2["verdict"] == "beats uniform" or "[" in grad_r2[[c for c in results if c.startswith("Δ")][0]]
     assert any("1 run(s) did not train" in w.value for w in app.warning)
     curves = [spec for spec in chart_specs(app) if spec["layout"]["xaxis"]["title"]["text"] ==
-              "Trainable LoRA parameters"]
+              "Trainable LoRA parameters" and "Pareto" not in spec["layout"]["title"]["text"]]
     assert len(curves) == 1
     lines = {t["name"]: t for t in curves[0]["data"] if t.get("mode") == "lines+markers"}
     assert set(lines) == {"uniform", "grad_norm"}
@@ -132,6 +135,7 @@ def test_starting_a_comparison_launches_a_job_with_the_shown_settings(filled, ca
     assert argv[0] == "compare" and argv[argv.index("--budgets") + 1] == "r4"
     assert argv[argv.index("--tune-lr") + 1] == "0.0001,0.0003,0.001,0.003"   # the default grid
     assert argv[argv.index("--signals") + 1] == "cka,grad_norm"
+    assert argv[argv.index("--baselines") + 1] == "attention,mlp,all"   # the module baselines by default
     assert argv[argv.index("--val-size") + 1] == "16" and argv[argv.index("--seeds") + 1] == "0,1,2"
     from analysis.__main__ import build_parser
     assert build_parser().parse_args(argv).handler.__name__ == "cmd_compare"   # a command the CLI accepts
@@ -178,3 +182,36 @@ def test_a_comparison_too_small_to_mean_much_says_so_on_the_page_and_in_its_expo
     assert any("Only 3 test examples" in w for w in warnings) and any("1 training steps" in w for w in warnings)
     latex = render(comparison_exhibits(entry)[0], "tex").decode()
     assert "too small to mean much" in latex and "Only 3 test examples" in latex
+
+
+@pytest.mark.slow
+def test_the_pareto_figure_and_the_savings_of_a_real_small_comparison(small_comparison, monkeypatch):
+    """The shared small comparison (uniform on q_proj and v_proj, the three module baselines and grad_norm at r8
+    and r16): the Pareto figure draws every method's points, the frontier through the points `compare --out` marked,
+    uniform's loss at r16 as a line and a cross where each method reaches it; the savings table is the one the
+    command line wrote."""
+    from analysis.reporting.comparison_tables import savings_table
+
+    cache, out = small_comparison
+    monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(cache))
+    app = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not app.exception
+    [pareto] = [spec for spec in chart_specs(app) if "Pareto frontier" in spec["layout"]["title"]["text"]]
+    points, saved = pd.read_csv(out / "pareto.csv"), pd.read_csv(out / "savings.csv")
+    lines = {t["name"]: t for t in pareto["data"] if t.get("mode") == "lines+markers"}
+    assert set(lines) == {"uniform", "uniform-attention", "uniform-mlp", "uniform-all", "grad_norm", "Pareto frontier"}
+    for method, frame in points.groupby("method"):
+        frame = frame.sort_values("trainable_params")
+        assert lines[method]["x"] == frame["trainable_params"].tolist()
+        assert lines[method]["y"] == pytest.approx(frame["mean"].tolist())
+    frontier = points[points["frontier"]].sort_values("trainable_params")
+    assert lines["Pareto frontier"]["x"] == frontier["trainable_params"].tolist()
+    [target] = [t for t in pareto["data"] if t.get("name") == "uniform at r16"]
+    assert target["y"] == pytest.approx([saved["target"].iloc[0]] * 2)
+    crosses = [t for t in pareto["data"] if t.get("marker", {}).get("symbol") == "x" and t["x"] != [None]]
+    reached = saved[np.isfinite(saved["needed_params"])]
+    assert sorted(t["x"][0] for t in crosses) == pytest.approx(sorted(reached["needed_params"]))
+    [table] = [d.value for d in app.dataframe if any(str(c).startswith("saved of uniform's") for c in d.value)]
+    expected = savings_table(saved.fillna({"reading": ""}), "causal-lm")
+    assert table.columns.tolist() == expected.columns.tolist()
+    assert table.astype(str).to_numpy().tolist() == expected.astype(str).to_numpy().tolist()

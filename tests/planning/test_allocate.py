@@ -7,21 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from analysis.planning.allocate import allocate, blend, parse_budget, scores_from_tables, uniform_cost
 from analysis.settings import Limits, PlanOptions
 from analysis.errors import UserError
 from analysis.model.layout import layout_of, model_layout
 from analysis.planning.plan_json import build_plan, check_peft_model, lora_config, plan_ranks, validate
-from tests.conftest import tiny_llama
-
-
-def tiny_bert(layers: int = 3):
-    from transformers import BertConfig, BertForSequenceClassification
-    torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
-                                                    num_hidden_layers=layers, num_attention_heads=4)).eval()
+from tests.conftest import tiny_bert, tiny_llama
 
 
 MODELS = {"bert": tiny_bert, "llama": lambda: tiny_llama(layers=3)}

@@ -138,7 +138,7 @@ def test_every_exported_figure_keeps_the_paper_sizes_and_the_page(tmp_path):
     entries = {entry.meta["signal"]: entry for entry in store.entries()}
     exhibits.append(agreement_exhibit(entries["shapley"], entries["adalora"], "Shapley", "AdaLoRA"))
     drawn = [exhibit for exhibit in exhibits if exhibit.figure is not None]
-    assert {"alpha_esd_largest", "comparison_budgets", "signal_agreement", "all_signals_layers", "eva", "gora",
+    assert {"alpha_esd_largest", "comparison_budgets", "comparison_pareto", "signal_agreement", "all_signals_layers", "eva", "gora",
             "grad_norm", "state_change", "shapley_vs_adalora"} <= {exhibit.name for exhibit in drawn}
     problems = []
     for exhibit in drawn:

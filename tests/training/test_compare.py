@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.training.compare import (budget_table, choose_rate, curve_points, formatted, paired_difference,
-                                       parse_budgets, parse_rates, summarise, verdict)
+from analysis.reporting.comparison_tables import budget_table, curve_points, formatted
+from analysis.training.compare import choose_rate, parse_budgets, parse_rates
+from analysis.training.comparison_stats import paired_difference, summarise, verdict
 from analysis.training.retrain import did_not_train
 from analysis.errors import UserError
 
@@ -163,6 +164,6 @@ def test_a_comparison_reports_run_k_of_n_over_tuning_and_seeds(tmp_path, monkeyp
             "train_seconds": 1.0, "did_not_train": None})
     monkeypatch.setattr(comparison, "retrain", fake_retrain)
     comparison.compare(RunSettings(val_size=16, device="cpu"), [], ["r1", "r2"], [0, 1, 2], TrainSettings(),
-                       store=Store(tmp_path), tune_lrs=[1e-3, 3e-3])
+                       store=Store(tmp_path), tune_lrs=[1e-3, 3e-3], baselines=())
     assert [(k, n) for _, k, n in phases] == [(k, 10) for k in range(1, 11)]   # 2 budgets x (2 rates + 3 seeds)
     assert phases[0][0] == "run uniform at r1, lr 0.001 (tuning)" and phases[-1][0] == "run uniform at r2, seed 2"

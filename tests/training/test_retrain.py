@@ -183,7 +183,7 @@ def test_comparison_puts_uniform_first_and_summarises_seeds(cache_dir, tmp_path)
     assert ran.returncode == 0, ran.stderr
     args = ["compare", "--val-size", "16", "--device", "cpu", "--signals", "grad_norm", "--seeds", "0,1",
             "--steps", "6", "--test-size", "32", "--train-batch-size", "8", "--tune-lr", "off", "--lr", "3e-3",
-            "--out", str(tmp_path / "cmp")]
+            "--baselines", "none", "--out", str(tmp_path / "cmp")]
     result = cli(cache_dir, *args)
     assert result.returncode == 0, result.stderr
     summary = pd.read_csv(tmp_path / "cmp" / "summary.csv")
@@ -245,7 +245,7 @@ def test_tuning_chooses_on_validation_and_a_new_method_trains_only_its_own_runs(
     store = Store(cache_dir)
     run_signals(settings, [get_signal("grad_norm")], None, store)
     config = TrainSettings(steps=8, test_size=32, batch_size=8)
-    first = compare(settings, [], "r2", [0, 1], config, store=store, tune_lrs=[3e-4, 3e-3])
+    first = compare(settings, [], "r2", [0, 1], config, store=store, tune_lrs=[3e-4, 3e-3], baselines=())
     tuning, runs = first.table("tuning"), first.table("runs")
     assert sorted(tuning["lr"]) == [3e-4, 3e-3] and (tuning["seed"] == 0).all()
     for key in tuning["entry"]:
@@ -257,7 +257,8 @@ def test_tuning_chooses_on_validation_and_a_new_method_trains_only_its_own_runs(
     for key in runs["entry"]:
         assert store.get(key).meta["eval_split"] == "test"
     before = set(retrain_entries(cache_dir))
-    second = compare(settings, ["grad_norm"], "r2", [0, 1], config, store=store, tune_lrs=[3e-4, 3e-3])
+    second = compare(settings, ["grad_norm"], "r2", [0, 1], config, store=store, tune_lrs=[3e-4, 3e-3],
+                     baselines=())
     new = set(retrain_entries(cache_dir)) - before
     assert len(new) == 4   # grad_norm's two tuning runs and two seeds; uniform's all came from the cache
     assert {store.get(k).meta["plan"]["signal"] for k in new} == {"grad_norm"}
@@ -270,7 +271,8 @@ def test_causal_lm_comparison_reports_loss_and_perplexity_per_budget(cache_dir, 
     from analysis.settings import RunSettings
     from analysis.signals.registry import get_signal
     from analysis.signals.runner import run_signals
-    from analysis.training.compare import compare, curve_points, formatted, markdown
+    from analysis.reporting.comparison_tables import curve_points, formatted, markdown
+    from analysis.training.compare import compare
 
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=len(minilm.tokenizer), hidden_size=32, intermediate_size=64,
@@ -283,7 +285,7 @@ def test_causal_lm_comparison_reports_loss_and_perplexity_per_budget(cache_dir, 
     store = Store(cache_dir)
     run_signals(settings, [get_signal("grad_norm")], None, store)
     entry = compare(settings, ["grad_norm"], ["r2", "r4"], [0, 1], TrainSettings(steps=12, lr=1e-2, batch_size=8),
-                    store=store)
+                    store=store, baselines=())
     runs, summary = entry.table("runs"), entry.table()
     assert entry.meta["task"] == "causal-lm" and len(runs) == 8 and "accuracy" not in runs
     assert runs["did_not_train"].isna().all()
