@@ -111,13 +111,14 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
     rows, tuning_rows, chosen = [], [], {}
     started = time.time()
     final = dataclasses.replace(config, eval_split="test")
+    total = len(plans) * (len(tune_lrs or []) + len(seeds))   # the job's progress counts every training run
     if tune_lrs:   # every method's tuning runs first (trained together), then every final run
         trials = {(b, m): [(rate, dataclasses.replace(final, lr=rate, seed=seeds[0], eval_split="validation"))
                            for rate in tune_lrs] for (b, m) in plans}
         print(f"tuning: {len(plans)} plans x {len(tune_lrs)} rates (seed {seeds[0]}, validation)", flush=True)
         entries = iter(train_runs([Request(plans[pair], trial, f"{pair[1]} · {pair[0]} · lr {rate:g} (tuning)")
                                    for pair, tried in trials.items() for rate, trial in tried], store,
-                                  adapters_at_once))
+                                  adapters_at_once, counted=(0, total)))
         for (b, method), tried in trials.items():
             table = pd.DataFrame([_row(method, b, plans[(b, method)], seeds[0], next(entries), task) for _ in tried])
             lr = choose_rate(table, task)
@@ -129,7 +130,7 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
     print(f"training: {len(plans)} plans x {len(seeds)} seeds", flush=True)
     entries = train_runs([Request(plans[pair], dataclasses.replace(final, lr=chosen[f"{pair[0]}/{pair[1]}"], seed=seed),
                                   f"{pair[1]} · {pair[0]} · seed {seed}") for pair, seed in finals], store,
-                         adapters_at_once)
+                         adapters_at_once, counted=(total - len(finals), total))
     for ((b, method), seed), entry in zip(finals, entries):
         rows.append({**_row(method, b, plans[(b, method)], seed, entry, task), "init": final.init})   # which start
         if rows[-1]["did_not_train"]:

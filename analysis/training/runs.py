@@ -38,8 +38,9 @@ class Request:
 
 
 def train_runs(requests: list[Request], store: Store, adapters_at_once: int | None = None,
-               device: str | None = None) -> list[Entry]:
-    """Every request's retrain entry, in order (cached, grouped, or one at a time)."""
+               device: str | None = None, counted: tuple[int, int] | None = None) -> list[Entry]:
+    """Every request's retrain entry, in order (cached, grouped, or one at a time). `counted` = (runs before these,
+    all runs) numbers the job's progress across several calls (a comparison's tuning, then its seeds)."""
     if not requests:
         return []
     settings = {repr(r.plan.get("settings")) for r in requests}
@@ -54,14 +55,20 @@ def train_runs(requests: list[Request], store: Store, adapters_at_once: int | No
         if entry:
             found[run.key] = entry
     todo = list({run.key: run for run in runs if run.key not in found}.values())
+    before, total = counted or (0, len(runs))
+    done = before + len(runs) - len(todo)
     if todo and adapters_at_once != 1:
-        found.update(_grouped(todo, prepared, adapters_at_once))
+        trained = _grouped(todo, prepared, adapters_at_once, done, total)
+        found.update(trained)
+        done += len(trained)
     for run in [r for r in todo if r.key not in found]:   # one at a time, or held by another process
+        done += 1
+        phase(f"run {done} of {total}: {run.label}", done, total)
         found[run.key] = retrain(run.plan, run.config, store, device=device, label=run.label)
     return [found[run.key] for run in runs]
 
 
-def _grouped(todo: list[Run], prepared, adapters_at_once: int | None) -> dict[str, Entry]:
+def _grouped(todo: list[Run], prepared, adapters_at_once: int | None, done: int, total: int) -> dict[str, Entry]:
     """Train the runs no other process holds, in groups of runs that share their step settings."""
     store = prepared.store
     locks = {}
@@ -83,10 +90,9 @@ def _grouped(todo: list[Run], prepared, adapters_at_once: int | None) -> dict[st
         for run in mine:
             batches.setdefault(shared_settings(run.config), []).append(run)
         groups = [same[i: i + size] for same in batches.values() for i in range(0, len(same), size)]
-        done = 0
-        for number, group in enumerate(groups, 1):
-            phase(f"train {len(group)} adapter(s) together (group {number} of {len(groups)})", done + 1, len(mine))
-            print(f"group {number}/{len(groups)}: {len(group)} adapters together", flush=True)
+        for group in groups:
+            phase(f"runs {done + 1}-{done + len(group)} of {total}, {len(group)} trained together", done + 1, total)
+            print(f"runs {done + 1}-{done + len(group)} of {total}: {len(group)} adapters together", flush=True)
             for entry in train_group(group, frozen):
                 found[entry.key] = entry
             done += len(group)

@@ -115,12 +115,11 @@ def test_a_comparison_puts_the_baselines_after_uniform_and_before_the_methods(tm
     from analysis.settings import TrainSettings
     from analysis.training import compare as comparison
 
-    def fake_retrain(plan, config, store, label=None):
-        return SimpleNamespace(key=f"run-{plan['signal']}-{plan['budget']}-{config.seed}", meta={
-            "config": {"lr": config.lr}, "metrics": {"accuracy": 0.8, "f1": 0.8, "test_loss": 0.5},
-            "train_seconds": 1.0, "did_not_train": None})
-    monkeypatch.setattr(comparison, "retrain", fake_retrain)
-    monkeypatch.setattr(comparison, "phase", lambda *a: None)
+    def fake_runs(requests, store, adapters_at_once=None):
+        return [SimpleNamespace(key=f"run-{r.plan['signal']}-{r.plan['budget']}-{r.config.seed}", meta={
+            "config": {"lr": r.config.lr}, "metrics": {"accuracy": 0.8, "f1": 0.8, "test_loss": 0.5},
+            "train_seconds": 1.0, "did_not_train": None}) for r in requests]
+    monkeypatch.setattr(comparison, "train_runs", fake_runs)
     entry = comparison.compare(RunSettings(val_size=16, device="cpu"), [], ["r1", "r2"], [0, 1], TrainSettings(),
                                store=Store(tmp_path))
     assert "uniform LoRA already adapts every linear" in capsys.readouterr().out

@@ -2,6 +2,8 @@
 and counted, the learning rate chosen on validation, tables and the budget curve's data."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import math
 
 import numpy as np
@@ -148,22 +150,33 @@ def test_rate_and_budget_lists_are_read_or_refused():
 
 
 def test_a_comparison_reports_run_k_of_n_over_tuning_and_seeds(tmp_path, monkeypatch):
-    """The job's progress counts every training run of the comparison: tuning rates, then seeds, per budget."""
-    from types import SimpleNamespace
-
+    """The job's progress counts every training run of the comparison: tuning rates, then seeds, per budget,
+    whether runs train one at a time or together."""
     from analysis.settings import RunSettings, TrainSettings
     from analysis.store.cache import Store
-    from analysis.training import compare as comparison
+    from analysis.training import compare as comparison, runs as training
 
-    phases = []
-    monkeypatch.setattr(comparison, "phase", lambda text, k, n: phases.append((text, k, n)))
-
-    def fake_retrain(plan, config, store, label=None):   # what compare reads from a finished run
-        return SimpleNamespace(key=f"run-{config.lr}-{config.seed}", meta={
+    def fake_entry(plan, config, *args, **kwargs):   # what compare reads from a finished run
+        return SimpleNamespace(key=f"run-{config.lr}-{config.seed}-{plan['budget']}", meta={
             "config": {"lr": config.lr}, "metrics": {"accuracy": 0.8, "f1": 0.8, "test_loss": 0.5},
             "train_seconds": 1.0, "did_not_train": None})
-    monkeypatch.setattr(comparison, "retrain", fake_retrain)
-    comparison.compare(RunSettings(val_size=16, device="cpu"), [], ["r1", "r2"], [0, 1, 2], TrainSettings(),
-                       store=Store(tmp_path), tune_lrs=[1e-3, 3e-3], baselines=())
-    assert [(k, n) for _, k, n in phases] == [(k, 10) for k in range(1, 11)]   # 2 budgets x (2 rates + 3 seeds)
-    assert phases[0][0] == "run uniform at r1, lr 0.001 (tuning)" and phases[-1][0] == "run uniform at r2, seed 2"
+
+    def fake_groups(todo, prepared, size, done, total):
+        found = {}
+        for start in range(0, len(todo), size):
+            group = todo[start: start + size]
+            training.phase(f"runs {done + 1}-{done + len(group)} of {total}", done + 1, total)
+            found.update({run.key: fake_entry(run.plan, run.config) for run in group})
+            done += len(group)
+        return found
+
+    monkeypatch.setattr(training, "retrain", fake_entry)
+    monkeypatch.setattr(training, "_grouped", fake_groups)
+    for size, expected in ((1, list(range(1, 11))), (3, [1, 4, 5, 8])):   # 2 budgets x (2 rates + 3 seeds)
+        phases = []
+        monkeypatch.setattr(training, "phase", lambda text, k, n: phases.append((text, k, n)))
+        comparison.compare(RunSettings(val_size=16, device="cpu"), [], ["r1", "r2"], [0, 1, 2], TrainSettings(),
+                           store=Store(tmp_path / str(size)), tune_lrs=[1e-3, 3e-3], baselines=(),
+                           adapters_at_once=size)
+        assert [k for _, k, _ in phases] == expected and {n for _, _, n in phases} == {10}
+    assert phases[0][0] == "runs 1-3 of 10" and phases[-1][0] == "runs 8-10 of 10"
