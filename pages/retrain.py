@@ -12,7 +12,7 @@ from analysis.planning.methods import UNIFORM
 from analysis.signals.registry import all_signals
 from analysis.store.runs import comparisons, when
 from analysis.errors import UserError
-from analysis.settings import DEFAULT_GRID, RunSettings, TrainSettings, choices_of, from_dict, to_argv
+from analysis.settings import DEFAULT_GRID, Grouping, RunSettings, TrainSettings, choices_of, from_dict, to_argv
 from analysis.training.compare import parse_budgets, parse_rates, too_small
 from analysis.training.savings import RESAMPLES
 from analysis.store.cache import Store
@@ -59,11 +59,16 @@ with st.form("retrain"):
                              format_func=lambda family: f"{family}: {MODULE_FAMILIES[family]}",
                              help="uniform LoRA on only these modules, at the same budget, as rows beside uniform: "
                              "which modules to adapt, beside which layers and ranks")
+    at_once = st.number_input("Adapters trained at once (0: as many as fit)", 0, 4096, 0,
+                              help="runs trained together on one copy of the model, each exactly as it would train "
+                              "alone (the same cache entry); by default as many as the device's memory holds, "
+                              "measured; 1 trains them one by one")
     start = st.form_submit_button("Retrain and compare", type="primary", disabled=len(planned) < 2)
 if start:
     chosen = [m for m in planned if m != UNIFORM]
     try:
         training = TrainSettings(steps=steps, lr=lr, test_size=test_size, init=init)
+        grouping = Grouping(adapters_at_once=at_once or None)
         rates = parse_rates(grid)
         chosen_budgets = parse_budgets(budgets)
     except UserError as error:
@@ -73,7 +78,7 @@ if start:
                 ",".join(chosen), "--budgets", ",".join(chosen_budgets), "--seeds", seeds,
                 "--tune-lr", ",".join(f"{r:g}" for r in rates) if rates else "off",
                 "--baselines", ",".join(families) or "none",
-                *to_argv(training, exclude=("seed", "eval_split")), *to_argv(limits)]
+                *to_argv(training, exclude=("seed", "eval_split")), *to_argv(limits), *to_argv(grouping)]
         job_id = jobs.start_job(argv, store.root, label=f"Compare at {', '.join(chosen_budgets)}: uniform, "
                                                          f"{', '.join(chosen)}", run_key=run.key)
         st.toast(f"Started comparison job {job_id}")

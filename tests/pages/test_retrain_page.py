@@ -127,10 +127,15 @@ def test_starting_a_comparison_launches_a_job_with_the_shown_settings(filled, ca
     [start] = [s for s in app.selectbox if s.label == "Adapter start"]
     assert start.value == "default" and start.options == ["default", "eva", "gora"]
     start.set_value("eva")
+    [at_once] = [n for n in app.number_input if n.label.startswith("Adapters trained at once")]
+    assert at_once.value == 0   # by default as many as fit: no flag, compare measures
     form_button = [b for b in app.button if b.proto.label == "Retrain and compare"][0]
     form_button.click().run()
-    assert not app.exception
-    argv = started[0]
+    assert not app.exception and "--adapters-at-once" not in started[0]
+    at_once.set_value(8)
+    form_button.click().run()
+    argv = started[1]
+    assert argv[argv.index("--adapters-at-once") + 1] == "8"
     assert argv[argv.index("--init") + 1] == "eva"   # every method, uniform included, starts from EVA
     assert argv[0] == "compare" and argv[argv.index("--budgets") + 1] == "r4"
     assert argv[argv.index("--tune-lr") + 1] == "0.0001,0.0003,0.001,0.003"   # the default grid
