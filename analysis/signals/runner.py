@@ -10,7 +10,7 @@ import sys
 
 from analysis.signals import parallel
 from analysis.signals.context import AnalysisContext, RunIdentity, prepare, report, resolve_device
-from analysis.settings import RunSettings
+from analysis.settings import RunSettings, keyed_options
 from analysis.errors import UserError
 from analysis.jobs.progress import phase, step
 from analysis.store.hashing import hash_json
@@ -24,7 +24,7 @@ def signal_key(context_key: str, signal: Signal, config, processes: int = 1) -> 
     (a config's `depends_on_processes`: a global training batch, per-process random streams) and only above one,
     so a one-process run keeps the keys it always had."""
     parts = {"context": context_key, "signal": signal.name, "version": signal.version,
-             "config": dataclasses.asdict(config)}
+             "config": keyed_options(type(config), dataclasses.asdict(config))}
     if processes > 1 and getattr(config, "depends_on_processes", False):
         parts["processes"] = processes
     return hash_json(parts)
