@@ -60,6 +60,10 @@ def test_rows_left_out_are_counted_in_the_log_and_the_entry(cache_dir, tmp_path,
     assert any("108 of 200 rows" in w for w in metas["state_change"]["setup_warnings"])
     assert any("fewer than the 32" in w for w in metas["cka"]["warnings"])
     assert not any("fewer than" in w for w in metas["state_change"]["warnings"])
+    # All cached: the re-run says the rows left out again (from the entries; it reads no data).
+    code, out, err = run_cli(["run", "--data", data, "--signals", "state_change,cka", "--val-size", "8",
+                              "--batch-size", "8", "--device", "cpu", "--fractions", "0.8,0.1,0.1"], capsys)
+    assert code == 0 and out.count("cached") == 2 and "warning: 108 of 200 rows of" in err
 
 
 def test_val_size_and_max_length_beyond_what_there_is_use_the_real_values(cache_dir, tmp_path):

@@ -26,14 +26,15 @@ from analysis.store.hashing import hash_json
 from analysis.jobs.progress import progress, step
 from analysis.model.sources import Splits, TextData, load_data, load_model, resolve_model, split_data
 from analysis.model.sources.data import data_identity, remember_identity, split_sizes
-from analysis.model.sources.models import (LoadedModel, ModelSource, is_decoder_config, model_files,
-                                           read_config, resolve_dtype, resolve_task)
+from analysis.model.sources.models import (ConfigFacts, LoadedModel, ModelSource, config_facts, model_files,
+                                           resolve_dtype, resolve_task)
 from analysis.settings import RunSettings, from_dict, to_dict
 from analysis.store.cache import Store
 
 # Bump when capture or data preparation changes in a way that changes every signal's numbers.
 CONTEXT_VERSION = 1
 DATA_MEMO = "data-fingerprints.json"   # under the cache root, beside the models' fingerprints.json
+CONFIG_MEMO = "model-configs.json"     # what identifying a run reads from each model's config (config_facts)
 
 # The splits an analysis may measure on (test is kept for the retrain's report).
 MEASURED_SPLITS = ("validation", "train")
@@ -54,11 +55,10 @@ def resolve_device(name: str) -> torch.device:
     raise UserError(f"Unknown device '{name}'; use auto, cpu, cuda or cuda:N.")
 
 
-def model_max_length(source: ModelSource, config) -> int | None:
+def model_max_length(source: ModelSource, config: ConfigFacts) -> int | None:
     """The most tokens per example the model takes: its position embeddings, or less where its tokenizer says
     so (RoBERTa has 514 positions for 512 tokens); None when neither is stated."""
-    limits = [getattr(config, name) for name in ("max_position_embeddings", "n_positions")
-              if isinstance(getattr(config, name, None), int) and getattr(config, name) > 0]
+    limits = list(config.positions)
     tokenizer_config = source.path / "tokenizer_config.json"
     if tokenizer_config.is_file():
         try:
@@ -76,7 +76,7 @@ def report(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
 
 
-def _adjusted(settings: RunSettings, source: ModelSource, config, validation_rows: int
+def _adjusted(settings: RunSettings, source: ModelSource, config: ConfigFacts, validation_rows: int
               ) -> tuple[RunSettings, list[str]]:
     """The settings a run really uses, and a sentence for each change: --max-length within what the model
     takes, --val-size within the validation split. prepare and identify both key the run by these."""
@@ -127,9 +127,8 @@ def _context_key(settings: RunSettings, model_fingerprint: str, task: str, dtype
         "val_size": settings.val_size, "max_length": settings.max_length, "dtype": str(dtype)})
 
 
-def _task_of(settings: RunSettings, config) -> tuple[str, bool]:
-    decoder = is_decoder_config(config)
-    return resolve_task(settings.task, decoder), decoder
+def _task_of(settings: RunSettings, config: ConfigFacts) -> tuple[str, bool]:
+    return resolve_task(settings.task, config.is_decoder), config.is_decoder
 
 
 def identify(settings: RunSettings, store: Store) -> RunIdentity:
@@ -137,7 +136,7 @@ def identify(settings: RunSettings, store: Store) -> RunIdentity:
     no data is read and no weights are loaded while the files are unchanged."""
     dtype = resolve_dtype(settings.dtype, resolve_device(settings.device))
     source = resolve_model(settings.model, store.root)
-    config = read_config(source.path)
+    config = config_facts(source.path, store.root / CONFIG_MEMO)
     task, _ = _task_of(settings, config)
     label_column = settings.label_column if task == "classification" else None
     data = data_identity(settings.data, settings.text_column, label_column, settings.hub_split,
@@ -189,7 +188,7 @@ def prepare(settings: RunSettings, store: Store, warn=report) -> Prepared:
     device = parallel.local_device(device)   # under a launcher: this process's own GPU
     dtype = resolve_dtype(settings.dtype, device)
     source = resolve_model(settings.model, store.root)
-    config = read_config(source.path)
+    config = config_facts(source.path, store.root / CONFIG_MEMO)
     task, decoder = _task_of(settings, config)
     label_column = settings.label_column if task == "classification" else None
     data = load_data(settings.data, settings.text_column, label_column, settings.hub_split,

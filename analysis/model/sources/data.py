@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from filelock import FileLock
 
 from analysis.errors import UserError, quoted, shorten
-from analysis.store.atomic import write_json_atomic
+from analysis.store.memo import recall, remember
 from analysis.model.sources.models import _package_dir
 
 EMBEDDED = "rotten_tomatoes"
@@ -209,15 +208,8 @@ def remember_identity(data: TextData, text_column: str, label_column: str | None
     key = _memo_key(data.name, text_column, label_column, hub_split)
     if key is None:
         return
-    memo_path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(memo_path) + ".lock"):
-        try:
-            memo = json.loads(memo_path.read_text())
-        except (FileNotFoundError, ValueError):
-            memo = {}
-        memo[key] = {"fingerprint": data.fingerprint, "labels": data.label_names, "rows": len(data.frame),
-                     "dropped": data.dropped}
-        write_json_atomic(memo_path, memo)
+    remember(memo_path, key, {"fingerprint": data.fingerprint, "labels": data.label_names, "rows": len(data.frame),
+                              "dropped": data.dropped})
 
 
 def data_identity(spec: str, text_column: str, label_column: str | None, hub_split: str, memo_path: Path,
@@ -226,10 +218,7 @@ def data_identity(spec: str, text_column: str, label_column: str | None, hub_spl
     never reads the data; a hub dataset, or a changed file, is loaded (and checked as a run would)."""
     key = _memo_key(spec, text_column, label_column, hub_split)
     if key is not None:
-        try:
-            known = json.loads(memo_path.read_text()).get(key)
-        except (FileNotFoundError, ValueError):
-            known = None
+        known = recall(memo_path, key)
         if known and "rows" in known:
             return DataIdentity(known["fingerprint"], known["labels"], known["rows"], known.get("dropped", {}))
     data = load_data(spec, text_column, label_column, hub_split, allow_many_classes)
