@@ -261,12 +261,14 @@ class AnalysisContext:
         return -(-len(self.frame(split)) // size)
 
     def batches(self, split: str = "validation", batch_size: int | None = None, desc: str | None = None,
-                frame: pd.DataFrame | None = None, show_progress: bool = True, shard: bool = False):
+                frame: pd.DataFrame | None = None, show_progress: bool = True, shard: bool = False,
+                fixed_length: bool = False):
         """Tokenized batches with labels (class ids, or next-token targets for causal LM); of `frame`
         when given, else of the whole split. `show_progress=False` for batches consumed inside another
         loop's progress bar (a warm-up's steps). `shard`: only this process's batches under a data-parallel
         launch (`parallel.shard` of the one-process batching, so every example is in the same batch as
-        in a one-process run); the caller reduces or gathers what it computes from them."""
+        in a one-process run); the caller reduces or gathers what it computes from them. fixed_length: every
+        batch padded to --max-length (capture.tokenize_batches)."""
         frame = self.frame(split) if frame is None else frame
         size = batch_size or self.settings.batch_size
         if shard and parallel.count() > 1:
@@ -276,22 +278,24 @@ class AnalysisContext:
                                                for b in parallel.shard(batches)])]
         labels = frame["label"].tolist() if self.prepared.task == "classification" else None
         raw = capture.tokenize_batches(self.loaded.tokenizer, frame["text"].tolist(), size,
-                                       self.settings.max_length, self.device, labels)
+                                       self.settings.max_length, self.device, labels, fixed_length)
         if self.prepared.task == "causal-lm":
             raw = (with_lm_labels(batch) for batch in raw)
         if not show_progress:
             return raw
         return progress(raw, total=-(-len(frame) // size), desc=desc or split)
 
-    def training_batches(self, batch_size: int):
+    def training_batches(self, batch_size: int, fixed_length: bool = False):
         """Endless batches of the train split for a training loop: consecutive slices of `batch_size`,
         cycled. Under a data-parallel launch this process's slice of each step's batch_size x P examples,
-        as retrain takes them, over whole steps only (every process trains on as many examples)."""
+        as retrain takes them, over whole steps only (every process trains on as many examples).
+        fixed_length: each padded to --max-length (for a CUDA graph's static shapes)."""
         frame = self.frame("train")
         if parallel.count() > 1:
             step = batch_size * parallel.count()
             frame = frame.iloc[: len(frame) // step * step]
-        return itertools.cycle(self.batches("train", batch_size, frame=frame, show_progress=False, shard=True))
+        return itertools.cycle(self.batches("train", batch_size, frame=frame, show_progress=False, shard=True,
+                                            fixed_length=fixed_length))
 
     def pooled_states(self, pooling: str = "auto", desc: str = "capture", tokens_per_example: int = 8,
                       split: str = "validation"):

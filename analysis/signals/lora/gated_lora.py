@@ -103,8 +103,10 @@ def uniform_lora_config(modules: list[AdaptableModule], r: int, alpha: float):
 
 @contextlib.contextmanager
 def gated_lora(model: nn.Module, modules: list[AdaptableModule], r_max: int, alpha: float,
-               seed: int = 0, gates: torch.Tensor | None = None):
-    """Yields a GatedLoRA on `model` (base weights frozen, A kaiming, B zero, gates 1 unless given)."""
+               seed: int = 0, gates: torch.Tensor | None = None, gate_hooks: bool = True):
+    """Yields a GatedLoRA on `model` (base weights frozen, A kaiming, B zero, gates 1 unless given).
+    gate_hooks=False leaves the gates out of the forward pass: a plain LoRA (as if every gate were 1) with the
+    same initialisation, for a training that never moves them (the warm-up)."""
     from peft import get_peft_model
 
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -117,7 +119,7 @@ def gated_lora(model: nn.Module, modules: list[AdaptableModule], r_max: int, alp
     gate_param = nn.Parameter(initial.to(device=device, dtype=torch.float32).clone())
     gated = GatedLoRA(peft_model, modules, gate_param, alpha / r_max)
     handles = [gated.lora_layer(i).lora_B[ADAPTER].register_forward_pre_hook(_gate_hook(gate_param, i))
-               for i in range(len(modules))]
+               for i in range(len(modules))] if gate_hooks else []
     try:
         yield gated
     finally:
