@@ -46,7 +46,8 @@ class _Loss(nn.Module):
 def loss_function(model: nn.Module, first: dict[str, torch.Tensor], extra: list[nn.Parameter] = (),
                   warn: Callable[[str], None] | None = None) -> tuple[Callable[[dict], torch.Tensor], bool]:
     """(batch -> loss ready for .backward(), graphed). Graphed where `wanted`, captured on the batch `first`;
-    every later batch must have its shape (fixed_length batches). The model must be in training mode already."""
+    later batches of its shape replay the graph (fixed_length batches), any other runs eagerly. The model must be
+    in training mode already."""
     def eager(batch: dict) -> torch.Tensor:
         return model(**batch).loss
 
@@ -63,8 +64,13 @@ def loss_function(model: nn.Module, first: dict[str, torch.Tensor], extra: list[
             warn(f"CUDA graphs could not be captured ({type(exc).__name__}: {str(exc)[:200]}); training eagerly.")
         return eager, False
 
+    shapes = [first[n].shape for n in names]
+
     def replayed(batch: dict) -> torch.Tensor:
-        # The graph's output is overwritten by the next replay: what outlives the step is a copy.
-        return graphed(*(batch[n] for n in names))
+        # The graph's output is overwritten by the next replay: what outlives the step is a copy (callers clone).
+        tensors = [batch[n] for n in names]
+        if any(t.shape != shape for t, shape in zip(tensors, shapes)):
+            return eager(batch)   # the split's shorter last batch: a graph has one shape
+        return graphed(*tensors)
 
     return replayed, True
