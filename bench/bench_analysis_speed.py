@@ -6,7 +6,8 @@
 1. `python -m analysis run --device D` into a fresh cache: each signal's seconds (from its entry, the warm-up
    its own), the `done in` the run prints and the process's wall time; then the same command again, all cached.
    With --before, the same run also with CUDA graphs off (ANALYSIS_CUDA_GRAPHS=0) and one Shapley coalition per
-   pass, into another fresh cache: today's code with this work's two switches off.
+   pass, into another fresh cache: this code with its two switches off. With --baseline-repo DIR, the run and
+   the cached re-run of the code in DIR too (a checkout of the commit before, for a before/after on one GPU).
 2. In one process on the same device: the warm-up's and SoRA's milliseconds per step with CUDA graphs on and off
    (the marginal cost: the difference between a run of 2N steps and one of N, over N); Shapley coalitions per
    second at coalitions_per_pass 1 and at the default (measured from memory), with the largest difference
@@ -71,11 +72,12 @@ SMOKE_OPTIONS = ["--set", "shapley.warmup_steps=4", "--set", "adalora.warmup_ste
                  "--set", "sora.steps=4", "--set", "sora.rounds=1", "--set", "sora.round_steps=2"]
 
 
-def run_cli(setting: list[str], cache: Path, device: str, env: dict | None = None) -> dict:
-    """One `python -m analysis run`: wall seconds, the printed `done in`, and each entry's seconds."""
+def run_cli(setting: list[str], cache: Path, device: str, env: dict | None = None, repo: Path = REPO) -> dict:
+    """One `python -m analysis run` of the code in `repo`: wall seconds, the printed `done in`, and each entry's
+    seconds as stored (the first signal computed includes loading the model; adalora's, the warm-up it starts)."""
     command = [sys.executable, "-m", "analysis", "run", "--device", device, "--cache-dir", str(cache), *setting]
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, env={**os.environ, **(env or {})})
     wall = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
@@ -208,6 +210,9 @@ def main() -> None:
     parser.add_argument("--before", action="store_true", help="also run the default analysis with CUDA graphs off "
                                                               "and one Shapley coalition per pass")
     parser.add_argument("--check", action="store_true", help="graphs against eager steps in float32, dropout off")
+    parser.add_argument("--baseline-repo", type=Path, default=None,
+                        help="another checkout (the code before this work, say): its default run and cached re-run "
+                             "too, on the same device in the same session")
     parser.add_argument("--steps", type=int, default=100, help="N of the marginal ms/step (runs of N and 2N steps)")
     parser.add_argument("--samples", type=int, default=64, help="Shapley coalitions per timed estimate")
     parser.add_argument("--out", type=Path, default=None)
@@ -233,6 +238,15 @@ def main() -> None:
           f"cached re-run: done in {results['cached_rerun']['done_in_s']} s (wall {results['cached_rerun']['wall_s']} s)"
           f"\nper signal: {results['default_run']['signal_s']}", flush=True)
     save()
+    if args.baseline_repo:
+        baseline = args.baseline_repo.resolve()
+        results["baseline_run"] = run_cli(setting + options, work / "cache-baseline", args.device, repo=baseline)
+        results["baseline_cached_rerun"] = run_cli(setting + options, work / "cache-baseline", args.device,
+                                                   repo=baseline)
+        print(f"baseline ({baseline}): done in {results['baseline_run']['done_in_s']} s, cached re-run done in "
+              f"{results['baseline_cached_rerun']['done_in_s']} s (wall {results['baseline_cached_rerun']['wall_s']} s)"
+              f"\nper signal: {results['baseline_run']['signal_s']}", flush=True)
+        save()
     if args.before:
         results["before_run"] = run_cli(setting + options + ["--set", "shapley.coalitions_per_pass=1"],
                                         work / "cache-before", args.device, {graphed_loss.ENVIRONMENT: "0"})
