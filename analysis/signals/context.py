@@ -131,16 +131,19 @@ def _task_of(settings: RunSettings, config: ConfigFacts) -> tuple[str, bool]:
     return resolve_task(settings.task, config.is_decoder), config.is_decoder
 
 
-def identify(settings: RunSettings, store: Store) -> RunIdentity:
+def identify(settings: RunSettings, store: Store, read_data: bool = True) -> RunIdentity | None:
     """The run's identity and cache key from fingerprints remembered by file path, size and modification time:
-    no data is read and no weights are loaded while the files are unchanged."""
+    no data is read and no weights are loaded while the files are unchanged. read_data=False: None where the
+    data would have to be read (a hub dataset, a new or changed file), for a caller that reads it next anyway."""
     dtype = resolve_dtype(settings.dtype, resolve_device(settings.device))
     source = resolve_model(settings.model, store.root)
     config = config_facts(source.path, store.root / CONFIG_MEMO)
     task, _ = _task_of(settings, config)
     label_column = settings.label_column if task == "classification" else None
     data = data_identity(settings.data, settings.text_column, label_column, settings.hub_split,
-                         store.root / DATA_MEMO, settings.allow_many_classes)
+                         store.root / DATA_MEMO, settings.allow_many_classes, load=read_data)
+    if data is None:
+        return None
     settings, _ = _adjusted(settings, source, config, split_sizes(data.rows, tuple(settings.fractions))[1])
     key = _context_key(settings, source.fingerprint, task, dtype, data.fingerprint, data.labels)
     return RunIdentity(settings, key, task, source.path, len(data.labels) if data.labels else None, store)

@@ -85,9 +85,11 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
 def _all_cached(settings: RunSettings, store: Store, signals: list[Signal], configs: list
                 ) -> list[tuple[Signal, Entry, bool]] | None:
     """Every signal's entry when all are cached, found by the run's identity alone (no data read, no model or
-    transformers loaded); None when any must be computed. The run's setup warnings are said again, from the
-    entries, as a run that reads the data says them."""
-    identity = identify(settings, store)
+    transformers loaded); None when any must be computed, or when the identity itself would read the data. The
+    run's setup warnings are said again, from the entries, as a run that reads the data says them."""
+    identity = identify(settings, store, read_data=False)
+    if identity is None:
+        return None
     entries = []
     for signal, config in zip(signals, configs):
         entry = store.get(signal_key(identity.key, signal, config))

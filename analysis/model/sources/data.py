@@ -213,14 +213,17 @@ def remember_identity(data: TextData, text_column: str, label_column: str | None
 
 
 def data_identity(spec: str, text_column: str, label_column: str | None, hub_split: str, memo_path: Path,
-                  allow_many_classes: bool = False) -> DataIdentity:
+                  allow_many_classes: bool = False, load: bool = True) -> DataIdentity | None:
     """A dataset's identity, read from the memo while its file is unchanged, so finding a run's cached results
-    never reads the data; a hub dataset, or a changed file, is loaded (and checked as a run would)."""
+    never reads the data; a hub dataset, or a changed file, is loaded (and checked as a run would), or with
+    load=False not: None."""
     key = _memo_key(spec, text_column, label_column, hub_split)
     if key is not None:
         known = recall(memo_path, key)
         if known and "rows" in known:
             return DataIdentity(known["fingerprint"], known["labels"], known["rows"], known.get("dropped", {}))
+    if not load:
+        return None
     data = load_data(spec, text_column, label_column, hub_split, allow_many_classes)
     remember_identity(data, text_column, label_column, hub_split, memo_path)
     return DataIdentity(data.fingerprint, data.label_names, len(data.frame), data.dropped)
