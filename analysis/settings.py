@@ -153,6 +153,14 @@ def check_values(instance, prefix: str) -> None:
     _check(instance, lambda f: f"{prefix}.{f.name}")
 
 
+def keyed_options(config_type: type, options: dict) -> dict:
+    """The options that can change a signal's numbers: all but those whose field says `"keyed": False` (how fast it
+    runs, such as how many Shapley coalitions share a pass). Its cache key and the choice of a run's entry computed
+    with default options look at these only, so such an option neither splits nor hides cached results."""
+    speed_only = {f.name for f in dataclasses.fields(config_type) if f.metadata.get("keyed") is False}
+    return {name: value for name, value in options.items() if name not in speed_only}
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """What an analysis runs on; every signal's cache key includes the parts that change numbers."""

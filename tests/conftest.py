@@ -110,6 +110,18 @@ def tiny_gpt2(layers: int = 2, hidden: int = 32, vocab: int = 128):
                                       n_positions=64)).eval()
 
 
+def save_dropout_free_bert(directory: Path, tokenizer) -> Path:
+    """A tiny two-block BERT classifier without dropout (runs compare exactly), saved with `tokenizer`."""
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        num_labels=2)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def randomize_adapter(gated, generator: torch.Generator, scale: float = 0.3) -> dict[str, torch.Tensor]:
     """Random A and B (normal, times `scale`) for a gated adapter, so that it changes the outputs."""
     state = {name: torch.randn(t.shape, generator=generator) * scale for name, t in gated.adapter_state().items()}

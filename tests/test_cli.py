@@ -32,8 +32,18 @@ def test_run_then_show_on_the_embedded_default(cache_dir):
     first = cli(cache_dir, "run", "--val-size", "16", "--signals", fast)
     assert first.returncode == 0, first.stderr
     assert "computed" in first.stdout and len(entries(cache_dir)) >= 2
-    second = cli(cache_dir, "run", "--val-size", "16", "--signals", fast)
-    assert second.returncode == 0 and "computed" not in second.stdout and "cached" in second.stdout
+    # The re-run finds everything cached from the run's identity alone: it reads no data and imports none of the
+    # libraries that only computing needs.
+    probe = ("import sys\nimport analysis.model.sources as sources\n"
+             "def refuse(*args, **kwargs):\n    raise SystemExit('the data was read')\n"
+             "sources.load_data = sources.data.load_data = refuse\n"
+             "from analysis.__main__ import main\ncode = main(['run', '--val-size', '16', '--signals', sys.argv[1]])\n"
+             "print('imported:', sorted(m for m in ('transformers', 'peft', 'sklearn', 'skdim') if m in sys.modules))\n"
+             "sys.exit(code)")
+    second = subprocess.run([sys.executable, "-c", probe, fast], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "ANALYSIS_CACHE_DIR": str(cache_dir)}, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert "computed" not in second.stdout and second.stdout.count("cached") == 4 and "imported: []" in second.stdout
     shown = cli(cache_dir, "show", "--signal", "grad_norm", "--val-size", "16")
     table = pd.read_csv(StringIO(shown.stdout))
     assert list(table.columns) == ["signal", "layer", "module", "value"] and len(table) == 36

@@ -47,11 +47,18 @@ def messy_csv(tmp_path: Path) -> tuple[str, dict]:
     return str(path), {"no text": 29, "no label": 59, "empty text": 20}   # an empty CSV cell reads as missing
 
 
-def test_rows_left_out_are_counted_in_the_log_and_the_entry(cache_dir, tmp_path, capsys):
+def test_rows_left_out_are_counted_in_the_log_and_the_entry(cache_dir, tmp_path, capsys, monkeypatch):
+    from analysis.model.sources import data as sources_data
+    from analysis.signals import context
+
+    reads, read = [], sources_data.load_data
+    for module in (sources_data, context):   # every way a run reads the data, counted
+        monkeypatch.setattr(module, "load_data", lambda *a, **k: reads.append(a) or read(*a, **k))
     data, dropped = messy_csv(tmp_path)
     code, out, err = run_cli(["run", "--data", data, "--signals", "state_change,cka", "--val-size", "8",
                               "--batch-size", "8", "--device", "cpu", "--fractions", "0.8,0.1,0.1"], capsys)
     assert code == 0, err
+    assert len(reads) == 1   # a new file is read once, by the run that computes
     assert "warning: 108 of 199 rows" not in err   # the count is of the file's rows
     assert "warning: 108 of 200 rows of" in err and "(29 with no text, 59 with no label, 20 with empty text)" in err
     assert "cka uses 8 validation examples, fewer than the 32 it needs" in err
@@ -60,6 +67,10 @@ def test_rows_left_out_are_counted_in_the_log_and_the_entry(cache_dir, tmp_path,
     assert any("108 of 200 rows" in w for w in metas["state_change"]["setup_warnings"])
     assert any("fewer than the 32" in w for w in metas["cka"]["warnings"])
     assert not any("fewer than" in w for w in metas["state_change"]["warnings"])
+    # All cached: the re-run says the rows left out again (from the entries; it reads no data).
+    code, out, err = run_cli(["run", "--data", data, "--signals", "state_change,cka", "--val-size", "8",
+                              "--batch-size", "8", "--device", "cpu", "--fractions", "0.8,0.1,0.1"], capsys)
+    assert code == 0 and out.count("cached") == 2 and "warning: 108 of 200 rows of" in err and len(reads) == 1
 
 
 def test_val_size_and_max_length_beyond_what_there_is_use_the_real_values(cache_dir, tmp_path):

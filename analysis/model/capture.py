@@ -101,17 +101,27 @@ def resolve_pooling(pooling: str, is_decoder: bool) -> str:
     return pooling
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """The tensor on the device without making the host wait for the GPU: a copy from pageable memory would
+    synchronise the stream, so a CUDA copy goes from pinned memory, asynchronously."""
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def tokenize_batches(tokenizer, texts: list[str], batch_size: int, max_length: int, device: torch.device,
-                     labels: list[int] | None = None) -> Iterator[dict[str, torch.Tensor]]:
-    """Right-padded batches on the device, in order; `labels` rides along when given."""
+                     labels: list[int] | None = None, fixed_length: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Right-padded batches on the device, in order; `labels` rides along when given. fixed_length: every batch
+    padded to max_length (one shape for all, as a CUDA graph needs), else to its longest text."""
     if batch_size <= 0 or max_length <= 0:
         raise UserError("Batch size and maximum length must be positive.")
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt")
-        batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        batch = tokenizer(list(texts[start:start + batch_size]), padding="max_length" if fixed_length else True,
+                          truncation=True, max_length=max_length, return_tensors="pt")
+        batch = {k: to_device(v, device) for k, v in batch.items()
+                 if k in ("input_ids", "attention_mask", "token_type_ids")}
         if labels is not None:
-            batch["labels"] = torch.as_tensor(labels[start:start + batch_size], device=device)
+            batch["labels"] = to_device(torch.as_tensor(labels[start:start + batch_size]), device)
         yield batch
 
 

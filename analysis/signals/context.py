@@ -26,14 +26,15 @@ from analysis.store.hashing import hash_json
 from analysis.jobs.progress import progress, step
 from analysis.model.sources import Splits, TextData, load_data, load_model, resolve_model, split_data
 from analysis.model.sources.data import data_identity, remember_identity, split_sizes
-from analysis.model.sources.models import (LoadedModel, ModelSource, is_decoder_config, model_files,
-                                           read_config, resolve_dtype, resolve_task)
+from analysis.model.sources.models import (ConfigFacts, LoadedModel, ModelSource, config_facts, model_files,
+                                           resolve_dtype, resolve_task)
 from analysis.settings import RunSettings, from_dict, to_dict
 from analysis.store.cache import Store
 
 # Bump when capture or data preparation changes in a way that changes every signal's numbers.
 CONTEXT_VERSION = 1
 DATA_MEMO = "data-fingerprints.json"   # under the cache root, beside the models' fingerprints.json
+CONFIG_MEMO = "model-configs.json"     # what identifying a run reads from each model's config (config_facts)
 
 # The splits an analysis may measure on (test is kept for the retrain's report).
 MEASURED_SPLITS = ("validation", "train")
@@ -54,11 +55,10 @@ def resolve_device(name: str) -> torch.device:
     raise UserError(f"Unknown device '{name}'; use auto, cpu, cuda or cuda:N.")
 
 
-def model_max_length(source: ModelSource, config) -> int | None:
+def model_max_length(source: ModelSource, config: ConfigFacts) -> int | None:
     """The most tokens per example the model takes: its position embeddings, or less where its tokenizer says
     so (RoBERTa has 514 positions for 512 tokens); None when neither is stated."""
-    limits = [getattr(config, name) for name in ("max_position_embeddings", "n_positions")
-              if isinstance(getattr(config, name, None), int) and getattr(config, name) > 0]
+    limits = list(config.positions)
     tokenizer_config = source.path / "tokenizer_config.json"
     if tokenizer_config.is_file():
         try:
@@ -76,7 +76,7 @@ def report(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
 
 
-def _adjusted(settings: RunSettings, source: ModelSource, config, validation_rows: int
+def _adjusted(settings: RunSettings, source: ModelSource, config: ConfigFacts, validation_rows: int
               ) -> tuple[RunSettings, list[str]]:
     """The settings a run really uses, and a sentence for each change: --max-length within what the model
     takes, --val-size within the validation split. prepare and identify both key the run by these."""
@@ -127,21 +127,23 @@ def _context_key(settings: RunSettings, model_fingerprint: str, task: str, dtype
         "val_size": settings.val_size, "max_length": settings.max_length, "dtype": str(dtype)})
 
 
-def _task_of(settings: RunSettings, config) -> tuple[str, bool]:
-    decoder = is_decoder_config(config)
-    return resolve_task(settings.task, decoder), decoder
+def _task_of(settings: RunSettings, config: ConfigFacts) -> tuple[str, bool]:
+    return resolve_task(settings.task, config.is_decoder), config.is_decoder
 
 
-def identify(settings: RunSettings, store: Store) -> RunIdentity:
+def identify(settings: RunSettings, store: Store, read_data: bool = True) -> RunIdentity | None:
     """The run's identity and cache key from fingerprints remembered by file path, size and modification time:
-    no data is read and no weights are loaded while the files are unchanged."""
+    no data is read and no weights are loaded while the files are unchanged. read_data=False: None where the
+    data would have to be read (a hub dataset, a new or changed file), for a caller that reads it next anyway."""
     dtype = resolve_dtype(settings.dtype, resolve_device(settings.device))
     source = resolve_model(settings.model, store.root)
-    config = read_config(source.path)
+    config = config_facts(source.path, store.root / CONFIG_MEMO)
     task, _ = _task_of(settings, config)
     label_column = settings.label_column if task == "classification" else None
     data = data_identity(settings.data, settings.text_column, label_column, settings.hub_split,
-                         store.root / DATA_MEMO, settings.allow_many_classes)
+                         store.root / DATA_MEMO, settings.allow_many_classes, load=read_data)
+    if data is None:
+        return None
     settings, _ = _adjusted(settings, source, config, split_sizes(data.rows, tuple(settings.fractions))[1])
     key = _context_key(settings, source.fingerprint, task, dtype, data.fingerprint, data.labels)
     return RunIdentity(settings, key, task, source.path, len(data.labels) if data.labels else None, store)
@@ -189,7 +191,7 @@ def prepare(settings: RunSettings, store: Store, warn=report) -> Prepared:
     device = parallel.local_device(device)   # under a launcher: this process's own GPU
     dtype = resolve_dtype(settings.dtype, device)
     source = resolve_model(settings.model, store.root)
-    config = read_config(source.path)
+    config = config_facts(source.path, store.root / CONFIG_MEMO)
     task, decoder = _task_of(settings, config)
     label_column = settings.label_column if task == "classification" else None
     data = load_data(settings.data, settings.text_column, label_column, settings.hub_split,
@@ -262,12 +264,14 @@ class AnalysisContext:
         return -(-len(self.frame(split)) // size)
 
     def batches(self, split: str = "validation", batch_size: int | None = None, desc: str | None = None,
-                frame: pd.DataFrame | None = None, show_progress: bool = True, shard: bool = False):
+                frame: pd.DataFrame | None = None, show_progress: bool = True, shard: bool = False,
+                fixed_length: bool = False):
         """Tokenized batches with labels (class ids, or next-token targets for causal LM); of `frame`
         when given, else of the whole split. `show_progress=False` for batches consumed inside another
         loop's progress bar (a warm-up's steps). `shard`: only this process's batches under a data-parallel
         launch (`parallel.shard` of the one-process batching, so every example is in the same batch as
-        in a one-process run); the caller reduces or gathers what it computes from them."""
+        in a one-process run); the caller reduces or gathers what it computes from them. fixed_length: every
+        batch padded to --max-length (capture.tokenize_batches)."""
         frame = self.frame(split) if frame is None else frame
         size = batch_size or self.settings.batch_size
         if shard and parallel.count() > 1:
@@ -277,22 +281,24 @@ class AnalysisContext:
                                                for b in parallel.shard(batches)])]
         labels = frame["label"].tolist() if self.prepared.task == "classification" else None
         raw = capture.tokenize_batches(self.loaded.tokenizer, frame["text"].tolist(), size,
-                                       self.settings.max_length, self.device, labels)
+                                       self.settings.max_length, self.device, labels, fixed_length)
         if self.prepared.task == "causal-lm":
             raw = (with_lm_labels(batch) for batch in raw)
         if not show_progress:
             return raw
         return progress(raw, total=-(-len(frame) // size), desc=desc or split)
 
-    def training_batches(self, batch_size: int):
+    def training_batches(self, batch_size: int, fixed_length: bool = False):
         """Endless batches of the train split for a training loop: consecutive slices of `batch_size`,
         cycled. Under a data-parallel launch this process's slice of each step's batch_size x P examples,
-        as retrain takes them, over whole steps only (every process trains on as many examples)."""
+        as retrain takes them, over whole steps only (every process trains on as many examples).
+        fixed_length: each padded to --max-length (for a CUDA graph's static shapes)."""
         frame = self.frame("train")
         if parallel.count() > 1:
             step = batch_size * parallel.count()
             frame = frame.iloc[: len(frame) // step * step]
-        return itertools.cycle(self.batches("train", batch_size, frame=frame, show_progress=False, shard=True))
+        return itertools.cycle(self.batches("train", batch_size, frame=frame, show_progress=False, shard=True,
+                                            fixed_length=fixed_length))
 
     def pooled_states(self, pooling: str = "auto", desc: str = "capture", tokens_per_example: int = 8,
                       split: str = "validation"):

@@ -9,8 +9,8 @@ import dataclasses
 import sys
 
 from analysis.signals import parallel
-from analysis.signals.context import AnalysisContext, RunIdentity, prepare, report, resolve_device
-from analysis.settings import RunSettings
+from analysis.signals.context import AnalysisContext, RunIdentity, identify, prepare, report, resolve_device
+from analysis.settings import RunSettings, keyed_options
 from analysis.errors import UserError
 from analysis.jobs.progress import phase, step
 from analysis.store.hashing import hash_json
@@ -24,7 +24,7 @@ def signal_key(context_key: str, signal: Signal, config, processes: int = 1) -> 
     (a config's `depends_on_processes`: a global training batch, per-process random streams) and only above one,
     so a one-process run keeps the keys it always had."""
     parts = {"context": context_key, "signal": signal.name, "version": signal.version,
-             "config": dataclasses.asdict(config)}
+             "config": keyed_options(type(config), dataclasses.asdict(config))}
     if processes > 1 and getattr(config, "depends_on_processes", False):
         parts["processes"] = processes
     return hash_json(parts)
@@ -45,6 +45,9 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
     parallel.start(resolve_device(settings.device))
     if parallel.is_main():
         store.clean_tmp()
+    cached = None if force or parallel.count() > 1 else _all_cached(settings, store, signals, configs)
+    if cached is not None:
+        return cached
     step("reading the data")
     with parallel.main_first():   # the main process fills the fingerprint memos the others then read
         prepared = prepare(settings, store)
@@ -77,6 +80,25 @@ def run_signals(settings: RunSettings, signals: list[Signal], overrides: dict[st
         entry, computed = parallel.shared_entry(store, key, compute, meta, on_wait=waiting)
         results.append((signal, entry, computed))
     return results
+
+
+def _all_cached(settings: RunSettings, store: Store, signals: list[Signal], configs: list
+                ) -> list[tuple[Signal, Entry, bool]] | None:
+    """Every signal's entry when all are cached, found by the run's identity alone (no data read, no model or
+    transformers loaded); None when any must be computed, or when the identity itself would read the data. The
+    run's setup warnings are said again, from the entries, as a run that reads the data says them."""
+    identity = identify(settings, store, read_data=False)
+    if identity is None:
+        return None
+    entries = []
+    for signal, config in zip(signals, configs):
+        entry = store.get(signal_key(identity.key, signal, config))
+        if entry is None:
+            return None
+        entries.append((signal, entry, False))
+    for message in entries[0][1].meta.get("setup_warnings", []) if entries else []:
+        report(message)
+    return entries
 
 
 def find_entry(identity: RunIdentity, signal: Signal, overrides: dict[str, str] | None = None) -> Entry | None:

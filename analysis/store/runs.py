@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from analysis.store.cache import Entry, Store
+from analysis.settings import keyed_options
 from analysis.store.hashing import hash_json
 
 
@@ -70,8 +71,9 @@ def chosen_entry(run: Run, signal) -> Entry | None:
     """The one rule by which every command and page picks a signal's entry in a run when no options are named:
     of its `variants`, the one computed with default options, or else the newest. None when there is none."""
     current = variants(run, signal)
-    defaults = hash_json(asdict(signal.config()))
-    return next((e for e in current if hash_json(e.meta.get("config", {})) == defaults),
+    defaults = hash_json(keyed_options(signal.config, asdict(signal.config())))
+    return next((e for e in current
+                 if hash_json(keyed_options(signal.config, e.meta.get("config", {}))) == defaults),
                 current[0] if current else None)
 
 

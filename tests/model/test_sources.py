@@ -86,6 +86,27 @@ def test_model_files_are_found_without_fingerprinting(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_config_facts_are_transformers_own_and_remembered_until_the_config_changes(tmp_path, monkeypatch):
+    from transformers import AutoConfig, BertConfig, GPT2Config
+
+    from analysis.model.sources import models
+    from analysis.model.sources.models import config_facts
+
+    memo = tmp_path / "memo.json"
+    GPT2Config(n_positions=96).save_pretrained(tmp_path / "gpt2")   # its max_position_embeddings is n_positions
+    BertConfig(max_position_embeddings=80).save_pretrained(tmp_path / "bert")
+    for name, decoder, positions in (("gpt2", True, 96), ("bert", False, 80)):
+        facts = config_facts(tmp_path / name, memo)
+        config = AutoConfig.from_pretrained(tmp_path / name)
+        assert facts.model_type == config.model_type == name and set(facts.positions) == {positions}
+        assert facts.is_decoder is decoder
+    read = []
+    monkeypatch.setattr(models, "read_config", lambda path: read.append(path) or AutoConfig.from_pretrained(path))
+    assert config_facts(tmp_path / "bert", memo).positions == (80,) and read == []   # from the memo
+    BertConfig(max_position_embeddings=128).save_pretrained(tmp_path / "bert")      # a changed file is read again
+    assert config_facts(tmp_path / "bert", memo).positions == (128,) and read == [tmp_path / "bert"]
+
+
 def test_embedded_decoder_is_dequantized_once(session_cache):
     source = resolve_model("smollm2", session_cache)
     assert (source.path / "config.json").exists() and list(source.path.glob("*.safetensors"))

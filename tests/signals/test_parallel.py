@@ -118,14 +118,9 @@ SHAPLEY = ["--set", "shapley.warmup_steps=4", "--set", "shapley.r_max=2", "--set
 def one_and_two(tmp_path_factory, minilm):
     """The same `run` by one process and by two under torchrun (warm-up batches of 16, and of 8 per process), on a
     tiny dropout-free BERT classifier and 40 validation examples in 5 batches (3 and 2 per process, one short)."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from tests.conftest import save_dropout_free_bert
     root = tmp_path_factory.mktemp("data-parallel")
-    torch.manual_seed(0)
-    BertForSequenceClassification(BertConfig(
-        vocab_size=len(minilm.tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        num_labels=2)).save_pretrained(root / "bert")
-    minilm.tokenizer.save_pretrained(root / "bert")
+    save_dropout_free_bert(root / "bert", minilm.tokenizer)
     words = ["good", "bad", "fine", "awful", "great", "dull", "warm", "cold"]
     texts = [f"the film number {i} was {words[i % 8]} and {words[i * 3 % 8]} " + "very " * (i % 5) for i in range(400)]
     pd.DataFrame({"text": texts, "label": [i % 2 for i in range(400)]}).to_csv(root / "reviews.csv", index=False)

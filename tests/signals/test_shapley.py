@@ -201,3 +201,31 @@ def test_exact_enumeration_equals_captum_shapley_values_on_a_cubic_game():
     theirs, asked = captum_shapley(value, 6)
     assert asked == 2 ** 6
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)   # captum sums 720 orders in float32
+
+
+@pytest.mark.parametrize("per_pass, tolerance", [(5, 0.0), (5, 0.2), (16, 0.2), (64, 0.2), (7, 0.1)])
+def test_coalitions_side_by_side_give_the_estimates_of_one_at_a_time(per_pass, tolerance):
+    # The reference is the estimator taking one coalition per call; side by side it receives up to per_pass masks
+    # at once. Same generator seed: the same masks, samples, pilot length (the stopping rule looks at each sample
+    # as before, also in the middle of a pass) and estimates.
+    value = _cubic(5, seed=12)
+    one = _gradient_at(value)
+    calls = []
+
+    def side_by_side(masks, part):
+        assert masks.ndim == 2 and 1 <= len(masks) <= per_pass and part == 0
+        calls.append(len(masks))
+        return None, torch.stack([one(mask)[1] for mask in masks])
+
+    kwargs = dict(max_samples=300, min_samples=16, tolerance=tolerance)
+    alone = estimate(one, (5,), generator=torch.Generator().manual_seed(13), **kwargs)
+    together = estimate(side_by_side, (5,), generator=torch.Generator().manual_seed(13), per_pass=per_pass, **kwargs)
+    assert together.pilot == alone.pilot and (tolerance == 0 or 16 <= alone.pilot < 300)
+    assert torch.equal(together.masks, alone.masks)
+    torch.testing.assert_close(together.samples, alone.samples, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(together.stderr(), alone.stderr(), rtol=1e-12, atol=1e-12)
+    # Passes of per_pass coalitions, fewer only at the end of a stream; the pilot's last pass may run past its stop.
+    def passes(evaluated, stream):
+        return [min(per_pass, stream - start) for start in range(0, evaluated, per_pass)]
+    expected = passes(300, 300) if tolerance == 0 else passes(alone.pilot, 300) + passes(alone.pilot, alone.pilot)
+    assert calls == expected

@@ -13,7 +13,7 @@ from analysis.signals.registry import TIDY_COLUMNS, get_signal, make_config
 from analysis.signals.shapley.sampling import estimate
 from analysis.signals.shapley import checkpointing_in_eval, loss_function
 from analysis.signals.lora.warmup import AdaLoRAScores, WarmupConfig, warm_up
-from tests.conftest import random_batch, randomize_adapter, tiny_llama
+from tests.conftest import random_batch, randomize_adapter, tiny_gpt2, tiny_llama
 
 FAST_WARMUP = {"warmup_steps": "6", "warmup_batch_size": "8", "r_max": "4"}
 
@@ -282,3 +282,60 @@ def test_sensitivity_reading_on_a_tiny_model_is_the_coalition_mean_of_each_gate_
     with pytest.raises(UserError, match="coalition_per=pass"):
         signal.compute(tiny_gpt2_context, make_config(signal, {**TINY, "reading": "sensitivity",
                                                                "coalition_per": "batch"}))
+
+
+def tiny_bert_classifier():
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=4, intermediate_size=40,
+                                                    max_position_embeddings=64, num_labels=3)).eval()
+
+
+@pytest.mark.parametrize("build, task", [(tiny_gpt2, "causal-lm"), (tiny_bert_classifier, "classification")])
+def test_coalitions_side_by_side_get_each_coalition_s_own_gradient_and_the_same_estimates(build, task):
+    """In float64, against one coalition per pass: C masks on the batch repeated C times give each mask's own
+    gradient, and the estimator fed C at a time stops where it stopped and estimates what it estimated."""
+    model = build().double()
+    modules = adaptable_modules(model)
+    batches = [random_batch(seed=s) for s in range(2)]
+    for b, batch in enumerate(batches):
+        batch["labels"] = (batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100) if task == "causal-lm"
+                           else torch.tensor([0, 2, 1][: len(batch["input_ids"])]))
+    with gated_lora(model, modules, r_max=3, alpha=6) as gated:
+        randomize_adapter(gated, torch.Generator().manual_seed(2), 0.5)
+        gated.freeze_adapter(torch.float64)
+        gated.gates.data = gated.gates.data.double()
+        gradient_at, value_at, _ = loss_function(gated, batches, task, per_batch=False)
+        shape = tuple(gated.gates.shape)
+        masks = torch.randint(0, 2, (5, *shape), generator=torch.Generator().manual_seed(3)).double()
+        alone = [gradient_at(mask, 0) for mask in masks]
+        alone = torch.stack([g.clone() for _, g in alone]), sum(float(v) for v, _ in alone)
+        together_value, together = gradient_at(masks, 0)
+        assert together.shape == (5, *shape) and alone[0].abs().min(dim=0).values.max() > 0
+        torch.testing.assert_close(together, alone[0], rtol=1e-10, atol=1e-13)
+        assert float(together_value) == pytest.approx(alone[1], rel=1e-6)   # values add up in float32
+        assert value_at(masks[2]) == pytest.approx(float(gradient_at(masks[2], 0)[0]), rel=1e-6)   # back to one
+        runs = [estimate(gradient_at, shape, 60, torch.Generator().manual_seed(4), min_samples=8, tolerance=0.8,
+                         groups=lambda sample: sample.sum(dim=1), per_pass=per_pass) for per_pass in (1, 4)]
+    assert 8 <= runs[0].pilot == runs[1].pilot < 60 and torch.equal(runs[0].masks, runs[1].masks)
+    torch.testing.assert_close(runs[1].samples, runs[0].samples, rtol=1e-10, atol=1e-13)
+
+
+def test_shapley_signal_side_by_side_equals_one_at_a_time_under_the_same_key(tiny_gpt2_context):
+    from analysis.signals.runner import signal_key
+    from analysis.store.hashing import hash_json
+    import dataclasses
+
+    signal = get_signal("shapley")
+    options = {**TINY, "samples": "8", "tolerance": "0"}
+    configs = [make_config(signal, {**options, "coalitions_per_pass": "1"}), make_config(signal, options)]
+    alone, together = (signal.compute(tiny_gpt2_context, config) for config in configs)
+    assert alone.meta["coalitions_per_pass"] == 1 and together.meta["coalitions_per_pass"] == 4   # the CPU's
+    assert torch.equal(alone.tensors["masks"], together.tensors["masks"])
+    scale = float(alone.tensors["samples"].abs().max())
+    torch.testing.assert_close(together.tensors["samples"], alone.tensors["samples"], rtol=1e-4, atol=1e-5 * scale)
+    # The option is not part of the key: it is the key of the options without it, as before the option existed.
+    keys = {signal_key("context", signal, config) for config in configs}
+    before = {k: v for k, v in dataclasses.asdict(configs[1]).items() if k != "coalitions_per_pass"}
+    assert keys == {hash_json({"context": "context", "signal": "shapley", "version": signal.version, "config": before})}

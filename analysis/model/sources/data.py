@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from filelock import FileLock
 
 from analysis.errors import UserError, quoted, shorten
-from analysis.store.atomic import write_json_atomic
+from analysis.store.memo import recall, remember
 from analysis.model.sources.models import _package_dir
 
 EMBEDDED = "rotten_tomatoes"
@@ -209,29 +208,22 @@ def remember_identity(data: TextData, text_column: str, label_column: str | None
     key = _memo_key(data.name, text_column, label_column, hub_split)
     if key is None:
         return
-    memo_path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(memo_path) + ".lock"):
-        try:
-            memo = json.loads(memo_path.read_text())
-        except (FileNotFoundError, ValueError):
-            memo = {}
-        memo[key] = {"fingerprint": data.fingerprint, "labels": data.label_names, "rows": len(data.frame),
-                     "dropped": data.dropped}
-        write_json_atomic(memo_path, memo)
+    remember(memo_path, key, {"fingerprint": data.fingerprint, "labels": data.label_names, "rows": len(data.frame),
+                              "dropped": data.dropped})
 
 
 def data_identity(spec: str, text_column: str, label_column: str | None, hub_split: str, memo_path: Path,
-                  allow_many_classes: bool = False) -> DataIdentity:
+                  allow_many_classes: bool = False, load: bool = True) -> DataIdentity | None:
     """A dataset's identity, read from the memo while its file is unchanged, so finding a run's cached results
-    never reads the data; a hub dataset, or a changed file, is loaded (and checked as a run would)."""
+    never reads the data; a hub dataset, or a changed file, is loaded (and checked as a run would), or with
+    load=False not: None."""
     key = _memo_key(spec, text_column, label_column, hub_split)
     if key is not None:
-        try:
-            known = json.loads(memo_path.read_text()).get(key)
-        except (FileNotFoundError, ValueError):
-            known = None
+        known = recall(memo_path, key)
         if known and "rows" in known:
             return DataIdentity(known["fingerprint"], known["labels"], known["rows"], known.get("dropped", {}))
+    if not load:
+        return None
     data = load_data(spec, text_column, label_column, hub_split, allow_many_classes)
     remember_identity(data, text_column, label_column, hub_split, memo_path)
     return DataIdentity(data.fingerprint, data.label_names, len(data.frame), data.dropped)

@@ -8,6 +8,7 @@ the torch model.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 
 from analysis.errors import UserError, shorten
 from analysis.store.hashing import hash_files_memoized
+from analysis.store.memo import recall, remember
 
 ENCODER = "minilm"
 DECODER = "smollm2"
@@ -192,6 +194,37 @@ def read_config(path: Path):
         raise UserError(f"transformers cannot read the model config in '{path}' ({shorten(str(exc))}).") from None
     check_architecture(config)
     return config
+
+
+@dataclass(frozen=True)
+class ConfigFacts:
+    """What a run's identity needs from a model's config (its architecture already checked)."""
+    model_type: str
+    is_decoder: bool
+    positions: tuple[int, ...]   # the position limits the config states (max_position_embeddings, n_positions)
+
+
+def _facts_of(config) -> ConfigFacts:
+    positions = tuple(getattr(config, name) for name in ("max_position_embeddings", "n_positions")
+                      if isinstance(getattr(config, name, None), int) and getattr(config, name) > 0)
+    return ConfigFacts(config.model_type, is_decoder_config(config), positions)
+
+
+def config_facts(path: Path, memo_path: Path) -> ConfigFacts:
+    """`read_config`'s facts, remembered by the config file's path, size and modification time (as the weights'
+    fingerprints are), so that finding a run's cached results does not import transformers."""
+    try:
+        stat = (path / "config.json").stat()
+    except OSError:
+        return _facts_of(read_config(path))   # transformers says what is wrong
+    key = json.dumps([str((path / "config.json").resolve()), stat.st_size, stat.st_mtime_ns])
+    known = recall(memo_path, key)
+    if known:
+        return ConfigFacts(known["model_type"], known["is_decoder"], tuple(known["positions"]))
+    facts = _facts_of(read_config(path))
+    remember(memo_path, key, {"model_type": facts.model_type, "is_decoder": facts.is_decoder,
+                              "positions": list(facts.positions)})
+    return facts
 
 
 def load_model(source: ModelSource, task: str = "auto", num_labels: int | None = None, seed: int = 0,

@@ -6,6 +6,10 @@ gates live in one (modules x r_max) tensor, so a coalition of ranks is a 0/1 mas
 and one backward pass gives dL/dg for every rank at once. The hot path costs one element-wise
 product per module, never a loop over ranks; with all gates at 1 the outputs are peft's own.
 
+Coalitions side by side: gates of shape (C, modules x r_max) gate a batch repeated C times, copy c
+(rows c*B .. (c+1)*B - 1 of the repeated batch) under coalition c's gates, so one pass evaluates C
+coalitions and one backward pass gives each its own dL/dg (`repeated` builds such a batch).
+
 `gated_lora` is a context manager: it adds the adapter to the model in place and takes it out
 again on exit (peft `unload`), so the model leaves as it came, classification head included.
 """
@@ -26,8 +30,14 @@ ADAPTER = "default"
 class GatedLoRA:
     model: nn.Module                 # the peft-wrapped model
     modules: list[AdaptableModule]   # row i of `gates` gates modules[i]
-    gates: nn.Parameter              # (len(modules), r_max)
+    gates: nn.Parameter              # (len(modules), r_max), or (C, len(modules), r_max): see the docstring
     scaling: float                   # s = alpha / r_max
+
+    def set_gates(self, mask: torch.Tensor) -> None:
+        """The gates of one coalition (modules, r_max), or of C side by side (C, modules, r_max)."""
+        if self.gates.shape != mask.shape:
+            self.gates.data = torch.empty(mask.shape, dtype=self.gates.dtype, device=self.gates.device)
+        self.gates.data.copy_(mask)
 
     def lora_layer(self, index: int) -> nn.Module:
         return self.model.base_model.model.get_submodule(self.modules[index].path)
@@ -67,9 +77,20 @@ class GatedLoRA:
 
 def _gate_hook(gates: nn.Parameter, index: int):
     def hook(module, args):
+        x = args[0]
         # .to: with the model split across GPUs (--device-map) the gates sit on the first one
-        return (args[0] * gates[index].to(args[0].device, args[0].dtype),) + args[1:]
+        gate = gates[..., index, :].to(x.device, x.dtype)
+        if gate.ndim == 1:
+            return (x * gate,) + args[1:]
+        # C coalitions: the batch dimension leads, so copy c is the c-th of C equal blocks of rows.
+        copies = gate.shape[0]
+        return ((x.reshape(copies, -1, x.shape[-1]) * gate.unsqueeze(1)).reshape(x.shape),) + args[1:]
     return hook
+
+
+def repeated(batch: dict[str, torch.Tensor], copies: int) -> dict[str, torch.Tensor]:
+    """The batch `copies` times over, one copy after another along the batch dimension (labels included)."""
+    return {k: v.repeat(copies, *[1] * (v.ndim - 1)) for k, v in batch.items()}
 
 
 def uniform_lora_config(modules: list[AdaptableModule], r: int, alpha: float):
@@ -82,8 +103,10 @@ def uniform_lora_config(modules: list[AdaptableModule], r: int, alpha: float):
 
 @contextlib.contextmanager
 def gated_lora(model: nn.Module, modules: list[AdaptableModule], r_max: int, alpha: float,
-               seed: int = 0, gates: torch.Tensor | None = None):
-    """Yields a GatedLoRA on `model` (base weights frozen, A kaiming, B zero, gates 1 unless given)."""
+               seed: int = 0, gates: torch.Tensor | None = None, gate_hooks: bool = True):
+    """Yields a GatedLoRA on `model` (base weights frozen, A kaiming, B zero, gates 1 unless given).
+    gate_hooks=False leaves the gates out of the forward pass: a plain LoRA (as if every gate were 1) with the
+    same initialisation, for a training that never moves them (the warm-up)."""
     from peft import get_peft_model
 
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -96,7 +119,7 @@ def gated_lora(model: nn.Module, modules: list[AdaptableModule], r_max: int, alp
     gate_param = nn.Parameter(initial.to(device=device, dtype=torch.float32).clone())
     gated = GatedLoRA(peft_model, modules, gate_param, alpha / r_max)
     handles = [gated.lora_layer(i).lora_B[ADAPTER].register_forward_pre_hook(_gate_hook(gate_param, i))
-               for i in range(len(modules))]
+               for i in range(len(modules))] if gate_hooks else []
     try:
         yield gated
     finally:

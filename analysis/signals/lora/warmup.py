@@ -14,6 +14,10 @@ before the optimizer step (peft updates them just after it; the two differ by on
 For classification the head is trained with the adapter and stored beside it; `warm_adapter`
 puts both into the live model and restores the original head on exit.
 
+On a single GPU the forward and backward passes are replayed as CUDA graphs (graphed_loss.py, off with
+ANALYSIS_CUDA_GRAPHS=0): the batches are then padded to --max-length, which changes the numbers by float
+rounding only, and dropout draws other random numbers than eager steps would.
+
 Data-parallel, as retrain: each process trains on its `warmup_batch_size` slice of every step
 (context.training_batches) and the gradients are averaged before the scores and the optimizer see
 them, so every process holds the same adapter; the main process writes it. The global batch grows
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -30,6 +35,7 @@ import pandas as pd
 import torch
 
 from analysis.signals import parallel
+from analysis.signals.lora import graphed_loss
 from analysis.signals.lora.gated_lora import gated_lora
 from analysis.store.hashing import hash_json
 from analysis.jobs.progress import progress
@@ -95,10 +101,16 @@ class AdaLoRAScores:
 
     @torch.no_grad()
     def update(self) -> None:
-        for p, smoothed, uncertainty in zip(self.params, self.smoothed, self.uncertainty):
-            sensitivity = (p * p.grad).abs().float()
-            smoothed.mul_(BETA1).add_(sensitivity, alpha=1 - BETA1)
-            uncertainty.mul_(BETA2).add_((sensitivity - smoothed).abs(), alpha=1 - BETA2)
+        # The same element-wise arithmetic over all matrices at once (a few multi-tensor kernels, not ~8 per matrix).
+        sensitivity = torch._foreach_mul(self.params, [p.grad for p in self.params])
+        torch._foreach_abs_(sensitivity)
+        sensitivity = [s.float() for s in sensitivity]
+        torch._foreach_mul_(self.smoothed, BETA1)
+        torch._foreach_add_(self.smoothed, sensitivity, alpha=1 - BETA1)
+        deviation = torch._foreach_sub(sensitivity, self.smoothed)
+        torch._foreach_abs_(deviation)
+        torch._foreach_mul_(self.uncertainty, BETA2)
+        torch._foreach_add_(self.uncertainty, deviation, alpha=1 - BETA2)
 
     def per_rank(self) -> torch.Tensor:
         """(modules, r): mean score of each rank's row of A plus column of B (params are A0, B0, A1, B1, ...)."""
@@ -109,8 +121,10 @@ class AdaLoRAScores:
 
 def _train(context, config: WarmupConfig) -> Result:
     model = context.model
+    # The gates stay at 1 throughout, so the warm-up leaves them out of the forward pass (x * 1 is x).
     with head_kept(model, context.prepared.task) as head, \
-            gated_lora(model, context.modules, config.r_max, config.alpha, seed=context.settings.seed) as gated:
+            gated_lora(model, context.modules, config.r_max, config.alpha, seed=context.settings.seed,
+                       gate_hooks=False) as gated:
         gated.gates.requires_grad_(False)
         for p in head.values():
             p.requires_grad_(True)
@@ -119,18 +133,22 @@ def _train(context, config: WarmupConfig) -> Result:
         optimizer = torch.optim.AdamW(trained, lr=config.warmup_lr, weight_decay=0.0)
         scores = AdaLoRAScores(params)
         # Tokenized as consumed: only the first steps x batch-size training examples, cycled if fewer.
-        batches = context.training_batches(config.warmup_batch_size)
+        batches = context.training_batches(config.warmup_batch_size, fixed_length=graphed_loss.wanted(model))
         losses = []
         started = time.perf_counter()
         model.train()
+        first = next(batches)
+        loss_of, graphed = graphed_loss.loss_function(gated.model, first, warn=context.warn)
+        batches = itertools.chain([first], batches)
         for _ in progress(range(config.warmup_steps), total=config.warmup_steps, desc="warm-up"):
-            loss = gated.model(**next(batches)).loss
+            loss = loss_of(next(batches))
             loss.backward()
             parallel.average_gradients(trained)
             scores.update()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach())  # kept on the device: no synchronisation per step
+            losses.append(loss.detach().clone())  # kept on the device: no synchronisation per step; a copy, as a
+                                                  # graph's next replay overwrites its output
         tensors = {**{f"lora.{k}": v for k, v in gated.adapter_state().items()},
                    **{f"head.{name}": p.detach().cpu() for name, p in head.items()},
                    "adalora": scores.per_rank()}
@@ -138,7 +156,8 @@ def _train(context, config: WarmupConfig) -> Result:
     curve = pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses.cpu().tolist()})
     return Result(pd.DataFrame(columns=["signal", "layer", "module", "value"]), tables={"losses": curve},
                   tensors=tensors,
-                  meta={"seconds": time.perf_counter() - started, "modules": [m.path for m in context.modules]})
+                  meta={"seconds": time.perf_counter() - started, "modules": [m.path for m in context.modules],
+                        "cuda_graphs": graphed})
 
 
 def warm_up(context, config: WarmupConfig) -> Entry:

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 from analysis.signals import parallel
-from analysis.signals.shapley import exact
+from analysis.signals.shapley import exact, pass_size
 from analysis.signals.shapley import sampling as shapley
 from analysis.model.capture import find_blocks
 from analysis.errors import UserError
@@ -46,6 +46,7 @@ from analysis.signals.tidy import per_rank_table
 from analysis.signals.context import MEASURED_SPLITS
 from analysis.signals.registry import Signal, deferred, register
 from analysis.store.cache import Result
+from analysis.signals.lora.gated_lora import repeated
 from analysis.signals.lora.warmup import WarmupConfig, warm_adapter, warmup_options
 
 
@@ -61,6 +62,10 @@ class ShapleyConfig(WarmupConfig):
         "help": "stop once the mean per-module standard error is at most this fraction of the mean "
                 "|per-module value| (0: always take all samples)"})
     batch_size: int = field(default=0, metadata={"minimum": 0, "help": "validation examples per forward pass (0: the run's)"})
+    coalitions_per_pass: int = field(default=0, metadata={"minimum": 0, "maximum": 4096, "keyed": False,
+        "help": "coalitions evaluated side by side in one pass, each batch repeated once per coalition: the same "
+                "estimates as one at a time, faster where passes are bound by kernel launches (0: on a GPU as "
+                "many as its free memory holds, measured; 4 on the CPU; coalition_per=batch takes 1)"})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute activations in the backward pass (for models that do not fit otherwise)"})
     compile: bool = field(default=False, metadata={
@@ -113,6 +118,11 @@ def loss_function(gated, batches: list[dict], task: str, per_batch: bool, forwar
     v is the validation loss: each batch's mean loss weighted by its share of what the losses
     average (examples, or predicted tokens for causal LM). per_batch: part b is batch b alone
     (a new coalition for every batch); otherwise part 0 is the whole validation set.
+
+    gradient_at also takes C masks at once, (C, modules, r): each batch is repeated C times, copy c under
+    mask c (gated_lora.repeated). The model's loss is then the mean of the C copies' losses (every copy has
+    the same examples and predicted tokens), so C times it is their sum, and its gradient with respect to
+    gates c is dv/dg at mask c alone. It returns the C values' sum and the (C, modules, r) gradients.
     """
     if task == "causal-lm":
         counts = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
@@ -126,24 +136,43 @@ def loss_function(gated, batches: list[dict], task: str, per_batch: bool, forwar
     weights = [c / sum(counts) for c in counts]
     run = gated.model if forward is None else forward  # (a compiled module has no truth value)
 
+    copies_of: dict[tuple[int, int], dict] = {}   # (batch, C): the batch repeated C times, made once
+
+    def batch(b: int, copies: int) -> dict:
+        if copies == 1:
+            return batches[b]
+        if (b, copies) not in copies_of:
+            copies_of[(b, copies)] = repeated(batches[b], copies)
+        return copies_of[(b, copies)]
+
     def gradient_at(mask: torch.Tensor, part: int) -> tuple[torch.Tensor, torch.Tensor]:
-        gated.gates.data.copy_(mask)
+        side_by_side = mask.ndim == 3   # C masks of (modules, r)
+        copies = mask.shape[0] if side_by_side else 1
+        gated.set_gates(mask)
         gated.gates.grad = None
         value = torch.zeros((), device=gated.gates.device)
         for b in ([part] if per_batch else range(len(batches))):
-            loss = run(**batches[b]).loss * weights[b]
+            loss = run(**batch(b, copies)).loss * (weights[b] * copies if side_by_side else weights[b])
             loss.backward()
             value += loss.detach().to(value.device)   # the loss sits on the last GPU of a split model
         return value, gated.gates.grad
 
     def value_at(mask: torch.Tensor) -> float:
         """v(mask); under a data-parallel launch each process evaluates its share of the batches."""
-        gated.gates.data.copy_(mask)
+        gated.set_gates(mask)
         with torch.no_grad():
             return parallel.total(sum((float(gated.model(**batches[b]).loss) * weights[b]
                                        for b in parallel.shard(len(batches))), 0.0))
 
     return gradient_at, value_at, len(batches) if per_batch else 1
+
+
+def _measured_per_pass(gated, batches: list[dict], task: str, shape: tuple[int, ...], samples: int) -> int:
+    """shapley.coalitions_per_pass=0: measured on the largest validation batch (pass_size.py)."""
+    largest = max(batches, key=lambda b: b["input_ids"].numel())
+    one_batch, _, _ = loss_function(gated, [largest], task, per_batch=False)
+    devices = sorted({p.device for p in gated.model.parameters()}, key=str)
+    return pass_size.coalitions_per_pass(one_batch, shape, devices, samples)
 
 
 def _per_layer(samples: torch.Tensor, modules) -> tuple[list[int], torch.Tensor]:
@@ -224,17 +253,20 @@ def compute(context, config: ShapleyConfig) -> Result:
         forward = torch.compile(gated.model) if config.compile else None
         gradient_at, value_at, parts = loss_function(gated, batches, context.prepared.task, per_batch, forward)
         generator = torch.Generator().manual_seed(parallel.process_seed(context.settings.seed))
+        shape = tuple(gated.gates.shape)
         with checkpointing_in_eval(model, config.gradient_checkpointing):
+            per_pass = 1 if per_batch else config.coalitions_per_pass or _measured_per_pass(
+                gated, batches, context.prepared.task, shape, config.samples)
             estimate = shapley.estimate(
-                gradient_at, tuple(gated.gates.shape), config.samples, generator,
+                gradient_at, shape, config.samples, generator,
                 parts=parts, min_samples=config.min_samples,
                 tolerance=config.tolerance, groups=lambda sample: sample.sum(dim=1),
                 iterate=lambda steps: progress(steps, total=len(steps), desc="shapley", unit="sample"),
-                reading=config.reading)
+                reading=config.reading, per_pass=per_pass)
         # Table sign: the loss reduction for Shapley values, the sensitivity itself for the other reading.
         signed = -estimate.samples if config.reading == "shapley" else estimate.samples
-        all_on, all_off = value_at(torch.ones_like(gated.gates)), value_at(torch.zeros_like(gated.gates))
-        reference = (_exact_reference(gradient_at, value_at, parts, tuple(gated.gates.shape), context.modules,
+        all_on, all_off = value_at(torch.ones(shape)), value_at(torch.zeros(shape))
+        reference = (_exact_reference(gradient_at, value_at, parts, shape, context.modules,
                                       signed.mean(0), config.reading) if config.reference else None)
     table = per_rank_table("shapley", context.modules, signed.mean(0), shapley.standard_error(signed))
     table["reading"] = config.reading
@@ -242,7 +274,7 @@ def compute(context, config: ShapleyConfig) -> Result:
     tables = {"modules": modules, "layers": _sums(signed, context.modules, "layer"),
               "convergence": _convergence(signed, context.modules, parts)}
     meta = {"reading": config.reading, "split": config.split, "samples": estimate.count,
-            "pilot_samples": estimate.pilot, "loss_all_ranks": all_on, "loss_no_ranks": all_off,
+            "pilot_samples": estimate.pilot, "coalitions_per_pass": per_pass, "loss_all_ranks": all_on, "loss_no_ranks": all_off,
             "warmup_key": warm.key, "exact_total": all_off - all_on}
     if reference is not None:
         tables["reference"], reference_meta = reference

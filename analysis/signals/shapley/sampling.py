@@ -32,6 +32,12 @@ coalitions, so stopping when the noise looks small does not make the reported no
 Data-parallel (parallel.py): coalition t of a stream goes to process t mod P, which draws its masks
 from its own random stream; the stopping rule's running sums are added over the processes, so all
 of them stop at the same round, and every process receives all samples in the order t.
+
+Several coalitions per pass (`per_pass` = C): a process evaluates its next C coalitions in one call,
+then feeds their samples to the loop one at a time exactly as if each had had its own pass, so the
+masks, the samples, the rounds at which the stopping rule looks and where it stops are those of one
+coalition at a time; only the gradients' float rounding differs. Coalitions the pilot computed past
+its stopping point are dropped unseen (the pilot's samples are not reported anyway).
 """
 from __future__ import annotations
 
@@ -118,7 +124,8 @@ def estimate(gradient_at: Callable[[torch.Tensor, int], tuple[torch.Tensor, torc
              shape: tuple[int, ...], max_samples: int, generator: torch.Generator, parts: int = 1,
              min_samples: int = 8, tolerance: float = 0.0,
              groups: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             iterate: Callable[[range], Iterable[int]] = iter, reading: str = "shapley") -> ShapleyEstimate:
+             iterate: Callable[[range], Iterable[int]] = iter, reading: str = "shapley",
+             per_pass: int = 1) -> ShapleyEstimate:
     """Sample coalitions until `max_samples`, or, with a stopping rule, as many as a pilot stream needed.
 
     The value is a sum over `parts` (validation batches, say): v = sum_b v_b, and
@@ -134,9 +141,14 @@ def estimate(gradient_at: Callable[[torch.Tensor, int], tuple[torch.Tensor, torc
     groups maps one sample to a vector of group sums, default every player alone) or max_samples;
     then a fresh stream of that many coalitions gives the estimate, at up to twice the cost.
     tolerance 0 takes max_samples once. `iterate` wraps each sample loop (a progress bar, say).
+
+    per_pass > 1 (with parts = 1 only): gradient_at receives C <= per_pass masks at once, (C, *shape), and
+    returns their gradients as (C, *shape); the estimate is the same as with one at a time (module docstring).
     """
-    if max_samples < 1 or min_samples < 1 or parts < 1:
-        raise ValueError("Shapley sampling needs at least one sample and one part.")
+    if max_samples < 1 or min_samples < 1 or parts < 1 or per_pass < 1:
+        raise ValueError("Shapley sampling needs at least one sample, one part and one coalition per pass.")
+    if per_pass > 1 and parts > 1:
+        raise ValueError("Coalitions side by side share one pass over the whole value (parts = 1).")
     if reading not in READINGS:
         raise ValueError(f"unknown reading {reading!r}")
     max_samples = -(-max_samples // parts) * parts  # whole passes, so every part weighs the same
@@ -148,11 +160,18 @@ def estimate(gradient_at: Callable[[torch.Tensor, int], tuple[torch.Tensor, torc
         mine = parallel.shard(count)
         masks = sample_coalitions(len(mine), shape, generator)
         samples, total, squares, done = [], 0.0, 0.0, count
+        ahead: dict[int, torch.Tensor] = {}   # gradients of this process's coalitions evaluated in advance
         # Round k evaluates coalitions kP .. kP + P - 1, one per process; every process runs every round, so
         # the stopping rule's collective meets all of them.
         for k in iterate(range(-(-count // processes))):
             if k < len(mine):
-                _, gradient = gradient_at(masks[k], mine[k] % parts)
+                if per_pass == 1:
+                    gradient = gradient_at(masks[k], mine[k] % parts)[1]
+                else:
+                    if k not in ahead:   # the next per_pass coalitions in one pass
+                        chunk = range(k, min(k + per_pass, len(mine)))
+                        ahead = dict(zip(chunk, gradient_at(masks[chunk.start:chunk.stop], 0)[1]))
+                    gradient = ahead.pop(k)
                 sample = sample_contribution(masks[k], gradient, parts, reading)
                 samples.append(sample)  # kept on the device: no synchronisation per sample
                 if stop:

@@ -20,12 +20,16 @@ Pruning keeps the ranks with non-zero gates, folds each gate into B's column and
 alpha to s * r so that alpha / r, hence the output, is unchanged: a standard peft LoRA with
 `rank_pattern` (and `alpha_pattern`) = the learned ranks, modules with no rank left out.
 
+On a single GPU the forward and backward passes are CUDA graphs, as in the warm-up (graphed_loss.py); the
+L1 term, the clip, both optimizers and the gate rule stay eager.
+
 Data-parallel, as retrain: each process trains on its `batch_size` slice of every step and the
 gradients (gates included) are averaged before the clip and both optimizers, so every process
 keeps the same gates; the global batch, hence the key, depends on the number of processes.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -33,6 +37,7 @@ import torch
 
 from analysis.errors import UserError
 from analysis.signals import parallel
+from analysis.signals.lora import graphed_loss
 from analysis.signals.lora.gated_lora import ADAPTER, GatedLoRA, gated_lora
 from analysis.jobs.progress import progress
 from analysis.signals.lora.warmup import head_kept
@@ -158,12 +163,14 @@ def check(config: SoraConfig) -> None:
 
 def sora_step(gated: GatedLoRA, batch: dict, weights: torch.optim.Optimizer,
               gate_optimizer: torch.optim.Optimizer, l1: float, xi: float, update: str = "official",
-              max_grad_norm: float = 0.0) -> torch.Tensor:
+              max_grad_norm: float = 0.0, loss_of=None) -> torch.Tensor:
     """One SoRA step: task loss + l1 * mean|g|, one gradient clip over everything trained, both
     optimizers, then the gate rule. official: OfficialGateAdam applies the masked update itself and
-    zero gates train on; soft: the soft threshold with dead gates held at zero. Returns the task loss."""
+    zero gates train on; soft: the soft threshold with dead gates held at zero. Returns the task loss
+    (a copy that outlives the step). loss_of(batch) gives the task loss (default: the gated model's own;
+    graphed_loss's replays, say)."""
     alive = gated.gates.detach() != 0
-    task = gated.model(**batch).loss
+    task = loss_of(batch) if loss_of is not None else gated.model(**batch).loss
     loss = task + l1 * gated.gates.abs().sum() / gated.gates.numel()
     loss.backward()
     params = [p for group in weights.param_groups + gate_optimizer.param_groups for p in group["params"]]
@@ -180,7 +187,7 @@ def sora_step(gated: GatedLoRA, batch: dict, weights: torch.optim.Optimizer,
         proximal_step(gated.gates, xi, alive)
     weights.zero_grad(set_to_none=True)
     gate_optimizer.zero_grad(set_to_none=True)
-    return task.detach()
+    return task.detach().clone()   # a graph's next replay overwrites its output
 
 
 def optimizers(gated: GatedLoRA, head: dict, config: SoraConfig):
@@ -225,8 +232,11 @@ def train(context, config: SoraConfig, directory=None) -> dict:
             p.requires_grad_(True)
         weights, gate_optimizer = optimizers(gated, head, config)
         lr_schedules = schedulers(weights, gate_optimizer, config)
-        batches = context.training_batches(config.batch_size)
+        batches = context.training_batches(config.batch_size, fixed_length=graphed_loss.wanted(model))
         model.train()
+        first = next(batches)
+        loss_of, _ = graphed_loss.loss_function(gated.model, first, [gated.gates], warn=context.warn)
+        batches = itertools.chain([first], batches)
         bar = progress(range(total), total=total, desc="sora", unit="step")
         step = 0
         for stage, xi, steps in stages:
@@ -234,7 +244,7 @@ def train(context, config: SoraConfig, directory=None) -> dict:
                 next(bar, None)
                 gate_lr = gate_optimizer.param_groups[0]["lr"]  # the rate this step uses
                 losses.append(sora_step(gated, next(batches), weights, gate_optimizer, config.l1, xi,
-                                        config.update, config.max_grad_norm))
+                                        config.update, config.max_grad_norm, loss_of))
                 for schedule in lr_schedules:
                     schedule.step()
                 nonzero.append((gated.gates != 0).sum())  # both kept on the device: no synchronisation per step
