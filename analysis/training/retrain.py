@@ -42,7 +42,7 @@ from analysis.settings import RunSettings, TrainSettings, from_dict, to_dict
 from analysis.signals.context import prepare, with_lm_labels
 from analysis.store.hashing import hash_json
 from analysis.model.layout import layout_of
-from analysis.planning.plan_json import LORA_KEYS, check_peft_model, lora_config, validate
+from analysis.planning.plan_json import LORA_KEYS, check_peft_model, lora_config, plan_file, validate
 from analysis.jobs import folder
 from analysis.jobs.progress import progress
 from analysis.store.atomic import write_json_atomic
@@ -313,6 +313,6 @@ def write_outputs(entry: Entry, out: Path) -> None:
                                              "trainable_params": meta["trainable_params"],
                                              "seed": meta["config"]["seed"], "train_seconds": meta["train_seconds"],
                                              "entry": entry.key})
-    write_json_atomic(out / "plan.json", meta["plan"])
+    write_json_atomic(out / "plan.json", plan_file(meta["plan"]))
     entry.table("curve").to_csv(out / "curve.csv", index=False)
     shutil.copytree(entry.directory / "adapter", out / "adapter", dirs_exist_ok=True)
