@@ -48,7 +48,7 @@ columns = [column for start in range(0, len(planned), PER_ROW) for column in st.
 for column, outcome in zip(columns, planned):
     stem = re.sub(r"[^\w.+-]", "_", outcome.method)   # a blend such as 0.7*shapley+0.3*cka
     column.download_button(
-        outcome.method,
+        outcome.name,
         lambda o=outcome: json.dumps(plan_file(plan_json(o, layout, amount, run.description["settings"])), indent=1),
         file_name=f"plan-{stem}-{amount}.json", mime="application/json", key=f"plan-{outcome.method}",
         on_click="ignore", icon=":material/download:")

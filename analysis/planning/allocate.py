@@ -53,6 +53,7 @@ class Scores:
     floor: np.ndarray | None = None          # (M,) learned counts (SoRA) or bounds (GeLoRA)
     excluded: np.ndarray | None = None       # (M,) blocks a plan must not select (degenerate CKA)
     per_rank_stderr: np.ndarray | None = None  # (M, R) standard error of each per_rank value, where measured
+    variant: str = ""                        # the entry's non-paper options by name (registry.variant_of)
 
 
 @dataclass
@@ -161,7 +162,8 @@ def blend(parts: list[tuple[Scores, float]]) -> Scores:
         share = weight * values / values.sum()
         total = share if total is None else total + share
     label = "+".join(f"{weight:g}*{scores.name}" for scores, weight in parts)
-    return Scores(f"blend({label})", "weights", total)
+    variant = "; ".join(f"{scores.name}: {scores.variant}" for scores, _ in parts if scores.variant)
+    return Scores(f"blend({label})", "weights", total, variant=variant)
 
 
 # --- the rules ---------------------------------------------------------------------------------------

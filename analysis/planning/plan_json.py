@@ -35,9 +35,20 @@ LORA_KEYS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern
 TASK_KEYS = ("task_type", "modules_to_save")
 
 
+def row_name(method: str, variant: str = "") -> str:
+    """What a table row, a plan and a page call a method: its name, and the options it used that depart from its
+    paper's code ("alpha [WeightWatcher's fit, not AlphaLoRA's]")."""
+    return f"{method} [{variant}]" if variant else method
+
+
+def plan_name(plan: dict) -> str:
+    return row_name(plan.get("signal", "plan"), plan.get("variant", ""))
+
+
 def build_plan(layout: Layout, ranks: np.ndarray, signal: str, budget: int, options: PlanOptions = PlanOptions(),
-               warnings: list[str] | None = None, settings: dict | None = None) -> dict:
-    """The plan for per-module `ranks` (0 = module left out), in layout order."""
+               warnings: list[str] | None = None, settings: dict | None = None, variant: str = "") -> dict:
+    """The plan for per-module `ranks` (0 = module left out), in layout order; `variant` names the signal's
+    non-paper options the ranks come from ("" for none)."""
     chosen = {m.path: int(r) for m, r in zip(layout.modules, ranks) if r > 0}
     if not chosen:
         raise UserError("The plan gives no module any rank.")
@@ -45,7 +56,7 @@ def build_plan(layout: Layout, ranks: np.ndarray, signal: str, budget: int, opti
     alpha_ratio, rslora = options.alpha_ratio, options.rslora
     alpha = alpha_ratio * r
     plan = {
-        "signal": signal, "budget": int(budget),
+        "signal": signal, "variant": variant, "budget": int(budget),
         "trainable_params": lora_parameter_count(layout.modules, ranks),
         "r": r, "lora_alpha": alpha, "target_modules": list(chosen),
         "rank_pattern": {path: rank for path, rank in chosen.items() if rank != r},

@@ -42,7 +42,7 @@ from analysis.settings import RunSettings, TrainSettings, from_dict, to_dict
 from analysis.signals.context import prepare, with_lm_labels
 from analysis.store.hashing import hash_json
 from analysis.model.layout import layout_of
-from analysis.planning.plan_json import LORA_KEYS, check_peft_model, lora_config, plan_file, validate
+from analysis.planning.plan_json import LORA_KEYS, check_peft_model, lora_config, plan_file, plan_name, validate
 from analysis.jobs import folder
 from analysis.jobs.progress import progress
 from analysis.store.atomic import write_json_atomic
@@ -250,7 +250,7 @@ def _train(plan: dict, config: TrainSettings, store: Store, settings: RunSetting
     train = prepared.splits.train
     labels = train["label"].to_numpy() if prepared.task == "classification" else None
     tokens = Pretokenised(loaded.tokenizer, train["text"].tolist(), settings.max_length, accelerator.device, labels)
-    label = label or plan.get("signal", "plan")
+    label = label or plan_name(plan)
     size = config.batch_size * accelerator.num_processes
     mine = slice(accelerator.process_index * config.batch_size, (accelerator.process_index + 1) * config.batch_size)
     started = time.perf_counter() - elapsed
@@ -292,13 +292,13 @@ def _train(plan: dict, config: TrainSettings, store: Store, settings: RunSetting
     head = {f"head.{k}": v.detach().cpu() for k, v in
             head_parameters(unwrapped.base_model.model, prepared.task).items()}
     curve = pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses})
-    meta = {"signal": "retrain", "title": f"Retrain: {plan.get('signal', 'plan')}", "context_key": prepared.key,
+    meta = {"signal": "retrain", "title": f"Retrain: {plan_name(plan)}", "context_key": prepared.key,
             **prepared.description, "plan": plan, "config": to_dict(config), "metrics": metrics,
             "trainable_params": plan["trainable_params"], "train_seconds": round(train_seconds, 3),
             "eval_split": config.eval_split, "did_not_train": failure,
             "seconds": round(time.perf_counter() - started, 3), "processes": accelerator.num_processes,
             "device": str(accelerator.device), **init}
-    entry = store.put(key, Result(pd.DataFrame([{"method": plan.get("signal"), "seed": config.seed,
+    entry = store.put(key, Result(pd.DataFrame([{"method": plan_name(plan), "seed": config.seed,
                                                  "init": config.init, **metrics}]),
                                   tables={"curve": curve}, tensors=head, files=_adapter_files(unwrapped)), meta)
     shutil.rmtree(work, ignore_errors=True)
