@@ -21,7 +21,10 @@ budget and as close to it as its rule allows. The rule follows the signal's `pla
   proportional to (mean alpha of its matrices) ** 2.5, rounded as AlphaLoRA rounds; every allowed
   module of a layer gets the layer's rank; the largest number of units whose cost fits is used.
 - shares (GoRA): parameters in proportion to the importance, rank_i = round(budget * p_i) // (d_in + d_out)
-  (GoRA's "moderate" rule), then what that flooring leaves is spent one rank at a time.
+  (GoRA's "moderate" rule) kept within GoRA's rank limits (its scripts' 4 to 32, `gora_min_rank` and
+  `gora_max_rank`), then what that flooring leaves is spent one rank at a time. GoRA's own total may pass
+  its budget where the limits raise ranks; here the plan stays within it, so a budget below GoRA's
+  minimum on every module lowers that minimum, with a warning.
 - uniform LoRA: the same rank on every allowed module.
 A blend is a weighted sum of signals' per-module importance, each normalised to sum to one, and
 is allocated like weights. Limits apply to all: a minimum and maximum rank per module and the
@@ -444,15 +447,45 @@ def _allocate_alphalora(scores, layout, limits, low, high, costs, budget):
                     "which AlphaLoRA's per-layer allocation needs.")
 
 
+GORA_LIMITS = (4, 32)   # GoRA's published scripts: --gora-min-rank 4 --gora-max-rank 32
+
+
+def _gora_bounds(limits, low, high, costs, budget) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """GoRA's rank limits inside the plan's own; its minimum lowered, with a warning, to the largest the budget fits
+    on every allowed module."""
+    allowed = high > 0
+    top = np.where(allowed, np.minimum(high, limits.gora_max_rank), 0)
+    def floor(rank):
+        return np.where(allowed, np.minimum(np.maximum(low, rank), top), 0)
+    wanted = minimum = max(limits.min_rank, limits.gora_min_rank)
+    while minimum > limits.min_rank and _cost(floor(minimum), costs) > budget:
+        minimum -= 1
+    warnings = []
+    if minimum < wanted:
+        warnings.append(f"GoRA's minimum rank {wanted} on every allowed module costs {_cost(floor(wanted), costs):,} "
+                        f"parameters, more than the budget; this plan's minimum rank is {minimum}.")
+    if (limits.gora_min_rank, limits.gora_max_rank) != GORA_LIMITS:
+        warnings.append(f"GoRA's ranks are kept between {limits.gora_min_rank} and {limits.gora_max_rank} here; its "
+                        f"published scripts use {GORA_LIMITS[0]} and {GORA_LIMITS[1]}.")
+    return floor(minimum), top, warnings
+
+
 def _allocate_shares(scores, layout, limits, low, high, costs, budget):
+    low, high, warnings = _gora_bounds(limits, low, high, costs, budget)
     importance = np.nan_to_num(np.clip(scores.per_module, 0, None)) * (high > 0)
     if importance.sum() <= 0:
-        return _proportional(importance, low, high, costs, budget), []
+        return _proportional(importance, low, high, costs, budget), warnings
     share = budget * importance / importance.sum()
     ranks = np.clip(np.round(share).astype(np.int64) // costs, low, high)    # GoRA: round(trainable) // features
     if _cost(ranks, costs) > budget:   # the minimum rank pushed it over: scale everything down instead
-        return _proportional(importance / costs, low, high, costs, budget), []
-    return _fill(ranks, high, costs, budget, share / costs - ranks), []
+        ranks = _proportional(importance / costs, low, high, costs, budget)
+    else:
+        ranks = _fill(ranks, high, costs, budget, share / costs - ranks)
+    capped = limits.gora_max_rank < limits.max_rank and (ranks[high > 0] >= high[high > 0]).all()
+    if capped and budget - _cost(ranks, costs) >= int(costs[high > 0].min()):   # (else allocate's warning says so)
+        warnings.append(f"Every module is at GoRA's maximum rank {limits.gora_max_rank}, so the plan stops at "
+                        f"{_cost(ranks, costs):,} parameters; raise --gora-max-rank to spend the whole budget.")
+    return ranks, warnings
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch
 from analysis.errors import UserError
 from analysis.model.layout import layout_of
 from analysis.planning.allocate import allocate, parse_budget, scores_from_tables
-from analysis.settings import RunSettings
+from analysis.settings import Limits, RunSettings
 from analysis.signals.context import AnalysisContext, prepare
 from analysis.signals.registry import get_signal, make_config
 from analysis.store.cache import Store
@@ -294,14 +294,40 @@ def test_gora_shares_plan_follows_gora_rule_then_fills(decoder):
     table = _table(decoder, "gora").table
     layout = layout_of(decoder.model)
     scores = scores_from_tables("gora", "shares", {"main": table}, layout)
+    without_limits = Limits(gora_min_rank=0, gora_max_rank=64)
     for text in ("r2", "r8"):
         budget = parse_budget(text, layout)
-        allocation = allocate(scores, layout, budget)
+        allocation = allocate(scores, layout, budget, without_limits)
         share = table["value"].to_numpy() / table["value"].sum()
         features = np.array(layout.costs)
         gora = np.round(budget * share).astype(int) // features     # GoRA's moderate rule, no limits
         assert (allocation.ranks >= gora).all() and allocation.cost <= budget
         assert budget - allocation.cost < features.min()            # the fill spent what flooring left
+        assert "published scripts use 4 and 32" in allocation.warnings[-1]
+        # GoRA's limits by default: no module left out. At r2 its minimum 4 everywhere would cost twice the
+        # budget, so the minimum is the largest that fits (2: uniform rank 2), and the plan says so.
+        default = allocate(scores, layout, budget)
+        assert (default.ranks >= (2 if text == "r2" else 4)).all() and (default.ranks <= 32).all()
+        assert ("GoRA's minimum rank 4 on every allowed module costs 4,288 parameters, more than the budget; this "
+                "plan's minimum rank is 2." in default.warnings) == (text == "r2")
+
+
+def test_gora_rank_limits_worked_by_hand():
+    """GoRA's get_allocated_rank with its scripts' limits, by hand, on one Llama block (d_in + d_out: q, o 64; k, v
+    48; gate, up, down 104; 536 a rank on all seven), importance shares p = .5, .02, .08, .1, .1, .05, .15, budget r9
+    = 4,824. trainable = round(4824 p) = 2412, 96, 386, 482, 482, 241, 724; // features = 37, 2, 8, 7, 4, 2, 6;
+    clamped to [4, 32]: 32, 4, 8, 7, 4, 4, 6 (4,528 parameters). Ours then spends the 296 left one rank at a time
+    by the fraction flooring cut (4824 p / features - rank): down .958 (+104), gate .638 (+104), o .538 (+64); the
+    24 left fit nothing."""
+    layout = layout_of(tiny_llama(layers=1))
+    assert [m.d_in + m.d_out for m in layout.modules] == [64, 48, 48, 64, 104, 104, 104]
+    table = pd.DataFrame({"signal": "gora", "layer": 0, "module": [m.name for m in layout.modules],
+                          "value": [0.5, 0.02, 0.08, 0.1, 0.1, 0.05, 0.15]})
+    scores = scores_from_tables("gora", "shares", {"main": table}, layout)
+    allocation = allocate(scores, layout, parse_budget("r9", layout))
+    gora = [32, 4, 8, 7, 4, 4, 6]
+    assert allocation.ranks.tolist() == [32, 4, 8, 8, 5, 4, 7] and allocation.cost == 4800
+    assert (allocation.ranks >= gora).all() and allocation.warnings == []
 
 
 # --- EVA and GoRA: the split -------------------------------------------------------------------------------
