@@ -24,10 +24,9 @@ from analysis.signals import parallel
 
 class BestCheckpoint:
     def __init__(self, context, tensors: list[torch.nn.Parameter], every: int):
-        self.model, self.task, self.every = context.model, context.prepared.task, every
+        self.context, self.model, self.task, self.every = context, context.model, context.prepared.task, every
         self.tensors = tensors
-        self.batches = list(context.batches("validation", frame=context.measured("validation"), shard=True,
-                                            show_progress=False))
+        self.batches: list[dict] | None = None          # tokenized at the first evaluation
         self.metric = "accuracy" if self.task == "classification" else "loss"
         self.history: list[tuple[int, float]] = []      # (step, metric) of every evaluation
         self.best: tuple[int, float, list[torch.Tensor]] | None = None
@@ -40,6 +39,9 @@ class BestCheckpoint:
     @torch.no_grad()
     def measure(self) -> float:
         """Accuracy, or loss per predicted token, over the measured validation examples (all processes)."""
+        if self.batches is None:
+            self.batches = list(self.context.batches("validation", frame=self.context.measured("validation"),
+                                                     shard=True, show_progress=False))
         was_training = self.model.training
         self.model.eval()
         total, count = torch.zeros((), dtype=torch.float64), 0
