@@ -14,9 +14,10 @@ budget and as close to it as its rule allows. The rule follows the signal's `pla
   largest that fits the budget, or with `block_count=paper` the paper's k = floor(L/2) of the L
   blocks (its selection scripts take ratio_of_layers 0.5), as far as the budget allows.
 - weights (anything else): ranks proportional to the per-module value (clipped at zero).
-- eva (peft's EVA): the pooled explained-variance ranking of every module's components, kept as a prefix
-  (best first) for as long as its parameters fit the budget: EVA's own rule with its rank count
-  replaced by the parameter cost.
+- eva (peft's EVA): the pooled explained-variance ranking of every module's components (ties broken as
+  peft's argsort breaks them), kept as a prefix (best first) for as long as its parameters fit the
+  budget, then peft's swap for modules sharing one PCA: EVA's own rule with its rank count replaced by
+  the parameter cost.
 - alphalora (heavy-tailed alpha): AlphaLoRA's `exponential_scaling`: layer l's share of rank units is
   proportional to (mean alpha of its matrices) ** 2.5, rounded as AlphaLoRA rounds; every allowed
   module of a layer gets the layer's rank; the largest number of units whose cost fits is used.
@@ -384,24 +385,66 @@ def _allocate_weights(scores, layout, limits, low, high, costs, budget):
     return _proportional(scores.per_module, low, high, costs, budget), []
 
 
+def _shared_inputs(values: np.ndarray) -> dict[int, int]:
+    """Module -> the module whose PCA it shares (q, k and v read one hidden state; peft fits one PCA for them and
+    gives each the same explained-variance ratios), for every module but the first of its group: the groups are
+    the modules with identical ratios, and peft's owner is the first of a group in module order."""
+    first: dict[bytes, int] = {}
+    shared = {}
+    for i, row in enumerate(values):
+        key = np.nan_to_num(row, nan=-1.0).tobytes()
+        if key in first:
+            shared[i] = first[key]
+        else:
+            first[key] = i
+    return shared
+
+
+def _peft_eva_ranking(values: np.ndarray, shared: dict[int, int]) -> list[int]:
+    """The module of every measured component, best first, in the order peft's _get_rank_distribution ranks them:
+    each module's ratios pooled in its layer_hook_map order (the modules with their own PCA, then those sharing
+    one, group by group) and sorted by the same call, torch.argsort(descending=True) on float32 (the ratios'
+    dtype), which is not stable: it breaks ties as peft does on the CPU."""
+    import torch
+
+    followers = sorted(shared, key=lambda k: (shared[k], k))
+    order = [i for i in range(len(values)) if i not in shared] + followers
+    owners, pooled = [], []
+    for i in order:
+        row = values[i][~np.isnan(values[i])]
+        owners += [i] * len(row)
+        pooled += row.tolist()
+    ranked = torch.tensor(pooled, dtype=torch.float32).argsort(descending=True)
+    return [owners[k] for k in ranked.tolist()]
+
+
 def _allocate_eva(scores, layout, limits, low, high, costs, budget):
-    """EVA's rule: walk the pooled ranking of components (largest explained variance first) and stop at the
-    first one that does not fit, so the plan is a prefix of the ranking as EVA's top-k is. Ties keep module
-    order (a module's own components are in decreasing order already)."""
+    """EVA's rule: walk the pooled ranking of components (largest explained variance first, ties as peft breaks
+    them) and stop at the first one that does not fit, so the plan is a prefix of the ranking as EVA's top-k is;
+    then, as peft does, a module that shares another's PCA and got more rank than that module swaps ranks with it
+    (where the swap fits the budget and the limits)."""
     values = scores.per_rank
     measured = (~np.isnan(values)).sum(axis=1)
     cap = np.minimum(high, measured)
     ranks = low.copy()
     spent = _cost(ranks, costs)
-    candidates = [(values[i, j], i, j) for i in range(len(values)) for j in range(values.shape[1])
-                  if not np.isnan(values[i, j])]
-    for _, i, j in sorted(candidates, key=lambda c: -c[0]):
-        if j < ranks[i] or ranks[i] >= cap[i]:
+    shared = _shared_inputs(values)
+    seen = np.zeros(len(values), dtype=np.int64)
+    for i in _peft_eva_ranking(values, shared):
+        seen[i] += 1
+        if seen[i] <= low[i] or ranks[i] >= cap[i]:
             continue            # given by the minimum rank, or the module is at its cap (EVA's rho * r)
         if spent + costs[i] > budget:
             break
         ranks[i] += 1
         spent += costs[i]
+    for k in sorted(shared, key=lambda k: (shared[k], k)):   # peft's equal_inputs_map order
+        h = shared[k]
+        swapped = ranks.copy()
+        swapped[[h, k]] = ranks[[k, h]]
+        if ranks[h] < ranks[k] and _cost(swapped, costs) <= budget and (swapped >= low).all() and \
+                (swapped <= cap).all():
+            ranks, spent = swapped, _cost(swapped, costs)
     warnings = []
     if (ranks >= cap).all() and budget - spent >= int(costs[high > 0].min()):
         warnings.append(f"{scores.name} measured at most {int(measured.max())} components per module and all of "
