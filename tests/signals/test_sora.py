@@ -280,3 +280,23 @@ def test_sora_reads_the_learned_ranks_from_the_best_validation_checkpoint(encode
     assert variant_of(signal, {"checkpoint": "last", "update": "official", "schedule": "linear"}) == \
         "last-step gates (ours)"
     assert variant_of(signal, {}) == "last-step gates, soft threshold, constant learning rate (ours)"
+
+
+def test_entries_from_before_the_checkpoint_option_keep_their_keys():
+    """The key of checkpoint=last is the key the same options had before the option existed: the options of
+    that SoraConfig, hashed as signal_key hashed them."""
+    import dataclasses
+
+    from analysis.signals.registry import get_signal, make_config
+    from analysis.signals.runner import signal_key
+    from analysis.store.hashing import hash_json
+    earlier = {"r_max", "alpha", "update", "steps", "lr", "gate_lr", "weight_decay", "max_grad_norm", "schedule",
+               "warmup_fraction", "l1", "xi", "batch_size", "snapshot_every", "rounds", "round_steps", "xi_max",
+               "grid"}
+    signal = get_signal("sora")
+    config = make_config(signal, {"checkpoint": "last", "grid": "exp_linear"})
+    options = {name: value for name, value in dataclasses.asdict(config).items() if name in earlier}
+    assert len(options) == len(earlier)
+    assert signal_key("ctx", signal, config) == hash_json({"context": "ctx", "signal": "sora", "version": 3,
+                                                           "config": options})
+    assert signal_key("ctx", signal, make_config(signal)) != signal_key("ctx", signal, config)

@@ -35,6 +35,7 @@ keeps the same gates; the global batch, hence the key, depends on the number of 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -153,6 +154,14 @@ class SoraConfig:
     def depends_on_processes(self) -> bool:
         """The global batch grows with the processes."""
         return True
+
+    def key_fields(self) -> dict:
+        """The cache key's options: with checkpoint=last, what ran before the option, the key leaves it and its
+        interval out, so those entries are found with --set sora.checkpoint=last (and their other options)."""
+        fields = dataclasses.asdict(self)
+        if self.checkpoint == "last":
+            del fields["checkpoint"], fields["eval_every"]
+        return fields
 
     def check(self) -> None:
         """Checks across options, run by registry.make_config before anything is computed."""
