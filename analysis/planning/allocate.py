@@ -490,9 +490,6 @@ def _allocate_alphalora(scores, layout, limits, low, high, costs, budget):
                     "which AlphaLoRA's per-layer allocation needs.")
 
 
-GORA_LIMITS = (4, 32)   # GoRA's published scripts: --gora-min-rank 4 --gora-max-rank 32
-
-
 def _gora_bounds(limits, low, high, costs, budget) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """GoRA's rank limits inside the plan's own; its minimum lowered, with a warning, to the largest the budget fits
     on every allowed module."""
@@ -507,9 +504,10 @@ def _gora_bounds(limits, low, high, costs, budget) -> tuple[np.ndarray, np.ndarr
     if minimum < wanted:
         warnings.append(f"GoRA's minimum rank {wanted} on every allowed module costs {_cost(floor(wanted), costs):,} "
                         f"parameters, more than the budget; this plan's minimum rank is {minimum}.")
-    if (limits.gora_min_rank, limits.gora_max_rank) != GORA_LIMITS:
+    published = Limits()   # the defaults are GoRA's published limits
+    if (limits.gora_min_rank, limits.gora_max_rank) != (published.gora_min_rank, published.gora_max_rank):
         warnings.append(f"GoRA's ranks are kept between {limits.gora_min_rank} and {limits.gora_max_rank} here; its "
-                        f"published scripts use {GORA_LIMITS[0]} and {GORA_LIMITS[1]}.")
+                        f"published scripts use {published.gora_min_rank} and {published.gora_max_rank}.")
     return floor(minimum), top, warnings
 
 
