@@ -208,7 +208,7 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_plan(args) -> int:
     from analysis.signals.context import identify
-    from analysis.planning.plan_json import write_plan
+    from analysis.planning.plan_json import plan_name, write_plan
     from analysis.planning.methods import make_plan
     limits, options, overrides = _limits(args), _plan_options(args), _overrides(args.set)   # checked first
     _check_set(overrides, _method_signals([args.signal]), f"that '{args.signal}' does not use")
@@ -217,7 +217,7 @@ def cmd_plan(args) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     write_plan(plan, args.out)
     ranks = sorted(set([plan["r"], *plan["rank_pattern"].values()]))
-    print(f"{plan['signal']}: {plan['trainable_params']:,} of {plan['budget']:,} parameters, "
+    print(f"{plan_name(plan)}: {plan['trainable_params']:,} of {plan['budget']:,} parameters, "
           f"{len(plan['target_modules'])} modules, ranks {ranks[0]}..{ranks[-1]}; wrote {args.out}")
     return 0
 
@@ -233,7 +233,7 @@ def _retrain_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...]
 
 
 def cmd_retrain(args) -> int:
-    from analysis.planning.plan_json import read_plan
+    from analysis.planning.plan_json import plan_name, read_plan
     from analysis.training.retrain import retrain, write_outputs
     from analysis.settings import check_device
     config = _retrain_config(args)   # checked before the plan is read
@@ -244,7 +244,7 @@ def cmd_retrain(args) -> int:
     if entry is None:  # a non-main process under accelerate launch
         return 0
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in entry.meta["metrics"].items())
-    print(f"{plan.get('signal', 'plan')}: {metrics} ({entry.meta['train_seconds']:.1f}s training)")
+    print(f"{plan_name(plan)}: {metrics} ({entry.meta['train_seconds']:.1f}s training)")
     if args.out:
         write_outputs(entry, args.out)
         print(f"wrote {args.out / 'metrics.json'}")

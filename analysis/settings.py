@@ -209,11 +209,17 @@ class Limits:
     block_rank: int = setting(8, "rank of each block a CKA plan selects", minimum=1)
     block_count: str = setting("budget", "how many blocks a CKA plan selects: budget (as many as fit) or paper "
                                          "(floor(L/2), the CKA paper's rule)", choices=("budget", "paper"))
+    gora_min_rank: int = setting(4, "every module a GoRA plan adapts gets at least this rank (GoRA's published "
+                                    "scripts: 4; 0 for none)", minimum=0)
+    gora_max_rank: int = setting(32, "no module of a GoRA plan gets more (GoRA's published scripts: 32)", minimum=1)
 
     def __post_init__(self):
         _check(self)
         if self.min_rank > self.max_rank:
             raise UserError(f"--min-rank ({self.min_rank}) must not exceed --max-rank ({self.max_rank}).")
+        if self.gora_min_rank > self.gora_max_rank:
+            raise UserError(f"--gora-min-rank ({self.gora_min_rank}) must not exceed --gora-max-rank "
+                            f"({self.gora_max_rank}).")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import re
 import streamlit as st
 
 from analysis.reporting.exhibits import plan_exhibit
+from analysis.planning.plan_json import plan_file
 from analysis.planning.preview import drawn, plan_json, uniform_ranks
 from analysis.signals.registry import all_signals
 from pages.shared.planning import plans_at_budget, summary_table
@@ -37,17 +38,18 @@ else:
     st.info("No method has a plan at this budget.")
 
 st.subheader("Plan JSON")
-st.caption("peft.LoraConfig's arguments with full module paths (rank_pattern, alpha_pattern), checked against "
-           "the model's module names; train one with `python -m analysis retrain --plan plan.json`, or compare "
-           "them all on the Retrain page.")
+st.caption("Part `peft`: peft's own adapter_config.json (full module paths in rank_pattern and alpha_pattern, checked "
+           "against the model's module names), for `PeftConfig.from_peft_type(**plan['peft'])`; part `analysis`: the "
+           "method, budget and parameter count. Train one with `python -m analysis retrain --plan plan.json`, or "
+           "compare them all on the Retrain page.")
 planned = [o for o in outcomes if o.allocation is not None]
 PER_ROW = 4   # buttons per row: eight methods in one row cut their names off
 columns = [column for start in range(0, len(planned), PER_ROW) for column in st.columns(PER_ROW)]
 for column, outcome in zip(columns, planned):
     stem = re.sub(r"[^\w.+-]", "_", outcome.method)   # a blend such as 0.7*shapley+0.3*cka
     column.download_button(
-        outcome.method, lambda o=outcome: json.dumps(plan_json(o, layout, amount, run.description["settings"]),
-                                                     indent=1),
+        outcome.name,
+        lambda o=outcome: json.dumps(plan_file(plan_json(o, layout, amount, run.description["settings"])), indent=1),
         file_name=f"plan-{stem}-{amount}.json", mime="application/json", key=f"plan-{outcome.method}",
         on_click="ignore", icon=":material/download:")
 st.caption("To train these plans next to uniform LoRA, open **Retrain and compare**: it starts at this budget.")

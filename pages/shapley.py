@@ -3,7 +3,7 @@ AdaLoRA's sensitivity and with the exact Shapley value where it was enumerated: 
 import streamlit as st
 
 from analysis.reporting.exhibits import agreement_exhibit, signal_exhibits
-from analysis.signals.shapley.shapley_figures import reading_of
+from analysis.signals.shapley.shapley_figures import NAMES, reading_of
 from pages.shared.widgets import choose_run, pick, show
 
 st.title("Shapley sensitivity (ShapLoRA)")
@@ -11,9 +11,9 @@ st.caption("Each LoRA rank's importance for lowering the validation loss, estima
            "sampled coalitions of a warmed-up uniform LoRA. The ShapLoRA paper's code is not public: this is "
            "our reading of the method, checked against exact enumeration on toy problems and on a tiny model.")
 READINGS = {
-    "shapley": "the **first-order Shapley value** of each rank (its loss reduction, from signed gate gradients; "
-               "the values add up to about the total loss change)",
-    "sensitivity": "the **sensitivity reading**: each rank's |g dL/dg| averaged over Shapley-weighted coalitions "
+    "shapley": "**Shapley first-order (ours)**, not ShapLoRA's measure: the first-order Shapley value of each rank "
+               "(its loss reduction, from signed gate gradients; the values add up to about the total loss change)",
+    "sensitivity": "**ShapLoRA's sensitivity**: each rank's |g dL/dg| averaged over Shapley-weighted coalitions "
                    "(the paper's AdaLoRA-style sensitivity over coalitions; not a Shapley value, never negative)",
 }
 
@@ -48,7 +48,7 @@ else:
 
 st.header("Agreement")
 if shapley_entry is not None and adalora_entry is not None:
-    show(agreement_exhibit(shapley_entry, adalora_entry, "Shapley", "AdaLoRA"))
+    show(agreement_exhibit(shapley_entry, adalora_entry, NAMES[reading_of(shapley_entry)], "AdaLoRA"))
 elif adalora_entry is not None:
     show(signal_exhibits(adalora_entry)[0])
     st.info("Compute `shapley` for this run to compare it with AdaLoRA's sensitivity.")

@@ -8,9 +8,10 @@ from analysis.signals.sora.sora_figures import r_max_of
 from pages.shared.widgets import chart, choose_run, pick, show
 
 st.title("SoRA gate sparsity")
-st.caption("A gated LoRA trained with thresholded gates (sparse LoRA): a rank whose gate is zero at the end of "
-           "training is pruned. The learned rank of a module is its number of non-zero gates after training; "
-           "the scheduler then raises the threshold to show how ranks shrink. xi is that threshold: the size of "
+st.caption("A gated LoRA trained with thresholded gates (sparse LoRA): a rank whose gate is zero is pruned. The "
+           "learned rank of a module is its number of non-zero gates at the training stage's best checkpoint on "
+           "validation (the official scripts' load_best_model_at_end); the scheduler then raises the threshold, "
+           "from that checkpoint, to show how ranks shrink. xi is that threshold: the size of "
            "the sparsifying step applied to the gates after each update; the larger it is, the more gates "
            "become zero.")
 UPDATE_RULES = {
@@ -32,7 +33,18 @@ st.info(f"Gate update rule of this run: **{rule}**, {UPDATE_RULES.get(rule, rule
 
 left, middle, right = st.columns(3)
 end_of_training = int(history.loc[history["stage"] == "train", "step"].max())
-left.metric(f"Total learned rank after training (step {end_of_training})", int(table["value"].sum()))
+learned_at = int(meta.get("learned_at") or end_of_training)   # entries from before the option: the last step
+if "validation" in entry.table_names:
+    best = entry.table("validation").query("best").iloc[0]
+    st.caption(f"Validation {best['metric']} every {config.get('eval_every')} steps; the best, {best['value']:.4g}, "
+               f"at step {learned_at}: its gates give the learned ranks (as the official scripts' "
+               "load_best_model_at_end).")
+elif meta.get("checkpoint") == "best":
+    st.caption("Training was shorter than one validation interval, so the last step's gates give the learned ranks "
+               "(as the official scripts do when nothing was evaluated).")
+else:
+    st.caption("This run read the learned ranks from the last training step (checkpoint=last, ours).")
+left.metric(f"Total learned rank (step {learned_at})", int(table["value"].sum()))
 middle.metric("LoRA parameters before", f"{meta.get('trainable_before', 0):,}")
 right.metric("After pruning", f"{meta.get('trainable_after', 0):,}")
 

@@ -106,12 +106,11 @@ def test_a_closed_pipe_is_not_an_error(cache_dir):
 @pytest.mark.slow
 def test_eva_alpha_gora_run_and_plan_on_a_tiny_decoder(cache_dir, tmp_path):
     """The allocators' command lines: the three allocators through `run`, then a peft plan at r2 and r8 each."""
-    import json
-
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from analysis.model.sources import resolve_model
+    from analysis.planning.plan_json import read_plan
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm", cache_dir).path)
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -127,5 +126,5 @@ def test_eva_alpha_gora_run_and_plan_on_a_tiny_decoder(cache_dir, tmp_path):
             out = tmp_path / f"{name}-{budget}.json"
             made = cli(cache_dir, "plan", *setting, "--signal", name, "--budget", budget, "--out", str(out))
             assert made.returncode == 0, made.stderr
-            plan = json.loads(out.read_text())
+            plan = read_plan(out)
             assert plan["signal"] == name and 0 < plan["trainable_params"] <= plan["budget"]

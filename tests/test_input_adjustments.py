@@ -5,7 +5,6 @@ comparisons."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -146,11 +145,11 @@ def test_the_plan_json_applied_by_hand_trains_the_head(cache_dir, tmp_path, caps
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     from analysis.model.sources.models import resolve_model
-    from analysis.planning.plan_json import check_peft_model, for_base_model, lora_config, plan_ranks
+    from analysis.planning.plan_json import check_peft_model, for_base_model, lora_config, plan_ranks, read_plan
     out = tmp_path / "plan.json"
     code, _, err = run_cli(["plan", "--budget", "r2", "--out", str(out), "--device", "cpu"], capsys)
     assert code == 0, err
-    plan = json.loads(out.read_text())
+    plan = read_plan(out)
     assert plan["task_type"] == "SEQ_CLS" and plan["modules_to_save"] == ["classifier"]
     path = resolve_model("minilm", cache_dir).path
     task_model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(path, num_labels=2),

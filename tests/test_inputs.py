@@ -105,6 +105,8 @@ CASES = {
                          "is beyond any LoRA (full rank on every module of this model is"),
     "plan min-rank above max-rank": (lambda t: ["plan", "--min-rank", "9", "--max-rank", "4"],
                                      "--min-rank (9) must not exceed --max-rank (4)"),
+    "plan gora-min-rank above gora-max-rank": (lambda t: ["plan", "--gora-min-rank", "40"],
+                                               "--gora-min-rank (40) must not exceed --gora-max-rank (32)"),
     "float labels": (lambda t: ["run", "--data", csv(t, "d.csv", {"text": TEXTS, "label": [i / 7 for i in range(40)]}),
                                 "--signals", "cka"], "holds numbers with a fraction"),
     "id-like labels": (lambda t: ["run", "--data", csv(t, "d.csv", {"text": TEXTS, "label": [f"id{i}" for i in

@@ -14,14 +14,18 @@ budget and as close to it as its rule allows. The rule follows the signal's `pla
   largest that fits the budget, or with `block_count=paper` the paper's k = floor(L/2) of the L
   blocks (its selection scripts take ratio_of_layers 0.5), as far as the budget allows.
 - weights (anything else): ranks proportional to the per-module value (clipped at zero).
-- eva (peft's EVA): the pooled explained-variance ranking of every module's components, kept as a prefix
-  (best first) for as long as its parameters fit the budget: EVA's own rule with its rank count
-  replaced by the parameter cost.
+- eva (peft's EVA): the pooled explained-variance ranking of every module's components (ties broken as
+  peft's argsort breaks them), kept as a prefix (best first) for as long as its parameters fit the
+  budget, then peft's swap for modules sharing one PCA: EVA's own rule with its rank count replaced by
+  the parameter cost.
 - alphalora (heavy-tailed alpha): AlphaLoRA's `exponential_scaling`: layer l's share of rank units is
   proportional to (mean alpha of its matrices) ** 2.5, rounded as AlphaLoRA rounds; every allowed
   module of a layer gets the layer's rank; the largest number of units whose cost fits is used.
 - shares (GoRA): parameters in proportion to the importance, rank_i = round(budget * p_i) // (d_in + d_out)
-  (GoRA's "moderate" rule), then what that flooring leaves is spent one rank at a time.
+  (GoRA's "moderate" rule) kept within GoRA's rank limits (its scripts' 4 to 32, `gora_min_rank` and
+  `gora_max_rank`), then what that flooring leaves is spent one rank at a time. GoRA's own total may pass
+  its budget where the limits raise ranks; here the plan stays within it, so a budget below GoRA's
+  minimum on every module lowers that minimum, with a warning.
 - uniform LoRA: the same rank on every allowed module.
 A blend is a weighted sum of signals' per-module importance, each normalised to sum to one, and
 is allocated like weights. Limits apply to all: a minimum and maximum rank per module and the
@@ -53,6 +57,7 @@ class Scores:
     floor: np.ndarray | None = None          # (M,) learned counts (SoRA) or bounds (GeLoRA)
     excluded: np.ndarray | None = None       # (M,) blocks a plan must not select (degenerate CKA)
     per_rank_stderr: np.ndarray | None = None  # (M, R) standard error of each per_rank value, where measured
+    variant: str = ""                        # the entry's non-paper options by name (registry.variant_of)
 
 
 @dataclass
@@ -161,7 +166,8 @@ def blend(parts: list[tuple[Scores, float]]) -> Scores:
         share = weight * values / values.sum()
         total = share if total is None else total + share
     label = "+".join(f"{weight:g}*{scores.name}" for scores, weight in parts)
-    return Scores(f"blend({label})", "weights", total)
+    variant = "; ".join(f"{scores.name}: {scores.variant}" for scores, _ in parts if scores.variant)
+    return Scores(f"blend({label})", "weights", total, variant=variant)
 
 
 # --- the rules ---------------------------------------------------------------------------------------
@@ -379,24 +385,66 @@ def _allocate_weights(scores, layout, limits, low, high, costs, budget):
     return _proportional(scores.per_module, low, high, costs, budget), []
 
 
+def _shared_inputs(values: np.ndarray) -> dict[int, int]:
+    """Module -> the module whose PCA it shares (q, k and v read one hidden state; peft fits one PCA for them and
+    gives each the same explained-variance ratios), for every module but the first of its group: the groups are
+    the modules with identical ratios, and peft's owner is the first of a group in module order."""
+    first: dict[bytes, int] = {}
+    shared = {}
+    for i, row in enumerate(values):
+        key = np.nan_to_num(row, nan=-1.0).tobytes()
+        if key in first:
+            shared[i] = first[key]
+        else:
+            first[key] = i
+    return shared
+
+
+def _peft_eva_ranking(values: np.ndarray, shared: dict[int, int]) -> list[int]:
+    """The module of every measured component, best first, in the order peft's _get_rank_distribution ranks them:
+    each module's ratios pooled in its layer_hook_map order (the modules with their own PCA, then those sharing
+    one, group by group) and sorted by the same call, torch.argsort(descending=True) on float32 (the ratios'
+    dtype), which is not stable: it breaks ties as peft does on the CPU."""
+    import torch
+
+    followers = sorted(shared, key=lambda k: (shared[k], k))
+    order = [i for i in range(len(values)) if i not in shared] + followers
+    owners, pooled = [], []
+    for i in order:
+        row = values[i][~np.isnan(values[i])]
+        owners += [i] * len(row)
+        pooled += row.tolist()
+    ranked = torch.tensor(pooled, dtype=torch.float32).argsort(descending=True)
+    return [owners[k] for k in ranked.tolist()]
+
+
 def _allocate_eva(scores, layout, limits, low, high, costs, budget):
-    """EVA's rule: walk the pooled ranking of components (largest explained variance first) and stop at the
-    first one that does not fit, so the plan is a prefix of the ranking as EVA's top-k is. Ties keep module
-    order (a module's own components are in decreasing order already)."""
+    """EVA's rule: walk the pooled ranking of components (largest explained variance first, ties as peft breaks
+    them) and stop at the first one that does not fit, so the plan is a prefix of the ranking as EVA's top-k is;
+    then, as peft does, a module that shares another's PCA and got more rank than that module swaps ranks with it
+    (where the swap fits the budget and the limits)."""
     values = scores.per_rank
     measured = (~np.isnan(values)).sum(axis=1)
     cap = np.minimum(high, measured)
     ranks = low.copy()
     spent = _cost(ranks, costs)
-    candidates = [(values[i, j], i, j) for i in range(len(values)) for j in range(values.shape[1])
-                  if not np.isnan(values[i, j])]
-    for _, i, j in sorted(candidates, key=lambda c: -c[0]):
-        if j < ranks[i] or ranks[i] >= cap[i]:
+    shared = _shared_inputs(values)
+    seen = np.zeros(len(values), dtype=np.int64)
+    for i in _peft_eva_ranking(values, shared):
+        seen[i] += 1
+        if seen[i] <= low[i] or ranks[i] >= cap[i]:
             continue            # given by the minimum rank, or the module is at its cap (EVA's rho * r)
         if spent + costs[i] > budget:
             break
         ranks[i] += 1
         spent += costs[i]
+    for k in sorted(shared, key=lambda k: (shared[k], k)):   # peft's equal_inputs_map order
+        h = shared[k]
+        swapped = ranks.copy()
+        swapped[[h, k]] = ranks[[k, h]]
+        if ranks[h] < ranks[k] and _cost(swapped, costs) <= budget and (swapped >= low).all() and \
+                (swapped <= cap).all():
+            ranks, spent = swapped, _cost(swapped, costs)
     warnings = []
     if (ranks >= cap).all() and budget - spent >= int(costs[high > 0].min()):
         warnings.append(f"{scores.name} measured at most {int(measured.max())} components per module and all of "
@@ -442,15 +490,43 @@ def _allocate_alphalora(scores, layout, limits, low, high, costs, budget):
                     "which AlphaLoRA's per-layer allocation needs.")
 
 
+def _gora_bounds(limits, low, high, costs, budget) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """GoRA's rank limits inside the plan's own; its minimum lowered, with a warning, to the largest the budget fits
+    on every allowed module."""
+    allowed = high > 0
+    top = np.where(allowed, np.minimum(high, limits.gora_max_rank), 0)
+    def floor(rank):
+        return np.where(allowed, np.minimum(np.maximum(low, rank), top), 0)
+    wanted = minimum = max(limits.min_rank, limits.gora_min_rank)
+    while minimum > limits.min_rank and _cost(floor(minimum), costs) > budget:
+        minimum -= 1
+    warnings = []
+    if minimum < wanted:
+        warnings.append(f"GoRA's minimum rank {wanted} on every allowed module costs {_cost(floor(wanted), costs):,} "
+                        f"parameters, more than the budget; this plan's minimum rank is {minimum}.")
+    published = Limits()   # the defaults are GoRA's published limits
+    if (limits.gora_min_rank, limits.gora_max_rank) != (published.gora_min_rank, published.gora_max_rank):
+        warnings.append(f"GoRA's ranks are kept between {limits.gora_min_rank} and {limits.gora_max_rank} here; its "
+                        f"published scripts use {published.gora_min_rank} and {published.gora_max_rank}.")
+    return floor(minimum), top, warnings
+
+
 def _allocate_shares(scores, layout, limits, low, high, costs, budget):
+    low, high, warnings = _gora_bounds(limits, low, high, costs, budget)
     importance = np.nan_to_num(np.clip(scores.per_module, 0, None)) * (high > 0)
     if importance.sum() <= 0:
-        return _proportional(importance, low, high, costs, budget), []
+        return _proportional(importance, low, high, costs, budget), warnings
     share = budget * importance / importance.sum()
     ranks = np.clip(np.round(share).astype(np.int64) // costs, low, high)    # GoRA: round(trainable) // features
     if _cost(ranks, costs) > budget:   # the minimum rank pushed it over: scale everything down instead
-        return _proportional(importance / costs, low, high, costs, budget), []
-    return _fill(ranks, high, costs, budget, share / costs - ranks), []
+        ranks = _proportional(importance / costs, low, high, costs, budget)
+    else:
+        ranks = _fill(ranks, high, costs, budget, share / costs - ranks)
+    capped = limits.gora_max_rank < limits.max_rank and (ranks[high > 0] >= high[high > 0]).all()
+    if capped and budget - _cost(ranks, costs) >= int(costs[high > 0].min()):   # (else allocate's warning says so)
+        warnings.append(f"Every module is at GoRA's maximum rank {limits.gora_max_rank}, so the plan stops at "
+                        f"{_cost(ranks, costs):,} parameters; raise --gora-max-rank to spend the whole budget.")
+    return ranks, warnings
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 uniform LoRA on one module family ('uniform-attention', 'uniform-mlp', 'uniform-all'; planning/baselines.py).
 
 Turns a method into Scores from the cached tables of one analysis setting and a plan from those,
-so the command line, the comparison and the pages all plan the same way.
+so the command line, the comparison and the pages all plan the same way. A method whose entry was
+computed with options that depart from its paper's code carries their name (Scores.variant) into
+its plan, and is shown as plan_json.row_name says.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from analysis.errors import UserError
 from analysis.settings import Limits, PlanOptions, to_dict
 from analysis.model.layout import Layout, model_layout
 from analysis.planning.plan_json import build_plan
-from analysis.signals.registry import get_signal
+from analysis.signals.registry import get_signal, variant_of
 from analysis.signals.runner import find_entry, not_computed
 from analysis.store.cache import Entry
 
@@ -46,7 +48,10 @@ def blend_parts(method: str) -> list[tuple[str, float]]:
 
 def scores_from_entry(name: str, entry: Entry, layout: Layout) -> Scores:
     tables = {table: entry.table(table) for table in ("main", "gates") if table in entry.table_names}
-    return scores_from_tables(name, get_signal(name).plan_family, tables, layout)
+    signal = get_signal(name)
+    scores = scores_from_tables(name, signal.plan_family, tables, layout)
+    scores.variant = variant_of(signal, entry.meta.get("config", {}))
+    return scores
 
 
 def cached_entry(identity: RunIdentity, name: str, overrides: dict[str, str] | None = None) -> Entry:
@@ -76,7 +81,8 @@ def plan_from_scores(identity: RunIdentity, scores: Scores | None, layout: Layou
     amount = parse_budget(budget, layout, limits)
     allocation = allocate(scores, layout, amount, limits)
     return build_plan(layout, allocation.ranks, scores.name if scores else UNIFORM, amount, options,
-                      allocation.warnings, settings=to_dict(identity.settings))
+                      allocation.warnings, settings=to_dict(identity.settings),
+                      variant=scores.variant if scores else "")
 
 
 def baseline_plan(identity: RunIdentity, method: str, budget: str, limits: Limits = Limits(),

@@ -1,5 +1,11 @@
 """Rank plans as JSON: peft.LoraConfig's keyword arguments plus what the plan is and costs.
 
+In memory a plan is one flat dict (LoraConfig's keyword arguments beside `signal`, `budget`,
+`trainable_params`, ...). On disk it is two parts (`plan_file`): "peft", exactly what peft's own
+adapter_config.json holds (LoraConfig.to_dict, as save_pretrained writes it), so peft loads it with no
+warning about unknown keys (written to a folder as adapter_config.json, LoraConfig.from_pretrained reads
+it); and "analysis", ours. `read_plan` reads these files and the flat ones written before.
+
 A plan names every adapted module by its full path, so each key matches exactly one module;
 `validate` checks that with peft's own matching rules against the model's module names, because
 peft silently ignores a pattern that matches nothing. alpha follows the rank (alpha / r constant),
@@ -29,9 +35,20 @@ LORA_KEYS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern
 TASK_KEYS = ("task_type", "modules_to_save")
 
 
+def row_name(method: str, variant: str = "") -> str:
+    """What a table row, a plan and a page call a method: its name, and the options it used that depart from its
+    paper's code ("alpha [WeightWatcher's fit, not AlphaLoRA's]")."""
+    return f"{method} [{variant}]" if variant else method
+
+
+def plan_name(plan: dict) -> str:
+    return row_name(plan.get("signal", "plan"), plan.get("variant", ""))
+
+
 def build_plan(layout: Layout, ranks: np.ndarray, signal: str, budget: int, options: PlanOptions = PlanOptions(),
-               warnings: list[str] | None = None, settings: dict | None = None) -> dict:
-    """The plan for per-module `ranks` (0 = module left out), in layout order."""
+               warnings: list[str] | None = None, settings: dict | None = None, variant: str = "") -> dict:
+    """The plan for per-module `ranks` (0 = module left out), in layout order; `variant` names the signal's
+    non-paper options the ranks come from ("" for none)."""
     chosen = {m.path: int(r) for m, r in zip(layout.modules, ranks) if r > 0}
     if not chosen:
         raise UserError("The plan gives no module any rank.")
@@ -39,7 +56,7 @@ def build_plan(layout: Layout, ranks: np.ndarray, signal: str, budget: int, opti
     alpha_ratio, rslora = options.alpha_ratio, options.rslora
     alpha = alpha_ratio * r
     plan = {
-        "signal": signal, "budget": int(budget),
+        "signal": signal, "variant": variant, "budget": int(budget),
         "trainable_params": lora_parameter_count(layout.modules, ranks),
         "r": r, "lora_alpha": alpha, "target_modules": list(chosen),
         "rank_pattern": {path: rank for path, rank in chosen.items() if rank != r},
@@ -141,11 +158,44 @@ def check_peft_model(plan: dict, peft_model) -> None:
                         f"{plan['trainable_params']:,}.")
 
 
+PEFT_PART, OUR_PART = "peft", "analysis"
+
+
+def peft_part(plan: dict) -> dict:
+    """The plan as peft's adapter_config.json holds a LoRA config: every LoraConfig field (LoraConfig.to_dict, as
+    save_pretrained writes it, task_type and modules_to_save included) with the plan's own values for its keys
+    (alpha_pattern always, {} where alpha needs no pattern) and the module lists in the plan's order (LoraConfig
+    keeps target_modules as a set)."""
+    fields = lora_config(plan, with_task=True).to_dict()
+    fields.update({key: plan.get(key, fields.get(key)) for key in LORA_KEYS + TASK_KEYS})
+    return json.loads(json.dumps(fields, default=sorted))   # enums as their values, any set as a sorted list
+
+
+def plan_file(plan: dict) -> dict:
+    """What a plan file holds: the peft part, and ours beside it."""
+    return {PEFT_PART: peft_part(plan),
+            OUR_PART: {key: value for key, value in plan.items() if key not in LORA_KEYS + TASK_KEYS}}
+
+
+def flat_plan(data: dict, path) -> dict:
+    """The in-memory plan of a plan file's contents: its two parts joined, or a flat file (as written before the
+    parts) as it is."""
+    if PEFT_PART not in data:
+        return data
+    peft, ours = data[PEFT_PART], data.get(OUR_PART, {})
+    if not isinstance(peft, dict) or not isinstance(ours, dict):
+        raise UserError(f"The plan file '{path}' has a '{PEFT_PART}' or '{OUR_PART}' part that is not a JSON object.")
+    if peft.get("peft_type", "LORA") != "LORA":
+        raise UserError(f"The plan file '{path}' holds a {peft.get('peft_type')} config; a rank plan is a LoRA "
+                        "config (peft_type LORA).")
+    return {**ours, **{key: peft[key] for key in LORA_KEYS + TASK_KEYS if key in peft}}
+
+
 def write_plan(plan: dict, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(plan, indent=1))
+    tmp.write_text(json.dumps(plan_file(plan), indent=1))
     tmp.replace(path)
 
 
@@ -153,13 +203,14 @@ def read_plan(path: Path) -> dict:
     if Path(path).is_dir():
         raise UserError(f"'{path}' is a folder, not a plan file.")
     try:
-        plan = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"The plan file '{path}' does not exist.") from None
     except (OSError, ValueError) as exc:
         raise UserError(f"The plan file '{path}' is not valid JSON ({exc}).") from None
-    if not isinstance(plan, dict):
+    if not isinstance(data, dict):
         raise UserError(f"The plan file '{path}' does not hold a JSON object.")
+    plan = flat_plan(data, path)
     check_values(plan, path)
     return plan
 

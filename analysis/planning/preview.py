@@ -13,7 +13,7 @@ import pandas as pd
 from analysis.planning.allocate import Allocation, Scores, allocate
 from analysis.errors import UserError
 from analysis.model.layout import Layout
-from analysis.planning.plan_json import build_plan
+from analysis.planning.plan_json import build_plan, row_name
 from analysis.settings import Limits, PlanOptions
 
 
@@ -22,6 +22,12 @@ class Outcome:
     method: str
     allocation: Allocation | None = None
     error: str | None = None          # why this method has no plan at this budget
+    variant: str = ""                 # its entry's non-paper options by name (Scores.variant)
+
+    @property
+    def name(self) -> str:
+        """What the tables, figures and buttons call it (methods.row_name)."""
+        return row_name(self.method, self.variant)
 
 
 def preview(scores: dict[str, Scores | None], layout: Layout, budget: int, limits: Limits = Limits()) -> list[Outcome]:
@@ -29,10 +35,11 @@ def preview(scores: dict[str, Scores | None], layout: Layout, budget: int, limit
     outcome with its one-sentence reason, not an exception."""
     outcomes = []
     for method, score in scores.items():
+        variant = score.variant if score else ""
         try:
-            outcomes.append(Outcome(method, allocate(score, layout, budget, limits)))
+            outcomes.append(Outcome(method, allocate(score, layout, budget, limits), variant=variant))
         except UserError as error:
-            outcomes.append(Outcome(method, error=str(error)))
+            outcomes.append(Outcome(method, error=str(error), variant=variant))
     return outcomes
 
 
@@ -49,11 +56,11 @@ def summary(outcomes: list[Outcome], budget: int, uniform: str = "uniform") -> p
     rows = []
     for outcome in outcomes:
         if outcome.allocation is None:
-            rows.append({"method": outcome.method, "note": outcome.error})
+            rows.append({"method": outcome.name, "note": outcome.error})
             continue
         ranks = outcome.allocation.ranks
         adapted = ranks[ranks > 0]
-        row = {"method": outcome.method, "trainable params": outcome.allocation.cost,
+        row = {"method": outcome.name, "trainable params": outcome.allocation.cost,
                "of budget": outcome.allocation.cost / budget, "modules": f"{len(adapted)} of {len(ranks)}",
                "ranks": f"{adapted.min()}–{adapted.max()}" if len(adapted) else "—"}
         if base is not None:
@@ -68,7 +75,7 @@ def plan_json(outcome: Outcome, layout: Layout, budget: int, settings: dict,
               options: PlanOptions = PlanOptions()) -> dict:
     """The full, validated plan for one previewed allocation."""
     return build_plan(layout, outcome.allocation.ranks, outcome.method, budget, options,
-                      warnings=outcome.allocation.warnings, settings=settings)
+                      warnings=outcome.allocation.warnings, settings=settings, variant=outcome.variant)
 
 
 def uniform_ranks(outcomes: list[Outcome], uniform: str = "uniform") -> np.ndarray | None:
@@ -87,7 +94,7 @@ def plan_table(outcomes: list[Outcome], layout: Layout, difference: bool = False
     """method, layer, module, rank (and rank_minus_uniform when `difference`) of every drawn plan."""
     columns = ["method", "layer", "module", "rank", *(["rank_minus_uniform"] if difference else [])]
     base = uniform_ranks(outcomes)
-    frames = [rank_table(layout, o.allocation.ranks).rename(columns={"value": "rank"}).assign(method=o.method)
+    frames = [rank_table(layout, o.allocation.ranks).rename(columns={"value": "rank"}).assign(method=o.name)
               for o in drawn(outcomes, difference)]
     if difference:
         frames = [f.assign(rank_minus_uniform=f["rank"].to_numpy() - base) for f in frames]

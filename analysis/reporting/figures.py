@@ -231,8 +231,8 @@ def plan_figure(outcomes: list[Outcome], layout: Layout, difference: bool = Fals
         raise UserError("No method has a plan at this budget" + (" (uniform LoRA has none to subtract)."
                                                                   if difference else "."))
     base = uniform_ranks(outcomes) if difference else 0
-    frames = {o.method: rank_table(layout, o.allocation.ranks - base) for o in shown}
-    titles = {o.method: f"{o.method}<br>{o.allocation.cost:,}" for o in shown}
+    frames = {o.name: rank_table(layout, o.allocation.ranks - base) for o in shown}
+    titles = {o.name: f"{o.name}<br>{o.allocation.cost:,}" for o in shown}
     return side_by_side_heatmaps(frames, titles, normalise=False,
                                  value_label="rank − uniform" if difference else "rank")
 

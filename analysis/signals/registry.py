@@ -4,6 +4,10 @@ A signal declares its name, a config dataclass (defaults and help text in field 
 function (context, config) -> Result whose main table is tidy (signal, layer, module, value, plus
 stderr and rank where they apply), the plan family that turns the table into ranks, and
 optionally its own figures. Pages, the command line and the allocator use only this record.
+
+Where a signal implements a paper, its defaults are that paper's code; an option that departs from it
+names itself (`variant`), and every plan, table row and page that shows an entry computed with it
+carries that name, so no row is called after a paper whose rule it did not follow.
 """
 from __future__ import annotations
 
@@ -31,6 +35,13 @@ class Signal:
     min_examples: int = 0         # fewer validation examples than this: the run warns that the result means little
     plan_family: str | None = None   # a name from planning.allocate.FAMILIES; None: inferred from the table
     exhibits: Callable | None = None  # (store Entry) -> its figures and tables; None: reporting's generic one
+    variant: Callable | None = None   # (an entry's config dict) -> what its rows are called where an option departs
+                                      # from the paper's code ("" where none does); None: no such options
+
+
+def variant_of(signal: Signal, config: dict) -> str:
+    """The name of the non-paper options an entry was computed with ("" for the paper's own)."""
+    return signal.variant(config) if signal.variant else ""
 
 
 def deferred(module: str, function: str = "exhibits") -> Callable:

@@ -22,9 +22,12 @@ from analysis.store.runs import chosen_entry, run_of
 def signal_key(context_key: str, signal: Signal, config, processes: int = 1) -> str:
     """The entry's key. The number of processes joins it, as in retrain's key, only where the numbers depend on it
     (a config's `depends_on_processes`: a global training batch, per-process random streams) and only above one,
-    so a one-process run keeps the keys it always had."""
+    so a one-process run keeps the keys it always had. A config's `key_fields` may leave out options added later
+    where their values reproduce what ran before them, so those entries keep their keys too; options that only
+    change speed (`keyed_options`) are never in it."""
+    fields = config.key_fields() if hasattr(config, "key_fields") else dataclasses.asdict(config)
     parts = {"context": context_key, "signal": signal.name, "version": signal.version,
-             "config": keyed_options(type(config), dataclasses.asdict(config))}
+             "config": keyed_options(type(config), fields)}
     if processes > 1 and getattr(config, "depends_on_processes", False):
         parts["processes"] = processes
     return hash_json(parts)

@@ -32,6 +32,7 @@ from analysis.signals.context import prepare
 from analysis.store.hashing import hash_json
 from analysis.planning.baselines import DEFAULT_BASELINES, baseline_rows
 from analysis.planning.methods import UNIFORM, layout_for, make_plan
+from analysis.planning.plan_json import row_name
 from analysis.training.comparison_stats import PRIMARY, summarise
 from analysis.training.outcome import did_not_train
 from analysis.training.runs import Request, train_runs
@@ -65,7 +66,8 @@ def _row(method: str, budget: str, plan: dict, seed: int, entry: Entry, task: st
     failure = meta.get("did_not_train", "missing")
     if failure == "missing":   # an entry of an older version: judge it from its metrics and curve
         failure = did_not_train(meta["metrics"], entry.table("curve")["loss"].tolist(), task)
-    return {"budget": budget, "method": method, "seed": seed, "lr": meta["config"]["lr"],
+    return {"budget": budget, "method": row_name(method, plan.get("variant", "")), "seed": seed,
+            "lr": meta["config"]["lr"],
             "trainable_params": plan["trainable_params"], **meta["metrics"], "train_seconds": meta["train_seconds"],
             "did_not_train": failure, "entry": entry.key}
 

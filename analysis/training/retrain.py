@@ -50,7 +50,7 @@ from analysis.jobs.progress import progress
 from analysis.model.capture import tokenize_batches
 from analysis.model.layout import layout_of
 from analysis.model.sources import load_model
-from analysis.planning.plan_json import LORA_KEYS, check_peft_model, lora_config, validate
+from analysis.planning.plan_json import LORA_KEYS, check_peft_model, lora_config, plan_file, plan_name, validate
 from analysis.settings import RunSettings, TrainSettings, from_dict, to_dict
 from analysis.signals.context import prepare, with_lm_labels
 from analysis.signals.lora.warmup import head_parameters
@@ -206,11 +206,11 @@ def store_run(store: Store, key: str, plan: dict, config: TrainSettings, prepare
               recorded: dict) -> Entry:
     """A finished run's entry (both training paths write the same): metrics, curve, head, saved adapter."""
     curve = pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses})
-    meta = {"signal": "retrain", "title": f"Retrain: {plan.get('signal', 'plan')}", "context_key": prepared.key,
+    meta = {"signal": "retrain", "title": f"Retrain: {plan_name(plan)}", "context_key": prepared.key,
             **prepared.description, "plan": plan, "config": to_dict(config), "metrics": metrics,
             "trainable_params": plan["trainable_params"], "eval_split": config.eval_split,
             "did_not_train": did_not_train(metrics, losses, prepared.task), **timing, **recorded}
-    table = pd.DataFrame([{"method": plan.get("signal"), "seed": config.seed, "init": config.init, **metrics}])
+    table = pd.DataFrame([{"method": plan_name(plan), "seed": config.seed, "init": config.init, **metrics}])
     return store.put(key, Result(table, tables={"curve": curve},
                                  tensors={f"head.{k}": v.detach().cpu() for k, v in head.items()}, files=adapter),
                      meta)
@@ -258,7 +258,7 @@ def _train(plan: dict, config: TrainSettings, store: Store, settings: RunSetting
     train = prepared.splits.train
     labels = train["label"].to_numpy() if prepared.task == "classification" else None
     tokens = Pretokenised(loaded.tokenizer, train["text"].tolist(), settings.max_length, accelerator.device, labels)
-    label = label or plan.get("signal", "plan")
+    label = label or plan_name(plan)
     size = config.batch_size * accelerator.num_processes
     mine = slice(accelerator.process_index * config.batch_size, (accelerator.process_index + 1) * config.batch_size)
     started = time.perf_counter() - elapsed
@@ -313,6 +313,6 @@ def write_outputs(entry: Entry, out: Path) -> None:
                                              "trainable_params": meta["trainable_params"],
                                              "seed": meta["config"]["seed"], "train_seconds": meta["train_seconds"],
                                              "entry": entry.key})
-    write_json_atomic(out / "plan.json", meta["plan"])
+    write_json_atomic(out / "plan.json", plan_file(meta["plan"]))
     entry.table("curve").to_csv(out / "curve.csv", index=False)
     shutil.copytree(entry.directory / "adapter", out / "adapter", dirs_exist_ok=True)

@@ -116,7 +116,11 @@ def budget_controls(layout, available: list[str], titles: dict[str, str]) -> tup
                   "block_rank": a.number_input("Rank of each block a CKA plan selects", 1, 256, key="block_rank"),
                   "block_count": b.radio("Blocks a CKA plan selects", ["budget", "paper"], key="block_count",
                                          help="budget: as many as the budget fits; paper: floor(L/2), the CKA "
-                                              "paper's rule")}
+                                              "paper's rule"),
+                  "gora_min_rank": a.number_input("Minimum rank of a GoRA plan", 0, 256, key="gora_min_rank",
+                                                  help="GoRA's published scripts: 4"),
+                  "gora_max_rank": b.number_input("Maximum rank of a GoRA plan", 1, 256, key="gora_max_rank",
+                                                  help="GoRA's published scripts: 32")}
     return current_budget(), [*methods, *([blend.strip()] if blend.strip() else [])], limits_or_stop(chosen)
 
 

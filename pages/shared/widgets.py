@@ -21,7 +21,8 @@ RUN_KEY = "current_run"   # the run every page opens with: the one last chosen o
 RUN_CHOICE = "run_choice"  # the Run select box's own state
 # Choices that span pages (app.py keeps them alive): the budget and plan limits, the export style.
 PERSISTENT_KEYS = ("budget_unit", "budget_rank", "budget_params", "plan_methods", "plan_blend", "min_rank",
-                   "max_rank", "block_rank", "block_count", "plan_difference", "export_width", "export_grayscale")
+                   "max_rank", "block_rank", "block_count", "gora_min_rank", "gora_max_rank", "plan_difference",
+                   "export_width", "export_grayscale")
 
 
 def _use_app_navigation() -> None:

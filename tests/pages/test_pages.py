@@ -27,7 +27,7 @@ from analysis.settings import Limits
 from analysis.signals.context import identify
 from analysis.settings import RunSettings, from_dict
 from analysis.planning.methods import layout_for, method_scores
-from analysis.planning.plan_json import plan_ranks
+from analysis.planning.plan_json import flat_plan, plan_ranks
 from analysis.store.cache import Store
 from tests.conftest import chart_specs
 from tests.synthetic_store import fill
@@ -379,7 +379,7 @@ def test_budget_plans_every_method_within_the_uniform_budget(minilm, deferred):
     plan_buttons = {b.key: b.label for b in app.get("download_button") if (b.key or "").startswith("plan-")}
     assert plan_buttons == {f"plan-{m}": m for m in ["uniform", *FIVE]}
     for method in ["uniform", *FIVE]:
-        plan = json.loads(click_download(app, deferred, f"plan-{method}"))
+        plan = flat_plan(json.loads(click_download(app, deferred, f"plan-{method}")), method)
         assert plan["signal"] == method and plan["budget"] == budget
         assert plan["trainable_params"] == plans[method].cost
         assert plan_ranks(plan) == {m.path: int(r) for m, r in zip(layout.modules, plans[method].ranks) if r > 0}

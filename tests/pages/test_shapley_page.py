@@ -35,8 +35,8 @@ def test_real_results_render_every_view_with_standard_errors(cache_dir):
     shapley = next(e for e in Store(cache_dir).entries() if e.meta["signal"] == "shapley")
     specs = chart_specs(app)
     assert len(specs) == 5  # layers, modules, ranks, convergence, agreement with AdaLoRA
-    assert any("**first-order Shapley value**" in info.value and "**validation** split" in info.value
-               for info in app.info)
+    assert any("**ShapLoRA's sensitivity**" in info.value and "**validation** split" in info.value
+               for info in app.info)   # the default reading, the paper's
     layers = shapley.table("layers")
     bars = specs[0]["data"][0]
     assert bars["y"] == layers["value"].tolist() and bars["error_y"]["array"] == layers["stderr"].tolist()
@@ -45,6 +45,7 @@ def test_real_results_render_every_view_with_standard_errors(cache_dir):
     curves = [t for t in specs[3]["data"] if t.get("name", "").startswith("layer")]
     assert len(curves) == 6 and sum(t.get("fill") == "toself" for t in specs[3]["data"]) == 6  # a curve and band per layer
     assert "Spearman" in specs[4]["layout"]["title"]["text"]
+    assert specs[4]["layout"]["title"]["text"].startswith("ShapLoRA sensitivity vs AdaLoRA")
     assert [m.value for m in app.metric][0] == "4"
 
 
@@ -78,8 +79,25 @@ def test_the_exact_reference_and_the_reading_are_shown(cache_dir):
                                                      "reference": reference}), meta)
     app = _page()
     assert not app.exception
-    assert any("**sensitivity reading**" in info.value and "**train** split" in info.value for info in app.info)
+    assert any("**ShapLoRA's sensitivity**" in info.value and "**train** split" in info.value for info in app.info)
     captions = [caption.value for caption in app.caption]
     assert any("first-order 2.4%" in c and "only its rank order is compared" in c for c in captions)
     assert any("pilot of 2" in c for c in captions)
     assert "exact Shapley value" in chart_specs(app)[-1]["layout"]["xaxis"]["title"]["text"]
+
+
+def test_the_first_order_reading_is_named_ours_not_shaplora(cache_dir):
+    """An entry of our first-order Shapley value (here one from before the reading option: no reading in its meta)."""
+    table = pd.DataFrame({"signal": "shapley", "layer": 0, "module": ["q", "k"], "value": [0.4, 0.1],
+                          "stderr": 0.01, "rank": 0})
+    modules = table[["layer", "module", "value", "stderr"]]
+    layers = pd.DataFrame({"layer": [0], "value": [0.5], "stderr": [0.01]})
+    convergence = pd.DataFrame({"samples": [1], "layer": [0], "value": [0.5], "stderr": [float("nan")]})
+    Store(cache_dir).put("s0", Result(table, tables={"modules": modules, "layers": layers, "convergence": convergence}),
+                         {"signal": "shapley", "context_key": "ctx", "model_name": "tiny", "data": "d", "config": {},
+                          "version": get_signal("shapley").version, "samples": 1})
+    app = _page()
+    assert not app.exception
+    assert any("**Shapley first-order (ours)**, not ShapLoRA's measure" in info.value for info in app.info)
+    titles = [spec["layout"]["title"]["text"] for spec in chart_specs(app) if spec["layout"].get("title")]
+    assert not any("ShapLoRA" in title for title in titles)

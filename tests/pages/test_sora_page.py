@@ -40,3 +40,14 @@ def test_slider_moves_the_sparsity_heatmap_through_training(cache_dir):
     first = snapshots[snapshots["step"] == 4]
     assert sum(map(sum, chart_specs(app)[0]["data"][0]["z"])) == first["nonzero"].sum()
     assert "step 4" in chart_specs(app)[0]["layout"]["title"]["text"]
+
+
+def test_the_page_says_which_checkpoint_the_learned_ranks_come_from(cache_dir):
+    run_signals(RunSettings(val_size=8, batch_size=8, device="cpu"), [get_signal("sora")],
+                {"sora": {**SHORT, "eval_every": "4"}}, Store(cache_dir))
+    entry = Store(cache_dir).entries()[0]
+    best = entry.table("validation").query("best").iloc[0]
+    app = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not app.exception
+    assert any(f"at step {best['step']}: its gates give the learned ranks" in c.value for c in app.caption)
+    assert any(f"Total learned rank (step {best['step']})" == m.label for m in app.metric)

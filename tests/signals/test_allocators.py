@@ -9,7 +9,7 @@ import torch
 from analysis.errors import UserError
 from analysis.model.layout import layout_of
 from analysis.planning.allocate import allocate, parse_budget, scores_from_tables
-from analysis.settings import RunSettings
+from analysis.settings import Limits, RunSettings
 from analysis.signals.context import AnalysisContext, prepare
 from analysis.signals.registry import get_signal, make_config
 from analysis.store.cache import Store
@@ -67,19 +67,25 @@ def _tokenized(context, split="train"):
 
 # --- EVA ---------------------------------------------------------------------------------------------------
 
-def test_eva_ranks_equal_peft_get_eva_state_dict(encoder):
+@pytest.mark.parametrize("r", [4, 13])
+def test_eva_ranks_equal_peft_get_eva_state_dict(encoder, r):
+    """At r 13 the cut falls inside a tie: query, key and value of a layer share one PCA, hence equal ratios, and
+    peft's (unstable) argsort gives the last tied component to one of them; the plan gives it to the same one."""
     from peft import EvaConfig, LoraConfig
     from peft.tuners.lora.eva import get_eva_state_dict
-    result = _table(encoder, "eva", r=4, rho=2.0)
+    result = _table(encoder, "eva", r=r, rho=2.0)
     modules = encoder.modules
-    config = LoraConfig(r=4, target_modules=[m.path for m in modules], eva_config=EvaConfig(rho=2.0))
+    config = LoraConfig(r=r, target_modules=[m.path for m in modules], eva_config=EvaConfig(rho=2.0))
     reference = get_eva_state_dict(encoder.model, _tokenized(encoder), peft_config=config, show_progress_bar=False)
     peft_ranks = {m.path: reference[m.path].shape[0] for m in modules}
     ours = result.tables["peft_ranks"]
     assert ours["value"].tolist() == [peft_ranks[m.path] for m in modules]
-    assert sum(peft_ranks.values()) == 4 * len(modules) and len(set(peft_ranks.values())) > 1  # redistributed
+    assert sum(peft_ranks.values()) == r * len(modules) and len(set(peft_ranks.values())) > 1  # redistributed
     table = result.table
-    assert table.groupby(["layer", "module"], sort=False).size().eq(8).all()   # round(r * rho) components
+    assert table.groupby(["layer", "module"], sort=False).size().eq(2 * r).all()   # round(r * rho) components
+    shared = [[peft_ranks[m.path] for m in modules if m.layer == l and m.name in ("query", "key", "value")]
+              for l in range(6)]
+    assert any(len(set(group)) > 1 for group in shared) == (r == 13)    # a tie at the cut, split by peft
     # The plan at the parameter cost of peft's own allocation keeps exactly peft's ranks.
     layout = layout_of(encoder.model)
     budget = sum(peft_ranks[m.path] * (m.d_in + m.d_out) for m in modules)
@@ -110,7 +116,7 @@ def weightwatcher_fits(encoder):
 
 @pytest.mark.parametrize("svd_dtype, tolerance", [("float64", 1e-9), ("float32", 2e-3)])
 def test_alpha_equals_weightwatcher_on_the_same_matrices(encoder, weightwatcher_fits, svd_dtype, tolerance):
-    table = _table(encoder, "alpha", svd_dtype=svd_dtype).table
+    table = _table(encoder, "alpha", svd_dtype=svd_dtype, fit="ww").table
     reference = weightwatcher_fits
     assert len(reference) == len(CHOSEN)
     for column, theirs in (("value", "alpha"), ("xmin", "xmin"), ("D", "D")):
@@ -163,11 +169,78 @@ def _fix_finger_loop(w, bins=100):
     return float(alphas[torch.argmin(ds)])
 
 
+def _exponential_scaling(values, target, exponent=2.5):
+    """AlphaLoRA's expert_number.exponential_scaling, re-typed: round the shares, then fix the sum one unit at a time
+    by (powered value - count), the powered values not normalised, as its code has it."""
+    scaled = np.power(np.asarray(values, dtype=float), exponent)
+    counts = np.round(scaled / scaled.sum() * target).astype(int)
+    while counts.sum() != target:
+        if counts.sum() < target:
+            counts[np.argmin(scaled - counts)] += 1
+        else:
+            counts[np.argmax(scaled - counts)] -= 1
+    return counts
+
+
 def test_alpha_alphalora_fit_equals_alphalora_fix_finger_loop(encoder):
     from analysis.signals.alpha.esd_fit import fit_alphalora, spectra
     for i in CHOSEN:
         w = encoder.model.get_submodule(encoder.modules[i].path).weight.detach().double()
         assert fit_alphalora(spectra([w], torch.float64)[0]).alpha == pytest.approx(_fix_finger_loop(w), rel=1e-9)
+
+
+def test_alpha_by_default_is_alphaloras_fit_of_every_matrix_and_weightwatchers_is_named(encoder):
+    """AlphaLoRA's calculate_expert runs fix_finger on each linear's weight in float32; the default entry equals that
+    loop on all 36 MiniLM matrices. WeightWatcher's fit stays an option whose rows say it is not AlphaLoRA's."""
+    from analysis.signals.registry import variant_of
+    signal = get_signal("alpha")
+    table = _table(encoder, "alpha").table
+    official = [_fix_finger_loop(encoder.model.get_submodule(m.path).weight.detach().float()) for m in encoder.modules]
+    np.testing.assert_allclose(table["value"].to_numpy(), official, rtol=1e-5)
+    assert variant_of(signal, {"fit": "alphalora"}) == ""
+    assert variant_of(signal, {"fit": "ww"}) == variant_of(signal, {}) == "WeightWatcher's fit, not AlphaLoRA's"
+
+
+def test_alphalora_allocation_worked_by_hand():
+    """exponential_scaling(values, target) by hand. [2, 3, 4] ** 2.5 = 5.657, 15.588, 32.000 (sum 53.245); x 10 / sum =
+    1.06, 2.93, 6.01, rounded 1, 3, 6 (sum 10, nothing to fix). [1, 1, 1, 1] at 2 units: 0.5 each rounds (half to
+    even) to 0; the fix adds a unit where scaled - count is smallest, the first layer, twice: 2, 0, 0, 0."""
+    from analysis.planning.allocate import exponential_scaling
+    assert exponential_scaling(np.array([2.0, 3.0, 4.0]), 10).tolist() == [1, 3, 6]
+    assert exponential_scaling(np.array([1.0, 1.0, 1.0, 1.0]), 2).tolist() == [2, 0, 0, 0]
+    # The plan: every module of layer l gets the layer's count; the budget is 10 units (one rank on every module of
+    # a layer costs the same in every layer), and the module values average 2, 3 and 4 per layer.
+    layout = layout_of(tiny_llama(layers=3))
+    values = [(m.layer + 2) * (0.5 if i % 2 else 1.5) for i, m in enumerate(layout.modules)]
+    per_layer = {l: np.mean([v for v, m in zip(values, layout.modules) if m.layer == l]) for l in range(3)}
+    values = [v - per_layer[m.layer] + m.layer + 2 for v, m in zip(values, layout.modules)]   # means exactly 2, 3, 4
+    table = pd.DataFrame({"signal": "alpha", "layer": [m.layer for m in layout.modules],
+                          "module": [m.name for m in layout.modules], "value": values})
+    unit = sum(m.d_in + m.d_out for m in layout.modules if m.layer == 0)
+    ranks = allocate(scores_from_tables("alpha", "alphalora", {"main": table}, layout), layout, 10 * unit).ranks
+    assert [sorted(set(ranks[[m.layer == l for m in layout.modules]])) for l in range(3)] == [[1], [3], [6]]
+
+
+def test_alpha_plan_on_minilm_follows_alphaloras_fit_and_names_weightwatchers(encoder):
+    """Through the cache as `plan` reads it: the default plan's per-layer ranks are AlphaLoRA's exponential scaling
+    of the fix_finger alphas' layer means; the plan from WeightWatcher's fit carries its name."""
+    from analysis.planning.methods import make_plan
+    from analysis.planning.plan_json import plan_name, plan_ranks
+    from analysis.signals.runner import run_signals
+    settings, store = encoder.settings, encoder.prepared.store
+    ww = {"alpha": {"fit": "ww"}}
+    run_signals(settings, [get_signal("alpha")], store=store)
+    run_signals(settings, [get_signal("alpha")], ww, store=store)
+    default = make_plan(encoder.prepared.identity, "alpha", "r8")
+    weightwatcher = make_plan(encoder.prepared.identity, "alpha", "r8", overrides=ww)
+    assert plan_name(default) == "alpha" and default["variant"] == ""
+    assert plan_name(weightwatcher) == "alpha [WeightWatcher's fit, not AlphaLoRA's]"
+    alphas = [_fix_finger_loop(encoder.model.get_submodule(m.path).weight.detach().float()) for m in encoder.modules]
+    means = [np.mean([a for a, m in zip(alphas, encoder.modules) if m.layer == l]) for l in range(6)]
+    ranks = plan_ranks(default)
+    layer_ranks = [sorted({ranks[m.path] for m in encoder.modules if m.layer == l}) for l in range(6)]
+    assert layer_ranks == [[r] for r in _exponential_scaling(means, 8 * 6)]   # r8: 8 ranks a layer on average
+    assert plan_ranks(weightwatcher) != ranks
 
 
 def test_alpha_exhibits_draw_the_heatmap_and_esd_fits(encoder, tmp_path):
@@ -182,8 +255,9 @@ def test_alpha_exhibits_draw_the_heatmap_and_esd_fits(encoder, tmp_path):
     esd = found["alpha_esd_largest"].figure()
     table = entry.table()
     assert f"{table['value'].max():.2f}" in esd.data[1].name
-    assert len(found["alpha_esd_largest"].data()) == table.loc[table["value"].idxmax(), "n_evals"] + \
-        (found["alpha_esd_largest"].data()["eigenvalue"] <= 1e-5).sum()
+    # every eigenvalue of the matrix, and AlphaLoRA's fit (the default) drops none of them (no threshold)
+    assert len(found["alpha_esd_largest"].data()) == table.loc[table["value"].idxmax(), "n_evals"] == 384
+    assert "AlphaLoRA's fit" in found["alpha_esd_largest"].title
 
 
 def test_alphalora_plan_gives_each_layer_one_rank_by_exponential_scaling(decoder):
@@ -195,15 +269,7 @@ def test_alphalora_plan_gives_each_layer_one_rank_by_exponential_scaling(decoder
     layers = np.array([m.layer for m in layout.modules])
     per_layer = [set(ranks[layers == l]) for l in (0, 1)]
     assert all(len(r) == 1 for r in per_layer)            # one rank for every matrix of a layer
-    # AlphaLoRA's expert_number.exponential_scaling, re-typed here: round, then fix the sum one by one.
-    alpha = table.groupby("layer")["value"].mean().to_numpy()
-    scaled = alpha ** 2.5
-    expected = np.round(scaled / scaled.sum() * 16).astype(int)
-    while expected.sum() != 16:
-        if expected.sum() < 16:
-            expected[np.argmin(scaled - expected)] += 1
-        else:
-            expected[np.argmax(scaled - expected)] -= 1
+    expected = _exponential_scaling(table.groupby("layer")["value"].mean().to_numpy(), 16)
     assert [r.pop() for r in per_layer] == expected.tolist()
 
 
@@ -234,14 +300,40 @@ def test_gora_shares_plan_follows_gora_rule_then_fills(decoder):
     table = _table(decoder, "gora").table
     layout = layout_of(decoder.model)
     scores = scores_from_tables("gora", "shares", {"main": table}, layout)
+    without_limits = Limits(gora_min_rank=0, gora_max_rank=64)
     for text in ("r2", "r8"):
         budget = parse_budget(text, layout)
-        allocation = allocate(scores, layout, budget)
+        allocation = allocate(scores, layout, budget, without_limits)
         share = table["value"].to_numpy() / table["value"].sum()
         features = np.array(layout.costs)
         gora = np.round(budget * share).astype(int) // features     # GoRA's moderate rule, no limits
         assert (allocation.ranks >= gora).all() and allocation.cost <= budget
         assert budget - allocation.cost < features.min()            # the fill spent what flooring left
+        assert "published scripts use 4 and 32" in allocation.warnings[-1]
+        # GoRA's limits by default: no module left out. At r2 its minimum 4 everywhere would cost twice the
+        # budget, so the minimum is the largest that fits (2: uniform rank 2), and the plan says so.
+        default = allocate(scores, layout, budget)
+        assert (default.ranks >= (2 if text == "r2" else 4)).all() and (default.ranks <= 32).all()
+        assert ("GoRA's minimum rank 4 on every allowed module costs 4,288 parameters, more than the budget; this "
+                "plan's minimum rank is 2." in default.warnings) == (text == "r2")
+
+
+def test_gora_rank_limits_worked_by_hand():
+    """GoRA's get_allocated_rank with its scripts' limits, by hand, on one Llama block (d_in + d_out: q, o 64; k, v
+    48; gate, up, down 104; 536 a rank on all seven), importance shares p = .5, .02, .08, .1, .1, .05, .15, budget r9
+    = 4,824. trainable = round(4824 p) = 2412, 96, 386, 482, 482, 241, 724; // features = 37, 2, 8, 7, 4, 2, 6;
+    clamped to [4, 32]: 32, 4, 8, 7, 4, 4, 6 (4,528 parameters). Ours then spends the 296 left one rank at a time
+    by the fraction flooring cut (4824 p / features - rank): down .958 (+104), gate .638 (+104), o .538 (+64); the
+    24 left fit nothing."""
+    layout = layout_of(tiny_llama(layers=1))
+    assert [m.d_in + m.d_out for m in layout.modules] == [64, 48, 48, 64, 104, 104, 104]
+    table = pd.DataFrame({"signal": "gora", "layer": 0, "module": [m.name for m in layout.modules],
+                          "value": [0.5, 0.02, 0.08, 0.1, 0.1, 0.05, 0.15]})
+    scores = scores_from_tables("gora", "shares", {"main": table}, layout)
+    allocation = allocate(scores, layout, parse_budget("r9", layout))
+    gora = [32, 4, 8, 7, 4, 4, 6]
+    assert allocation.ranks.tolist() == [32, 4, 8, 8, 5, 4, 7] and allocation.cost == 4800
+    assert (allocation.ranks >= gora).all() and allocation.warnings == []
 
 
 # --- EVA and GoRA: the split -------------------------------------------------------------------------------

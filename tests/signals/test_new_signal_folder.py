@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from analysis.planning.plan_json import read_plan
 from analysis.signals import registry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +75,7 @@ def test_a_toy_signal_folder_reaches_the_command_line_and_every_page(toy_package
     plan = cli("plan", "--signal", "toy", "--budget", "r2", "--val-size", "16", "--device", "cpu", "--out",
                str(tmp_path / "plan.json"), plugins=toy_package, cache=cache)
     assert plan.returncode == 0, plan.stderr
-    written = json.loads((tmp_path / "plan.json").read_text())
+    written = read_plan(tmp_path / "plan.json")
     assert written["signal"] == "toy" and written["trainable_params"] <= written["budget"]
     # The plan follows the toy's values (proportional family), not one rank everywhere.
     ranks = {p: written["rank_pattern"].get(p, written["r"]) for p in written["target_modules"]}

@@ -48,7 +48,8 @@ def test_shapley_signal_on_the_embedded_encoder(encoder_context):
     model = encoder_context.model
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     # 64 validation examples in 4 batches: 6 coalitions are rounded up to 2 whole passes.
-    config = make_config(signal, {**FAST_WARMUP, "samples": "6", "tolerance": "0", "coalition_per": "batch"})
+    config = make_config(signal, {**FAST_WARMUP, "samples": "6", "tolerance": "0", "coalition_per": "batch",
+                                  "reading": "shapley"})
     result = signal.compute(encoder_context, config)
     table, modules, layers = result.table, result.tables["modules"], result.tables["layers"]
     assert list(table.columns) == [*TIDY_COLUMNS, "stderr", "rank", "reading"] and len(table) == 36 * 4
@@ -217,7 +218,7 @@ TINY = {"warmup_steps": "30", "warmup_lr": "1e-3", "warmup_batch_size": "8", "r_
 def test_exact_rank_level_reference_on_a_tiny_model(tiny_gpt2_context):
     signal = get_signal("shapley")
     result = signal.compute(tiny_gpt2_context, make_config(signal, {**TINY, "samples": "200", "tolerance": "0",
-                                                                    "reference": "true"}))
+                                                                    "reference": "true", "reading": "shapley"}))
     reference, meta = result.tables["reference"], result.meta
     assert len(reference) == 8 and reference["rank"].tolist() == [0, 1] * 4   # 4 modules x 2 ranks: 256 coalitions
     # Efficiency of the exact values, against the all-on and all-off losses evaluated on their own.
@@ -264,9 +265,9 @@ def test_exact_rank_level_reference_equals_captum_shapley_values():
 
 
 def test_sensitivity_reading_on_a_tiny_model_is_the_coalition_mean_of_each_gate_sensitivity(tiny_gpt2_context):
+    """ShapLoRA's measure, the default: each rank's |g dL/dg| averaged over Shapley-weighted coalitions."""
     signal = get_signal("shapley")
-    result = signal.compute(tiny_gpt2_context, make_config(signal, {**TINY, "samples": "64", "tolerance": "0",
-                                                                    "reading": "sensitivity"}))
+    result = signal.compute(tiny_gpt2_context, make_config(signal, {**TINY, "samples": "64", "tolerance": "0"}))
     table = result.table
     assert (table["reading"] == "sensitivity").all() and (table["value"] >= 0).all()
     # Recompute from the stored coalitions: |m dL/dm| at each mask, by autograd on a fresh gated copy.
@@ -280,8 +281,7 @@ def test_sensitivity_reading_on_a_tiny_model_is_the_coalition_mean_of_each_gate_
                                for mask in result.tensors["masks"]]).mean(0)
     torch.testing.assert_close(torch.tensor(table["value"].to_numpy()), by_hand.reshape(-1), rtol=1e-5, atol=1e-9)
     with pytest.raises(UserError, match="coalition_per=pass"):
-        signal.compute(tiny_gpt2_context, make_config(signal, {**TINY, "reading": "sensitivity",
-                                                               "coalition_per": "batch"}))
+        signal.compute(tiny_gpt2_context, make_config(signal, {**TINY, "coalition_per": "batch"}))
 
 
 def tiny_bert_classifier():
@@ -339,3 +339,34 @@ def test_shapley_signal_side_by_side_equals_one_at_a_time_under_the_same_key(tin
     keys = {signal_key("context", signal, config) for config in configs}
     before = {k: v for k, v in dataclasses.asdict(configs[1]).items() if k != "coalitions_per_pass"}
     assert keys == {hash_json({"context": "context", "signal": "shapley", "version": signal.version, "config": before})}
+
+
+def test_shaploras_sensitivity_is_the_default_and_the_first_order_value_is_named_ours(tiny_gpt2_context, tmp_path):
+    """Rows, plans and figures called ShapLoRA hold the paper's sensitivity reading; an entry of our first-order
+    Shapley value (also any entry from before the reading existed) is named "Shapley first-order (ours)"."""
+    import dataclasses
+
+    from analysis.model.layout import layout_of
+    from analysis.planning.allocate import allocate, parse_budget
+    from analysis.planning.methods import scores_from_entry
+    from analysis.planning.plan_json import build_plan, plan_name
+    from analysis.signals.registry import variant_of
+    from analysis.store.cache import Store
+    signal = get_signal("shapley")
+    assert make_config(signal).reading == "sensitivity"
+    assert variant_of(signal, {"reading": "shapley"}) == variant_of(signal, {}) == "Shapley first-order (ours)"
+    store, layout = Store(tmp_path), layout_of(tiny_gpt2_context.model)
+    names = {}
+    for reading in ("sensitivity", "shapley"):
+        config = make_config(signal, {**TINY, "samples": "8", "tolerance": "0", "reading": reading})
+        entry = store.put(f"shapley-{reading}", signal.compute(tiny_gpt2_context, config),
+                          {"signal": "shapley", "config": dataclasses.asdict(config)})
+        scores = scores_from_entry("shapley", entry, layout)
+        budget = parse_budget("r1", layout)
+        plan = build_plan(layout, allocate(scores, layout, budget).ranks, scores.name, budget, variant=scores.variant)
+        names[reading] = (plan_name(plan), {e.title for e in signal.exhibits(entry)})
+    assert names["sensitivity"][0] == "shapley"
+    assert "ShapLoRA sensitivity per module" in names["sensitivity"][1]
+    assert names["shapley"][0] == "shapley [Shapley first-order (ours)]"
+    assert "Shapley first-order (ours) per module" in names["shapley"][1]
+    assert not any("ShapLoRA" in title for title in names["shapley"][1])

@@ -217,3 +217,86 @@ def test_sora_soft_option_pins_dead_gates(encoder_context):
     assert history["nonzero"].is_monotonic_decreasing and (history["gate_lr"] == 1e-3).all()
     learned = torch.tensor(result.tables["gates"]["value"].to_numpy())
     assert ((learned != 0) & (learned.abs() < 0.02)).any()  # the soft threshold leaves gates below xi
+
+
+class _ScriptedCheckpoint:
+    """BestCheckpoint on a stand-in context whose validation metric at each evaluation is given."""
+
+    def __init__(self, task, metrics, every):
+        from types import SimpleNamespace
+
+        from analysis.signals.sora.best_checkpoint import BestCheckpoint
+        model = torch.nn.Linear(1, 1)
+        context = SimpleNamespace(model=model, prepared=SimpleNamespace(task=task),
+                                  measured=lambda split: None, batches=lambda *args, **kwargs: [])
+        self.weight = model.weight
+        self.checkpoint = BestCheckpoint(context, [self.weight], every)
+        scripted = iter(metrics)
+        self.checkpoint.measure = lambda: next(scripted)
+
+    def train(self, steps):
+        for step in range(1, steps + 1):
+            with torch.no_grad():
+                self.weight.fill_(step)          # the state after each step is its step number
+            self.checkpoint.after(step)
+        return self.checkpoint.restore()
+
+
+def test_best_checkpoint_follows_load_best_model_at_end_worked_by_hand():
+    """The official scripts' Trainer, by hand: evaluate at steps 50, 100, 150, 200 (multiples of eval_steps only);
+    accuracy .60, .70, .70, .65: the best is step 100 (step 150 only ties it, and only a strictly better metric
+    replaces the best); its weights are loaded back. For a loss (lower is better) .50, .40, .40, .45: step 100 too.
+    Training shorter than one interval evaluates nothing and keeps the last weights."""
+    accuracy = _ScriptedCheckpoint("classification", [0.60, 0.70, 0.70, 0.65], every=50)
+    assert accuracy.train(200) == 100 and accuracy.weight.item() == 100
+    assert accuracy.checkpoint.history == [(50, 0.60), (100, 0.70), (150, 0.70), (200, 0.65)]
+    loss = _ScriptedCheckpoint("causal-lm", [0.50, 0.40, 0.40, 0.45], every=50)
+    assert loss.train(230) == 100 and loss.weight.item() == 100      # no evaluation at the last step, 230
+    short = _ScriptedCheckpoint("classification", [], every=50)
+    assert short.train(40) is None and short.weight.item() == 40
+
+
+def test_sora_reads_the_learned_ranks_from_the_best_validation_checkpoint(encoder_context):
+    """The signal end to end: evaluations every 4 of 12 steps; the learned ranks are the snapshot of the best one,
+    by the rule above from the validation table; the rounds continue from those gates."""
+    from analysis.signals.registry import get_signal, make_config, variant_of
+
+    signal = get_signal("sora")
+    assert make_config(signal).checkpoint == "best" and make_config(signal).grid == "linear"
+    result = signal.compute(encoder_context, make_config(signal, {**SHORT_RUN, "eval_every": "4"}))
+    validation, snapshots, table = result.tables["validation"], result.tables["snapshots"], result.table
+    assert validation["step"].tolist() == [4, 8, 12] and (validation["metric"] == "accuracy").all()
+    values = validation["value"].tolist()
+    best = next(step for step, value in zip([4, 8, 12], values) if value == max(values))   # the first of the best
+    assert result.meta["learned_at"] == best and validation.loc[validation["best"], "step"].tolist() == [best]
+    at_best = snapshots[(snapshots["step"] == best) & (snapshots["stage"] == "train")]
+    assert table["value"].tolist() == at_best["nonzero"].tolist()
+    assert table["magnitude"].tolist() == pytest.approx(at_best["magnitude"].tolist(), rel=1e-6)
+    learned = torch.tensor(result.tables["gates"]["value"].to_numpy()).reshape(36, 4).float()
+    for stage, expected in zip(["round 1", "round 2"], _rounds_by_hand(learned, [0.125, 0.2], 6)):
+        end = snapshots[(snapshots["stage"] == stage)].groupby("stage").tail(36)
+        assert end["nonzero"].tolist() == (torch.from_numpy(expected) != 0).sum(dim=1).tolist()
+    assert variant_of(signal, {**result.meta, "checkpoint": "best", "update": "official", "schedule": "linear"}) == ""
+    assert variant_of(signal, {"checkpoint": "last", "update": "official", "schedule": "linear"}) == \
+        "last-step gates (ours)"
+    assert variant_of(signal, {}) == "last-step gates, soft threshold, constant learning rate (ours)"
+
+
+def test_entries_from_before_the_checkpoint_option_keep_their_keys():
+    """The key of checkpoint=last is the key the same options had before the option existed: the options of
+    that SoraConfig, hashed as signal_key hashed them."""
+    import dataclasses
+
+    from analysis.signals.registry import get_signal, make_config
+    from analysis.signals.runner import signal_key
+    from analysis.store.hashing import hash_json
+    earlier = {"r_max", "alpha", "update", "steps", "lr", "gate_lr", "weight_decay", "max_grad_norm", "schedule",
+               "warmup_fraction", "l1", "xi", "batch_size", "snapshot_every", "rounds", "round_steps", "xi_max",
+               "grid"}
+    signal = get_signal("sora")
+    config = make_config(signal, {"checkpoint": "last", "grid": "exp_linear"})
+    options = {name: value for name, value in dataclasses.asdict(config).items() if name in earlier}
+    assert len(options) == len(earlier)
+    assert signal_key("ctx", signal, config) == hash_json({"context": "ctx", "signal": "sora", "version": 3,
+                                                           "config": options})
+    assert signal_key("ctx", signal, make_config(signal)) != signal_key("ctx", signal, config)

@@ -1,9 +1,12 @@
 """Heavy-tailed spectra (AlphaLoRA, WeightWatcher): the power-law exponent alpha of each weight matrix.
 
-For every adaptable matrix W, the eigenvalues of W^T W (squared singular values) and WeightWatcher's
-power-law fit of their tail (see esd_fit). value = alpha. Heavy-tailed self-regularisation reads a
-lower alpha as a better-trained matrix; AlphaLoRA gives MORE adapter capacity to layers whose mean
-alpha is LARGER (less trained), so value is the importance as it is.
+For every adaptable matrix W, the eigenvalues of W^T W (squared singular values) and a power-law fit
+of their tail (see esd_fit): by default AlphaLoRA's own (`fix_finger`: xmin in a window around the
+peak of the spectrum's histogram, no threshold), as its expert_number.py computes the alphas it
+allocates by; `fit=ww` is WeightWatcher's default fit, and rows planned from it say so (variant).
+value = alpha. Heavy-tailed self-regularisation reads a lower alpha as a better-trained matrix;
+AlphaLoRA gives MORE adapter capacity to layers whose mean alpha is LARGER (less trained), so value
+is the importance as it is.
 
 Needs the weights only: no data, no gradients. Spectra are computed on the run's device in stacks
 of equally shaped matrices; the fit runs in float64. Extra table "spectra": every eigenvalue, for the
@@ -38,9 +41,10 @@ class AlphaConfig:
     spectrum: str = field(default="svdvals", metadata={"choices": ("svdvals", "gram"),
         "help": "svdvals (squared singular values, as WeightWatcher) or gram (eigvalsh of the smaller Gram matrix: "
                 "faster on a GPU, less accurate for the smallest eigenvalues in float32)"})
-    fit: str = field(default="ww", metadata={"choices": tuple(FITS),
-        "help": "ww (WeightWatcher's default fit, the reference for the metric) or alphalora (AlphaLoRA's own "
-                "fix_finger: xmin in a window around the ESD's histogram peak, no threshold)"})
+    fit: str = field(default="alphalora", metadata={"choices": tuple(FITS),
+        "help": "alphalora (AlphaLoRA's own fix_finger: xmin in a window around the ESD's histogram peak, no "
+                "threshold; what its allocation reads) or ww (WeightWatcher's default fit, the reference for the "
+                "metric; plans from it are named as not AlphaLoRA's)"})
 
 
 def compute(context, config: AlphaConfig) -> Result:
@@ -63,6 +67,11 @@ def compute(context, config: AlphaConfig) -> Result:
                                                                    "spectrum": config.spectrum})
 
 
+def variant(config: dict) -> str:
+    """Entries computed before the option existed used WeightWatcher's fit."""
+    return "WeightWatcher's fit, not AlphaLoRA's" if config.get("fit", "ww") == "ww" else ""
+
+
 def _exhibits(entry):
     from analysis.signals.alpha.alpha_figures import exhibits  # figures load plotly; registration stays light
     return exhibits(entry)
@@ -70,6 +79,6 @@ def _exhibits(entry):
 
 register(Signal(
     name="alpha", title="Heavy-tailed alpha (AlphaLoRA)",
-    description="Power-law exponent of each weight matrix's eigenvalue spectrum (WeightWatcher's fit); weights "
-                "only. The plan gives layers with larger mean alpha more rank (AlphaLoRA).",
-    config=AlphaConfig, compute=compute, version=1, plan_family="alphalora", exhibits=_exhibits))
+    description="Power-law exponent of each weight matrix's eigenvalue spectrum (AlphaLoRA's fit; WeightWatcher's "
+                "as an option); weights only. The plan gives layers with larger mean alpha more rank (AlphaLoRA).",
+    config=AlphaConfig, compute=compute, version=1, plan_family="alphalora", exhibits=_exhibits, variant=variant))

@@ -42,9 +42,13 @@ def esd_figure(spectra: pd.DataFrame, fits: pd.DataFrame, layer: int, module: st
     return figure
 
 
+FIT_NAMES = {"alphalora": "AlphaLoRA's fit", "ww": "WeightWatcher's fit"}
+
+
 def exhibits(entry) -> list[Exhibit]:
     table = entry.table
-    found = [Exhibit("alpha_modules", "Heavy-tailed alpha per layer and module", table,
+    fit = FIT_NAMES[entry.meta.get("fit", "ww")]   # entries from before the option used WeightWatcher's
+    found = [Exhibit("alpha_modules", f"Heavy-tailed alpha per layer and module ({fit})", table,
                      lambda: figures.module_heatmap(table()[["signal", "layer", "module", "value"]],
                                                     "alpha per layer and module", "alpha"))]
     fits = table()
@@ -53,7 +57,7 @@ def exhibits(entry) -> list[Exhibit]:
         for label, row in (("largest", scored.loc[scored["value"].idxmax()]),
                            ("smallest", scored.loc[scored["value"].idxmin()])):
             layer, module = int(row["layer"]), str(row["module"])
-            found.append(Exhibit(f"alpha_esd_{label}", f"ESD and fit of the matrix with the {label} alpha "
+            found.append(Exhibit(f"alpha_esd_{label}", f"ESD and {fit} of the matrix with the {label} alpha "
                                  f"(layer {layer} {module})",
                                  lambda layer=layer, module=module: _one(entry, layer, module),
                                  lambda layer=layer, module=module: esd_figure(entry.table("spectra"), table(),

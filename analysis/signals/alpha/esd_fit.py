@@ -1,16 +1,19 @@
-"""Eigenvalue spectra of weight matrices and WeightWatcher's power-law fit of their tails, in torch.
+"""Eigenvalue spectra of weight matrices and power-law fits of their tails, in torch: AlphaLoRA's own
+(`fit_alphalora`, the alpha signal's default) and WeightWatcher's (`fit_power_law`).
 
 Spectrum (ESD) of W: the eigenvalues of W^T W, i.e. the squared singular values, computed with
 torch.linalg.svdvals on whole stacks of equally shaped matrices at once (one call per shape).
 
-Fit: WeightWatcher 0.7.7's default (`pl_package='ww'`, no finger fixing; `WW_powerlaw.WWFit`).
+WeightWatcher's fit: its 0.7.7 default (`pl_package='ww'`, no finger fixing; `WW_powerlaw.WWFit`).
 Eigenvalues <= 1e-5 are dropped (its EVALS_THRESH). For every candidate xmin = x_i (all but the
 largest eigenvalue, ascending) the continuous power-law MLE alpha_i = 1 + n_i / sum_{j>=i} log(x_j/x_i)
 over the n_i eigenvalues >= x_i, and the KS distance D_i = max_j |1 - (x_j/x_i)^(1-alpha_i) - (j-i)/n_i|
 (D_i = 1 where alpha_i <= 1); the fit is the first i with the smallest D. With fewer than 20
 eigenvalues WeightWatcher switches to its small-N fit: bias-corrected alpha = 1 + (n_i - 1)/s_i on tails of at
 least 8 (others alpha 0, D 1), xmin again the first smallest D; both are reproduced here.
-The fit runs in float64, vectorised over all candidates, in row chunks so memory stays bounded.
+AlphaLoRA's fit (`fix_finger`) uses the same MLE and KS distance on candidates in a window around the
+spectrum's histogram peak, with no threshold (see fit_alphalora).
+Both fits run in float64, vectorised over all candidates, in row chunks so memory stays bounded.
 """
 from __future__ import annotations
 
@@ -110,7 +113,7 @@ def fit_power_law(evals: torch.Tensor, rows: int = 512) -> PowerLawFit:
 
 
 def fit_alphalora(evals: torch.Tensor, bins: int = 100) -> PowerLawFit:
-    """AlphaLoRA's own fit (morelife2017/alphalora expert_number.py `fix_finger`, pl_fitting=True): no
+    """AlphaLoRA's own fit (peijunallin/alphalora expert_number.py `fix_finger`, pl_fitting=True): no
     threshold, and xmin restricted to a window around the peak of the log10-ESD histogram. Its window's
     lower bound compares an eigenvalue with log10(0.95 * peak), a log value, as its code does. Candidates
     outside the window keep alpha 0 and D 1, so a spectrum with none returns alpha 0, as there."""

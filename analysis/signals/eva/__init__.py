@@ -19,9 +19,12 @@ the component's index. Extra table "peft_ranks": the rank EVA itself gives each 
 
 Plan (family "eva"): the same pooled ranking, walked from the best component down and stopped at
 the first one whose LoRA parameters (d_in + d_out per rank) no longer fit the budget. That is EVA's
-rule with the rank count replaced by the parameter count; where every module costs the same, a
-budget of r x (number of modules) ranks reproduces peft's rank_pattern exactly. Components beyond
-r * rho per module were never fitted, so larger budgets stop there (with a warning).
+rule with the rank count replaced by the parameter count, ties broken as peft's argsort breaks them
+and peft's swap for layers sharing one PCA after it; where every module costs the same, a budget of
+r x (number of modules) ranks reproduces peft's rank_pattern exactly, ties at the cut included, for
+peft run on the CPU (on a GPU peft sorts on the device, whose order of tied values may differ; table
+"peft_ranks" is peft's own answer). Components beyond r * rho per module were never fitted, so
+larger budgets stop there (with a warning).
 
 Data-parallel: each process takes its share of every step's examples and peft gathers the layer
 inputs of all processes (run_eva's `gather`), so every step fits the PCA of the same tokens as one

@@ -5,10 +5,13 @@ warmed-up uniform LoRA, one gate each; coalitions are sampled with Shapley weigh
 forward+backward per coalition gives every rank's gate gradient (sampling.py). Two readings,
 chosen by `reading`, and every table says which it holds (column `reading`, meta `reading`):
 
-- shapley (default): value = -(first-order Shapley value of the loss): the loss reduction the
-  rank accounts for, from signed gate gradients. Adds up to (about) the total loss change.
-- sensitivity: value = |g dL/dg| of each rank averaged over the same coalitions (the paper's
-  AdaLoRA-style sensitivity combined with coalitions of ranks). Non-negative; not a Shapley value.
+- sensitivity (default, the paper's measure): value = |g dL/dg| of each rank averaged over the
+  Shapley-weighted coalitions (AdaLoRA-style sensitivity combined with coalitions of ranks).
+  Non-negative; not a Shapley value.
+- shapley: value = -(first-order Shapley value of the loss): the loss reduction the rank accounts
+  for, from signed gate gradients; adds up to (about) the total loss change. Ours, not the paper's:
+  every plan, row and figure of an entry computed with it is named "Shapley first-order (ours)"
+  (`variant`), never ShapLoRA.
 
 `stderr` is the Monte Carlo standard error, from a stream of coalitions the stopping rule never saw
 (sampling.py). Extra tables: "modules" and "layers" (sums, each with the standard error of the sum),
@@ -71,9 +74,9 @@ class ShapleyConfig(WarmupConfig):
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the gradient passes: on an H100 a 1B model's coalition takes 1.7 s instead of "
                 "2.8 s after about 100 s of compiling, so it pays from about 100 coalitions on"})
-    reading: str = field(default="shapley", metadata={"choices": ("shapley", "sensitivity"),
-        "help": "shapley (first-order Shapley value of the loss reduction) or sensitivity (|g dL/dg| averaged "
-                "over Shapley-weighted coalitions)"})
+    reading: str = field(default="sensitivity", metadata={"choices": ("sensitivity", "shapley"),
+        "help": "sensitivity (ShapLoRA's measure: |g dL/dg| averaged over Shapley-weighted coalitions) or shapley "
+                "(our first-order Shapley value of the loss reduction, named 'Shapley first-order (ours)')"})
     split: str = field(default="validation", metadata={"choices": MEASURED_SPLITS,
         "help": "validation (the paper's held-out scoring) or train: the examples the loss is measured on"})
     reference: bool = field(default=False, metadata={
@@ -282,9 +285,18 @@ def compute(context, config: ShapleyConfig) -> Result:
     return Result(table, tables=tables, tensors={"samples": estimate.samples, "masks": estimate.masks}, meta=meta)
 
 
+FIRST_ORDER = "Shapley first-order (ours)"
+
+
+def variant(config: dict) -> str:
+    """Entries computed before the sensitivity reading became the default hold first-order Shapley values."""
+    return FIRST_ORDER if config.get("reading", "shapley") == "shapley" else ""
+
+
 register(Signal(
     name="shapley", title="Shapley sensitivity (ShapLoRA)",
-    description="Monte Carlo Shapley value (or, as an option, coalition-averaged sensitivity) of each LoRA rank "
-                "for the validation loss, from gate gradients (our reading of ShapLoRA; its code is not public).",
-    config=ShapleyConfig, compute=compute, version=2, trains=True,
+    description="ShapLoRA's sensitivity |g dL/dg| of each LoRA rank averaged over Shapley-weighted coalitions (or, "
+                "as an option, our first-order Shapley value of the validation loss), from gate gradients (our "
+                "reading of ShapLoRA; its code is not public).",
+    config=ShapleyConfig, compute=compute, version=2, trains=True, variant=variant,
     exhibits=deferred("analysis.signals.shapley.shapley_figures")))

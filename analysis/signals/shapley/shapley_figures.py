@@ -11,6 +11,7 @@ from analysis.reporting.exhibits import Exhibit
 
 
 VALUE_LABELS = {"shapley": "loss reduction", "sensitivity": "sensitivity |g dL/dg|"}
+NAMES = {"shapley": "Shapley first-order (ours)", "sensitivity": "ShapLoRA sensitivity"}
 
 
 def reading_of(entry) -> str:
@@ -58,14 +59,14 @@ def exhibits(entry) -> list[Exhibit]:
     table = entry.table
     reading = reading_of(entry)
     label = VALUE_LABELS.get(reading, reading)
-    name = "Shapley sensitivity" if reading == "shapley" else "Coalition-averaged sensitivity"
+    name = NAMES.get(reading, reading)
     found = [
         Exhibit("shapley_modules", f"{name} per module", lambda: table("modules"),
                 lambda: figures.module_heatmap(table("modules"), value_label=label)),
         Exhibit("shapley_layers", f"{name} per layer", lambda: table("layers"),
                 lambda: figures.layer_bars(table("layers"), value_label=label)),
         Exhibit("shapley_ranks", f"{name} of every rank", table, lambda: figures.rank_heatmap(table())),
-        Exhibit("shapley_convergence", f"Convergence of the {name.lower()} estimate", lambda: table("convergence"),
+        Exhibit("shapley_convergence", f"Convergence of the {name} estimate", lambda: table("convergence"),
                 lambda: convergence_figure(table("convergence"), value_label=label))]
     if "reference" in entry.table_names:
         found.append(Exhibit("shapley_vs_exact", "Estimate vs the exact Shapley value per rank",

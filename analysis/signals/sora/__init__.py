@@ -1,13 +1,16 @@
 """SoRA gate sparsity: the ranks a sparse, gated LoRA keeps when trained with proximal-gradient gates.
 
-value per (layer, module) = the learned rank, the number of non-zero gates at the end of sparse
-training (gate_training.py); `magnitude` = the mean |gate| of the kept ranks; `update` = the gate
+value per (layer, module) = the learned rank, the number of non-zero gates of the training stage's
+best checkpoint on validation (the official scripts' load_best_model_at_end; `checkpoint=last`: its
+last step) (gate_training.py, best_checkpoint.py); meta `learned_at` is that step and table
+"validation" every evaluation; `magnitude` = the mean |gate| of the kept ranks; `update` = the gate
 rule the run used (official: the SoRA code's masked update, the default; soft: a plain soft
-threshold), also in the entry's meta. Extra tables: "layers"
-(learned rank summed per layer), "gates" (every final gate, per rank; 0 = pruned), "snapshots" (per module, non-zero gates and mean |gate| every
-`snapshot_every` steps and at the end of each stage), "history" (task loss, total non-zero gates
-and the gates' learning rate per step), "schedule" (the sparsifying scheduler: total learned rank at the end of each round
-against its threshold xi).
+threshold), also in the entry's meta. Extra tables: "layers" (learned rank summed per layer),
+"gates" (every learned gate, per rank; 0 = pruned), "snapshots" (per module, non-zero gates and
+mean |gate| every `snapshot_every` steps and at the end of each stage), "history" (task loss, total
+non-zero gates and the gates' learning rate per step), "schedule" (the sparsifying scheduler: total
+learned rank at the end of each round against its threshold xi). Options that depart from the
+official scripts name themselves in plans and rows (`variant`).
 The pruned adapter (a plain peft LoRA with rank_pattern = the learned ranks) is saved in the store
 entry's `adapter/` folder, loadable with PeftModel.from_pretrained.
 
@@ -52,17 +55,29 @@ def compute(context, config: SoraConfig) -> Result:
     schedule = ends[["stage", "xi", "nonzero"]].rename(columns={"nonzero": "total_rank"}).reset_index(drop=True)
     meta = {"update": config.update, "trainable_before": lora_parameter_count(modules, [config.r_max] * len(modules)),
             "trainable_after": lora_parameter_count(modules, ranks),
-            "adapter_files": sorted(Path(name).name for name in adapter)}
+            "adapter_files": sorted(Path(name).name for name in adapter),
+            "checkpoint": config.checkpoint, "learned_at": out["learned_at"], "validation_metric": out["metric"]}
     layers = table.groupby("layer", as_index=False)["value"].sum()
     tables = {"snapshots": snapshots, "history": history, "schedule": schedule, "layers": layers,
               "gates": per_rank_table("sora", modules, out["learned"].double().cpu())}
+    if out["validation"]:
+        validation = pd.DataFrame(out["validation"], columns=["step", "value"])
+        tables["validation"] = validation.assign(metric=out["metric"], best=validation["step"] == out["learned_at"])
     return Result(table, tables=tables,
                   files=adapter, meta=meta)
+
+
+def variant(config: dict) -> str:
+    """Our options that change the learned ranks. Entries from before the checkpoint option read the last step."""
+    ours = {"last-step gates": config.get("checkpoint", "last") == "last",
+            "soft threshold": config.get("update", "soft") == "soft",
+            "constant learning rate": config.get("schedule", "constant") == "constant"}
+    return ", ".join(name for name, used in ours.items() if used) + (" (ours)" if any(ours.values()) else "")
 
 
 register(Signal(
     name="sora", title="SoRA gate sparsity",
     description="Learned rank per module from sparse LoRA training with thresholded gates (the official "
                 "SoRA update by default), and how ranks shrink as the threshold rises.",
-    config=SoraConfig, compute=compute, version=3, trains=True, plan_family="learned",
+    config=SoraConfig, compute=compute, version=3, trains=True, plan_family="learned", variant=variant,
     exhibits=deferred("analysis.signals.sora.sora_figures")))

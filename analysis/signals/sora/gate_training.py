@@ -16,6 +16,15 @@ The scheduler's rounds keep stepping that same schedule, as the official code ha
 optimizers and schedulers to every round: once it has decayed to zero, a round only applies its
 threshold. `schedule=constant` trains every step at the full rate instead (our earlier behaviour).
 
+The learned ranks come from the training stage's best checkpoint on validation, as the official
+scripts' load_best_model_at_end reads them (best_checkpoint.py): evaluated every `eval_every` steps
+(ours: 50, four evaluations in the default 200 steps), the best state is put back at the end of the
+stage, and the rounds continue from it. `checkpoint=last` reads the last step's gates instead (ours).
+
+The rounds' thresholds: the official code has none unless `--lambda_schedule` is given (run_glue.py's
+default); its one scheduling script uses the `linear` grid, our default. The number of rounds, their
+steps and xi_max are ours, sized for an analysis run (that script: 6 rounds of 15 epochs).
+
 Pruning keeps the ranks with non-zero gates, folds each gate into B's column and sets the module's
 alpha to s * r so that alpha / r, hence the output, is unchanged: a standard peft LoRA with
 `rank_pattern` (and `alpha_pattern`) = the learned ranks, modules with no rank left out.
@@ -29,6 +38,7 @@ keeps the same gates; the global batch, hence the key, depends on the number of 
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -42,6 +52,7 @@ from analysis.signals.lora.gated_lora import ADAPTER, GatedLoRA, gated_lora
 from analysis.jobs.progress import progress
 from analysis.signals.lora.warmup import head_kept
 from analysis.settings import MAX_RANK
+from analysis.signals.sora.best_checkpoint import BestCheckpoint
 from analysis.signals.sora.gate_rules import (GRIDS, UPDATES, OfficialGateAdam, linear_schedule, proximal_step,
                                               scheduler_thresholds as grid_thresholds)
 
@@ -131,14 +142,31 @@ class SoraConfig:
                                              "help": "sparsifying-scheduler rounds after training (0: none)"})
     round_steps: int = field(default=25, metadata={"minimum": 1, "help": "training steps per scheduler round"})
     xi_max: float = field(default=2e-2, metadata={"above": 0, "help": "threshold of the last scheduler round"})
-    grid: str = field(default="exp_linear", metadata={
-        "choices": ("exp_linear", "log_linear", "linear"),
-        "help": "the rounds' thresholds, official names: exp_linear (geometric), log_linear or linear"})
+    grid: str = field(default="linear", metadata={
+        "choices": ("linear", "exp_linear", "log_linear"),
+        "help": "the rounds' thresholds, official names: linear (the official scheduling script's), exp_linear "
+                "(geometric) or log_linear"})
+    checkpoint: str = field(default="best", metadata={
+        "choices": ("best", "last"),
+        "help": "best (official: the learned ranks and pruned adapter come from the training stage's checkpoint "
+                "with the best validation metric, as load_best_model_at_end; the rounds continue from it) or last "
+                "(the last training step; ours)"})
+    eval_every: int = field(default=50, metadata={
+        "minimum": 1, "help": "training steps between validation evaluations with checkpoint=best (ours: 4 in the "
+                              "default 200 steps; the official scripts evaluate every 1000 steps)"})
 
     @property
     def depends_on_processes(self) -> bool:
         """The global batch grows with the processes."""
         return True
+
+    def key_fields(self) -> dict:
+        """The cache key's options: with checkpoint=last, what ran before the option, the key leaves it and its
+        interval out, so those entries are found with --set sora.checkpoint=last (and their other options)."""
+        fields = dataclasses.asdict(self)
+        if self.checkpoint == "last":
+            del fields["checkpoint"], fields["eval_every"]
+        return fields
 
     def check(self) -> None:
         """Checks across options, run by registry.make_config before anything is computed."""
@@ -159,6 +187,8 @@ def check(config: SoraConfig) -> None:
         raise UserError(f"sora.schedule must be linear or constant, not '{config.schedule}'.")
     if config.grid not in GRIDS and config.rounds > 0:
         scheduler_thresholds(config)  # raises the sentence that explains
+    if config.checkpoint not in ("best", "last"):
+        raise UserError(f"sora.checkpoint must be best or last, not '{config.checkpoint}'.")
 
 
 def sora_step(gated: GatedLoRA, batch: dict, weights: torch.optim.Optimizer,
@@ -216,8 +246,9 @@ def schedulers(weights, gates, config: SoraConfig) -> list:
 
 
 def train(context, config: SoraConfig, directory=None) -> dict:
-    """Sparse training, then the scheduler's rounds; gate snapshots along the way. With `directory`,
-    the pruned adapter after the training stage is saved there. Returns plain data for the store."""
+    """Sparse training, then the scheduler's rounds; gate snapshots along the way. The learned gates are those of
+    the training stage's best validation checkpoint (or its last step); with `directory`, the pruned adapter of
+    those gates is saved there. Returns plain data for the store."""
     check(config)
     model, modules = context.model, context.modules
     generator = torch.Generator().manual_seed(context.settings.seed)
@@ -232,6 +263,8 @@ def train(context, config: SoraConfig, directory=None) -> dict:
             p.requires_grad_(True)
         weights, gate_optimizer = optimizers(gated, head, config)
         lr_schedules = schedulers(weights, gate_optimizer, config)
+        best = (BestCheckpoint(context, [gated.gates, *gated.lora_parameters(), *head.values()], config.eval_every)
+                if config.checkpoint == "best" else None)
         batches = context.training_batches(config.batch_size, fixed_length=graphed_loss.wanted(model))
         model.train()
         first = next(batches)
@@ -252,13 +285,17 @@ def train(context, config: SoraConfig, directory=None) -> dict:
                 steps_run.append((step, stage, xi, gate_lr))
                 if step % config.snapshot_every == 0:
                     snapshots.append((step, stage, xi, gated.gates.detach().cpu().clone()))
+                if best is not None and stage == "train":
+                    best.after(step)
             if not snapshots or snapshots[-1][0] != step:  # every stage ends with a snapshot
                 snapshots.append((step, stage, xi, gated.gates.detach().cpu().clone()))
             if stage == "train":
+                learned_at = (best.restore() if best is not None else None) or step
                 learned = gated.gates.detach().cpu().clone()
                 if directory is not None:
                     save_pruned(gated, directory, str(context.prepared.source.path))
     losses = parallel.mean(torch.stack(losses).float())   # each step's loss, averaged over the processes
     history = [(*row, loss, count) for row, loss, count in
                zip(steps_run, losses.cpu().tolist(), torch.stack(nonzero).cpu().tolist())]
-    return {"snapshots": snapshots, "history": history, "learned": learned}
+    return {"snapshots": snapshots, "history": history, "learned": learned, "learned_at": learned_at,
+            "validation": best.history if best is not None else [], "metric": best.metric if best is not None else None}
