@@ -319,7 +319,7 @@ def cmd_compare(args) -> int:
 def cmd_export(args) -> int:
     from analysis.signals.context import identify
     from analysis.reporting.exhibits import exhibits_for, render
-    from analysis.store.atomic import write_bytes_atomic
+    from analysis.contract.atomic import write_bytes_atomic
     from analysis.signals.registry import all_signals
     limits, overrides = _limits(args), _overrides(args.set)   # checked first
     used = {"all": set(), "comparison": set(), "plans": set(all_signals())}.get(args.signal)
@@ -423,8 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _write_job_result(value: dict) -> None:
-    from analysis.jobs import folder
-    folder.write_result(value)
+    from analysis.contract import job_folder
+    job_folder.write_result(value)
 
 
 def _internal_error(exc: BaseException, cache_dir: Path | None = None) -> str:

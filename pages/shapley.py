@@ -2,7 +2,8 @@
 AdaLoRA's sensitivity and with the exact Shapley value where it was enumerated: all read from the store."""
 import streamlit as st
 
-from analysis.reporting.exhibits import agreement_exhibit, signal_exhibits
+from analysis.charts.agreement import agreement_exhibit
+from analysis.reporting.exhibits import signal_exhibits
 from analysis.signals.shapley.shapley_figures import NAMES, reading_of
 from pages.shared.widgets import choose_run, pick, show
 

@@ -3,7 +3,7 @@ their histogram, and how the total rank shrinks as the scheduler raises the thre
 import streamlit as st
 
 from analysis.reporting.exhibits import signal_exhibits
-from analysis.reporting.figures import module_heatmap
+from analysis.charts.tidy_figures import module_heatmap
 from analysis.signals.sora.sora_figures import r_max_of
 from pages.shared.widgets import chart, choose_run, pick, show
 

@@ -1,1 +1,1 @@
-"""Background jobs the dashboard starts: launching and watching them, their folder protocol, progress bars."""
+"""Background jobs the dashboard starts: launching, watching, cancelling and resuming them (launch.py)."""

@@ -1,6 +1,6 @@
 """Background jobs: a `python -m analysis ...` process the dashboard starts, watches and can cancel.
 
-A job's whole state is on disk under <cache>/jobs/<id>/ (the files are described in folder.py), so a
+A job's whole state is on disk under <cache>/jobs/<id>/ (the files: analysis/contract/job_folder.py), so a
 restarted dashboard finds running and finished jobs again.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
-from analysis.jobs import folder
+from analysis.contract import job_folder
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,12 +36,12 @@ class JobStatus:
 
     @property
     def log_tail(self) -> str:
-        return folder.log_tail(self.directory)
+        return job_folder.log_tail(self.directory)
 
     @property
     def curve(self) -> pd.DataFrame:
         """The live learning curve a retrain or comparison writes (run, step, loss); empty before any."""
-        return folder.read_curve(self.directory)
+        return job_folder.read_curve(self.directory)
 
 
 def duration(seconds: float) -> str:
@@ -77,13 +77,13 @@ def jobs_dir(cache_root: Path) -> Path:
 
 
 def _launch(directory: Path, argv: list[str], cache_root: Path, label: str, run_key: str | None) -> None:
-    env = {**os.environ, folder.ENVIRONMENT: str(directory), "ANALYSIS_CACHE_DIR": str(cache_root),
+    env = {**os.environ, job_folder.ENVIRONMENT: str(directory), "ANALYSIS_CACHE_DIR": str(cache_root),
            "PYTHONUNBUFFERED": "1"}
-    with open(directory / folder.LOG, "ab") as log:
+    with open(directory / job_folder.LOG, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "analysis", *argv], cwd=REPO, env=env,
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)  # outlives the dashboard, cancellable as a group
-    folder.write_job(directory, {"id": directory.name, "argv": argv, "label": label, "run_key": run_key,
+    job_folder.write_job(directory, {"id": directory.name, "argv": argv, "label": label, "run_key": run_key,
                                                "pid": process.pid,
                                                "create_time": psutil.Process(process.pid).create_time(),
                                                "started": time.time()})
@@ -101,10 +101,10 @@ def resume_job(cache_root: Path, job_id: str) -> None:
     """Run a died or cancelled job's command again in its directory; a retrain continues from its checkpoint
     and signals already in the cache are not computed again."""
     directory = jobs_dir(cache_root) / job_id
-    info = folder.read_json(directory / folder.JOB)
+    info = job_folder.read_json(directory / job_folder.JOB)
     if info is None or _alive(info):
         return
-    folder.clear_for_resume(directory)
+    job_folder.clear_for_resume(directory)
     _launch(directory, info["argv"], cache_root, info.get("label", ""), info.get("run_key"))
 
 
@@ -118,11 +118,11 @@ def _alive(info: dict) -> bool:
 
 
 def job_status(directory: Path) -> JobStatus | None:
-    info = folder.read_json(directory / folder.JOB)
+    info = job_folder.read_json(directory / job_folder.JOB)
     if info is None:
         return None
-    result = folder.read_json(directory / folder.RESULT)
-    if folder.is_cancelled(directory):
+    result = job_folder.read_json(directory / job_folder.RESULT)
+    if job_folder.is_cancelled(directory):
         state = "cancelled"
     elif result is not None:
         state = result.get("status", "done")
@@ -131,7 +131,7 @@ def job_status(directory: Path) -> JobStatus | None:
     else:
         state = "died"
     return JobStatus(info["id"], directory, info["argv"], state, info["started"],
-                     folder.read_json(directory / folder.PROGRESS), result, info.get("label", ""),
+                     job_folder.read_json(directory / job_folder.PROGRESS), result, info.get("label", ""),
                      info.get("run_key"))
 
 
@@ -145,7 +145,7 @@ def list_jobs(cache_root: Path) -> list[JobStatus]:
 
 def cancel_job(cache_root: Path, job_id: str) -> None:
     directory = jobs_dir(cache_root) / job_id
-    info = folder.read_json(directory / folder.JOB)
-    folder.mark_cancelled(directory)
+    info = job_folder.read_json(directory / job_folder.JOB)
+    job_folder.mark_cancelled(directory)
     if info and _alive(info):
         os.killpg(info["pid"], signal.SIGTERM)

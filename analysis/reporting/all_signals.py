@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis.reporting.figures import error_band, peak
-from analysis.signals.tidy import per_module
+from analysis.charts.tidy_figures import error_band, peak
+from analysis.contract.tidy import per_module
 from analysis.store.cache import Entry
 
 # Okabe & Ito's palette: distinguishable with every common colour-vision deficiency.

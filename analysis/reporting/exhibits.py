@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import io
 import zipfile
-from dataclasses import dataclass
 from functools import cache
-from typing import Callable
 
 import pandas as pd
-import plotly.graph_objects as go
 
+from analysis.charts import tidy_figures
 from analysis.reporting import figures
+from analysis.contract.exhibit import Exhibit
 from analysis.planning.allocate import parse_budget
 from analysis.settings import Limits
 from analysis.reporting.comparison_tables import (budget_table, curve_points, formatted, pareto_points,
@@ -29,17 +28,8 @@ from analysis.reporting.all_signals import (agreement, agreement_matrix_figure, 
 from analysis.reporting.paper import FORMATS, figure_bytes, latex_table, paper_style
 from analysis.planning.preview import drawn, plan_table, preview
 from analysis.signals.registry import all_signals
-from analysis.signals.tidy import spearman
 from analysis.store.runs import chosen_entries, comparisons, run_of
 from analysis.store.cache import Entry
-
-
-@dataclass(frozen=True)
-class Exhibit:
-    name: str                                            # file stem: shapley_modules, cka_matrix, ...
-    title: str
-    data: Callable[[], pd.DataFrame]                     # the CSV behind it
-    figure: Callable[[], go.Figure] | None = None        # None: a table only (CSV and LaTeX)
 
 
 def signal_exhibits(entry: Entry) -> list[Exhibit]:
@@ -49,23 +39,7 @@ def signal_exhibits(entry: Entry) -> list[Exhibit]:
     signal = all_signals().get(name)
     if signal is not None and signal.exhibits is not None:
         return signal.exhibits(entry)
-    return [Exhibit(name, entry.meta.get("title", name), table, lambda: figures.signal_figure(table()))]
-
-
-def agreement_exhibit(left: Entry, right: Entry, left_name: str, right_name: str) -> Exhibit:
-    """Two signals' per-module tables against each other: each module's position when sorted by one and by
-    the other, titled with their Spearman correlation; the CSV holds both values per module."""
-    a, b = left.meta["signal"], right.meta["signal"]
-
-    def joined() -> pd.DataFrame:
-        return left.table("modules").merge(right.table("modules"), on=["layer", "module"], suffixes=(f"_{a}", f"_{b}"))
-
-    def figure() -> go.Figure:
-        modules_a, modules_b = left.table("modules"), right.table("modules")
-        rho = spearman(modules_a, modules_b)
-        return figures.agreement_figure(modules_a, modules_b, left_name, right_name,
-                                        title=f"{left_name} vs {right_name} per module: Spearman {rho:.2f}")
-    return Exhibit(f"{a}_vs_{b}", f"{left_name} vs {right_name} per module", joined, figure)
+    return [Exhibit(name, entry.meta.get("title", name), table, lambda: tidy_figures.signal_figure(table()))]
 
 
 def overview_exhibits(entries: dict[str, Entry]) -> list[Exhibit]:
@@ -89,7 +63,7 @@ def overview_exhibits(entries: dict[str, Entry]) -> list[Exhibit]:
 
     return [
         Exhibit("all_signals_heatmaps", "All signals per layer and module", lambda: tidy(modules()),
-                lambda: figures.side_by_side_heatmaps(modules())),
+                lambda: tidy_figures.side_by_side_heatmaps(modules())),
         Exhibit("all_signals_layers", "All signals per layer", lambda: tidy(layers()),
                 lambda: layer_curves_figure(layers())),
         Exhibit("signal_agreement", "Agreement between signals (Spearman, per layer)",

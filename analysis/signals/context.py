@@ -23,7 +23,7 @@ from analysis.model import capture
 from analysis.signals import parallel
 from analysis.errors import UserError
 from analysis.store.hashing import hash_json
-from analysis.jobs.progress import progress, step
+from analysis.contract.progress import progress, step
 from analysis.model.sources import Splits, TextData, load_data, load_model, resolve_model, split_data
 from analysis.model.sources.data import data_identity, remember_identity, split_sizes
 from analysis.model.sources.models import (ConfigFacts, LoadedModel, ModelSource, config_facts, model_files,

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from analysis.errors import UserError
-from analysis.jobs import folder, progress
+from analysis.contract import job_folder, progress
 
 # The other processes wait in a collective while the main one alone waits for another job's lock on an entry,
 # estimates from the gathered points or writes the store: allow hours for that, not NCCL's default 10 minutes.
@@ -38,7 +38,7 @@ def start(device: torch.device) -> None:
 
     PartialState(cpu=device.type == "cpu", timeout=WAIT)
     if not is_main():
-        os.environ.pop(folder.ENVIRONMENT, None)   # the main process reports to a dashboard job's folder
+        os.environ.pop(job_folder.ENVIRONMENT, None)   # the main process reports to a dashboard job's folder
         progress.silence()
         logging.disable_progress_bar()
         logging.set_verbosity_error()

@@ -20,9 +20,6 @@ from typing import Callable
 
 from analysis.errors import UserError
 
-TIDY_COLUMNS = ("signal", "layer", "module", "value")
-
-
 @dataclass(frozen=True)
 class Signal:
     name: str

@@ -12,7 +12,7 @@ from analysis.signals import parallel
 from analysis.signals.context import AnalysisContext, RunIdentity, identify, prepare, report, resolve_device
 from analysis.settings import RunSettings, keyed_options
 from analysis.errors import UserError
-from analysis.jobs.progress import phase, step
+from analysis.contract.progress import phase, step
 from analysis.store.hashing import hash_json
 from analysis.signals.registry import Signal, get_signal, make_config
 from analysis.store.cache import Entry, Store

@@ -17,7 +17,6 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +25,7 @@ import torch
 from filelock import FileLock, Timeout
 from safetensors.torch import load_file, save_file
 
+from analysis.contract.result import Result
 from analysis.store.hashing import hash_file
 
 META = "meta.json"
@@ -35,21 +35,6 @@ REPO_CACHE = Path(__file__).resolve().parents[2] / "cache"
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("ANALYSIS_CACHE_DIR", REPO_CACHE)).expanduser().resolve()
-
-
-@dataclass
-class Result:
-    """What a computation hands to the store: a main tidy table plus optional extras."""
-    table: pd.DataFrame
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)
-    files: dict[str, bytes] = field(default_factory=dict)  # other artefacts by relative path (a saved adapter)
-
-
-def files_under(directory: Path, prefix: str) -> dict[str, bytes]:
-    """The files of a directory as Result.files entries under `prefix/` (a saved adapter, say)."""
-    return {f"{prefix}/{p.name}": p.read_bytes() for p in Path(directory).iterdir() if p.is_file()}
 
 
 class Entry:

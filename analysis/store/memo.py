@@ -8,7 +8,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from analysis.store.atomic import write_json_atomic
+from analysis.contract.atomic import write_json_atomic
 
 
 def recall(memo_path: Path, key: str):

@@ -36,7 +36,8 @@ from analysis.planning.plan_json import row_name
 from analysis.training.comparison_stats import PRIMARY, summarise
 from analysis.training.outcome import did_not_train
 from analysis.training.runs import Request, train_runs
-from analysis.store.cache import Entry, Result, Store
+from analysis.contract.result import Result
+from analysis.store.cache import Entry, Store
 
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis.jobs import folder
-from analysis.jobs.progress import progress
+from analysis.contract import job_folder
+from analysis.contract.progress import progress
 from analysis.model.capture import tokenize_batches
 from analysis.model.layout import layout_of
 from analysis.model.sources import load_model
@@ -286,7 +286,7 @@ def train_group(runs: list[Run], frozen: FrozenModel, rows_per_pass: int | None 
             if done % 10 == 0 or done % config.checkpoint_every == 0 or done == config.steps:
                 new = torch.stack(pending).float().cpu().T.tolist()
                 for run, curve, values in zip(runs, losses, new):
-                    folder.append_curve(run.label, list(zip(range(done - len(values) + 1, done + 1), values)))
+                    job_folder.append_curve(run.label, list(zip(range(done - len(values) + 1, done + 1), values)))
                     curve += values
                 pending = []
             if done % config.checkpoint_every == 0 and done < config.steps:

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from analysis.planning.plan_json import lora_config, plan_ranks
-from analysis.store.cache import files_under
+from analysis.contract.result import files_under
 
 PREFIX = "base_model.model."
 

@@ -45,8 +45,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from analysis.jobs import folder
-from analysis.jobs.progress import progress
+from analysis.contract import job_folder
+from analysis.contract.progress import progress
 from analysis.model.capture import tokenize_batches
 from analysis.model.layout import layout_of
 from analysis.model.sources import load_model
@@ -54,8 +54,9 @@ from analysis.planning.plan_json import LORA_KEYS, check_peft_model, lora_config
 from analysis.settings import RunSettings, TrainSettings, from_dict, to_dict
 from analysis.signals.context import prepare, with_lm_labels
 from analysis.signals.lora.warmup import head_parameters
-from analysis.store.atomic import write_json_atomic
-from analysis.store.cache import Entry, Result, Store, files_under
+from analysis.contract.atomic import write_json_atomic
+from analysis.contract.result import Result, files_under
+from analysis.store.cache import Entry, Store
 from analysis.store.hashing import hash_json
 from analysis.training.adapter_init import initialise
 from analysis.training.adapter_stack import SeededDropout, dropout_seed, float32_head
@@ -282,7 +283,7 @@ def _train(plan: dict, config: TrainSettings, store: Store, settings: RunSetting
         if done % 10 == 0 or done % config.checkpoint_every == 0 or done == config.steps:
             new = torch.stack(pending).float().cpu().tolist()
             if accelerator.is_main_process:
-                folder.append_curve(label, list(zip(range(done - len(new) + 1, done + 1), new)))
+                job_folder.append_curve(label, list(zip(range(done - len(new) + 1, done + 1), new)))
             losses += new
             pending = []
         if done % config.checkpoint_every == 0 and done < config.steps and accelerator.is_main_process:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from analysis.errors import UserError
-from analysis.jobs.progress import phase
+from analysis.contract.progress import phase
 from analysis.settings import RunSettings, TrainSettings, from_dict
 from analysis.signals.context import prepare
 from analysis.store.cache import Entry, Store

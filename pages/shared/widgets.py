@@ -9,7 +9,8 @@ import time
 import streamlit as st
 
 from analysis.jobs import launch as jobs
-from analysis.reporting.exhibits import Exhibit, render
+from analysis.contract.exhibit import Exhibit
+from analysis.reporting.exhibits import render
 from analysis.reporting.figures import learning_curves_figure
 from analysis.reporting.paper import FORMATS, MIME, WIDTHS
 from analysis.reporting.screen import on_screen

@@ -5,12 +5,13 @@ import json
 
 import pytest
 
-from analysis.jobs import folder, launch, progress
+from analysis.contract import job_folder, progress
+from analysis.jobs import launch
 
 
 @pytest.fixture
 def job_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv(folder.ENVIRONMENT, str(tmp_path))
+    monkeypatch.setenv(job_folder.ENVIRONMENT, str(tmp_path))
     monkeypatch.setattr(progress, "_phase", {})
     clock = {"now": 100.0}
     monkeypatch.setattr(progress.time, "monotonic", lambda: clock["now"])
@@ -18,7 +19,7 @@ def job_dir(tmp_path, monkeypatch):
 
 
 def written(directory):
-    return json.loads((directory / folder.PROGRESS).read_text())
+    return json.loads((directory / job_folder.PROGRESS).read_text())
 
 
 def test_a_silent_step_is_reported_at_once(job_dir):

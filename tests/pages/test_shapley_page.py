@@ -5,7 +5,7 @@ import pandas as pd
 from streamlit.testing.v1 import AppTest
 
 from analysis.settings import RunSettings
-from analysis.signals.tidy import per_module
+from analysis.contract.tidy import per_module
 from analysis.signals.registry import get_signal
 from analysis.signals.runner import run_signals
 from analysis.store.cache import Result, Store

@@ -266,7 +266,7 @@ def test_the_square_cka_matrix_keeps_its_axes_at_the_cells():
 def test_undefined_cells_are_grey_with_a_legend_entry_and_each_panel_keeps_its_scale():
     """A degenerate CKA block has no value: it is drawn grey (with a legend entry), never as a colour of the
     scale; a signed signal gets the diverging scale without changing the one-signed panels' scale."""
-    from analysis.reporting.figures import UNDEFINED_GREY, side_by_side_heatmaps
+    from analysis.charts.tidy_figures import UNDEFINED_GREY, side_by_side_heatmaps
     frames = {"cka": pd.DataFrame({"layer": [0, 1, 2], "module": "block", "value": [np.nan, 0.3, 0.6]}),
               "shapley": pd.DataFrame({"layer": [0, 1, 2], "module": "q", "value": [-0.2, 0.1, 0.4]})}
     figure = side_by_side_heatmaps(frames)

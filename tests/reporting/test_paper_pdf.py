@@ -120,7 +120,8 @@ def test_every_exported_figure_keeps_the_paper_sizes_and_the_page(tmp_path):
     the retrain comparison (made by the real compare, each retrain's metrics random): all text at 7.5 pt (no
     9 pt axis or colour-bar title, no 8.25 pt title, no 5.6 pt minor log label, no shrunken cell text), every word
     inside the page and every legend entry drawn (plotly drops those that do not fit beside the plot)."""
-    from analysis.reporting.exhibits import agreement_exhibit, exhibits_for
+    from analysis.charts.agreement import agreement_exhibit
+    from analysis.reporting.exhibits import exhibits_for
     from analysis.reporting.paper import legend_entries
     from analysis.settings import Limits, RunSettings
     from analysis.signals.context import prepare

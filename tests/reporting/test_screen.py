@@ -4,7 +4,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis.reporting.all_signals import agreement_matrix_figure, layer_curves_figure
-from analysis.reporting.figures import agreement_figure, layer_bars, side_by_side_heatmaps
+from analysis.charts.agreement import agreement_figure
+from analysis.charts.tidy_figures import layer_bars, side_by_side_heatmaps
 from analysis.reporting.screen import FRAME, on_screen
 
 

@@ -8,7 +8,8 @@ import torch
 from analysis.signals.cka import linear_cka as cka_module
 from analysis.errors import UserError
 from analysis.signals.cka.linear_cka import CKAAccumulator, cka_matrix, linear_cka
-from analysis.signals.registry import TIDY_COLUMNS, get_signal, make_config
+from analysis.contract.result import TIDY_COLUMNS
+from analysis.signals.registry import get_signal, make_config
 from tests.conftest import reference_states
 
 SHAPES = [(20, 50, 30), (40, 64, 8), (200, 10, 15), (150, 12, 12)]  # (N, D1, D2): N < D and N > D

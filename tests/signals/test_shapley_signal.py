@@ -9,7 +9,8 @@ import torch
 from analysis.model.capture import adaptable_modules, find_blocks
 from analysis.errors import UserError
 from analysis.signals.lora.gated_lora import gated_lora
-from analysis.signals.registry import TIDY_COLUMNS, get_signal, make_config
+from analysis.contract.result import TIDY_COLUMNS
+from analysis.signals.registry import get_signal, make_config
 from analysis.signals.shapley.sampling import estimate
 from analysis.signals.shapley import checkpointing_in_eval, loss_function
 from analysis.signals.lora.warmup import AdaLoRAScores, WarmupConfig, warm_up

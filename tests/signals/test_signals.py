@@ -8,7 +8,8 @@ import torch
 from analysis.signals.context import AnalysisContext, prepare
 from analysis.settings import RunSettings
 from analysis.errors import UserError
-from analysis.signals.registry import TIDY_COLUMNS, all_signals, get_signal, make_config
+from analysis.contract.result import TIDY_COLUMNS
+from analysis.signals.registry import all_signals, get_signal, make_config
 from analysis.store.cache import Store
 from analysis.planning.methods import layout_for
 from tests.conftest import reference_states

@@ -8,7 +8,8 @@ import torch
 from skdim.id import TwoNN
 
 from analysis.errors import UserError
-from analysis.signals.registry import TIDY_COLUMNS, get_signal, make_config
+from analysis.contract.result import TIDY_COLUMNS
+from analysis.signals.registry import get_signal, make_config
 from analysis.signals.intrinsic_dim.twonn import nearest_two, twonn
 from tests.conftest import reference_states
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from analysis.signals.tidy import per_module, per_rank_table
+from analysis.contract.tidy import per_module, per_rank_table
 from analysis.signals.registry import Signal, register
-from analysis.store.cache import Result
+from analysis.contract.result import Result
 from analysis.signals.lora.warmup import WarmupConfig, warm_up, warmup_options
 
 
@@ -28,8 +28,8 @@ def compute(context, config: AdaLoRAConfig) -> Result:
 
 
 def _exhibits(entry):
-    from analysis.reporting.exhibits import Exhibit
-    from analysis.reporting.figures import module_heatmap
+    from analysis.contract.exhibit import Exhibit
+    from analysis.charts.tidy_figures import module_heatmap
     return [Exhibit("adalora_modules", "AdaLoRA sensitivity per module", lambda: entry.table("modules"),
                     lambda: module_heatmap(entry.table("modules"), value_label="score"))]
 

@@ -25,7 +25,7 @@ import torch
 
 from analysis.signals.alpha.esd_fit import fit_alphalora, fit_power_law, spectra
 from analysis.signals.registry import Signal, register
-from analysis.store.cache import Result
+from analysis.contract.result import Result
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 FITS = {"ww": fit_power_law, "alphalora": fit_alphalora}

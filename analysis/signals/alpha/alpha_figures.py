@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis.reporting import figures
-from analysis.reporting.exhibits import Exhibit
+from analysis.charts import tidy_figures
+from analysis.contract.exhibit import Exhibit
 
 
 def esd_figure(spectra: pd.DataFrame, fits: pd.DataFrame, layer: int, module: str, title: str = "") -> go.Figure:
@@ -49,7 +49,7 @@ def exhibits(entry) -> list[Exhibit]:
     table = entry.table
     fit = FIT_NAMES[entry.meta.get("fit", "ww")]   # entries from before the option used WeightWatcher's
     found = [Exhibit("alpha_modules", f"Heavy-tailed alpha per layer and module ({fit})", table,
-                     lambda: figures.module_heatmap(table()[["signal", "layer", "module", "value"]],
+                     lambda: tidy_figures.module_heatmap(table()[["signal", "layer", "module", "value"]],
                                                     "alpha per layer and module", "alpha"))]
     fits = table()
     scored = fits.dropna(subset=["value"])

@@ -38,7 +38,7 @@ from analysis.signals import parallel
 from analysis.signals.cka.linear_cka import CKAAccumulator, cka_matrix
 from analysis.signals.context import MEASURED_SPLITS
 from analysis.signals.registry import Signal, deferred, register
-from analysis.store.cache import Result
+from analysis.contract.result import Result
 
 
 # Below this many examples CKA between two layers is close to 1 for almost any pair (few points in a wide space).

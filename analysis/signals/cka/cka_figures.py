@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis.reporting.figures import HEATMAP_SCALE
-from analysis.reporting.exhibits import Exhibit
+from analysis.charts.tidy_figures import HEATMAP_SCALE
+from analysis.contract.exhibit import Exhibit
 
 
 def cka_importance_figure(table: pd.DataFrame, title: str = "") -> go.Figure:

@@ -40,7 +40,7 @@ from analysis.signals import parallel
 from analysis.signals.eva.peft_eva import eva_lora_config, model_inputs, run_eva
 from analysis.signals.context import MEASURED_SPLITS
 from analysis.signals.registry import Signal, register
-from analysis.store.cache import Result
+from analysis.contract.result import Result
 from analysis.settings import MAX_RANK
 
 

@@ -27,7 +27,7 @@ from analysis.signals import parallel
 from analysis.signals.gora.gradient_importance import IMPORTANCE, importance, summed_gradients
 from analysis.signals.context import MEASURED_SPLITS
 from analysis.signals.registry import Signal, register
-from analysis.store.cache import Result
+from analysis.contract.result import Result
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis.signals import parallel
 from analysis.signals.registry import Signal, register
-from analysis.store.cache import Result
+from analysis.contract.result import Result
 
 
 @dataclass

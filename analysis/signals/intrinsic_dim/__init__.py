@@ -32,7 +32,7 @@ import torch
 from analysis.errors import UserError
 from analysis.signals.context import MEASURED_SPLITS
 from analysis.signals.registry import Signal, deferred, register
-from analysis.store.cache import Result
+from analysis.contract.result import Result
 from analysis.signals.intrinsic_dim.twonn import twonn
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis.reporting.exhibits import Exhibit
+from analysis.contract.exhibit import Exhibit
 
 
 def _depth_axis(blocks: int) -> dict:

@@ -38,8 +38,9 @@ from analysis.signals import parallel
 from analysis.signals.lora import graphed_loss
 from analysis.signals.lora.gated_lora import gated_lora
 from analysis.store.hashing import hash_json
-from analysis.jobs.progress import progress
-from analysis.store.cache import Entry, Result
+from analysis.contract.progress import progress
+from analysis.contract.result import Result
+from analysis.store.cache import Entry
 from analysis.settings import MAX_RANK
 
 VERSION = 1

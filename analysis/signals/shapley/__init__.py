@@ -44,11 +44,11 @@ from analysis.signals.shapley import exact, pass_size
 from analysis.signals.shapley import sampling as shapley
 from analysis.model.capture import find_blocks
 from analysis.errors import UserError
-from analysis.jobs.progress import progress
-from analysis.signals.tidy import per_rank_table
+from analysis.contract.progress import progress
+from analysis.contract.tidy import per_rank_table
 from analysis.signals.context import MEASURED_SPLITS
 from analysis.signals.registry import Signal, deferred, register
-from analysis.store.cache import Result
+from analysis.contract.result import Result
 from analysis.signals.lora.gated_lora import repeated
 from analysis.signals.lora.warmup import WarmupConfig, warm_adapter, warmup_options
 

@@ -5,9 +5,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
-from analysis.reporting import figures
-from analysis.reporting.figures import HEATMAP_SCALE, error_band
-from analysis.reporting.exhibits import Exhibit
+from analysis.charts import tidy_figures
+from analysis.charts.tidy_figures import HEATMAP_SCALE, error_band
+from analysis.contract.exhibit import Exhibit
 
 
 VALUE_LABELS = {"shapley": "loss reduction", "sensitivity": "sensitivity |g dL/dg|"}
@@ -62,10 +62,10 @@ def exhibits(entry) -> list[Exhibit]:
     name = NAMES.get(reading, reading)
     found = [
         Exhibit("shapley_modules", f"{name} per module", lambda: table("modules"),
-                lambda: figures.module_heatmap(table("modules"), value_label=label)),
+                lambda: tidy_figures.module_heatmap(table("modules"), value_label=label)),
         Exhibit("shapley_layers", f"{name} per layer", lambda: table("layers"),
-                lambda: figures.layer_bars(table("layers"), value_label=label)),
-        Exhibit("shapley_ranks", f"{name} of every rank", table, lambda: figures.rank_heatmap(table())),
+                lambda: tidy_figures.layer_bars(table("layers"), value_label=label)),
+        Exhibit("shapley_ranks", f"{name} of every rank", table, lambda: tidy_figures.rank_heatmap(table())),
         Exhibit("shapley_convergence", f"Convergence of the {name} estimate", lambda: table("convergence"),
                 lambda: convergence_figure(table("convergence"), value_label=label))]
     if "reference" in entry.table_names:

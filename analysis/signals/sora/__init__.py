@@ -24,10 +24,10 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.model.layout import lora_parameter_count
-from analysis.signals.tidy import per_rank_table
+from analysis.contract.tidy import per_rank_table
 from analysis.signals.registry import Signal, deferred, register
 from analysis.signals.sora.gate_training import SoraConfig, learned_ranks, train
-from analysis.store.cache import Result, files_under
+from analysis.contract.result import Result, files_under
 
 
 def _per_module(gates) -> tuple[list[int], list[float]]:

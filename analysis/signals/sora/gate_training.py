@@ -49,7 +49,7 @@ from analysis.errors import UserError
 from analysis.signals import parallel
 from analysis.signals.lora import graphed_loss
 from analysis.signals.lora.gated_lora import ADAPTER, GatedLoRA, gated_lora
-from analysis.jobs.progress import progress
+from analysis.contract.progress import progress
 from analysis.signals.lora.warmup import head_kept
 from analysis.settings import MAX_RANK
 from analysis.signals.sora.best_checkpoint import BestCheckpoint

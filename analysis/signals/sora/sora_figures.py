@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis.reporting import figures
-from analysis.reporting.exhibits import Exhibit
+from analysis.charts import tidy_figures
+from analysis.contract.exhibit import Exhibit
 from analysis.signals.sora.gate_training import SoraConfig
 
 
@@ -51,7 +51,7 @@ def exhibits(entry) -> list[Exhibit]:
     r_max = r_max_of(entry)
     return [
         Exhibit("sora_learned_ranks", "SoRA learned rank per module", table,
-                lambda: figures.module_heatmap(table(), value_label="learned rank", zrange=(0, r_max))),
+                lambda: tidy_figures.module_heatmap(table(), value_label="learned rank", zrange=(0, r_max))),
         Exhibit("sora_rank_histogram", "SoRA learned ranks", table, lambda: rank_histogram(table(), r_max)),
         Exhibit("sora_sparsity_path", "SoRA sparsity over training and threshold",
                 lambda: pd.concat([table("history").assign(panel="training"),

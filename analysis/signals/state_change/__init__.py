@@ -13,7 +13,7 @@ import torch
 
 from analysis.signals import parallel
 from analysis.signals.registry import Signal, register
-from analysis.store.cache import Result
+from analysis.contract.result import Result
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.store.atomic import write_json_atomic
+from analysis.contract.atomic import write_json_atomic
 
 ENVIRONMENT = "ANALYSIS_JOB_DIR"
 JOB, LOG, PROGRESS, CURVE, RESULT, CANCELLED = ("job.json", "log.txt", "progress.json", "curve.jsonl",

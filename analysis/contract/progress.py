@@ -1,6 +1,6 @@
 """Progress for long work: a tqdm bar on the terminal, and what a dashboard job reports about itself.
 
-A job reports three things to its folder (analysis/jobs/folder.py), at most twice a second:
+A job reports three things to its folder (job_folder.py), at most twice a second:
 - the phase it is in: `phase("signal sora", k, n)` for item k of n of a job made of several;
 - the step within it, for long silent work: `step("loading the model")`, `step("waiting for another job")`;
 - the current bar: {"desc", "n", "total", "elapsed", "eta"}.
@@ -14,7 +14,7 @@ from typing import Iterable, Iterator, TypeVar
 
 from tqdm.auto import tqdm
 
-from analysis.jobs import folder
+from analysis.contract import job_folder
 
 T = TypeVar("T")
 
@@ -60,8 +60,8 @@ def total_left(item_elapsed: float, item_eta: float | None) -> float | None:
 
 def _write(bar: dict) -> None:
     elapsed_item = time.monotonic() - _phase["item_started"] if "item_started" in _phase else bar["elapsed"]
-    folder.write_progress({**bar, "phase": _phase.get("text"), "step": _phase.get("step"), "k": _phase.get("k"),
-                           "of": _phase.get("n"), "total_eta": total_left(elapsed_item, bar["eta"])})
+    job_folder.write_progress({**bar, "phase": _phase.get("text"), "step": _phase.get("step"), "k": _phase.get("k"),
+                               "of": _phase.get("n"), "total_eta": total_left(elapsed_item, bar["eta"])})
 
 
 def _report(bar: tqdm) -> None:
@@ -73,7 +73,7 @@ def _report(bar: tqdm) -> None:
 
 
 def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "batch") -> Iterator[T]:
-    job_dir = folder.current()
+    job_dir = job_folder.current()
     bar = tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, disable=_silent)
     last = 0.0
     for item in bar:

@@ -4,12 +4,11 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from analysis.model.capture import AdaptableModule
 
-
-def per_rank_table(signal: str, modules: list[AdaptableModule], values: torch.Tensor,
+def per_rank_table(signal: str, modules: list, values: torch.Tensor,
                    stderr: torch.Tensor | None = None) -> pd.DataFrame:
-    """(modules, r) values -> rows signal, layer, module, value[, stderr], rank."""
+    """(modules, r) values -> rows signal, layer, module, value[, stderr], rank; `modules` are the model's adaptable
+    modules in order (each with its `layer` and short `name`, as model.capture finds them)."""
     r = values.shape[1]
     table = pd.DataFrame({
         "signal": signal,
