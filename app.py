@@ -3,12 +3,13 @@ from pathlib import Path
 
 import streamlit as st
 
+from pages.shared.planning import limit_keys
 from pages.shared.widgets import PERSISTENT_KEYS, keep
 
 # The icon is a file on disk (a material icon would be fetched from a font server): the dashboard works offline.
 ICON = Path(__file__).parent / "pages" / "shared" / "icon.png"
 st.set_page_config(page_title="LoRA rank importance", layout="wide", page_icon=str(ICON))
-keep(*PERSISTENT_KEYS)
+keep(*PERSISTENT_KEYS, *limit_keys())
 navigation = st.navigation({
     "Setup": [st.Page("pages/setup.py", title="Setup and runs", icon=":material/settings:", default=True)],
     "Signals": [st.Page("pages/overview.py", title="All signals", icon=":material/dashboard:"),

@@ -177,17 +177,30 @@ def cmd_list(args) -> int:
 
 
 def cmd_signals(args) -> int:
+    from analysis.settings import flag_of
     from analysis.signals.registry import all_signals, config_help
     for signal in all_signals().values():
         print(f"{signal.name}: {signal.title}. {signal.description}")
         for name, default, text in config_help(signal):
             print(f"    --set {signal.name}.{name}={default}   {text}")
+        if signal.plan is not None and signal.plan.limits is not None:
+            for f in dataclasses.fields(signal.plan.limits):
+                print(f"    {flag_of(f)} {f.default}   (plan, compare, export) {f.metadata['help']}")
+        if signal.start is not None:
+            print(f"    --init {signal.name}   (retrain, compare) the adapter's start: {signal.start.help}")
     return 0
 
 
 def _limits(args):
     from analysis.settings import Limits, from_args
     return from_args(Limits, args)
+
+
+def _signal_limits(args) -> tuple:
+    """The limits of the signals' own plan rules as given (CKA's --block-rank, GoRA's --gora-min-rank, ...)."""
+    from analysis.settings import from_args
+    from analysis.signals.registry import signal_limits
+    return tuple(from_args(limits, args) for limits in signal_limits())
 
 
 def _plan_options(args):
@@ -197,10 +210,13 @@ def _plan_options(args):
 
 def _plan_arguments(parser: argparse.ArgumentParser) -> None:
     from analysis.settings import Limits, PlanOptions, add_flags
+    from analysis.signals.registry import signal_limits
     group = parser.add_argument_group("budget and limits")
     group.add_argument("--budget", default="r4", help="trainable LoRA parameters (150000, 150k, 1.2M) or an "
                        "average rank (r4: what uniform rank 4 costs) (default: %(default)s)")
     add_flags(group, Limits)
+    for limits in signal_limits():   # a signal's own plan rule may take limits of its own
+        add_flags(group, limits)
     add_flags(parser.add_argument_group("alpha and dropout"), PlanOptions)
     parser.add_argument("--set", action="append", metavar="SIGNAL.OPTION=VALUE",
                         help="which cached variant of a signal to plan from (default: the newest)")
@@ -211,8 +227,10 @@ def cmd_plan(args) -> int:
     from analysis.planning.plan_json import plan_name, write_plan
     from analysis.planning.methods import make_plan
     limits, options, overrides = _limits(args), _plan_options(args), _overrides(args.set)   # checked first
+    own = _signal_limits(args)
     _check_set(overrides, _method_signals([args.signal]), f"that '{args.signal}' does not use")
-    plan = make_plan(identify(_settings(args), _store(args)), args.signal, args.budget, limits, options, overrides)
+    plan = make_plan(identify(_settings(args), _store(args)), args.signal, args.budget, limits, options, overrides,
+                     signal_limits=own)
     for warning in plan["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     write_plan(plan, args.out)
@@ -285,7 +303,7 @@ def cmd_compare(args) -> int:
     grouping = from_args(Grouping, args)
     entry = compare(settings, methods, budgets, seeds, _retrain_config(args), _limits(args), _plan_options(args),
                     _store(args), overrides=overrides, tune_lrs=parse_rates(args.tune_lr), baselines=baselines,
-                    adapters_at_once=grouping.adapters_at_once)
+                    adapters_at_once=grouping.adapters_at_once, signal_limits=_signal_limits(args))
     task = entry.meta["task"]
     table, saved = formatted(entry.table(), task), savings(entry.table("runs"), task)
     text = markdown(table)
@@ -321,7 +339,7 @@ def cmd_export(args) -> int:
     from analysis.reporting.exhibits import exhibits_for, render
     from analysis.contract.atomic import write_bytes_atomic
     from analysis.signals.registry import all_signals
-    limits, overrides = _limits(args), _overrides(args.set)   # checked first
+    limits, own, overrides = _limits(args), _signal_limits(args), _overrides(args.set)   # checked first
     used = {"all": set(), "comparison": set(), "plans": set(all_signals())}.get(args.signal)
     _check_set(overrides, _method_signals([args.signal]) if used is None else used,
                f"that exporting '{args.signal}' does not use")
@@ -329,7 +347,7 @@ def cmd_export(args) -> int:
         raise UserError("Name the file to write with --out, e.g. --out figure.pdf.")
     if not args.list and not args.out.parent.is_dir():
         raise UserError(f"The folder '{args.out.parent}' does not exist; create it or choose another --out.")
-    found = exhibits_for(identify(_settings(args), _store(args)), args.signal, args.budget, limits, overrides)
+    found = exhibits_for(identify(_settings(args), _store(args)), args.signal, args.budget, limits, overrides, own)
     if args.list:
         for exhibit in found:
             kind = "figure" if exhibit.figure else "table"

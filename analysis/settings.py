@@ -27,15 +27,47 @@ MAX_RANK = 1024
 
 
 def setting(default, help: str, *, flag: str | None = None, minimum=None, maximum=None, choices=None,
-            above: float | None = None):
-    """A field with its help text and the range its values must lie in (checked on construction)."""
+            above: float | None = None, label: str | None = None):
+    """A field with its help text and the range its values must lie in (checked on construction); `label` names it
+    on a page where its help is too long for that."""
     return field(default=default, metadata={"help": help, "flag": flag, "minimum": minimum, "maximum": maximum,
-                                            "choices": choices, "above": above})
+                                            "choices": choices, "above": above, "label": label})
+
+
+class OpenChoices:
+    """Choices that layers above this one extend: the given ones, then those its `source` returns once a layer has
+    set one (the adapter starts signals bring: signals/registry.py sets ADAPTER_STARTS' source when imported), so a
+    field whose values come from the signals is still checked when its group is made."""
+
+    def __init__(self, *given: str):
+        self.given = given
+        self.source = None
+
+    def __iter__(self):
+        yield from self.given
+        if self.source is not None:
+            yield from self.source()
+
+    def __bool__(self) -> bool:
+        return True
+
+
+# The starts of a retrain's adapter: peft's own, then those the signals bring (EVA's, GoRA's), by the signal's name.
+ADAPTER_STARTS = OpenChoices("default")
+
+
+def field_of(group: type, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(group) if f.name == name)
 
 
 def choices_of(group, name: str) -> tuple:
     """The values a setting accepts, as its field declares them (for pages' select boxes)."""
-    return next(f for f in dataclasses.fields(group) if f.name == name).metadata["choices"]
+    return tuple(field_of(group, name).metadata["choices"])
+
+
+def kind_of(group: type, name: str) -> type:
+    """A field's value type: int, float, str, bool or tuple (None-able fields give their other type)."""
+    return _kind(field_of(group, name), group)
 
 
 def _fractions(text) -> tuple[float, float, float]:
@@ -136,7 +168,8 @@ def _check(instance, label_of=flag_of) -> None:
         if value is None or isinstance(value, tuple):
             continue
         if meta.get("choices") and value not in meta["choices"]:
-            raise UserError(f"{label} must be one of {', '.join(map(str, meta['choices']))}, not {quoted(value)}.")
+            choices = ", ".join(map(str, tuple(meta["choices"])))
+            raise UserError(f"{label} must be one of {choices}, not {quoted(value)}.")
         if meta.get("minimum") is not None and value < meta["minimum"]:
             raise UserError(f"{label} must be at least {meta['minimum']}, not {value}.")
         if meta.get("maximum") is not None and value > meta["maximum"]:
@@ -145,6 +178,19 @@ def _check(instance, label_of=flag_of) -> None:
             raise UserError(f"{label} must be greater than {meta['above']}, not {value}.")
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
             raise UserError(f"{label} must lie within ±{INT_LIMIT:,}, not {value:,}.")   # beyond int32 arguments
+
+
+class Group:
+    """Base of every option group: its fields are converted to their types and checked against their ranges when it
+    is made, then `check` applies the rules that span fields, so a bad value is refused wherever the group is made
+    (the command line, a page, a job, a plan file) with the same sentence."""
+
+    def __post_init__(self):
+        _check(self)
+        self.check()
+
+    def check(self) -> None:
+        """Rules across fields (a minimum below a maximum); none unless a group says so."""
 
 
 def check_values(instance, prefix: str) -> None:
@@ -162,7 +208,7 @@ def keyed_options(config_type: type, options: dict) -> dict:
 
 
 @dataclass(frozen=True)
-class RunSettings:
+class RunSettings(Group):
     """What an analysis runs on; every signal's cache key includes the parts that change numbers."""
     model: str = setting("minilm", "minilm (embedded encoder), smollm2 (embedded decoder), a local model directory "
                                    "or a hub name")
@@ -189,52 +235,36 @@ class RunSettings:
                                       "layers across every visible GPU, then CPU memory: for a model larger than "
                                       "one GPU; one process only)", choices=("none", "auto"))
 
-    def __post_init__(self):
-        _check(self)
-
 
 # Learning rates a comparison tries per method and budget (chosen on validation with the first seed).
 DEFAULT_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 
 
 @dataclass(frozen=True)
-class Limits:
-    """What any plan may give a module."""
+class Limits(Group):
+    """What any plan may give a module (a signal's own plan rule may add limits of its own: its plan family's)."""
     min_rank: int = setting(0, "every allowed module gets at least this rank (0: modules may be left out)",
                             minimum=0)
     max_rank: int = setting(64, "no module gets more", minimum=1)
     module_types: tuple[str, ...] | None = setting(None, "comma-separated module types that may receive rank "
                                                          "(e.g. query,value or q_proj,v_proj; default: all)",
                                                    flag="--modules")
-    block_rank: int = setting(8, "rank of each block a CKA plan selects", minimum=1)
-    block_count: str = setting("budget", "how many blocks a CKA plan selects: budget (as many as fit) or paper "
-                                         "(floor(L/2), the CKA paper's rule)", choices=("budget", "paper"))
-    gora_min_rank: int = setting(4, "every module a GoRA plan adapts gets at least this rank (GoRA's published "
-                                    "scripts: 4; 0 for none)", minimum=0)
-    gora_max_rank: int = setting(32, "no module of a GoRA plan gets more (GoRA's published scripts: 32)", minimum=1)
 
-    def __post_init__(self):
-        _check(self)
+    def check(self) -> None:
         if self.min_rank > self.max_rank:
             raise UserError(f"--min-rank ({self.min_rank}) must not exceed --max-rank ({self.max_rank}).")
-        if self.gora_min_rank > self.gora_max_rank:
-            raise UserError(f"--gora-min-rank ({self.gora_min_rank}) must not exceed --gora-max-rank "
-                            f"({self.gora_max_rank}).")
 
 
 @dataclass(frozen=True)
-class PlanOptions:
+class PlanOptions(Group):
     """How a plan sets alpha and dropout (not where the rank goes)."""
     alpha_ratio: float = setting(2.0, "lora_alpha = ratio x rank in every module", above=0)
     rslora: bool = setting(False, "rank-stabilised LoRA: one alpha, scaling alpha/sqrt(r)")
     dropout: float = setting(0.0, "lora_dropout", minimum=0.0, maximum=0.99)
 
-    def __post_init__(self):
-        _check(self)
-
 
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(Group):
     """A retrain of one plan."""
     steps: int = setting(200, "optimizer steps on the train split", minimum=1)
     lr: float = setting(1e-3, "AdamW peak learning rate (linear warm-up and decay)", above=0)
@@ -251,24 +281,18 @@ class TrainSettings:
     checkpoint_every: int = setting(50, "steps between resumable checkpoints", minimum=1)
     seed: int = setting(0, "seed of the adapter and head initialisation and the data order", minimum=0,
                         maximum=2**31 - 1)
-    init: str = setting("default", "adapter initialisation at the plan's ranks: default (peft's, B = 0), eva (peft's "
-                                   "EVA: A from a PCA of each module's inputs) or gora (GoRA: B from the gradient)",
-                        choices=("default", "eva", "gora"))
-
-    def __post_init__(self):
-        _check(self)
+    init: str = setting("default", "the adapter's start at the plan's ranks: default (peft's, B = 0) or the start a "
+                                   "signal brings, by its name ('python -m analysis signals' lists them)",
+                        choices=ADAPTER_STARTS)
 
 
 @dataclass(frozen=True)
-class Grouping:
+class Grouping(Group):
     """How many retrains share one copy of the model: a matter of speed, never of results (a run's entry is the
     same either way), so no cache key holds it."""
     adapters_at_once: int | None = setting(None, "retrains trained together on one copy of the model (default: as "
                                                  "many as fit in the device's memory, measured; 1: one at a time)",
                                            minimum=1, maximum=4096)
-
-    def __post_init__(self):
-        _check(self)
 
 
 # --- derived forms: flags, argv, dicts -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from analysis.planning.allocate import parse_budget  # noqa: E402
+from analysis.allocation.budgets import parse_budget  # noqa: E402
 from analysis.signals.context import prepare  # noqa: E402
 from analysis.settings import RunSettings  # noqa: E402
 from analysis.planning.methods import UNIFORM, layout_for, method_scores  # noqa: E402

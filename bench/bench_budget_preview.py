@@ -18,7 +18,9 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from analysis.planning.allocate import allocate, blend, parse_budget, scores_from_tables  # noqa: E402
+from analysis.allocation.allocate import allocate, blend, scores_from_tables  # noqa: E402
+from analysis.allocation.budgets import parse_budget  # noqa: E402
+from analysis.signals.registry import get_signal  # noqa: E402
 from analysis.model.layout import layout_of  # noqa: E402
 
 
@@ -37,12 +39,12 @@ def tables(layout, rng):
     gates = per_rank.assign(value=per_rank["value"] * (rng.random(len(per_rank)) < 0.5))
     learned = gates.groupby(["layer", "module"], sort=False, as_index=False)["value"].agg(lambda v: (v != 0).sum())
     blocks = pd.DataFrame({"layer": range(layout.num_layers), "module": "block", "signal": "b"})
-    return {
-        "shapley": ("ranks", {"main": per_rank}),
-        "sora": ("learned", {"main": learned, "gates": gates}),
-        "id": ("bounds", {"main": blocks.assign(value=rng.integers(1, 9, layout.num_layers))}),
-        "cka": ("blocks", {"main": blocks.assign(value=rng.random(layout.num_layers))}),
-        "grad_norm": ("weights", {"main": per_rank.drop(columns="rank")}),
+    return {   # each planned by its signal's own plan family (None: the shared rules)
+        "shapley": {"main": per_rank},
+        "sora": {"main": learned, "gates": gates},
+        "id": {"main": blocks.assign(value=rng.integers(1, 9, layout.num_layers))},
+        "cka": {"main": blocks.assign(value=rng.random(layout.num_layers))},
+        "grad_norm": {"main": per_rank.drop(columns="rank")},
     }
 
 
@@ -52,7 +54,8 @@ def main() -> None:
     args = parser.parse_args()
     layout = llama_8b_layout()
     rng = np.random.default_rng(0)
-    scores = {name: scores_from_tables(name, family, t, layout) for name, (family, t) in tables(layout, rng).items()}
+    scores = {name: scores_from_tables(name, get_signal(name).plan, t, layout)
+              for name, t in tables(layout, rng).items()}
     methods = {"uniform": None, **scores, "blend": blend([(scores["shapley"], 0.5), (scores["cka"], 0.5)])}
     print(f"{len(layout.modules)} modules in {layout.num_layers} layers")
     timings = {name: [] for name in methods}

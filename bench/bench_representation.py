@@ -26,7 +26,7 @@ from analysis.signals.context import AnalysisContext, prepare  # noqa: E402
 from analysis.settings import RunSettings  # noqa: E402
 from analysis.signals.registry import get_signal, make_config  # noqa: E402
 from analysis.store.cache import Store  # noqa: E402
-from analysis.signals.intrinsic_dim.twonn import twonn  # noqa: E402
+from analysis.signals.id.twonn import twonn  # noqa: E402
 from llama_shapes import random_llama  # noqa: E402
 
 

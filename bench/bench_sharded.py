@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from analysis.model.capture import adaptable_modules, pooled_hidden_states  # noqa: E402
 from analysis.signals.cka.linear_cka import cka_matrix  # noqa: E402
-from analysis.signals.intrinsic_dim.twonn import twonn  # noqa: E402
+from analysis.signals.id.twonn import twonn  # noqa: E402
 from analysis.signals.lora.gated_lora import gated_lora  # noqa: E402
 from analysis.signals.shapley import checkpointing_in_eval, loss_function  # noqa: E402
 from analysis.signals.shapley.sampling import sample_coalitions  # noqa: E402

@@ -9,7 +9,7 @@ from analysis.jobs import launch as jobs
 from analysis.reporting.exhibits import comparison_exhibits
 from analysis.planning.baselines import DEFAULT_BASELINES, MODULE_FAMILIES
 from analysis.planning.methods import UNIFORM
-from analysis.signals.registry import all_signals
+from analysis.signals.registry import adapter_starts, all_signals
 from analysis.store.runs import comparisons, when
 from analysis.errors import UserError
 from analysis.settings import DEFAULT_GRID, Grouping, RunSettings, TrainSettings, choices_of, from_dict, to_argv
@@ -51,10 +51,11 @@ with st.form("retrain"):
     grid = f.text_input("Tune learning rate over", ",".join(f"{r:g}" for r in DEFAULT_GRID),
                         help="tried per method and budget with the first seed, chosen on the validation split; "
                         "empty: every run uses the learning rate at the left")
+    starts = adapter_starts()
     init = g.selectbox("Adapter start", choices_of(TrainSettings, "init"),
-                       help="default: peft's (B = 0); eva: peft's EVA (A from a PCA of each module's inputs); gora: "
-                       "GoRA's (B from the gradient). Every method, uniform included, starts this way, and the results "
-                       "table says which.")
+                       help="; ".join(["default: peft's (B = 0)", *(f"{name}: {start.help}" for name, start in
+                                                                     starts.items())]) +
+                       ". Every method, uniform included, starts this way, and the results table says which.")
     families = h.multiselect("Module baselines", list(MODULE_FAMILIES), list(DEFAULT_BASELINES),
                              format_func=lambda family: f"{family}: {MODULE_FAMILIES[family]}",
                              help="uniform LoRA on only these modules, at the same budget, as rows beside uniform: "
@@ -78,7 +79,7 @@ if start:
                 ",".join(chosen), "--budgets", ",".join(chosen_budgets), "--seeds", seeds,
                 "--tune-lr", ",".join(f"{r:g}" for r in rates) if rates else "off",
                 "--baselines", ",".join(families) or "none",
-                *to_argv(training, exclude=("seed", "eval_split")), *to_argv(limits), *to_argv(grouping)]
+                *to_argv(training, exclude=("seed", "eval_split")), *limits.argv(), *to_argv(grouping)]
         job_id = jobs.start_job(argv, store.root, label=f"Compare at {', '.join(chosen_budgets)}: uniform, "
                                                          f"{', '.join(chosen)}", run_key=run.key)
         st.toast(f"Started comparison job {job_id}")

@@ -176,12 +176,14 @@ def test_compare_with_one_seed_prints_no_spread():
 
 
 def test_a_cka_plan_far_under_the_budget_warns():
-    from analysis.planning.allocate import allocate, scores_from_tables, uniform_cost
+    from analysis.allocation.allocate import allocate, scores_from_tables
+    from analysis.allocation.budgets import uniform_cost
+    from analysis.signals.registry import get_signal
     from analysis.model.layout import layout_of
     from tests.conftest import tiny_llama
     layout = layout_of(tiny_llama(layers=4))
     table = pd.DataFrame({"signal": "cka", "layer": range(4), "module": "block", "value": [0.4, 0.3, 0.2, 0.1]})
-    scores = scores_from_tables("cka", "blocks", {"main": table}, layout)
+    scores = scores_from_tables("cka", get_signal("cka").plan, {"main": table}, layout)
     allocation = allocate(scores, layout, uniform_cost(layout, 32))
     assert any("of the budget" in w and "--block-rank" in w for w in allocation.warnings)
     assert not allocate(scores, layout, uniform_cost(layout, 8)).warnings   # all blocks at rank 8: the whole budget
@@ -205,7 +207,7 @@ def test_duplicate_points_are_dropped_for_every_estimator(estimator):
     """Token pooling repeats a padded or [CLS]-like vector: MLE gave block 0 an ID of 0.0 and a bound of 8."""
     import skdim.id
 
-    from analysis.signals.intrinsic_dim import IntrinsicDimConfig, compute
+    from analysis.signals.id import IntrinsicDimConfig, compute
     generator = torch.Generator().manual_seed(0)
     distinct = [torch.randn(120, 3, generator=generator) @ torch.randn(3, 16, generator=generator)
                 for _ in range(3)]
@@ -222,8 +224,8 @@ def test_duplicate_points_are_dropped_for_every_estimator(estimator):
 
 
 def test_a_degenerate_estimate_is_flagged(monkeypatch):
-    import analysis.signals.intrinsic_dim as intrinsic_dim
-    from analysis.signals.intrinsic_dim import IntrinsicDimConfig, compute, degenerate
+    import analysis.signals.id as intrinsic_dim
+    from analysis.signals.id import IntrinsicDimConfig, compute, degenerate
     assert degenerate(0.0, torch.zeros(10, 4)) and degenerate(50.0, torch.zeros(10, 4))
     assert not degenerate(3.0, torch.zeros(10, 4))
     estimates = iter([3.0, 0.0, 4.0, 5.0])   # state 1's estimate is 0: what MLE gave on duplicated points

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from analysis.__main__ import build_parser
 from analysis.errors import UserError
 from analysis.settings import Limits, PlanOptions, RunSettings, TrainSettings, flag_of
-from analysis.signals.registry import all_signals
+from analysis.signals.registry import all_signals, signal_limits
 
 BOUNDED = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                           HealthCheck.too_slow])
@@ -73,6 +73,7 @@ def _fields(group, exclude=()):
 @given(data=st.data())
 def test_random_run_and_plan_options_work_or_are_one_sentence(data):
     for group, verb, prefix in ((RunSettings, "run", ""), (Limits, "plan", ""), (PlanOptions, "plan", ""),
+                                *((limits, "plan", "") for limits in signal_limits()),
                                 (TrainSettings, "retrain", "train_")):
         chosen = data.draw(st.lists(st.sampled_from(_fields(group)), min_size=1, max_size=3, unique_by=lambda f: f.name))
         _check_group(group, {flag_of(f): data.draw(VALUES) for f in chosen}, verb, prefix)
@@ -108,7 +109,7 @@ def test_random_signal_options_work_or_are_one_sentence(signal, data):
 def test_random_budgets_work_or_are_one_sentence(text):
     from analysis.model.capture import AdaptableModule
     from analysis.model.layout import Layout
-    from analysis.planning.allocate import MAX_BUDGET, parse_budget
+    from analysis.allocation.budgets import MAX_BUDGET, parse_budget
     modules = tuple(AdaptableModule(layer, name, f"model.layers.{layer}.{name}", 32, 48)
                     for layer in range(2) for name in ("q_proj", "v_proj"))
     layout = Layout(modules, tuple(m.path for m in modules))

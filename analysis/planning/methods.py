@@ -9,15 +9,19 @@ its plan, and is shown as plan_json.row_name says.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
-from analysis.planning.allocate import Scores, allocate, blend, parse_budget, scores_from_tables
+from analysis.allocation.allocate import allocate, blend, scores_from_tables
+from analysis.allocation.budgets import parse_budget
+from analysis.allocation.scores import Scores
 from analysis.planning.baselines import MODULE_FAMILIES, baseline_family, family_limits
 from analysis.signals.context import RunIdentity
 from analysis.errors import UserError
 from analysis.settings import Limits, PlanOptions, to_dict
 from analysis.model.layout import Layout, model_layout
 from analysis.planning.plan_json import build_plan
-from analysis.signals.registry import get_signal, variant_of
+from analysis.contract.signal import variant_of
+from analysis.signals.registry import get_signal
 from analysis.signals.runner import find_entry, not_computed
 from analysis.store.cache import Entry
 
@@ -46,10 +50,29 @@ def blend_parts(method: str) -> list[tuple[str, float]]:
     return parts
 
 
+class EntryTables(Mapping):
+    """An entry's tables by name, each read from disk when a plan family first asks for it."""
+
+    def __init__(self, entry: Entry):
+        self.entry, self.read = entry, {}
+
+    def __getitem__(self, name: str):
+        if name not in self.entry.table_names:
+            raise KeyError(name)
+        if name not in self.read:
+            self.read[name] = self.entry.table(name)
+        return self.read[name]
+
+    def __iter__(self):
+        return iter(self.entry.table_names)
+
+    def __len__(self) -> int:
+        return len(self.entry.table_names)
+
+
 def scores_from_entry(name: str, entry: Entry, layout: Layout) -> Scores:
-    tables = {table: entry.table(table) for table in ("main", "gates") if table in entry.table_names}
     signal = get_signal(name)
-    scores = scores_from_tables(name, signal.plan_family, tables, layout)
+    scores = scores_from_tables(name, signal.plan, EntryTables(entry), layout)
     scores.variant = variant_of(signal, entry.meta.get("config", {}))
     return scores
 
@@ -76,10 +99,11 @@ def method_scores(identity: RunIdentity, method: str, layout: Layout,
 
 
 def plan_from_scores(identity: RunIdentity, scores: Scores | None, layout: Layout, budget: str,
-                     limits: Limits = Limits(), options: PlanOptions = PlanOptions()) -> dict:
+                     limits: Limits = Limits(), options: PlanOptions = PlanOptions(),
+                     signal_limits: tuple = ()) -> dict:
     """The plan for already loaded scores (None: uniform LoRA); what a budget move recomputes."""
     amount = parse_budget(budget, layout, limits)
-    allocation = allocate(scores, layout, amount, limits)
+    allocation = allocate(scores, layout, amount, limits, signal_limits)
     return build_plan(layout, allocation.ranks, scores.name if scores else UNIFORM, amount, options,
                       allocation.warnings, settings=to_dict(identity.settings),
                       variant=scores.variant if scores else "")
@@ -103,9 +127,10 @@ def baseline_plan(identity: RunIdentity, method: str, budget: str, limits: Limit
 
 def make_plan(identity: RunIdentity, method: str, budget: str, limits: Limits = Limits(),
               options: PlanOptions = PlanOptions(), overrides: dict[str, dict[str, str]] | None = None,
-              layout: Layout | None = None) -> dict:
+              layout: Layout | None = None, signal_limits: tuple = ()) -> dict:
+    """The plan of a method at a budget; `signal_limits`: the limits of signals' own plan rules as chosen."""
     layout = layout or layout_for(identity)
     if baseline_family(method):
         return baseline_plan(identity, method, budget, limits, options, layout)
     return plan_from_scores(identity, method_scores(identity, method, layout, overrides), layout, budget, limits,
-                            options)
+                            options, signal_limits)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.planning.allocate import Allocation, Scores, allocate
+from analysis.allocation.allocate import allocate
+from analysis.allocation.scores import Allocation, Scores
 from analysis.errors import UserError
 from analysis.model.layout import Layout
 from analysis.planning.plan_json import build_plan, row_name
@@ -30,14 +31,16 @@ class Outcome:
         return row_name(self.method, self.variant)
 
 
-def preview(scores: dict[str, Scores | None], layout: Layout, budget: int, limits: Limits = Limits()) -> list[Outcome]:
-    """Each method's allocation at `budget` (None scores: uniform LoRA); a budget a method cannot meet is an
-    outcome with its one-sentence reason, not an exception."""
+def preview(scores: dict[str, Scores | None], layout: Layout, budget: int, limits: Limits = Limits(),
+            signal_limits: tuple = ()) -> list[Outcome]:
+    """Each method's allocation at `budget` (None scores: uniform LoRA; `signal_limits`: the limits of signals' own
+    plan rules as chosen); a budget a method cannot meet is an outcome with its one-sentence reason, not an
+    exception."""
     outcomes = []
     for method, score in scores.items():
         variant = score.variant if score else ""
         try:
-            outcomes.append(Outcome(method, allocate(score, layout, budget, limits), variant=variant))
+            outcomes.append(Outcome(method, allocate(score, layout, budget, limits, signal_limits), variant=variant))
         except UserError as error:
             outcomes.append(Outcome(method, error=str(error), variant=variant))
     return outcomes

@@ -14,7 +14,7 @@ import pandas as pd
 from analysis.charts import tidy_figures
 from analysis.reporting import figures
 from analysis.contract.exhibit import Exhibit
-from analysis.planning.allocate import parse_budget
+from analysis.allocation.budgets import parse_budget
 from analysis.settings import Limits
 from analysis.reporting.comparison_tables import (budget_table, curve_points, formatted, pareto_points,
                                                    savings_table)
@@ -131,9 +131,11 @@ def cached_signals(identity) -> dict[str, Entry]:
     return chosen_entries(run, all_signals()) if run else {}
 
 
-def exhibits_for(identity, what: str, budget: str = "r4", limits=None, overrides=None) -> list[Exhibit]:
+def exhibits_for(identity, what: str, budget: str = "r4", limits=None, overrides=None,
+                 signal_limits: tuple = ()) -> list[Exhibit]:
     """A signal's exhibits, or 'all' (every cached signal side by side), 'plans' (every method's plan at
-    `budget`) or 'comparison' (the newest retrain comparison of this setting)."""
+    `budget`, under `limits` and the signals' own `signal_limits`) or 'comparison' (the newest retrain comparison
+    of this setting)."""
 
     if what == "all":
         entries = cached_signals(identity)
@@ -145,7 +147,7 @@ def exhibits_for(identity, what: str, budget: str = "r4", limits=None, overrides
         methods = [UNIFORM, *cached_signals(identity)]
         amount = parse_budget(budget, layout, limits)
         outcomes = preview({m: method_scores(identity, m, layout, overrides) for m in methods}, layout, amount,
-                           limits)
+                           limits, signal_limits)
         return [plan_exhibit(outcomes, layout, amount), plan_exhibit(outcomes, layout, amount, difference=True)]
     if what == "comparison":
         found = comparisons(identity.store, identity.key)

@@ -1,13 +1,7 @@
-"""The signal registry: every signal is one folder under analysis/signals whose __init__ calls `register`.
-
-A signal declares its name, a config dataclass (defaults and help text in field metadata), a
-function (context, config) -> Result whose main table is tidy (signal, layer, module, value, plus
-stderr and rank where they apply), the plan family that turns the table into ranks, and
-optionally its own figures. Pages, the command line and the allocator use only this record.
-
-Where a signal implements a paper, its defaults are that paper's code; an option that departs from it
-names itself (`variant`), and every plan, table row and page that shows an entry computed with it
-carries that name, so no row is called after a paper whose rule it did not follow.
+"""The signal registry: every signal is one folder under analysis/signals (or under a package named in
+ANALYSIS_SIGNAL_PACKAGES) whose __init__ calls `register` with its record (contract/signal.py). Pages, the command
+line, planning and training find a signal and what it brings (its plan family and limits, its adapter start) here,
+by name.
 """
 from __future__ import annotations
 
@@ -15,52 +9,45 @@ import dataclasses
 import importlib
 import os
 import pkgutil
-from dataclasses import dataclass
-from typing import Callable
 
+from analysis.contract.signal import AdapterStart, Signal
 from analysis.errors import UserError
-
-@dataclass(frozen=True)
-class Signal:
-    name: str
-    title: str
-    description: str
-    config: type                  # a dataclass; its field metadata["help"] documents each option
-    compute: Callable             # (AnalysisContext, config) -> store.Result
-    version: int = 1              # bump when the computation changes, so old cache entries are not reused
-    trains: bool = False          # trains a model (a warm-up, gates): minutes on a CPU, so not chosen by default
-    min_examples: int = 0         # fewer validation examples than this: the run warns that the result means little
-    plan_family: str | None = None   # a name from planning.allocate.FAMILIES; None: inferred from the table
-    exhibits: Callable | None = None  # (store Entry) -> its figures and tables; None: reporting's generic one
-    variant: Callable | None = None   # (an entry's config dict) -> what its rows are called where an option departs
-                                      # from the paper's code ("" where none does); None: no such options
-
-
-def variant_of(signal: Signal, config: dict) -> str:
-    """The name of the non-paper options an entry was computed with ("" for the paper's own)."""
-    return signal.variant(config) if signal.variant else ""
-
-
-def deferred(module: str, function: str = "exhibits") -> Callable:
-    """`module.function`, imported on the first call: a signal's figures load plotly only when drawn."""
-    def call(*args, **kwargs):
-        return getattr(importlib.import_module(module), function)(*args, **kwargs)
-    return call
-
+from analysis.settings import ADAPTER_STARTS, Limits, flag_of
 
 _REGISTRY: dict[str, Signal] = {}
 
 
 def register(signal: Signal) -> Signal:
-    from analysis.planning.allocate import FAMILIES
-
     if signal.name in _REGISTRY:
         raise ValueError(f"signal {signal.name!r} registered twice")
-    if signal.plan_family is not None and signal.plan_family not in FAMILIES:
-        raise ValueError(f"signal {signal.name!r} declares plan family {signal.plan_family!r}; the families are "
-                         f"{', '.join(FAMILIES)}")
+    taken = {flag_of(f) for f in dataclasses.fields(Limits)} | {flag for other in _REGISTRY.values()
+                                                                for flag in _limit_flags(other)}
+    clash = sorted(taken & _limit_flags(signal))
+    if clash:
+        raise ValueError(f"signal {signal.name!r} declares plan limits {', '.join(clash)}, which another signal or "
+                         "the generic limits have")
     _REGISTRY[signal.name] = signal
     return signal
+
+
+def _limit_flags(signal: Signal) -> set[str]:
+    """The command-line flags of a signal's own plan limits (each flag may belong to one signal only)."""
+    if signal.plan is None or signal.plan.limits is None:
+        return set()
+    return {flag_of(f) for f in dataclasses.fields(signal.plan.limits)}
+
+
+def adapter_starts() -> dict[str, AdapterStart]:
+    """The adapter starts signals bring (EVA's, GoRA's), by the signal's name."""
+    return {name: s.start for name, s in all_signals().items() if s.start is not None}
+
+
+ADAPTER_STARTS.source = adapter_starts   # TrainSettings.init accepts these beside peft's own default
+
+
+def signal_limits() -> list[type]:
+    """The limits of every signal's own plan rule (CKA's block rank, GoRA's rank range), in registry order."""
+    return [s.plan.limits for s in all_signals().values() if s.plan is not None and s.plan.limits is not None]
 
 
 # Packages whose sub-folders are signals: ours, plus any named in this variable (comma-separated), so a

@@ -14,7 +14,8 @@ from analysis.settings import RunSettings, keyed_options
 from analysis.errors import UserError
 from analysis.contract.progress import phase, step
 from analysis.store.hashing import hash_json
-from analysis.signals.registry import Signal, get_signal, make_config
+from analysis.contract.signal import Signal
+from analysis.signals.registry import get_signal, make_config
 from analysis.store.cache import Entry, Store
 from analysis.store.runs import chosen_entry, run_of
 

@@ -88,11 +88,13 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
             config: TrainSettings, limits: Limits = Limits(), options: PlanOptions = PlanOptions(),
             store: Store | None = None, overrides: dict[str, dict[str, str]] | None = None,
             tune_lrs: list[float] | None = None,
-            baselines: list[str] | tuple[str, ...] = DEFAULT_BASELINES, adapters_at_once: int | None = None) -> Entry:
+            baselines: list[str] | tuple[str, ...] = DEFAULT_BASELINES, adapters_at_once: int | None = None,
+            signal_limits: tuple = ()) -> Entry:
     """Retrain uniform LoRA, the module baselines (uniform LoRA on each family in `baselines` at the same budget)
     and every method at every budget with every seed (the learning rate tuned per method and budget on validation
     when `tune_lrs` is given; else `config.lr`); the comparison's entry. `adapters_at_once` runs train together on
-    one copy of the model (None: as many as fit; 1: one by one)."""
+    one copy of the model (None: as many as fit; 1: one by one). `signal_limits`: the limits of signals' own plan rules
+    (CKA's block rank, GoRA's rank range) as chosen."""
     store = store or Store()
     budgets = parse_budgets(budget) if isinstance(budget, str) else list(dict.fromkeys(budget))
     if not seeds:
@@ -107,7 +109,7 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
     methods = [UNIFORM, *baseline_methods] + [m for m in dict.fromkeys(methods) if m not in (UNIFORM,
                                                                                              *baseline_methods)]
     plans = {(b, method): make_plan(prepared.identity, method, b, limits, options, overrides=overrides,
-                                    layout=layout) for b in budgets for method in methods}
+                                    layout=layout, signal_limits=signal_limits) for b in budgets for method in methods}
     for (b, method), plan in plans.items():
         for warning in plan["warnings"]:
             print(f"note ({method} at {b}): {warning}")

@@ -2,8 +2,8 @@
 validation, which is what learning-rate tuning selects on; `TrainSettings.eval_split`).
 
 Allocate-then-retrain: the adapter starts from scratch (peft's initialisation, B = 0), whatever
-signal produced the plan, unless `init` asks for EVA's or GoRA's data-driven start at the same ranks
-(training/adapter_init.py); the run's table and metadata say which. For classification the task head
+signal produced the plan, unless `init` asks for a signal's data-driven start at the same ranks (EVA's, GoRA's;
+training/adapter_init.py); the run's table and metadata say which. For classification the task head
 is trained alongside, from the same seeded initialisation every method gets. The run is one store entry
 (metrics, learning curve, saved adapter, head), keyed by the setting, the plan's LoRA config, the options
 and the seed, so a comparison never trains the same thing twice.

@@ -1,23 +1,43 @@
 """The budget and the plans at it, shared by the Budget and Retrain pages: the controls (so a budget set on one
 page is the budget on the other), the run's layout and scores read once, and the preview at the budget."""
 import dataclasses
+from typing import NamedTuple
 
 import streamlit as st
 
-from analysis.planning.allocate import parse_budget, uniform_cost
-from analysis.settings import Limits
+from analysis.allocation.budgets import parse_budget, uniform_cost
+from analysis.settings import Limits, to_argv
 from analysis.signals.context import RunIdentity
 from analysis.errors import UserError
 from analysis.planning.methods import UNIFORM, layout_for, method_scores
 from analysis.planning.preview import Outcome, preview, summary
-from analysis.signals.registry import Signal
+from analysis.contract.signal import Signal
+from analysis.signals.registry import signal_limits
 from analysis.store.runs import Run
 from analysis.store.cache import Store
+from pages.shared.widgets import setting_input
 
 
-DEFAULT_LIMITS = Limits()
-# Limits kept in session state under their field names; the module types have their own chooser.
-LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(Limits) if f.name != "module_types")
+
+
+class ChosenLimits(NamedTuple):
+    """The limits as chosen: what any plan may give a module, and the limits of signals' own plan rules."""
+    limits: Limits
+    signal_limits: tuple
+
+    def argv(self) -> list[str]:
+        """The flags a job is started with to plan under these limits."""
+        return [*to_argv(self.limits), *(flag for own in self.signal_limits for flag in to_argv(own))]
+
+
+def limit_groups() -> list[type]:
+    """Limits, then each signal's own plan limits (CKA's block rank, GoRA's rank range), in registry order."""
+    return [Limits, *signal_limits()]
+
+
+def limit_keys() -> list[str]:
+    """Session-state keys of the limits: their field names (the module types have a chooser of their own)."""
+    return [f.name for group in limit_groups() for f in dataclasses.fields(group) if f.name != "module_types"]
 
 
 @st.cache_resource(show_spinner="Reading the model's layout from its config", max_entries=8)
@@ -95,8 +115,10 @@ def budget_controls(layout, available: list[str], titles: dict[str, str]) -> tup
     state.setdefault("budget_unit", "average rank")
     state.setdefault("budget_rank", 4.0)
     state.setdefault("budget_params", uniform_cost(layout, 4))
-    for key in LIMIT_KEYS:
-        state.setdefault(key, getattr(DEFAULT_LIMITS, key))
+    for group in limit_groups():
+        for f in dataclasses.fields(group):
+            if f.name != "module_types":
+                state.setdefault(f.name, f.default)
     state["plan_methods"] = chosen_methods(available)
     state["plan_methods_offered"] = available
     left, right = st.columns(2)
@@ -109,37 +131,35 @@ def budget_controls(layout, available: list[str], titles: dict[str, str]) -> tup
                                 format_func=lambda name: titles.get(name, name))
     blend = right.text_input("Blend (optional)", placeholder="e.g. 0.7*shapley+0.3*cka", key="plan_blend")
     with st.expander("Limits"):
-        a, b, c = st.columns(3)
-        chosen = {"min_rank": a.number_input("Minimum rank per module", 0, 64, key="min_rank"),
-                  "max_rank": b.number_input("Maximum rank per module", 1, 256, key="max_rank"),
-                  "module_types": module_types_control(c, layout),
-                  "block_rank": a.number_input("Rank of each block a CKA plan selects", 1, 256, key="block_rank"),
-                  "block_count": b.radio("Blocks a CKA plan selects", ["budget", "paper"], key="block_count",
-                                         help="budget: as many as the budget fits; paper: floor(L/2), the CKA "
-                                              "paper's rule"),
-                  "gora_min_rank": a.number_input("Minimum rank of a GoRA plan", 0, 256, key="gora_min_rank",
-                                                  help="GoRA's published scripts: 4"),
-                  "gora_max_rank": b.number_input("Maximum rank of a GoRA plan", 1, 256, key="gora_max_rank",
-                                                  help="GoRA's published scripts: 32")}
-    return current_budget(), [*methods, *([blend.strip()] if blend.strip() else [])], limits_or_stop(chosen)
+        left, right = st.columns([2, 1])
+        module_types_control(right, layout)
+        columns = left.columns(2)
+        fields = [(group, f.name) for group in limit_groups() for f in dataclasses.fields(group)
+                  if f.name != "module_types"]
+        for k, (group, name) in enumerate(fields):
+            setting_input(columns[k % 2], group, name, key=name)
+    return current_budget(), [*methods, *([blend.strip()] if blend.strip() else [])], limits_or_stop(layout)
 
 
-def limits_or_stop(values: dict) -> Limits:
-    """The limits the user chose, or the page stops with the one sentence saying what is wrong with them."""
+def limits_or_stop(layout) -> ChosenLimits:
+    """The limits as last set (session state), or the page stops with the one sentence saying what is wrong."""
+    state = st.session_state
     try:
-        return Limits(**values)
+        groups = [group(**{f.name: state.get(f.name, f.default) for f in dataclasses.fields(group)
+                           if f.name != "module_types"}) for group in limit_groups()]
+        return ChosenLimits(dataclasses.replace(groups[0], module_types=chosen_module_types(layout)), tuple(groups[1:]))
     except UserError as error:
         st.error(str(error))
         st.stop()
 
 
-def outcomes_at(run: Run, methods: list[str], budget: str, limits: Limits):
+def outcomes_at(run: Run, methods: list[str], budget: str, chosen: ChosenLimits):
     """Uniform LoRA's and each method's allocation at the budget (in parameters, returned too). A method whose
     scores cannot be read (a blend naming a signal this run lacks) becomes an outcome with its reason; a
     budget that cannot be read stops the page with its one-sentence reason."""
     prepared, layout = planning(run)
     try:
-        amount = parse_budget(budget, layout, limits)
+        amount = parse_budget(budget, layout, chosen.limits)
     except UserError as error:
         st.error(str(error))
         st.stop()
@@ -149,7 +169,7 @@ def outcomes_at(run: Run, methods: list[str], budget: str, limits: Limits):
             scores[method] = cached_scores(run, method, prepared, layout)
         except UserError as error:
             failed[method] = Outcome(method, error=str(error))
-    planned = {o.method: o for o in preview(scores, layout, amount, limits)}
+    planned = {o.method: o for o in preview(scores, layout, amount, *chosen)}
     return amount, [planned.get(m) or failed[m] for m in [UNIFORM, *methods]]
 
 
@@ -170,8 +190,7 @@ def current_plans(run: Run, signals: dict[str, Signal]):
     available = [name for name in signals if name in run.entries]
     methods = chosen_methods(available)
     blend = state.get("plan_blend", "").strip()
-    limits = limits_or_stop({**{key: state.get(key, getattr(DEFAULT_LIMITS, key)) for key in LIMIT_KEYS},
-                             "module_types": chosen_module_types(layout)})
+    limits = limits_or_stop(layout)
     amount, outcomes = outcomes_at(run, [*methods, *([blend] if blend else [])], current_budget(), limits)
     return layout, amount, outcomes
 

@@ -9,6 +9,7 @@ import time
 import streamlit as st
 
 from analysis.jobs import launch as jobs
+from analysis.settings import field_of, kind_of
 from analysis.contract.exhibit import Exhibit
 from analysis.reporting.exhibits import render
 from analysis.reporting.figures import learning_curves_figure
@@ -20,9 +21,9 @@ from analysis.store.cache import Store
 
 RUN_KEY = "current_run"   # the run every page opens with: the one last chosen on any page
 RUN_CHOICE = "run_choice"  # the Run select box's own state
-# Choices that span pages (app.py keeps them alive): the budget and plan limits, the export style.
-PERSISTENT_KEYS = ("budget_unit", "budget_rank", "budget_params", "plan_methods", "plan_blend", "min_rank",
-                   "max_rank", "block_rank", "block_count", "gora_min_rank", "gora_max_rank", "plan_difference",
+# Choices that span pages (app.py keeps them alive, with the limits: shared/planning.py's limit_keys): the budget,
+# the methods, the export style.
+PERSISTENT_KEYS = ("budget_unit", "budget_rank", "budget_params", "plan_methods", "plan_blend", "plan_difference",
                    "export_width", "export_grayscale")
 
 
@@ -44,6 +45,38 @@ _use_app_navigation()
 def gpu_present() -> bool:
     import torch
     return torch.cuda.is_available()
+
+
+def setting_input(container, group: type, name: str, key: str | None = None, label: str | None = None, **widget):
+    """A widget for one field of an option group, made from the field itself: a number input within its range, a
+    radio (two or three choices) or select box over its choices, a checkbox for a flag, a text input otherwise, with
+    the field's help. With a `key` the widget's value lives in session state (set it first); without one it opens on
+    `value` (given in `widget`) or the field's default."""
+    f, kind = field_of(group, name), kind_of(group, name)
+    meta = f.metadata
+    label = label or meta.get("label") or meta["help"][0].upper() + meta["help"][1:]
+    widget = {"help": meta["help"], "key": key, **widget}
+    if key is None:
+        widget.setdefault("value", f.default)
+    value = widget.pop("value", None)
+    if meta.get("choices"):
+        options = list(meta["choices"])
+        index = {"index": options.index(value)} if value is not None else {}
+        if len(options) <= 3:
+            return container.radio(label, options, horizontal=True, **index, **widget)
+        return container.selectbox(label, options, **index, **widget)
+    if kind is bool:
+        return container.checkbox(label, **({"value": value} if value is not None else {}), **widget)
+    if kind in (int, float):
+        low = meta.get("minimum") if meta.get("minimum") is not None else meta.get("above")
+        bounds = {"min_value": kind(low) if low is not None else None,
+                  "max_value": kind(meta["maximum"]) if meta.get("maximum") is not None else None}
+        if kind is float:
+            widget.setdefault("format", "%.4g")
+        return container.number_input(label, **bounds, **({"value": value} if value is not None else {}), **widget)
+    text = ",".join(map(str, value)) if isinstance(value, tuple) else value
+    return container.text_input(label, **({"value": "" if text is None else str(text)} if key is None else {}),
+                                **widget)
 
 
 def keep(*keys: str) -> None:

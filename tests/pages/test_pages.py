@@ -22,7 +22,8 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from analysis.jobs import launch as jobs
-from analysis.planning.allocate import allocate, uniform_cost
+from analysis.allocation.allocate import allocate
+from analysis.allocation.budgets import uniform_cost
 from analysis.settings import Limits
 from analysis.signals.context import identify
 from analysis.settings import RunSettings, from_dict

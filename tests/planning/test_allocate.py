@@ -8,7 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.planning.allocate import allocate, blend, parse_budget, scores_from_tables, uniform_cost
+from analysis.allocation.allocate import RANKS, WEIGHTS, allocate, blend, scores_from_tables
+from analysis.allocation.budgets import parse_budget, uniform_cost
+from analysis.signals.cka.cka_plan import BlockLimits
+from analysis.signals.registry import get_signal
 from analysis.settings import Limits, PlanOptions
 from analysis.errors import UserError
 from analysis.model.layout import layout_of, model_layout
@@ -17,6 +20,12 @@ from tests.conftest import tiny_bert, tiny_llama
 
 
 MODELS = {"bert": tiny_bert, "llama": lambda: tiny_llama(layers=3)}
+
+
+def plan_family(name):
+    """A plan family: ranks and weights are the shared rules, the others are the signals' own."""
+    return {"ranks": RANKS, "weights": WEIGHTS}.get(name) or get_signal({"learned": "sora", "bounds": "id",
+                                                                        "blocks": "cka"}[name]).plan
 
 
 def per_rank(layout, rng, r=8, name="shapley"):
@@ -69,8 +78,8 @@ def test_plan_parameter_counts_are_exact_under_peft(model_and_layout, family):
               "bounds": lambda: {"main": per_block(layout, rng.integers(1, 6, layout.num_layers), "id")},
               "blocks": lambda: {"main": per_block(layout, rng.random(layout.num_layers), "cka")},
               "weights": lambda: {"main": per_block(layout, rng.random(layout.num_layers), "state_change")}}
-    scores = None if family == "uniform" else scores_from_tables(family, None if family == "weights" else family,
-                                                                tables[family](), layout)
+    scores = None if family == "uniform" else scores_from_tables(
+        family, None if family == "weights" else plan_family(family), tables[family](), layout)
     budget = parse_budget("r3", layout)
     allocation = allocate(scores, layout, budget)
     plan = build_plan(layout, allocation.ranks, family, budget)
@@ -111,7 +120,7 @@ def test_plans_spend_the_budget_as_closely_as_granularity_allows(model_and_layou
         tables = {"ranks": {"main": per_rank(layout, rng)},
                   "weights": {"main": per_rank(layout, rng).drop(columns="rank")},
                   "bounds": {"main": per_block(layout, rng.integers(1, 4, layout.num_layers), "id")}}[family]
-        scores = scores_from_tables(family, None if family != "bounds" else "bounds", tables, layout)
+        scores = scores_from_tables(family, plan_family("bounds") if family == "bounds" else None, tables, layout)
         limits = Limits(min_rank=int(rng.integers(0, 2)), max_rank=int(rng.integers(4, 9)))
         budget = int(rng.integers(uniform_cost(layout, 2), uniform_cost(layout, 4)))
         ranks = allocate(scores, layout, budget, limits).ranks
@@ -123,7 +132,7 @@ def test_plans_spend_the_budget_as_closely_as_granularity_allows(model_and_layou
 
 def test_proportional_ranks_follow_the_weights():
     layout = layout_of(tiny_llama(layers=4))
-    scores = scores_from_tables("w", "weights", {"main": per_block(layout, [1, 2, 3, 4], "w")}, layout)
+    scores = scores_from_tables("w", plan_family("weights"), {"main": per_block(layout, [1, 2, 3, 4], "w")}, layout)
     ranks = allocate(scores, layout, uniform_cost(layout, 10), Limits(max_rank=100)).ranks.reshape(4, -1)
     per_layer = ranks.mean(axis=1)
     assert np.all(np.diff(per_layer) > 0)
@@ -133,7 +142,7 @@ def test_proportional_ranks_follow_the_weights():
 def test_gelora_stays_at_or_above_its_bounds_while_the_budget_allows():
     layout = layout_of(tiny_llama(layers=4))
     bounds = [1, 3, 2, 5]
-    scores = scores_from_tables("id", "bounds", {"main": per_block(layout, bounds, "id")}, layout)
+    scores = scores_from_tables("id", plan_family("bounds"), {"main": per_block(layout, bounds, "id")}, layout)
     floor = np.repeat(bounds, len(layout.modules) // 4)
     generous = allocate(scores, layout, cost_of(layout, floor) * 2)
     assert (generous.ranks >= floor).all() and not generous.warnings
@@ -144,13 +153,14 @@ def test_gelora_stays_at_or_above_its_bounds_while_the_budget_allows():
 def test_cka_takes_the_most_important_non_degenerate_blocks():
     layout = layout_of(tiny_llama(layers=4))
     table = per_block(layout, [np.nan, 0.9, 0.1, 0.5], "cka").assign(degenerate=[True, False, False, False])
-    scores = scores_from_tables("cka", "blocks", {"main": table}, layout)
+    scores = scores_from_tables("cka", plan_family("blocks"), {"main": table}, layout)
     block = uniform_cost(layout, 8) // 4
     for k, chosen in [(1, [1]), (2, [1, 3]), (3, [1, 2, 3]), (4, [1, 2, 3])]:
-        ranks = allocate(scores, layout, block * k + block // 2, Limits(block_rank=8)).ranks.reshape(4, -1)
+        ranks = allocate(scores, layout, block * k + block // 2, signal_limits=(BlockLimits(block_rank=8),)).ranks
+        ranks = ranks.reshape(4, -1)
         assert sorted(np.flatnonzero(ranks.max(axis=1))) == chosen and set(ranks[chosen].ravel()) == {8}
     with pytest.raises(UserError, match="does not fit a single block at rank 8"):
-        allocate(scores, layout, block - 1, Limits(block_rank=8))
+        allocate(scores, layout, block - 1, signal_limits=(BlockLimits(block_rank=8),))
 
 
 def test_cka_paper_rule_keeps_half_the_blocks_as_the_paper_sorts_them():
@@ -160,22 +170,23 @@ def test_cka_paper_rule_keeps_half_the_blocks_as_the_paper_sorts_them():
     layout = layout_of(tiny_bert(layers=6))
     cka = [np.nan, 0.90, 0.60, 0.95, 0.70, 0.80]
     table = per_block(layout, [1 - c for c in cka], "cka").assign(degenerate=[True] + [False] * 5)
-    scores = scores_from_tables("cka", "blocks", {"main": table}, layout)
+    scores = scores_from_tables("cka", plan_family("blocks"), {"main": table}, layout)
     plenty = uniform_cost(layout, 64)
-    paper = allocate(scores, layout, plenty, Limits(block_rank=8, block_count="paper"))
+    paper = allocate(scores, layout, plenty, signal_limits=(BlockLimits(block_rank=8, block_count="paper"),))
     ranks = paper.ranks.reshape(6, -1)
     assert sorted(np.flatnonzero(ranks.max(axis=1))) == [2, 4, 5] and set(ranks[[2, 4, 5]].ravel()) == {8}
     assert not paper.warnings
-    budget = allocate(scores, layout, plenty, Limits(block_rank=8)).ranks.reshape(6, -1)
+    budget = allocate(scores, layout, plenty, signal_limits=(BlockLimits(block_rank=8),)).ranks.reshape(6, -1)
     assert sorted(np.flatnonzero(budget.max(axis=1))) == [1, 2, 3, 4, 5]  # our option: all that fit
     # Decoder of 5 blocks: sorted ascending [.5 (3), .7 (0), .8 (4), .85 (1), .9 (2)], the first 2 kept.
     layout = layout_of(tiny_llama(layers=5))
     table = per_block(layout, [1 - c for c in [0.7, 0.85, 0.9, 0.5, 0.8]], "cka").assign(degenerate=False)
-    scores = scores_from_tables("cka", "blocks", {"main": table}, layout)
-    ranks = allocate(scores, layout, uniform_cost(layout, 64), Limits(block_count="paper")).ranks.reshape(5, -1)
+    scores = scores_from_tables("cka", plan_family("blocks"), {"main": table}, layout)
+    paper = (BlockLimits(block_count="paper"),)
+    ranks = allocate(scores, layout, uniform_cost(layout, 64), signal_limits=paper).ranks.reshape(5, -1)
     assert sorted(np.flatnonzero(ranks.max(axis=1))) == [0, 3]
     # A budget that fits one block only says so.
-    one = allocate(scores, layout, uniform_cost(layout, 8) // 5 + 10, Limits(block_count="paper"))
+    one = allocate(scores, layout, uniform_cost(layout, 8) // 5 + 10, signal_limits=paper)
     assert one.ranks.reshape(5, -1).max(axis=1).tolist() == [0, 0, 0, 8, 0]
     assert "floor(5/2) = 2 blocks" in one.warnings[0]
 
@@ -188,7 +199,7 @@ def test_a_plan_that_keeps_negative_or_unresolved_ranks_says_so():
     values[1] = [0.6, 0.015]                            # the second within 2 stderr (0.02) of zero
     table = pd.DataFrame([("shapley", 0, m.name, values[i, j], stderr[i, j], j) for i, m in enumerate(layout.modules)
                           for j in range(2)], columns=["signal", "layer", "module", "value", "stderr", "rank"])
-    scores = scores_from_tables("shapley", "ranks", {"main": table}, layout)
+    scores = scores_from_tables("shapley", plan_family("ranks"), {"main": table}, layout)
     costs = layout.costs
     clear = allocate(scores, layout, 2 * costs[0] + costs[1])   # 0.9, 0.6, 0.5: all clearly positive
     assert clear.ranks.tolist() == [2, 1, 0, 0, 0, 0, 0] and clear.warnings == []
@@ -204,7 +215,7 @@ def test_sora_shrinks_by_the_smallest_gates_and_grows_by_gate_magnitude():
     layout = layout_of(tiny_llama(layers=3))
     rng = np.random.default_rng(3)
     tables, gates = sora_tables(layout, rng)
-    scores = scores_from_tables("sora", "learned", tables, layout)
+    scores = scores_from_tables("sora", plan_family("learned"), tables, layout)
     learned = (gates != 0).sum(axis=1)
     assert allocate(scores, layout, cost_of(layout, learned)).ranks.tolist() == learned.tolist()
     # Shrinking with equal costs per module: the same as dropping the globally smallest gates.
@@ -233,8 +244,8 @@ def test_uniform_is_one_rank_on_the_allowed_modules():
 
 def test_blend_of_a_signal_with_itself_plans_like_the_signal():
     layout = layout_of(tiny_llama(layers=4))
-    a = scores_from_tables("a", "weights", {"main": per_block(layout, [1, 2, 3, 4], "a")}, layout)
-    b = scores_from_tables("b", "weights", {"main": per_block(layout, [4, 3, 2, 1], "b")}, layout)
+    a = scores_from_tables("a", plan_family("weights"), {"main": per_block(layout, [1, 2, 3, 4], "a")}, layout)
+    b = scores_from_tables("b", plan_family("weights"), {"main": per_block(layout, [4, 3, 2, 1], "b")}, layout)
     budget = uniform_cost(layout, 6)
     assert allocate(blend([(a, 0.3), (a, 0.7)]), layout, budget).ranks.tolist() == \
         allocate(a, layout, budget).ranks.tolist()
@@ -291,13 +302,15 @@ def test_pattern_matching_shortcut_agrees_with_peft_on_every_name():
 def test_a_cka_plan_names_the_rank_its_blocks_really_get():
     """--block-rank above --max-rank: the blocks get --max-rank, and the warning says so (not the asked rank)."""
     layout = layout_of(tiny_llama(layers=4))
-    scores = scores_from_tables("cka", "blocks", {"main": per_block(layout, [0.1, 0.9, 0.2, 0.3], "cka")}, layout)
-    allocation = allocate(scores, layout, uniform_cost(layout, 4) * 4, Limits(block_rank=100_000, max_rank=4))
+    scores = scores_from_tables("cka", plan_family("blocks"), {"main": per_block(layout, [0.1, 0.9, 0.2, 0.3], "cka")},
+                                layout)
+    huge = (BlockLimits(block_rank=100_000),)
+    allocation = allocate(scores, layout, uniform_cost(layout, 4) * 4, Limits(max_rank=4), signal_limits=huge)
     assert set(allocation.ranks[allocation.ranks > 0]) == {4}
     warning = allocation.warnings[0]
     assert "at rank 4 (--block-rank 100000, capped by --max-rank)" in warning and "raise --max-rank" in warning
     with pytest.raises(UserError, match=r"at rank 4 \(--block-rank 100000, capped by --max-rank\)"):
-        allocate(scores, layout, uniform_cost(layout, 4) // 4 - 1, Limits(block_rank=100_000, max_rank=4))
+        allocate(scores, layout, uniform_cost(layout, 4) // 4 - 1, Limits(max_rank=4), signal_limits=huge)
 
 
 def test_a_budget_above_full_rank_is_capped_with_a_warning_in_either_spelling():

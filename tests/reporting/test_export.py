@@ -14,7 +14,8 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 from analysis.__main__ import main
-from analysis.planning.allocate import allocate, parse_budget
+from analysis.allocation.allocate import allocate
+from analysis.allocation.budgets import parse_budget
 from analysis.settings import Limits
 from analysis.signals.context import identify
 from analysis.settings import RunSettings

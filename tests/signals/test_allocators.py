@@ -8,9 +8,11 @@ import torch
 
 from analysis.errors import UserError
 from analysis.model.layout import layout_of
-from analysis.planning.allocate import allocate, parse_budget, scores_from_tables
-from analysis.settings import Limits, RunSettings
+from analysis.allocation.allocate import allocate, scores_from_tables
+from analysis.allocation.budgets import parse_budget
+from analysis.settings import RunSettings
 from analysis.signals.context import AnalysisContext, prepare
+from analysis.signals.gora.gora_plan import GoRALimits
 from analysis.signals.registry import get_signal, make_config
 from analysis.store.cache import Store
 from tests.conftest import tiny_llama
@@ -89,7 +91,7 @@ def test_eva_ranks_equal_peft_get_eva_state_dict(encoder, r):
     # The plan at the parameter cost of peft's own allocation keeps exactly peft's ranks.
     layout = layout_of(encoder.model)
     budget = sum(peft_ranks[m.path] * (m.d_in + m.d_out) for m in modules)
-    allocation = allocate(scores_from_tables("eva", "eva", {"main": table}, layout), layout, budget)
+    allocation = allocate(scores_from_tables("eva", get_signal("eva").plan, {"main": table}, layout), layout, budget)
     assert allocation.ranks.tolist() == [peft_ranks[m.path] for m in modules]
     assert allocation.cost == budget
 
@@ -192,7 +194,7 @@ def test_alpha_alphalora_fit_equals_alphalora_fix_finger_loop(encoder):
 def test_alpha_by_default_is_alphaloras_fit_of_every_matrix_and_weightwatchers_is_named(encoder):
     """AlphaLoRA's calculate_expert runs fix_finger on each linear's weight in float32; the default entry equals that
     loop on all 36 MiniLM matrices. WeightWatcher's fit stays an option whose rows say it is not AlphaLoRA's."""
-    from analysis.signals.registry import variant_of
+    from analysis.contract.signal import variant_of
     signal = get_signal("alpha")
     table = _table(encoder, "alpha").table
     official = [_fix_finger_loop(encoder.model.get_submodule(m.path).weight.detach().float()) for m in encoder.modules]
@@ -205,7 +207,7 @@ def test_alphalora_allocation_worked_by_hand():
     """exponential_scaling(values, target) by hand. [2, 3, 4] ** 2.5 = 5.657, 15.588, 32.000 (sum 53.245); x 10 / sum =
     1.06, 2.93, 6.01, rounded 1, 3, 6 (sum 10, nothing to fix). [1, 1, 1, 1] at 2 units: 0.5 each rounds (half to
     even) to 0; the fix adds a unit where scaled - count is smallest, the first layer, twice: 2, 0, 0, 0."""
-    from analysis.planning.allocate import exponential_scaling
+    from analysis.signals.alpha.alpha_plan import exponential_scaling
     assert exponential_scaling(np.array([2.0, 3.0, 4.0]), 10).tolist() == [1, 3, 6]
     assert exponential_scaling(np.array([1.0, 1.0, 1.0, 1.0]), 2).tolist() == [2, 0, 0, 0]
     # The plan: every module of layer l gets the layer's count; the budget is 10 units (one rank on every module of
@@ -217,7 +219,7 @@ def test_alphalora_allocation_worked_by_hand():
     table = pd.DataFrame({"signal": "alpha", "layer": [m.layer for m in layout.modules],
                           "module": [m.name for m in layout.modules], "value": values})
     unit = sum(m.d_in + m.d_out for m in layout.modules if m.layer == 0)
-    ranks = allocate(scores_from_tables("alpha", "alphalora", {"main": table}, layout), layout, 10 * unit).ranks
+    ranks = allocate(scores_from_tables("alpha", get_signal("alpha").plan, {"main": table}, layout), layout, 10 * unit).ranks
     assert [sorted(set(ranks[[m.layer == l for m in layout.modules]])) for l in range(3)] == [[1], [3], [6]]
 
 
@@ -263,7 +265,7 @@ def test_alpha_exhibits_draw_the_heatmap_and_esd_fits(encoder, tmp_path):
 def test_alphalora_plan_gives_each_layer_one_rank_by_exponential_scaling(decoder):
     table = _table(decoder, "alpha").table
     layout = layout_of(decoder.model)
-    scores = scores_from_tables("alpha", "alphalora", {"main": table}, layout)
+    scores = scores_from_tables("alpha", get_signal("alpha").plan, {"main": table}, layout)
     budget = parse_budget("r8", layout)
     ranks = allocate(scores, layout, budget).ranks
     layers = np.array([m.layer for m in layout.modules])
@@ -299,11 +301,11 @@ def test_gora_importance_equals_a_slow_float64_reference(decoder):
 def test_gora_shares_plan_follows_gora_rule_then_fills(decoder):
     table = _table(decoder, "gora").table
     layout = layout_of(decoder.model)
-    scores = scores_from_tables("gora", "shares", {"main": table}, layout)
-    without_limits = Limits(gora_min_rank=0, gora_max_rank=64)
+    scores = scores_from_tables("gora", get_signal("gora").plan, {"main": table}, layout)
+    without_limits = (GoRALimits(gora_min_rank=0, gora_max_rank=64),)
     for text in ("r2", "r8"):
         budget = parse_budget(text, layout)
-        allocation = allocate(scores, layout, budget, without_limits)
+        allocation = allocate(scores, layout, budget, signal_limits=without_limits)
         share = table["value"].to_numpy() / table["value"].sum()
         features = np.array(layout.costs)
         gora = np.round(budget * share).astype(int) // features     # GoRA's moderate rule, no limits
@@ -329,7 +331,7 @@ def test_gora_rank_limits_worked_by_hand():
     assert [m.d_in + m.d_out for m in layout.modules] == [64, 48, 48, 64, 104, 104, 104]
     table = pd.DataFrame({"signal": "gora", "layer": 0, "module": [m.name for m in layout.modules],
                           "value": [0.5, 0.02, 0.08, 0.1, 0.1, 0.05, 0.15]})
-    scores = scores_from_tables("gora", "shares", {"main": table}, layout)
+    scores = scores_from_tables("gora", get_signal("gora").plan, {"main": table}, layout)
     allocation = allocate(scores, layout, parse_budget("r9", layout))
     gora = [32, 4, 8, 7, 4, 4, 6]
     assert allocation.ranks.tolist() == [32, 4, 8, 8, 5, 4, 7] and allocation.cost == 4800
@@ -372,7 +374,7 @@ def test_plans_at_r2_and_r8_load_into_peft_with_their_ranks(decoder, name):
     signal = get_signal(name)
     result = signal.compute(decoder, make_config(signal))
     layout = layout_of(decoder.model)
-    scores = scores_from_tables(name, signal.plan_family, {"main": result.table}, layout)
+    scores = scores_from_tables(name, signal.plan, {"main": result.table}, layout)
     for text in ("r2", "r8"):
         budget = parse_budget(text, layout)
         allocation = allocate(scores, layout, budget)

@@ -13,7 +13,8 @@ from analysis.contract.result import TIDY_COLUMNS
 from analysis.signals.registry import get_signal, make_config
 from analysis.signals.shapley.sampling import estimate
 from analysis.signals.shapley import checkpointing_in_eval, loss_function
-from analysis.signals.lora.warmup import AdaLoRAScores, WarmupConfig, warm_up
+from analysis.signals.adalora.sensitivity import AdaLoRAScores
+from analysis.signals.lora.warmup import WarmupConfig, warm_up
 from tests.conftest import random_batch, randomize_adapter, tiny_gpt2, tiny_llama
 
 FAST_WARMUP = {"warmup_steps": "6", "warmup_batch_size": "8", "r_max": "4"}
@@ -348,10 +349,11 @@ def test_shaploras_sensitivity_is_the_default_and_the_first_order_value_is_named
     import dataclasses
 
     from analysis.model.layout import layout_of
-    from analysis.planning.allocate import allocate, parse_budget
+    from analysis.allocation.allocate import allocate
+    from analysis.allocation.budgets import parse_budget
     from analysis.planning.methods import scores_from_entry
     from analysis.planning.plan_json import build_plan, plan_name
-    from analysis.signals.registry import variant_of
+    from analysis.contract.signal import variant_of
     from analysis.store.cache import Store
     signal = get_signal("shapley")
     assert make_config(signal).reading == "sensitivity"

@@ -259,7 +259,8 @@ def test_best_checkpoint_follows_load_best_model_at_end_worked_by_hand():
 def test_sora_reads_the_learned_ranks_from_the_best_validation_checkpoint(encoder_context):
     """The signal end to end: evaluations every 4 of 12 steps; the learned ranks are the snapshot of the best one,
     by the rule above from the validation table; the rounds continue from those gates."""
-    from analysis.signals.registry import get_signal, make_config, variant_of
+    from analysis.contract.signal import variant_of
+    from analysis.signals.registry import get_signal, make_config
 
     signal = get_signal("sora")
     assert make_config(signal).checkpoint == "best" and make_config(signal).grid == "linear"

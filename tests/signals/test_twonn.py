@@ -10,7 +10,7 @@ from skdim.id import TwoNN
 from analysis.errors import UserError
 from analysis.contract.result import TIDY_COLUMNS
 from analysis.signals.registry import get_signal, make_config
-from analysis.signals.intrinsic_dim.twonn import nearest_two, twonn
+from analysis.signals.id.twonn import nearest_two, twonn
 from tests.conftest import reference_states
 
 # (N, D): low widths go through scikit-dimension's exact neighbour search, D > 25 through its

@@ -1,11 +1,13 @@
-"""Retrain's data-driven initialisations at the plan's ranks: EVA's as peft's own user-facing flow gives it,
-GoRA's B against a float64 least-squares reference."""
+"""Retrain's data-driven initialisations at the plan's ranks (the starts the eva and gora signals bring): EVA's as
+peft's own user-facing flow gives it, GoRA's B against a float64 least-squares reference."""
 import numpy as np
 import pytest
 import torch
 
 from analysis.model.capture import adaptable_modules
-from analysis.training.adapter_init import eva_init, gora_init
+from analysis.signals.eva.eva_start import eva_init
+from analysis.signals.gora.gora_start import gora_init
+from analysis.training.adapter_init import _lora_layers
 
 # Ranks equal within each group of modules that read the same input (q/k/v, gate/up), so peft's own EVA
 # flow keeps them too and the two can be compared number for number.
@@ -52,7 +54,7 @@ def test_eva_init_equals_peft_initialize_lora_eva_weights(tiny):
     _, _, batches = tiny
     inputs = [{k: b[k] for k in ("input_ids", "attention_mask")} for b in batches]
     ours = _peft(tiny)
-    eva_init(ours, batches)
+    eva_init(ours, _lora_layers(ours), lambda one: batches)
     theirs = _peft(tiny, init_lora_weights="eva", eva_config=EvaConfig(rho=1.0))
     initialize_lora_eva_weights(theirs, inputs, show_progress_bar=False)    # the user's flow
     ours_a, theirs_a = _lora(ours, "lora_A"), _lora(theirs, "lora_A")
@@ -68,7 +70,7 @@ def test_gora_init_b_is_the_least_squares_fit_of_the_averaged_gradient(tiny):
     config, state, batches = tiny
     model = _peft(tiny)
     a_before = _lora(model, "lora_A")
-    gora_init(model, batches, gamma=0.02)
+    gora_init(model, _lora_layers(model), lambda one: batches, gamma=0.02)
     from transformers import LlamaForCausalLM
     reference = LlamaForCausalLM(config).double().eval()
     reference.load_state_dict({k: v.double() for k, v in state.items()})

@@ -1,7 +1,7 @@
 """AdaLoRA sensitivity (baseline): smoothed sensitivity x uncertainty of each LoRA rank after the warm-up.
 
-value per (layer, module, rank) = AdaLoRA's score of that rank (see analysis/signals/lora/warmup.py), collected
-over the warm-up's steps with b1 = b2 = 0.85. Extra table "modules": the per-module sums.
+value per (layer, module, rank) = AdaLoRA's score of that rank (sensitivity.py), collected over the shared
+warm-up's steps (lora/warmup.py) with b1 = b2 = 0.85. Extra table "modules": the per-module sums.
 
 What it implies for a plan: keep the globally best-scoring ranks until the budget is spent.
 """
@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from analysis.contract.tidy import per_module, per_rank_table
-from analysis.signals.registry import Signal, register
+from analysis.contract.signal import Signal
+from analysis.signals.registry import register
 from analysis.contract.result import Result
-from analysis.signals.lora.warmup import WarmupConfig, warm_up, warmup_options
+from analysis.signals.adalora.sensitivity import AdaLoRAScores
+from analysis.signals.lora.warmup import WarmupConfig, collect_during_warmup, warm_up, warmup_options
 
 
 @dataclass
@@ -38,3 +40,4 @@ register(Signal(
     name="adalora", title="AdaLoRA sensitivity",
     description="AdaLoRA's smoothed sensitivity x uncertainty per LoRA rank, collected during a uniform warm-up.",
     config=AdaLoRAConfig, compute=compute, version=1, trains=True, exhibits=_exhibits))
+collect_during_warmup("adalora", AdaLoRAScores)

@@ -12,7 +12,7 @@ Needs the weights only: no data, no gradients. Spectra are computed on the run's
 of equally shaped matrices; the fit runs in float64. Extra table "spectra": every eigenvalue, for the
 ESD plots.
 
-Plan (family "alphalora", AlphaLoRA's `exponential_scaling` with beta 2.5): each layer's share of
+Plan (alpha_plan.py, AlphaLoRA's `exponential_scaling` with beta 2.5): each layer's share of
 the budget is proportional to (mean alpha of its matrices) ** 2.5, and every adapted matrix of a
 layer gets that layer's rank.
 """
@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from analysis.signals.alpha.alpha_plan import ALPHALORA
 from analysis.signals.alpha.esd_fit import fit_alphalora, fit_power_law, spectra
-from analysis.signals.registry import Signal, register
+from analysis.contract.signal import Signal
+from analysis.signals.registry import register
 from analysis.contract.result import Result
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -81,4 +83,4 @@ register(Signal(
     name="alpha", title="Heavy-tailed alpha (AlphaLoRA)",
     description="Power-law exponent of each weight matrix's eigenvalue spectrum (AlphaLoRA's fit; WeightWatcher's "
                 "as an option); weights only. The plan gives layers with larger mean alpha more rank (AlphaLoRA).",
-    config=AlphaConfig, compute=compute, version=1, plan_family="alphalora", exhibits=_exhibits, variant=variant))
+    config=AlphaConfig, compute=compute, version=1, plan=ALPHALORA, exhibits=_exhibits, variant=variant))

@@ -35,9 +35,11 @@ import torch
 
 from analysis.errors import UserError
 from analysis.signals import parallel
+from analysis.signals.cka.cka_plan import BLOCKS
 from analysis.signals.cka.linear_cka import CKAAccumulator, cka_matrix
 from analysis.signals.context import MEASURED_SPLITS
-from analysis.signals.registry import Signal, deferred, register
+from analysis.contract.signal import Signal, deferred
+from analysis.signals.registry import register
 from analysis.contract.result import Result
 
 
@@ -121,5 +123,5 @@ register(Signal(
     name="cka", title="CKA layer importance",
     description="1 - linear CKA between each block's input and output hidden states; "
                 "the plan adapts the most important blocks at a uniform rank.",
-    config=CKAConfig, compute=compute, version=3, plan_family="blocks", min_examples=MIN_EXAMPLES,
+    config=CKAConfig, compute=compute, version=3, plan=BLOCKS, min_examples=MIN_EXAMPLES,
     exhibits=deferred("analysis.signals.cka.cka_figures")))

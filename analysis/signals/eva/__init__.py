@@ -17,7 +17,7 @@ Table: one row per (module, component): value = the explained-variance ratio pef
 the component's index. Extra table "peft_ranks": the rank EVA itself gives each module at this r
 (what `initialize_lora_eva_weights` would put in rank_pattern).
 
-Plan (family "eva"): the same pooled ranking, walked from the best component down and stopped at
+Plan (eva_plan.py): the same pooled ranking, walked from the best component down and stopped at
 the first one whose LoRA parameters (d_in + d_out per rank) no longer fit the budget. That is EVA's
 rule with the rank count replaced by the parameter count, ties broken as peft's argsort breaks them
 and peft's swap for layers sharing one PCA after it; where every module costs the same, a budget of
@@ -37,9 +37,12 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from analysis.signals import parallel
+from analysis.signals.eva.eva_plan import EVA
+from analysis.signals.eva.eva_start import START
 from analysis.signals.eva.peft_eva import eva_lora_config, model_inputs, run_eva
 from analysis.signals.context import MEASURED_SPLITS
-from analysis.signals.registry import Signal, register
+from analysis.contract.signal import Signal
+from analysis.signals.registry import register
 from analysis.contract.result import Result
 from analysis.settings import MAX_RANK
 
@@ -86,4 +89,4 @@ register(Signal(
     name="eva", title="EVA explained variance (peft)",
     description="peft's EVA: explained-variance ratios of an incremental PCA of each layer's inputs (train "
                 "data by default, as peft); the plan keeps EVA's pooled ranking while it fits the parameter budget.",
-    config=EvaSignalConfig, compute=compute, version=2, plan_family="eva"))
+    config=EvaSignalConfig, compute=compute, version=2, plan=EVA, start=START))

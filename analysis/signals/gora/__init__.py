@@ -9,7 +9,7 @@ Data: the first val_size examples of the train split by default, as GoRA compute
 first training batches; `split=validation` is our option. The model is in eval mode (no dropout noise;
 GoRA's loop is in train mode).
 
-Plan (family "shares", GoRA's `get_allocated_rank`): module i receives a share of the parameter
+Plan (gora_plan.py, GoRA's `get_allocated_rank`): module i receives a share of the parameter
 budget proportional to its importance, rank_i = round(budget * p_i) // (d_in + d_out), clipped to
 the limits; what flooring leaves is spent one rank at a time. GoRA's initialisation of B from the
 gradient is a retrain option (`--init gora`).
@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from analysis.signals import parallel
+from analysis.signals.gora.gora_plan import SHARES
+from analysis.signals.gora.gora_start import START
 from analysis.signals.gora.gradient_importance import IMPORTANCE, importance, summed_gradients
 from analysis.signals.context import MEASURED_SPLITS
-from analysis.signals.registry import Signal, register
+from analysis.contract.signal import Signal
+from analysis.signals.registry import register
 from analysis.contract.result import Result
 
 
@@ -62,4 +65,4 @@ register(Signal(
     name="gora", title="GoRA gradient importance",
     description="GoRA's importance avg|W * G| of each matrix from gradients averaged over batches before training; "
                 "the plan gives each module parameters in proportion (GoRA's allocation).",
-    config=GoRAConfig, compute=compute, version=2, plan_family="shares"))
+    config=GoRAConfig, compute=compute, version=2, plan=SHARES, start=START))

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis.signals import parallel
-from analysis.signals.registry import Signal, register
+from analysis.contract.signal import Signal
+from analysis.signals.registry import register
 from analysis.contract.result import Result
 
 

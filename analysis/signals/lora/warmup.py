@@ -1,15 +1,12 @@
-"""Warm-up: a short uniform-rank LoRA training on the train split, cached, with AdaLoRA's scores.
+"""Warm-up: a short uniform-rank LoRA training on the train split, cached, with what signals collect meanwhile.
 
 Shapley sensitivity needs a trained adapter to measure (at initialisation B = 0 and every rank is
 worth nothing), and AdaLoRA's sensitivity is collected while training. Both signals ask for the
 same warm-up, so it is one store entry keyed by the analysis context and the warm-up options;
 the second signal reuses it.
 
-AdaLoRA's score (peft's RankAllocator, b1 = b2 = 0.85): per element I = |p * dL/dp|, smoothed
-I' <- b1 I' + (1 - b1) I, uncertainty U' <- b2 U' + (1 - b2) |I - I'|, score I' U'. A rank's score
-is the mean of its row of A plus the mean of its column of B (AdaLoRA's triplet score without the
-singular value, which plain LoRA does not have). The scores are updated after each backward pass,
-before the optimizer step (peft updates them just after it; the two differ by one step's drift).
+A signal may collect something while the warm-up trains (`collect_during_warmup`): AdaLoRA's sensitivity scores
+are collected so (signals/adalora/sensitivity.py), after each backward pass and before the optimizer step.
 
 For classification the head is trained with the adapter and stored beside it; `warm_adapter`
 puts both into the live model and restores the original head on exit.
@@ -30,6 +27,7 @@ import dataclasses
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -42,9 +40,9 @@ from analysis.contract.progress import progress
 from analysis.contract.result import Result
 from analysis.store.cache import Entry
 from analysis.settings import MAX_RANK
+from analysis.signals.registry import all_signals
 
 VERSION = 1
-BETA1 = BETA2 = 0.85
 
 
 @dataclass
@@ -92,32 +90,22 @@ def head_kept(model: torch.nn.Module, task: str):
                 p.copy_(original[name])
 
 
-class AdaLoRAScores:
-    """AdaLoRA's smoothed sensitivity x uncertainty, element-wise, over the steps it is updated."""
+# What signals collect while the warm-up trains, by name: a factory (the trained LoRA parameters A0, B0, A1, B1, ...)
+# -> an object whose update() runs after each backward pass (its gradients averaged over the processes, before the
+# optimizer step) and whose per_rank() gives a (modules, r) tensor at the end, stored in the warm-up's entry under
+# that name. AdaLoRA's sensitivity is collected so (signals/adalora/). The warm-up's key does not hold the collectors:
+# a collector added later finds warm-ups cached before it without its tensor.
+_COLLECTORS: dict[str, Callable] = {}
 
-    def __init__(self, params: list[torch.nn.Parameter]):
-        self.params = params
-        self.smoothed = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-        self.uncertainty = [torch.zeros_like(p, dtype=torch.float32) for p in params]
 
-    @torch.no_grad()
-    def update(self) -> None:
-        # The same element-wise arithmetic over all matrices at once (a few multi-tensor kernels, not ~8 per matrix).
-        sensitivity = torch._foreach_mul(self.params, [p.grad for p in self.params])
-        torch._foreach_abs_(sensitivity)
-        sensitivity = [s.float() for s in sensitivity]
-        torch._foreach_mul_(self.smoothed, BETA1)
-        torch._foreach_add_(self.smoothed, sensitivity, alpha=1 - BETA1)
-        deviation = torch._foreach_sub(sensitivity, self.smoothed)
-        torch._foreach_abs_(deviation)
-        torch._foreach_mul_(self.uncertainty, BETA2)
-        torch._foreach_add_(self.uncertainty, deviation, alpha=1 - BETA2)
+def collect_during_warmup(name: str, factory: Callable) -> None:
+    """Have every warm-up collect `factory(parameters)` under `name` (a signal folder calls this when it registers)."""
+    _COLLECTORS[name] = factory
 
-    def per_rank(self) -> torch.Tensor:
-        """(modules, r): mean score of each rank's row of A plus column of B (params are A0, B0, A1, B1, ...)."""
-        scores = [s * u for s, u in zip(self.smoothed, self.uncertainty)]
-        rows = [a.mean(dim=1) + b.mean(dim=0) for a, b in zip(scores[0::2], scores[1::2])]
-        return torch.stack(rows).cpu()
+
+def _collectors() -> dict[str, Callable]:
+    all_signals()   # every signal folder has registered what it collects
+    return dict(sorted(_COLLECTORS.items()))
 
 
 def _train(context, config: WarmupConfig) -> Result:
@@ -132,7 +120,7 @@ def _train(context, config: WarmupConfig) -> Result:
         params = gated.lora_parameters()
         trained = params + list(head.values())
         optimizer = torch.optim.AdamW(trained, lr=config.warmup_lr, weight_decay=0.0)
-        scores = AdaLoRAScores(params)
+        collectors = {name: factory(params) for name, factory in _collectors().items()}
         # Tokenized as consumed: only the first steps x batch-size training examples, cycled if fewer.
         batches = context.training_batches(config.warmup_batch_size, fixed_length=graphed_loss.wanted(model))
         losses = []
@@ -145,14 +133,15 @@ def _train(context, config: WarmupConfig) -> Result:
             loss = loss_of(next(batches))
             loss.backward()
             parallel.average_gradients(trained)
-            scores.update()
+            for collector in collectors.values():
+                collector.update()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach().clone())  # kept on the device: no synchronisation per step; a copy, as a
                                                   # graph's next replay overwrites its output
         tensors = {**{f"lora.{k}": v for k, v in gated.adapter_state().items()},
                    **{f"head.{name}": p.detach().cpu() for name, p in head.items()},
-                   "adalora": scores.per_rank()}
+                   **{name: collector.per_rank() for name, collector in collectors.items()}}
     losses = parallel.mean(torch.stack(losses).float())   # each step's loss, averaged over the processes
     curve = pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses.cpu().tolist()})
     return Result(pd.DataFrame(columns=["signal", "layer", "module", "value"]), tables={"losses": curve},

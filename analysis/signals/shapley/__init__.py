@@ -47,7 +47,8 @@ from analysis.errors import UserError
 from analysis.contract.progress import progress
 from analysis.contract.tidy import per_rank_table
 from analysis.signals.context import MEASURED_SPLITS
-from analysis.signals.registry import Signal, deferred, register
+from analysis.contract.signal import Signal, deferred
+from analysis.signals.registry import register
 from analysis.contract.result import Result
 from analysis.signals.lora.gated_lora import repeated
 from analysis.signals.lora.warmup import WarmupConfig, warm_adapter, warmup_options

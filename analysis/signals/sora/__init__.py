@@ -25,7 +25,9 @@ import pandas as pd
 
 from analysis.model.layout import lora_parameter_count
 from analysis.contract.tidy import per_rank_table
-from analysis.signals.registry import Signal, deferred, register
+from analysis.contract.signal import Signal, deferred
+from analysis.signals.registry import register
+from analysis.signals.sora.sora_plan import LEARNED
 from analysis.signals.sora.gate_training import SoraConfig, learned_ranks, train
 from analysis.contract.result import Result, files_under
 
@@ -79,5 +81,5 @@ register(Signal(
     name="sora", title="SoRA gate sparsity",
     description="Learned rank per module from sparse LoRA training with thresholded gates (the official "
                 "SoRA update by default), and how ranks shrink as the threshold rises.",
-    config=SoraConfig, compute=compute, version=3, trains=True, plan_family="learned", variant=variant,
+    config=SoraConfig, compute=compute, version=3, trains=True, plan=LEARNED, variant=variant,
     exhibits=deferred("analysis.signals.sora.sora_figures")))

@@ -12,7 +12,8 @@ import pandas as pd
 import torch
 
 from analysis.signals import parallel
-from analysis.signals.registry import Signal, register
+from analysis.contract.signal import Signal
+from analysis.signals.registry import register
 from analysis.contract.result import Result
 
 

@@ -31,9 +31,11 @@ import torch
 
 from analysis.errors import UserError
 from analysis.signals.context import MEASURED_SPLITS
-from analysis.signals.registry import Signal, deferred, register
+from analysis.contract.signal import Signal, deferred
+from analysis.signals.registry import register
 from analysis.contract.result import Result
-from analysis.signals.intrinsic_dim.twonn import twonn
+from analysis.signals.id.id_plan import BOUNDS
+from analysis.signals.id.twonn import twonn
 
 
 # TwoNN fits a line through the neighbour-ratio distribution of the points: tens of points at the least.
@@ -152,5 +154,5 @@ def compute(context, config: IntrinsicDimConfig) -> Result:
 register(Signal(
     name="id", title="Intrinsic dimension (GeLoRA)",
     description="Per-block LoRA rank lower bound from the growth of the hidden states' intrinsic dimension.",
-    config=IntrinsicDimConfig, compute=compute, version=3, plan_family="bounds", min_examples=MIN_EXAMPLES,
-    exhibits=deferred("analysis.signals.intrinsic_dim.id_figures")))
+    config=IntrinsicDimConfig, compute=compute, version=3, plan=BOUNDS, min_examples=MIN_EXAMPLES,
+    exhibits=deferred("analysis.signals.id.id_figures")))
