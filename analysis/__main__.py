@@ -19,6 +19,13 @@ EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 
 
+class Renamed(argparse.Action):
+    """A flag that now has another name: one sentence saying which, rather than a value taken for something else."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} {self.const}")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one sentence like every other error."""
 
@@ -82,11 +89,10 @@ def _check_file(path: Path) -> None:
 
 
 def _check_paths(args) -> None:
-    """Every path a command writes, checked once before any work: the cache, and --out (a file for plan and
-    export, a folder for retrain and compare)."""
-    from analysis.store.cache import default_cache_dir
+    """Every path a command writes, checked once before any work: the cache (the store checks its folder when
+    opened), and --out (a file for plan and export, a folder for retrain and compare)."""
     if "cache_dir" in args:
-        _check_folder(args.cache_dir or default_cache_dir())
+        _store(args)
     out = getattr(args, "out", None)
     if out is not None:
         (_check_folder if args.verb in ("retrain", "compare") else _check_file)(out)
@@ -139,16 +145,18 @@ def cmd_show(args) -> int:
     import pandas as pd
 
     from analysis.signals.context import identify
-    from analysis.signals.registry import all_signals, get_signal
-    from analysis.signals.runner import find_entry, not_computed
+    from analysis.signals.registry import all_signals, get_signal, make_config
+    from analysis.signals.runner import not_computed
+    from analysis.store.lookups import find_entry
     settings = _settings(args)
     signals = [get_signal(args.signal)] if args.signal else list(all_signals().values())
     overrides = _overrides(args.set)
     _check_set(overrides, {s.name for s in signals}, "not being shown")
-    identity = identify(settings, _store(args))
+    configs = {name: make_config(get_signal(name), options) for name, options in overrides.items()}
+    run = identify(settings, _store(args))
     frames = []
     for signal in signals:
-        entry = find_entry(identity, signal, overrides.get(signal.name))
+        entry = find_entry(run, signal, configs.get(signal.name))
         if entry is None:
             if args.signal:
                 raise UserError(not_computed(signal.name, overrides.get(signal.name)))
@@ -165,13 +173,13 @@ def cmd_show(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from analysis.store.runs import when
+    from analysis.contract.run import when
     entries = _store(args).entries()
     if not entries:
         print("The cache is empty.")
     for entry in entries:
         meta = entry.meta
-        print(f"{entry.key[:12]}  {when(meta.get('created', 0))}  {meta.get('signal', '?'):14s} "
+        print(f"{entry.key[:12]}  {when(meta.get('created', 0))}  {meta.get('signal') or entry.kind:14s} "
               f"{meta.get('model', '?')} / {meta.get('data', '?')}  ({meta.get('seconds', 0):.1f}s)")
     return 0
 
@@ -240,6 +248,11 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _compare_settings(args):
+    from analysis.settings import CompareSettings, from_args
+    return from_args(CompareSettings, args)
+
+
 def _retrain_config(args, **fixed):
     from analysis.settings import TrainSettings, from_args
     return from_args(TrainSettings, args, prefix="train_", **fixed)
@@ -272,38 +285,26 @@ def cmd_retrain(args) -> int:
 
 def cmd_compare(args) -> int:
     from analysis.reporting.comparison_tables import formatted, markdown, savings_table
-    from analysis.planning.baselines import parse_baselines
-    from analysis.training.compare import compare, parse_budgets, parse_rates
+    from analysis.training.compare import compare
     from analysis.training.savings import RESAMPLES, savings
     from analysis.signals.context import identify
     from analysis.signals.registry import all_signals
-    settings = _settings(args)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        raise UserError(f"--seeds expects comma-separated integers, not {quoted(args.seeds)}.") from None
-    if any(not 0 <= s <= 2**31 - 1 for s in seeds):
-        raise UserError(f"--seeds expects integers from 0 to {2**31 - 1}, not {quoted(args.seeds)}.")
+    settings, chosen = _settings(args), _compare_settings(args)
     if args.signals is not None:
         methods = [m.strip() for m in args.signals.split(",") if m.strip()]
         if not methods:
             raise UserError(f"--signals names no method ({quoted(args.signals)}); give comma-separated signal "
                             "names or blends, or leave it out to compare every cached signal.")
     else:  # every signal already computed for this setting
-        key = identify(settings, _store(args)).key
-        cached = {e.meta.get("signal") for e in _store(args).entries() if e.meta.get("context_key") == key}
+        cached = identify(settings, _store(args)).entries
         methods = [name for name in all_signals() if name in cached]
-    if len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds repeats a seed: '{args.seeds}'.")
-    budgets = parse_budgets(args.budgets if args.budgets is not None else args.budget)
-    baselines = parse_baselines(args.baselines)
+    budgets = chosen.budgets or [args.budget]
     overrides = _overrides(args.set)
     _check_set(overrides, _method_signals(methods), "that no compared method uses")
-    from analysis.settings import Grouping, from_args
-    grouping = from_args(Grouping, args)
-    entry = compare(settings, methods, budgets, seeds, _retrain_config(args), _limits(args), _plan_options(args),
-                    _store(args), overrides=overrides, tune_lrs=parse_rates(args.tune_lr), baselines=baselines,
-                    adapters_at_once=grouping.adapters_at_once, signal_limits=_signal_limits(args))
+    entry = compare(settings, methods, list(budgets), list(chosen.seeds), _retrain_config(args), _limits(args),
+                    _plan_options(args), _store(args), overrides=overrides, tune_lrs=list(chosen.tune_lr) or None,
+                    baselines=chosen.baselines, adapters_at_once=chosen.adapters_at_once,
+                    signal_limits=_signal_limits(args))
     task = entry.meta["task"]
     table, saved = formatted(entry.table(), task), savings(entry.table("runs"), task)
     text = markdown(table)
@@ -363,8 +364,6 @@ def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from analysis.planning.baselines import DEFAULT_BASELINES
-    from analysis.settings import DEFAULT_GRID
     parser = Parser(prog="python -m analysis", description="Layer and rank importance for LoRA.")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
     run = verbs.add_parser("run", help="compute signals (cached) for a model and dataset")
@@ -399,29 +398,21 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--device", default=None, help="override the plan's device (auto, cpu, cuda, cuda:N)")
     retrain.add_argument("--cache-dir", type=Path, default=None)
     _retrain_arguments(retrain)
+    retrain.add_argument("--seed", action=Renamed, help=argparse.SUPPRESS, const="is the run's split seed, which the "
+                         "plan fixes; retrain's training seed is --train-seed")
     retrain.set_defaults(handler=cmd_retrain)
     comparison = verbs.add_parser("compare", help="retrain uniform LoRA and each method's plan at one or more "
                                   "budgets, with several seeds and learning rates tuned on validation")
     _settings_arguments(comparison)
     comparison.add_argument("--signals", default=None, help="comma-separated methods (signal names or blends); "
                             "default: every signal cached for this setting")
-    comparison.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
-    comparison.add_argument("--budgets", default=None, help="comma-separated budgets for a budget curve, such as "
-                            "r1,r2,r4,r8 (default: --budget)")
-    comparison.add_argument("--tune-lr", default=",".join(f"{rate:g}" for rate in DEFAULT_GRID), metavar="RATES",
-                            help="learning rates tried per method and budget with the first seed, chosen on "
-                            "validation; 'off' trains every run at --lr (default: %(default)s)")
-    comparison.add_argument("--baselines", default=",".join(DEFAULT_BASELINES), metavar="FAMILIES",
-                            help="uniform LoRA on each of these module families at the same budget, as rows beside "
-                            "uniform on the allowed modules: attention (the attention projections only), mlp (the "
-                            "MLP only), all (every linear); 'none' for no such row (default: %(default)s)")
+    from analysis.settings import CompareSettings, add_flags
+    add_flags(comparison.add_argument_group("seeds, budgets, rates and baselines"), CompareSettings)
     comparison.add_argument("--out", type=Path, default=None, help="also write summary.csv, table.csv, table.md, "
                             "runs.csv, tuning.csv, budgets.csv, curve.csv, savings.csv and pareto.csv here")
     _plan_arguments(comparison)
-    # --seed is the split seed here, --seeds the runs; tuning evaluates on validation, the runs on test
+    # --seed is the split seed here, --seeds the runs' training seeds; tuning evaluates on validation, the runs on test
     _retrain_arguments(comparison, exclude=("seed", "eval_split"))
-    from analysis.settings import Grouping, add_flags
-    add_flags(comparison.add_argument_group("speed"), Grouping)
     comparison.set_defaults(handler=cmd_compare)
     export = verbs.add_parser("export", help="write a figure (paper style) or the table behind it")
     _settings_arguments(export)

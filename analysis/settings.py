@@ -17,6 +17,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from analysis.errors import UserError, quoted
 
@@ -27,11 +28,12 @@ MAX_RANK = 1024
 
 
 def setting(default, help: str, *, flag: str | None = None, minimum=None, maximum=None, choices=None,
-            above: float | None = None, label: str | None = None):
-    """A field with its help text and the range its values must lie in (checked on construction); `label` names it
-    on a page where its help is too long for that."""
+            above: float | None = None, label: str | None = None, empty: str | None = None):
+    """A field with its help text and the range its values must lie in (checked on construction; for a list, each
+    of its values); `label` names it on a page where its help is too long for that; `empty` is the word (none,
+    off) by which a list field may be given empty."""
     return field(default=default, metadata={"help": help, "flag": flag, "minimum": minimum, "maximum": maximum,
-                                            "choices": choices, "above": above, "label": label})
+                                            "choices": choices, "above": above, "label": label, "empty": empty})
 
 
 class OpenChoices:
@@ -95,12 +97,16 @@ def check_device(text, label: str = "--device") -> str:
     return text
 
 
-def _names(text) -> tuple[str, ...] | None:
+def _parts(text) -> tuple | None:
+    """A list as typed (comma-separated text) or as a list or tuple, as a tuple of its raw values."""
     if text is None or isinstance(text, tuple):
         return text
     if isinstance(text, list):
         return tuple(text)
     return tuple(part.strip() for part in str(text).split(",") if part.strip())
+
+
+EMPTY_WORDS = ("none", "off")   # what a list field that may be empty (`empty`) accepts for none at all
 
 
 def flag_of(f: dataclasses.Field) -> str:
@@ -112,10 +118,15 @@ def _hints(owner: type) -> dict:
     return typing.get_type_hints(owner)   # evaluating string annotations costs ~1 ms; once per class
 
 
-def _kind(f: dataclasses.Field, owner: type):
+def _hint(f: dataclasses.Field, owner: type):
     kind = _hints(owner)[f.name]
     if isinstance(kind, types.UnionType):   # int | None and the like: the non-None part
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    return kind
+
+
+def _kind(f: dataclasses.Field, owner: type):
+    kind = _hint(f, owner)
     return typing.get_origin(kind) or kind
 
 
@@ -128,7 +139,15 @@ def _convert(f: dataclasses.Field, owner: type, value, label: str | None = None)
     if f.name == "device" and value is not None:
         return check_device(value, label)
     if kind is tuple:
-        return _names(value)
+        parts = _parts(value)
+        if parts is not None and f.metadata.get("empty") and len(parts) == 1 and str(parts[0]).lower() in EMPTY_WORDS:
+            return ()
+        element = typing.get_args(_hint(f, owner))[0]
+        return None if parts is None else tuple(_scalar(element, part, label) for part in parts)
+    return _scalar(kind, value, label)
+
+
+def _scalar(kind: type, value, label: str):
     if value is None:
         return None
     if kind is bool:
@@ -158,26 +177,31 @@ def _convert(f: dataclasses.Field, owner: type, value, label: str | None = None)
 
 def _check(instance, label_of=flag_of) -> None:
     """Convert every field to its type and check its range; used by each group's __post_init__ and, with
-    `label_of` naming options as signal.option, by every signal's config (registry.make_config)."""
+    `label_of` naming options as signal.option, by every signal's options (SignalOptions)."""
     owner = type(instance)
     for f in dataclasses.fields(owner):
         label = label_of(f)
         value = _convert(f, owner, getattr(instance, f.name), label)
         object.__setattr__(instance, f.name, value)
-        meta = f.metadata
-        if value is None or isinstance(value, tuple):
-            continue
-        if meta.get("choices") and value not in meta["choices"]:
-            choices = ", ".join(map(str, tuple(meta["choices"])))
-            raise UserError(f"{label} must be one of {choices}, not {quoted(value)}.")
-        if meta.get("minimum") is not None and value < meta["minimum"]:
-            raise UserError(f"{label} must be at least {meta['minimum']}, not {value}.")
-        if meta.get("maximum") is not None and value > meta["maximum"]:
-            raise UserError(f"{label} must be at most {meta['maximum']}, not {value}.")
-        if meta.get("above") is not None and value <= meta["above"]:
-            raise UserError(f"{label} must be greater than {meta['above']}, not {value}.")
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
-            raise UserError(f"{label} must lie within ±{INT_LIMIT:,}, not {value:,}.")   # beyond int32 arguments
+        if f.name != "fractions":   # a list's values each lie in the field's range
+            for item in value if isinstance(value, tuple) else [value]:
+                _in_range(item, f.metadata, label)
+
+
+def _in_range(value, meta, label: str) -> None:
+    if value is None:
+        return
+    if meta.get("choices") and value not in meta["choices"]:
+        choices = ", ".join(map(str, tuple(meta["choices"])))
+        raise UserError(f"{label} must be one of {choices}, not {quoted(value)}.")
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+        raise UserError(f"{label} must be at least {meta['minimum']}, not {value}.")
+    if meta.get("maximum") is not None and value > meta["maximum"]:
+        raise UserError(f"{label} must be at most {meta['maximum']}, not {value}.")
+    if meta.get("above") is not None and value <= meta["above"]:
+        raise UserError(f"{label} must be greater than {meta['above']}, not {value}.")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+        raise UserError(f"{label} must lie within ±{INT_LIMIT:,}, not {value:,}.")   # beyond int32 arguments
 
 
 class Group:
@@ -193,10 +217,18 @@ class Group:
         """Rules across fields (a minimum below a maximum); none unless a group says so."""
 
 
-def check_values(instance, prefix: str) -> None:
-    """Check a signal config's values (types, finiteness, the ranges in its fields' metadata), naming each
-    option as `prefix.option` the way `--set` spells it."""
-    _check(instance, lambda f: f"{prefix}.{f.name}")
+class SignalOptions:
+    """Base of every signal's options (its config dataclass): converted and checked when made, each option named
+    `signal.option` the way `--set` spells it, then `check` for rules across options. The registry names the signal
+    (`signal`) when it registers."""
+    signal: ClassVar[str] = "signal"
+
+    def __post_init__(self):
+        _check(self, lambda f: f"{self.signal}.{f.name}")
+        self.check()
+
+    def check(self) -> None:
+        """Rules across options (SoRA's xi below xi_max); none unless a signal says so."""
 
 
 def keyed_options(config_type: type, options: dict) -> dict:
@@ -279,20 +311,49 @@ class TrainSettings(Group):
     max_grad_norm: float = setting(1.0, "clip each run's gradient to this norm before every step (0: no clipping)",
                                    minimum=0.0)
     checkpoint_every: int = setting(50, "steps between resumable checkpoints", minimum=1)
-    seed: int = setting(0, "seed of the adapter and head initialisation and the data order", minimum=0,
-                        maximum=2**31 - 1)
+    seed: int = setting(0, "training seed: the adapter's and the head's start and the data order (--seed is the "
+                           "run's split seed)", flag="--train-seed", minimum=0, maximum=2**31 - 1)
     init: str = setting("default", "the adapter's start at the plan's ranks: default (peft's, B = 0) or the start a "
                                    "signal brings, by its name ('python -m analysis signals' lists them)",
                         choices=ADAPTER_STARTS)
 
 
+# The module families a comparison's baselines adapt (uniform LoRA on only these; planning/baselines.py).
+MODULE_FAMILIES = {"attention": "the attention projections", "mlp": "the MLP", "all": "every linear"}
+
+
 @dataclass(frozen=True)
-class Grouping(Group):
-    """How many retrains share one copy of the model: a matter of speed, never of results (a run's entry is the
-    same either way), so no cache key holds it."""
+class CompareSettings(Group):
+    """A comparison beyond its runs' own training: the seeds, the budgets, the learning-rate grid, the module
+    baselines, and how many adapters train at once (speed only, never results: no key holds it)."""
+    seeds: tuple[int, ...] = setting((0, 1, 2), "comma-separated training seeds, the same for every method (each "
+                                                "run's --train-seed)", minimum=0, maximum=2**31 - 1)
+    budgets: tuple[str, ...] | None = setting(None, "comma-separated budgets for a budget curve, such as r1,r2,r4,r8 "
+                                                    "(default: --budget)")
+    tune_lr: tuple[float, ...] = setting(DEFAULT_GRID, "learning rates tried per method and budget with the first "
+                                                       "seed, chosen on validation; off: every run trains at --lr",
+                                         above=0, empty="off", label="Tune the learning rate over")
+    baselines: tuple[str, ...] = setting(tuple(MODULE_FAMILIES), "uniform LoRA on each of these module families at "
+                                         "the same budget, as rows beside uniform on the allowed modules: attention "
+                                         "(the attention projections only), mlp (the MLP only), all (every linear); "
+                                         "none for no such row", choices=tuple(MODULE_FAMILIES), empty="none",
+                                         label="Module baselines")
     adapters_at_once: int | None = setting(None, "retrains trained together on one copy of the model (default: as "
                                                  "many as fit in the device's memory, measured; 1: one at a time)",
-                                           minimum=1, maximum=4096)
+                                           minimum=1, maximum=4096, label="Adapters trained at once")
+
+    def check(self) -> None:
+        if not self.seeds:
+            raise UserError("--seeds names no seed; give at least one, such as 0,1,2.")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"--seeds repeats a seed: {','.join(map(str, self.seeds))}.")
+        if self.budgets is not None and not self.budgets:
+            raise UserError("--budgets names no budget; give comma-separated budgets such as r1,r2,r4,r8.")
+        # the same list however it is written: the rates sorted (the comparison's key holds them), no repeats
+        object.__setattr__(self, "tune_lr", tuple(sorted(set(self.tune_lr))))
+        object.__setattr__(self, "baselines", tuple(dict.fromkeys(self.baselines)))
+        if self.budgets is not None:
+            object.__setattr__(self, "budgets", tuple(dict.fromkeys(self.budgets)))
 
 
 # --- derived forms: flags, argv, dicts -------------------------------------------------------------------
@@ -341,7 +402,8 @@ def to_argv(value, exclude: tuple[str, ...] = ()) -> list[str]:
         if isinstance(item, bool):
             argv += [flag_of(f)] if item else []
         elif isinstance(item, tuple):
-            argv += [flag_of(f), ",".join(repr(v) if isinstance(v, float) else str(v) for v in item)]
+            text = ",".join(repr(v) if isinstance(v, float) else str(v) for v in item)
+            argv += [flag_of(f), text or f.metadata.get("empty") or ""]
         else:
             argv += [flag_of(f), repr(item) if isinstance(item, float) else str(item)]
     return argv

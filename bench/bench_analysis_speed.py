@@ -84,9 +84,9 @@ def run_cli(setting: list[str], cache: Path, device: str, env: dict | None = Non
     printed = re.search(r"done in ([\d.]+)s", done.stdout)
     seconds = {}
     for entry in Store(cache).entries():
-        name = entry.meta.get("signal")
+        name = entry.meta.get("signal") or entry.kind
         seconds[name] = entry.meta.get("seconds")
-    graphs = [e.meta.get("cuda_graphs") for e in Store(cache).entries() if e.meta.get("signal") == "warmup"]
+    graphs = [e.meta.get("cuda_graphs") for e in Store(cache).entries() if e.kind == "warmup"]
     return {"wall_s": round(wall, 2), "done_in_s": float(printed.group(1)) if printed else None,
             "computed": sorted(re.findall(r"^(\w+)\s+computed", done.stdout, re.M)),
             "signal_s": seconds, "warmup_cuda_graphs": graphs[0] if graphs else None, "stdout": done.stdout[-3000:]}

@@ -58,7 +58,7 @@ def main() -> None:
     settings = RunSettings(model=str(model_dir(root)), val_size=64, device="cpu")
     store = fill(root / "cache", settings)
     prepared = prepare(settings, store)
-    layout = layout_for(prepared.identity)
+    layout = layout_for(prepared.run)
     print(f"{len(layout.modules)} modules in {layout.num_layers} layers, signals: "
           f"{', '.join(e.meta['signal'] for e in store.entries())}")
 
@@ -72,7 +72,7 @@ def main() -> None:
         moves.append(time.perf_counter() - started)
         assert not app.exception, app.exception
 
-    scores = {m: method_scores(prepared.identity, m, layout) for m in [UNIFORM, "shapley", "adalora", "sora", "id", "cka"]}
+    scores = {m: method_scores(prepared.run, m, layout) for m in [UNIFORM, "shapley", "adalora", "sora", "id", "cka"]}
     parts = {"allocate all methods": [], "summary table": [], "heatmap figure": [], "figure to JSON": []}
     for repeat in range(args.repeats):
         budget = parse_budget(f"r{ranks[repeat % len(ranks)]:g}", layout)

@@ -66,7 +66,7 @@ def minilm(device: str, dtype: str, sizes: list[int], repeats: int, cache: Path)
     from analysis.training.retrain import float32_head, head_names
 
     prepared = prepare(RunSettings(device=device, dtype=dtype, val_size=64), Store(cache), warn=None)
-    plan = make_plan(prepared.identity, "uniform", "r4")
+    plan = make_plan(prepared.run, "uniform", "r4")
     config = TrainSettings()
     train = prepared.splits.train
     frozen = FrozenModel(prepared)

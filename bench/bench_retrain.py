@@ -41,7 +41,7 @@ def cli(args: list[str], cache: Path, launcher: list[str] | None = None) -> subp
 
 def retrain_seconds(plan: Path, cache: Path, steps: int, seed: int, batch: int, launcher=None) -> float:
     out = cache / f"out-{steps}-{seed}-{bool(launcher)}"
-    done = cli(["retrain", "--plan", str(plan), "--steps", str(steps), "--seed", str(seed), "--train-batch-size",
+    done = cli(["retrain", "--plan", str(plan), "--steps", str(steps), "--train-seed", str(seed), "--train-batch-size",
                 str(batch), "--test-size", "32", "--checkpoint-every", "1000", "--out", str(out)], cache, launcher)
     assert done.returncode == 0, "retrain failed"
     return json.loads((out / "metrics.json").read_text())["train_seconds"]
@@ -80,7 +80,7 @@ def plain_loop_seconds(model_dir: Path, data: Path, steps: int, batch: int, leng
 
 def resume_check(plan: Path, cache: Path, batch: int) -> dict:
     env = {**os.environ, "ANALYSIS_CACHE_DIR": str(cache)}
-    args = [sys.executable, "-m", "analysis", "retrain", "--plan", str(plan), "--steps", "60", "--seed", "7",
+    args = [sys.executable, "-m", "analysis", "retrain", "--plan", str(plan), "--steps", "60", "--train-seed", "7",
             "--train-batch-size", str(batch), "--test-size", "32", "--checkpoint-every", "20"]
     process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)

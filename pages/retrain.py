@@ -7,17 +7,17 @@ import streamlit as st
 
 from analysis.jobs import launch as jobs
 from analysis.reporting.exhibits import comparison_exhibits
-from analysis.planning.baselines import DEFAULT_BASELINES, MODULE_FAMILIES
 from analysis.planning.methods import UNIFORM
 from analysis.signals.registry import adapter_starts, all_signals
-from analysis.store.runs import comparisons, when
+from analysis.contract.run import when
+from analysis.store.lookups import comparisons
 from analysis.errors import UserError
-from analysis.settings import DEFAULT_GRID, Grouping, RunSettings, TrainSettings, choices_of, from_dict, to_argv
-from analysis.training.compare import parse_budgets, parse_rates, too_small
+from analysis.settings import MODULE_FAMILIES, CompareSettings, RunSettings, TrainSettings, from_dict, to_argv
+from analysis.training.compare import too_small
 from analysis.training.savings import RESAMPLES
 from analysis.store.cache import Store
 from pages.shared.planning import plans_at_budget, summary_table
-from pages.shared.widgets import choose_run, download_buttons, job_panel, show
+from pages.shared.widgets import choose_run, download_buttons, job_panel, setting_input, show
 
 store = Store()
 signals = all_signals()
@@ -38,56 +38,44 @@ summary_table(outcomes, amount)
 st.caption("The Budget page shows each plan as a heatmap and offers its JSON.")
 
 st.subheader("Retrain")
-defaults = TrainSettings()
 with st.form("retrain"):
     a, b, c, d = st.columns(4)
-    seeds = a.text_input("Seeds", "0,1,2")
-    steps = b.number_input("Steps", 1, 100_000, defaults.steps)
-    lr = c.number_input("Learning rate (without tuning)", 1e-6, 1.0, defaults.lr, format="%.4g")
-    test_size = d.number_input("Test examples (0 = all)", 0, 1_000_000, defaults.test_size)
+    seeds = setting_input(a, CompareSettings, "seeds", label="Seeds")
+    steps = setting_input(b, TrainSettings, "steps", label="Steps")
+    lr = setting_input(c, TrainSettings, "lr", label="Learning rate (without tuning)")
+    test_size = setting_input(d, TrainSettings, "test_size", label="Test examples (0 = all)")
     e, f, g, h = st.columns([2, 2, 1, 2])
-    budgets = e.text_input("Budgets", budget, help="comma-separated, such as r1,r2,r4,r8 for a budget curve; "
-                           "the default is the budget set above")
-    grid = f.text_input("Tune learning rate over", ",".join(f"{r:g}" for r in DEFAULT_GRID),
-                        help="tried per method and budget with the first seed, chosen on the validation split; "
-                        "empty: every run uses the learning rate at the left")
-    starts = adapter_starts()
-    init = g.selectbox("Adapter start", choices_of(TrainSettings, "init"),
-                       help="; ".join(["default: peft's (B = 0)", *(f"{name}: {start.help}" for name, start in
-                                                                     starts.items())]) +
-                       ". Every method, uniform included, starts this way, and the results table says which.")
-    families = h.multiselect("Module baselines", list(MODULE_FAMILIES), list(DEFAULT_BASELINES),
-                             format_func=lambda family: f"{family}: {MODULE_FAMILIES[family]}",
-                             help="uniform LoRA on only these modules, at the same budget, as rows beside uniform: "
-                             "which modules to adapt, beside which layers and ranks")
-    at_once = st.number_input("Adapters trained at once (0: as many as fit)", 0, 4096, 0,
-                              help="runs trained together on one copy of the model, each exactly as it would train "
-                              "alone (the same cache entry); by default as many as the device's memory holds, "
-                              "measured; 1 trains them one by one")
+    budgets = setting_input(e, CompareSettings, "budgets", label="Budgets", value=budget)
+    grid = setting_input(f, CompareSettings, "tune_lr")
+    init = setting_input(g, TrainSettings, "init", label="Adapter start",
+                         help="; ".join(["default: peft's (B = 0)", *(f"{name}: {start.help}" for name, start in
+                                                                       adapter_starts().items())]) +
+                         ". Every method, uniform included, starts this way, and the results table says which.")
+    families = setting_input(h, CompareSettings, "baselines",
+                             format_func=lambda family: f"{family}: {MODULE_FAMILIES[family]}")
+    at_once = setting_input(st, CompareSettings, "adapters_at_once", label="Adapters trained at once (empty: as many "
+                                                                           "as fit)")
     start = st.form_submit_button("Retrain and compare", type="primary", disabled=len(planned) < 2)
 if start:
     chosen = [m for m in planned if m != UNIFORM]
     try:
         training = TrainSettings(steps=steps, lr=lr, test_size=test_size, init=init)
-        grouping = Grouping(adapters_at_once=at_once or None)
-        rates = parse_rates(grid)
-        chosen_budgets = parse_budgets(budgets)
+        comparing = CompareSettings(seeds=seeds, budgets=budgets, tune_lr=grid, baselines=tuple(families),
+                                    adapters_at_once=at_once)
     except UserError as error:
         st.error(str(error))
     else:
         argv = ["compare", *to_argv(from_dict(RunSettings, run.description["settings"])), "--signals",
-                ",".join(chosen), "--budgets", ",".join(chosen_budgets), "--seeds", seeds,
-                "--tune-lr", ",".join(f"{r:g}" for r in rates) if rates else "off",
-                "--baselines", ",".join(families) or "none",
-                *to_argv(training, exclude=("seed", "eval_split")), *limits.argv(), *to_argv(grouping)]
-        job_id = jobs.start_job(argv, store.root, label=f"Compare at {', '.join(chosen_budgets)}: uniform, "
+                ",".join(chosen), *to_argv(comparing), *to_argv(training, exclude=("seed", "eval_split")),
+                *limits.argv()]
+        job_id = jobs.start_job(argv, store.root, label=f"Compare at {', '.join(comparing.budgets)}: uniform, "
                                                          f"{', '.join(chosen)}", run_key=run.key)
         st.toast(f"Started comparison job {job_id}")
 
 job_panel(store, {"compare", "retrain"}, curves=True, run_key=run.key)
 
 st.subheader("Results")
-found = comparisons(store, run.key)
+found = comparisons(run)
 if not found:
     st.info("No comparison has finished for this setting yet.")
 else:

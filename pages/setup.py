@@ -9,7 +9,8 @@ from analysis.errors import UserError
 from analysis.settings import RunSettings, to_argv
 from analysis.signals.context import prepare
 from analysis.signals.registry import all_signals
-from analysis.store.runs import runs, when
+from analysis.contract.run import when
+from analysis.store.lookups import runs
 from analysis.store.cache import Store
 from analysis.store.timings import signal_costs
 from pages.shared.widgets import choose_run, gpu_present, job_panel

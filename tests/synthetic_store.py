@@ -157,7 +157,7 @@ def fill(cache_dir, settings: RunSettings, signals=DEFAULT_SIGNALS, seed: int = 
 
     def synthetic(name):
         def compute(context, config):
-            modules = list(layout_for(context.prepared.identity).modules)
+            modules = list(layout_for(context.prepared.run).modules)
             return MAKERS[name](modules, sorted({m.layer for m in modules}), rng)
         return dataclasses.replace(get_signal(name), compute=compute)
 

@@ -57,7 +57,8 @@ def _csv(tmp_path, rows):
     return str(path)
 
 
-@pytest.mark.parametrize("case", ["model", "column", "empty", "one-class", "cuda", "signal", "set", "budget"])
+@pytest.mark.parametrize("case", ["model", "column", "empty", "one-class", "cuda", "signal", "set", "budget",
+                                  "cache-dir"])
 def test_errors_are_one_sentence_with_nonzero_exit(cache_dir, tmp_path, case):
     args = {
         "model": ["run", "--model", "no-such-owner/no-such-model-xyz"],
@@ -69,6 +70,7 @@ def test_errors_are_one_sentence_with_nonzero_exit(cache_dir, tmp_path, case):
         "signal": ["run", "--signals", "nope"],
         "set": ["run", "--signals", "state_change", "--set", "state_change.nope=1"],
         "budget": ["plan", "--budget", "0"],
+        "cache-dir": ["run", "--cache-dir", "/proc/nope"],   # a cache folder that cannot be created
     }[case]
     result = cli(cache_dir, *args)
     assert result.returncode == 2

@@ -113,21 +113,22 @@ def test_labels_that_look_like_ids_or_floats_pass_with_allow_many_classes(tmp_pa
 
 def test_show_plan_and_export_pick_the_same_entry_by_one_rule(cache_dir, capsys):
     """Without --set, the default variant or else the newest one; with --set, exactly that variant."""
-    from analysis.signals.registry import get_signal
-    from analysis.signals.runner import find_entry, run_signals
+    from analysis.signals.registry import get_signal, make_config
+    from analysis.signals.runner import run_signals
+    from analysis.store.lookups import find_entry
     from tests.synthetic_store import MAKERS
     from analysis.planning.methods import layout_for
 
     def synthetic(context, config):
-        modules = list(layout_for(context.prepared.identity).modules)
+        modules = list(layout_for(context.prepared.run).modules)
         return MAKERS["cka"](modules, sorted({m.layer for m in modules}), np.random.default_rng(0))
 
     settings = RunSettings(val_size=16, device="cpu")
     signal = dataclasses.replace(get_signal("cka"), compute=synthetic)
     [(_, variant, _)] = run_signals(settings, [signal], {"cka": {"unbiased": "true"}}, Store(cache_dir))
-    identity = prepare(settings, Store(cache_dir), warn=None).identity
-    assert find_entry(identity, signal).key == variant.key                        # the newest variant
-    assert find_entry(identity, signal, {"unbiased": "false"}) is None           # exactly what was asked
+    run = prepare(settings, Store(cache_dir), warn=None).run
+    assert find_entry(run, signal).key == variant.key                        # the newest variant
+    assert find_entry(run, signal, make_config(signal, {"unbiased": "false"})) is None           # exactly what was asked
     code, out, err = run_cli(["show", "--signal", "cka", "--val-size", "16", "--device", "cpu"], capsys)
     assert code == 0 and len(out.splitlines()) > 1, err
     code, out, err = run_cli(["show", "--signal", "cka", "--val-size", "16", "--device", "cpu", "--set",
@@ -137,7 +138,8 @@ def test_show_plan_and_export_pick_the_same_entry_by_one_rule(cache_dir, capsys)
                               "--out", str(cache_dir.parent / "plan.json")], capsys)
     assert code == 0, err
     [(_, default, _)] = run_signals(settings, [signal], None, Store(cache_dir))
-    assert find_entry(identity, signal).key == default.key != variant.key      # the default one, once there
+    run = prepare(settings, Store(cache_dir), warn=None).run   # read again: a run's entries are those it first read
+    assert find_entry(run, signal).key == default.key != variant.key      # the default one, once there
 
 
 def test_the_plan_json_applied_by_hand_trains_the_head(cache_dir, tmp_path, capsys):

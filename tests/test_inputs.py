@@ -92,7 +92,7 @@ CASES = {
     "sora.xi above xi_max": (lambda t: ["run", "--signals", "sora", "--set", "sora.xi=0.5"],
                              "sora.xi (0.5) must be below sora.xi_max"),
     "cka token pooling": (lambda t: ["run", "--signals", "cka", "--set", "cka.pooling=tokens"],
-                          "token pooling samples different tokens"),
+                          "cka.pooling must be one of auto, cls, last, mean, not 'tokens'"),
     "id estimator unknown": (lambda t: ["run", "--signals", "id", "--set", "id.estimator=Nope"],
                              "Unknown intrinsic-dimension estimator 'Nope'"),
     "show with a bad option": (lambda t: ["show", "--signal", "shapley", "--set", "shapley.r_max=0"],
@@ -117,8 +117,8 @@ CASES = {
     "data is a folder": (lambda t: ["run", "--data", str(t), "--signals", "cka"], "is a folder"),
     "missing local model directory": (lambda t: ["run", "--model", str(t / "no" / "model"), "--signals", "cka"],
                                       "does not exist"),
-    "compare seeds": (lambda t: ["compare", "--seeds", "0,x"], "--seeds expects comma-separated integers"),
-    "compare negative seed": (lambda t: ["compare", "--seeds", "0,-1"], "--seeds expects integers from 0 to"),
+    "compare seeds": (lambda t: ["compare", "--seeds", "0,x"], "--seeds expects an integer, not 'x'"),
+    "compare negative seed": (lambda t: ["compare", "--seeds", "0,-1"], "--seeds must be at least 0, not -1"),
 }
 
 
@@ -176,9 +176,9 @@ CASES.update({
     "run --signals empty": (lambda t: ["run", "--signals", ""], "No signals were named"),
     "compare --signals empty": (lambda t: ["compare", "--signals", ""], "--signals names no method"),
     "compare --signals comma": (lambda t: ["compare", "--signals", ","], "--signals names no method"),
-    "compare --budgets empty": (lambda t: ["compare", "--budgets", ""], "--budgets expects comma-separated"),
+    "compare --budgets empty": (lambda t: ["compare", "--budgets", ""], "--budgets names no budget"),
     "compare --baselines unknown": (lambda t: ["compare", "--signals", "uniform", "--baselines", "attention,ffn"],
-                                    "--baselines expects comma-separated module families from attention, mlp, all"),
+                                    "--baselines must be one of attention, mlp, all, not 'ffn'"),
     "plan file bias": (lambda t: ["retrain", "--plan", plan_file(t, bias="all2")],
                        "has bias 'all2'; it must be one of none, all, lora_only"),
     "plan file {}": (lambda t: ["retrain", "--plan", json_file(t, {})], "lacks r, lora_alpha"),

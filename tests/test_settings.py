@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from analysis.__main__ import _limits, _plan_options, _retrain_config, _settings, build_parser
-from analysis.settings import (Limits, PlanOptions, RunSettings, TrainSettings, from_dict, setting, to_argv,
-                               to_dict)
+from analysis.__main__ import _compare_settings, _limits, _plan_options, _retrain_config, _settings, build_parser
+from analysis.settings import (CompareSettings, Limits, PlanOptions, RunSettings, TrainSettings, from_dict, kind_of,
+                               setting, to_argv, to_dict)
 from analysis.errors import UserError
 
-GROUPS = (RunSettings, Limits, PlanOptions, TrainSettings)
+GROUPS = (RunSettings, Limits, PlanOptions, TrainSettings, CompareSettings)
 
 
 def changed(group: type):
@@ -21,15 +21,18 @@ def changed(group: type):
     values = {}
     for f in dataclasses.fields(group):
         value, meta = getattr(default, f.name), f.metadata
-        if meta.get("choices"):
+        if isinstance(value, tuple) and f.name != "fractions":   # a list: another one, each value in range
+            values[f.name] = (tuple(list(meta["choices"])[:1]) if meta.get("choices") else
+                              tuple(v * 2 if isinstance(v, float) else v + 3 for v in value))
+        elif meta.get("choices"):
             options = list(meta["choices"])
             values[f.name] = options[(options.index(value) + 1) % len(options)]
         elif f.name == "fractions":
             values[f.name] = (0.7, 0.2, 0.1)
         elif f.name == "device":   # a device's spelling is checked: another valid one
             values[f.name] = "cuda:1"
-        elif value is None:
-            values[f.name] = ("query", "value")
+        elif value is None:   # a list, or a number, where none is the default
+            values[f.name] = 5 if kind_of(group, f.name) is int else ("query", "value")
         elif isinstance(value, bool):
             values[f.name] = not value
         elif isinstance(value, int):
@@ -45,7 +48,7 @@ def changed(group: type):
 
 # How each verb of the command line builds each group from its flags.
 VERBS = {RunSettings: ("run", _settings), Limits: ("plan", _limits), PlanOptions: ("plan", _plan_options),
-         TrainSettings: ("retrain", _retrain_config)}
+         TrainSettings: ("retrain", _retrain_config), CompareSettings: ("compare", _compare_settings)}
 
 
 @pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.__name__)

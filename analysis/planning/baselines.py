@@ -14,26 +14,12 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from analysis.errors import UserError
-from analysis.settings import Limits
+from analysis.settings import MODULE_FAMILIES, Limits
 
 if TYPE_CHECKING:   # the command line reads the names below to build its flags, without loading torch
     from analysis.model.layout import Layout
 
-MODULE_FAMILIES = {"attention": "the attention projections", "mlp": "the MLP", "all": "every linear"}
-DEFAULT_BASELINES = tuple(MODULE_FAMILIES)
 PREFIX = "uniform-"
-
-
-def parse_baselines(text: str | None) -> list[str]:
-    """'attention,mlp,all' -> those names in that order; 'none' (or '') -> none."""
-    if text is None or str(text).strip().lower() in ("", "none", "off"):
-        return []
-    names = [part.strip().lower() for part in str(text).split(",") if part.strip()]
-    unknown = [name for name in names if name not in MODULE_FAMILIES]
-    if unknown:
-        raise UserError(f"--baselines expects comma-separated module families from {', '.join(MODULE_FAMILIES)}, or "
-                        f"'none', not '{text}'.")
-    return list(dict.fromkeys(names))
 
 
 def baseline_method(family: str) -> str:

@@ -28,7 +28,7 @@ from analysis.reporting.all_signals import (agreement, agreement_matrix_figure, 
 from analysis.reporting.paper import FORMATS, figure_bytes, latex_table, paper_style
 from analysis.planning.preview import drawn, plan_table, preview
 from analysis.signals.registry import all_signals
-from analysis.store.runs import chosen_entries, comparisons, run_of
+from analysis.store.lookups import chosen_entries, comparisons
 from analysis.store.cache import Entry
 
 
@@ -124,38 +124,36 @@ def plan_exhibit(outcomes, layout, budget: int, difference: bool = False) -> Exh
                    lambda: plan_table(outcomes, layout, difference), lambda: figures.plan_figure(outcomes, layout, difference))
 
 
-def cached_signals(identity) -> dict[str, Entry]:
-    """Every signal computed for this setting, each by its entry under `store.runs.chosen_entry`'s rule."""
-
-    run = run_of(identity.store, identity.key)
-    return chosen_entries(run, all_signals()) if run else {}
+def cached_signals(run) -> dict[str, Entry]:
+    """Every signal computed for this run, each by its entry under `store.lookups.chosen_entry`'s rule."""
+    return chosen_entries(run, all_signals())
 
 
-def exhibits_for(identity, what: str, budget: str = "r4", limits=None, overrides=None,
+def exhibits_for(run, what: str, budget: str = "r4", limits=None, overrides=None,
                  signal_limits: tuple = ()) -> list[Exhibit]:
     """A signal's exhibits, or 'all' (every cached signal side by side), 'plans' (every method's plan at
     `budget`, under `limits` and the signals' own `signal_limits`) or 'comparison' (the newest retrain comparison
     of this setting)."""
 
     if what == "all":
-        entries = cached_signals(identity)
+        entries = cached_signals(run)
         if not entries:
             raise UserError("No signal has been computed for this model and data yet; run: python -m analysis run.")
         return overview_exhibits(entries)
     if what == "plans":
-        layout, limits = layout_for(identity), limits or Limits()
-        methods = [UNIFORM, *cached_signals(identity)]
+        layout, limits = layout_for(run), limits or Limits()
+        methods = [UNIFORM, *cached_signals(run)]
         amount = parse_budget(budget, layout, limits)
-        outcomes = preview({m: method_scores(identity, m, layout, overrides) for m in methods}, layout, amount,
+        outcomes = preview({m: method_scores(run, m, layout, overrides) for m in methods}, layout, amount,
                            limits, signal_limits)
         return [plan_exhibit(outcomes, layout, amount), plan_exhibit(outcomes, layout, amount, difference=True)]
     if what == "comparison":
-        found = comparisons(identity.store, identity.key)
+        found = comparisons(run)
         if not found:
             raise UserError("No retrain comparison has finished for this model and data; run: "
                             "python -m analysis compare.")
         return comparison_exhibits(found[0])
-    return signal_exhibits(cached_entry(identity, what, (overrides or {}).get(what)))
+    return signal_exhibits(cached_entry(run, what, (overrides or {}).get(what)))
 
 
 def run_exhibits(entries: dict[str, Entry], titles: dict[str, str], plans=None,

@@ -13,7 +13,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,13 +21,13 @@ import torch
 from analysis.model import capture
 from analysis.signals import parallel
 from analysis.errors import UserError
-from analysis.store.hashing import hash_json
+from analysis.contract.run import Run
 from analysis.contract.progress import progress, step
 from analysis.model.sources import Splits, TextData, load_data, load_model, resolve_model, split_data
 from analysis.model.sources.data import data_identity, remember_identity, split_sizes
-from analysis.model.sources.models import (ConfigFacts, LoadedModel, ModelSource, config_facts, model_files,
-                                           resolve_dtype, resolve_task)
-from analysis.settings import RunSettings, from_dict, to_dict
+from analysis.model.sources.models import (ConfigFacts, LoadedModel, ModelSource, config_facts, resolve_dtype,
+                                           resolve_task)
+from analysis.settings import RunSettings, to_dict
 from analysis.store.cache import Store
 
 # Bump when capture or data preparation changes in a way that changes every signal's numbers.
@@ -93,35 +92,9 @@ def _adjusted(settings: RunSettings, source: ModelSource, config: ConfigFacts, v
     return settings, warnings
 
 
-@dataclass(frozen=True)
-class RunIdentity:
-    """What finding and planning from a run's cached results needs, and no more: its settings, the context key
-    its entries are filed under, the task, the model's files (for the layout) and the number of labels.
-    Built without reading the data or the weights (see `identify`), so pages and `show` stay instant."""
-    settings: RunSettings
-    key: str
-    task: str
-    model_path: Path
-    num_labels: int | None
-    store: Store
-
-    @classmethod
-    def of_run(cls, description: dict, key: str, store: Store) -> "RunIdentity":
-        """The identity of a cached run from its own description (a run made on a GPU server is planned here
-        on the CPU under its own key)."""
-        settings = from_dict(RunSettings, description.get("settings"), device="cpu")
-        path, _ = model_files(settings.model, store.root)   # its key is the run's: nothing to fingerprint
-        labels = description.get("labels")
-        if labels is None and description.get("task") == "classification":   # entries written before labels
-            labels = data_identity(settings.data, settings.text_column, settings.label_column, settings.hub_split,
-                                   store.root / DATA_MEMO, settings.allow_many_classes).labels
-        return cls(settings, key, description.get("task", "classification"), path,
-                   len(labels) if labels else None, store)
-
-
 def _context_key(settings: RunSettings, model_fingerprint: str, task: str, dtype: torch.dtype,
                  data_fingerprint: str, labels: list[str] | None) -> str:
-    return hash_json({
+    return Store.key("run", {
         "version": CONTEXT_VERSION, "model": model_fingerprint, "task": task, "labels": labels,
         "data": data_fingerprint, "seed": settings.seed, "fractions": list(settings.fractions),
         "val_size": settings.val_size, "max_length": settings.max_length, "dtype": str(dtype)})
@@ -131,10 +104,17 @@ def _task_of(settings: RunSettings, config: ConfigFacts) -> tuple[str, bool]:
     return resolve_task(settings.task, config.is_decoder), config.is_decoder
 
 
-def identify(settings: RunSettings, store: Store, read_data: bool = True) -> RunIdentity | None:
-    """The run's identity and cache key from fingerprints remembered by file path, size and modification time:
-    no data is read and no weights are loaded while the files are unchanged. read_data=False: None where the
-    data would have to be read (a hub dataset, a new or changed file), for a caller that reads it next anyway."""
+def _description(settings: RunSettings, source: ModelSource, task: str, labels: list[str] | None) -> dict:
+    """What every entry of the run records about it (contract/run.py's DESCRIPTION)."""
+    return {"model": settings.model, "model_name": source.display_name, "data": settings.data, "task": task,
+            "labels": labels, "settings": to_dict(settings)}
+
+
+def identify(settings: RunSettings, store: Store, read_data: bool = True) -> Run | None:
+    """The run and its key from fingerprints remembered by file path, size and modification time: no data is read
+    and no weights are loaded while the files are unchanged (its entries are read from the store when asked for).
+    read_data=False: None where the data would have to be read (a hub dataset, a new or changed file), for a caller
+    that reads it next anyway."""
     dtype = resolve_dtype(settings.dtype, resolve_device(settings.device))
     source = resolve_model(settings.model, store.root)
     config = config_facts(source.path, store.root / CONFIG_MEMO)
@@ -146,33 +126,41 @@ def identify(settings: RunSettings, store: Store, read_data: bool = True) -> Run
         return None
     settings, _ = _adjusted(settings, source, config, split_sizes(data.rows, tuple(settings.fractions))[1])
     key = _context_key(settings, source.fingerprint, task, dtype, data.fingerprint, data.labels)
-    return RunIdentity(settings, key, task, source.path, len(data.labels) if data.labels else None, store)
+    return Run(key, _description(settings, source, task, data.labels), store=store)
 
 
 @dataclass
 class Prepared:
-    settings: RunSettings
+    """A run with its data read and split, and the device and dtype it computes with."""
+    run: Run
     source: ModelSource
-    task: str
     is_decoder: bool
     data: TextData
     splits: Splits
     device: torch.device
     dtype: torch.dtype
-    key: str
-    description: dict
-    store: Store            # where signals cache intermediate work (a warmed-up adapter, say)
+    description: dict       # run.description, and how the data was split and what was left out
     warnings: list[str] = field(default_factory=list)   # what was adjusted or left out, in sentences
+
+    @property
+    def key(self) -> str:
+        return self.run.key
+
+    @property
+    def settings(self) -> RunSettings:   # as adjusted to the model and the data (prepare)
+        return self.run.settings
+
+    @property
+    def task(self) -> str:
+        return self.run.task
+
+    @property
+    def store(self) -> Store:   # where signals cache intermediate work (a warmed-up adapter, say)
+        return self.run.store
 
     @property
     def validation(self) -> pd.DataFrame:
         return self.splits.validation.iloc[: self.settings.val_size]
-
-    @property
-    def identity(self) -> RunIdentity:
-        labels = self.data.label_names
-        return RunIdentity(self.settings, self.key, self.task, self.source.path, len(labels) if labels else None,
-                           self.store)
 
 
 def prepare(settings: RunSettings, store: Store, warn=report) -> Prepared:
@@ -204,13 +192,11 @@ def prepare(settings: RunSettings, store: Store, warn=report) -> Prepared:
         if warn is not None:
             warn(message)
     key = _context_key(settings, source.fingerprint, task, dtype, data.fingerprint, data.label_names)
-    description = {"model": settings.model, "model_name": source.display_name, "data": settings.data,
-                   "task": task, "is_decoder": decoder, "labels": data.label_names, "device": device.type,
-                   "settings": to_dict(settings),
+    run = Run(key, _description(settings, source, task, data.label_names), store=store)
+    description = {**run.description, "is_decoder": decoder, "device": device.type,
                    "split_sizes": {n: len(splits[n]) for n in ("train", "validation", "test")},
                    "dropped_rows": data.dropped, "setup_warnings": warnings}
-    return Prepared(settings, source, task, decoder, data, splits, device, dtype, key, description, store,
-                    warnings)
+    return Prepared(run, source, decoder, data, splits, device, dtype, description, warnings)
 
 
 class AnalysisContext:

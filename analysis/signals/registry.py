@@ -12,7 +12,7 @@ import pkgutil
 
 from analysis.contract.signal import AdapterStart, Signal
 from analysis.errors import UserError
-from analysis.settings import ADAPTER_STARTS, Limits, flag_of
+from analysis.settings import ADAPTER_STARTS, Limits, SignalOptions, flag_of
 
 _REGISTRY: dict[str, Signal] = {}
 
@@ -20,12 +20,16 @@ _REGISTRY: dict[str, Signal] = {}
 def register(signal: Signal) -> Signal:
     if signal.name in _REGISTRY:
         raise ValueError(f"signal {signal.name!r} registered twice")
+    if not issubclass(signal.config, SignalOptions):
+        raise ValueError(f"signal {signal.name!r}: its config must derive from settings.SignalOptions, so that it "
+                         "checks its options when made")
     taken = {flag_of(f) for f in dataclasses.fields(Limits)} | {flag for other in _REGISTRY.values()
                                                                 for flag in _limit_flags(other)}
     clash = sorted(taken & _limit_flags(signal))
     if clash:
         raise ValueError(f"signal {signal.name!r} declares plan limits {', '.join(clash)}, which another signal or "
                          "the generic limits have")
+    signal.config.signal = signal.name   # what its options are called in a sentence: signal.option
     _REGISTRY[signal.name] = signal
     return signal
 
@@ -86,11 +90,8 @@ def get_signal(name: str) -> Signal:
 
 
 def make_config(signal: Signal, overrides: dict[str, str] | None = None):
-    """Build the signal's config from string overrides (command line `--set name.key=value`), with every value
-    converted to its field's type and checked against the range in the field's metadata (minimum, maximum,
-    above, choices; see settings.setting), so a bad option is one sentence before any model is loaded."""
-    from analysis.settings import check_values
-
+    """Build the signal's config from string overrides (command line `--set name.key=value`); the config converts
+    and checks its values itself (SignalOptions), so a bad option is one sentence before any model is loaded."""
     fields = {f.name: f for f in dataclasses.fields(signal.config)}
     for key in overrides or {}:
         if key not in fields:
@@ -100,9 +101,6 @@ def make_config(signal: Signal, overrides: dict[str, str] | None = None):
         config = signal.config(**(overrides or {}))
     except (TypeError, ValueError) as exc:   # a config's own __post_init__ refusing a raw value
         raise UserError(f"Signal '{signal.name}' cannot use these options ({exc}).") from None
-    check_values(config, signal.name)
-    if hasattr(config, "check"):   # checks across options (sora: xi below xi_max)
-        config.check()
     return config
 
 

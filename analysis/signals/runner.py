@@ -9,29 +9,19 @@ import dataclasses
 import sys
 
 from analysis.signals import parallel
-from analysis.signals.context import AnalysisContext, RunIdentity, identify, prepare, report, resolve_device
-from analysis.settings import RunSettings, keyed_options
+from analysis.signals.context import AnalysisContext, identify, prepare, report, resolve_device
+from analysis.settings import RunSettings
 from analysis.errors import UserError
 from analysis.contract.progress import phase, step
-from analysis.store.hashing import hash_json
 from analysis.contract.signal import Signal
 from analysis.signals.registry import get_signal, make_config
 from analysis.store.cache import Entry, Store
-from analysis.store.runs import chosen_entry, run_of
+from analysis.store.keys import signal_parts
 
 
-def signal_key(context_key: str, signal: Signal, config, processes: int = 1) -> str:
-    """The entry's key. The number of processes joins it, as in retrain's key, only where the numbers depend on it
-    (a config's `depends_on_processes`: a global training batch, per-process random streams) and only above one,
-    so a one-process run keeps the keys it always had. A config's `key_fields` may leave out options added later
-    where their values reproduce what ran before them, so those entries keep their keys too; options that only
-    change speed (`keyed_options`) are never in it."""
-    fields = config.key_fields() if hasattr(config, "key_fields") else dataclasses.asdict(config)
-    parts = {"context": context_key, "signal": signal.name, "version": signal.version,
-             "config": keyed_options(type(config), fields)}
-    if processes > 1 and getattr(config, "depends_on_processes", False):
-        parts["processes"] = processes
-    return hash_json(parts)
+def signal_key(run_key: str, signal: Signal, config, processes: int = 1) -> str:
+    """The key of a signal's entry in a run (store/keys.py's signal_parts says what it holds)."""
+    return Store.key("signal", signal_parts(run_key, signal, config, processes))
 
 
 def parse_signal_list(text: str) -> list[Signal]:
@@ -91,12 +81,12 @@ def _all_cached(settings: RunSettings, store: Store, signals: list[Signal], conf
     """Every signal's entry when all are cached, found by the run's identity alone (no data read, no model or
     transformers loaded); None when any must be computed, or when the identity itself would read the data. The
     run's setup warnings are said again, from the entries, as a run that reads the data says them."""
-    identity = identify(settings, store, read_data=False)
-    if identity is None:
+    run = identify(settings, store, read_data=False)
+    if run is None:
         return None
     entries = []
     for signal, config in zip(signals, configs):
-        entry = store.get(signal_key(identity.key, signal, config))
+        entry = store.get(signal_key(run.key, signal, config))
         if entry is None:
             return None
         entries.append((signal, entry, False))
@@ -105,19 +95,8 @@ def _all_cached(settings: RunSettings, store: Store, signals: list[Signal], conf
     return entries
 
 
-def find_entry(identity: RunIdentity, signal: Signal, overrides: dict[str, str] | None = None) -> Entry | None:
-    """The signal's cached entry for `show`, `plan`, `export` and the plans: with options (`--set`), the entry
-    computed with exactly those options; without, the run's entry by `store.runs.chosen_entry`, the rule the
-    pages follow too. None when there is none."""
-    if overrides:
-        return identity.store.get(signal_key(identity.key, signal, make_config(signal, overrides)))
-    run = run_of(identity.store, identity.key, {signal.name})
-    chosen = chosen_entry(run, signal) if run else None
-    return identity.store.get(chosen.key) if chosen else None   # get: its files checked, as with --set
-
-
 def not_computed(name: str, overrides: dict[str, str] | None = None) -> str:
-    """What to say when find_entry finds nothing."""
+    """What to say when store.lookups.find_entry finds nothing."""
     if overrides:
         options = " ".join(f"--set {name}.{k}={v}" for k, v in overrides.items())
         return (f"Signal '{name}' has not been computed with {options} for this model and data yet; run: "

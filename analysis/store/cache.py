@@ -6,7 +6,9 @@ Guarantees:
 - two processes computing the same key do the work once: the second waits on a per-key file lock
   and then finds the first one's entry;
 - an entry that fails its manifest check (truncated file, missing file, bad JSON) is moved aside
-  and reported as a miss, so it is recomputed rather than crashed on.
+  and reported as a miss, so it is recomputed rather than crashed on;
+- every key comes from `Store.key(kind, parts)` (keys.py), and every entry's meta says its kind;
+- the cache folder is checked once, when the store is opened: a folder that cannot be created is one sentence.
 No pickle anywhere: tables are parquet, tensors safetensors, metadata JSON.
 """
 from __future__ import annotations
@@ -26,7 +28,9 @@ from filelock import FileLock, Timeout
 from safetensors.torch import load_file, save_file
 
 from analysis.contract.result import Result
+from analysis.errors import UserError
 from analysis.store.hashing import hash_file
+from analysis.store.keys import kind_of, make_key
 
 META = "meta.json"
 TENSORS = "tensors.safetensors"
@@ -44,6 +48,11 @@ class Entry:
         self.directory = directory
         self.meta = meta
         self.key = directory.name
+
+    @property
+    def kind(self) -> str:
+        """signal, warmup, retrain or comparison (entries written before the kind was recorded: by their key)."""
+        return kind_of(self.key, self.meta)
 
     @property
     def table_names(self) -> list[str]:
@@ -67,11 +76,31 @@ class CorruptEntry(Exception):
 
 class Store:
     def __init__(self, root: Path | None = None):
-        self.root = Path(root) if root else default_cache_dir()
+        self.root = Path(root).expanduser() if root else default_cache_dir()
+        self._open()
         self.entries_dir = self.root / "entries"
         self.locks_dir = self.root / "locks"
         self.tmp_dir = self.root / "tmp"
         self.corrupt_dir = self.root / "corrupt"
+
+    def _open(self) -> None:
+        """Make the cache folder if it is not there, or say in one sentence why it cannot be the cache."""
+        existing = self.root.absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UserError(f"The cache folder '{self.root}' cannot be made: '{existing}' is a file, not a folder.")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"The cache folder '{self.root}' cannot be created ({error.strerror or error}); "
+                            "choose another with --cache-dir or ANALYSIS_CACHE_DIR.") from None
+
+    @staticmethod
+    def key(kind: str, parts) -> str:
+        """The key of a run ("run"), a signal's entry, a warm-up, a retrain, a comparison, or a group of retrains'
+        checkpoint folder ("group"), from the parts that change it (keys.py)."""
+        return make_key(kind, parts)
 
     def _check(self, directory: Path) -> dict:
         """Read meta.json and verify every listed file; small files by hash, large ones by size."""
@@ -136,7 +165,8 @@ class Store:
                 target.write_bytes(data)
             files = {p.relative_to(work).as_posix(): {"size": p.stat().st_size, "sha256": hash_file(p)}
                      for p in sorted(work.rglob("*")) if p.is_file()}
-            full_meta = {**meta, **result.meta, "key": key, "created": time.time(), "files": files}
+            full_meta = {**meta, **result.meta, "key": key, "kind": kind_of(key, meta), "created": time.time(),
+                         "files": files}
             (work / META).write_text(json.dumps(full_meta, indent=1, default=str))
             final = self.entries_dir / key
             if final.exists():  # an unlocked writer beat us to it; theirs is as good as ours
@@ -203,6 +233,14 @@ class Store:
                 except (OSError, ValueError):
                     continue
         return sorted(found, key=lambda e: e.meta.get("created", 0), reverse=True)
+
+    def signal_entries(self, run_key: str) -> dict[str, list[Entry]]:
+        """Each signal's entries filed under a run's key, newest first."""
+        found: dict[str, list[Entry]] = {}
+        for entry in self.entries():
+            if entry.kind == "signal" and entry.meta.get("context_key") == run_key:
+                found.setdefault(entry.meta.get("signal"), []).append(entry)
+        return found
 
     def clean_tmp(self, older_than_s: float = 3600) -> None:
         """Remove temporary directories left by crashed writers."""

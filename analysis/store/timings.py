@@ -50,13 +50,13 @@ def _own_and_warmup(entry: Entry, warmups: dict[str, Entry]) -> tuple[float, flo
 def signal_costs(store: Store, model: str, device: str) -> dict[str, Cost]:
     """Per signal, the median cost of computing it for `model` on `device` ("cpu" or "gpu") in earlier runs."""
     entries = store.entries()
-    warmups = {e.key: e for e in entries if e.meta.get("signal") == "warmup"}
+    warmups = {e.key: e for e in entries if e.kind == "warmup"}
     samples: dict[str, list[tuple[float, float, int]]] = {}
     for entry in entries:
         meta = entry.meta
         if meta.get("model") != model or device_kind(meta) != device or "seconds" not in meta:
             continue
-        if meta.get("signal") in ("warmup", "retrain", "comparison", None):
+        if entry.kind != "signal" or meta.get("signal") is None:
             continue
         own, warm = _own_and_warmup(entry, warmups)
         samples.setdefault(meta["signal"], []).append((own, warm, (meta.get("settings") or {}).get("val_size", 0)))

@@ -21,16 +21,14 @@ summary), which the dashboard lists.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
 import pandas as pd
 
 from analysis.errors import UserError
-from analysis.settings import Limits, PlanOptions, RunSettings, TrainSettings, to_dict
+from analysis.settings import CompareSettings, Limits, PlanOptions, RunSettings, TrainSettings, to_dict
 from analysis.signals.context import prepare
-from analysis.store.hashing import hash_json
-from analysis.planning.baselines import DEFAULT_BASELINES, baseline_rows
+from analysis.planning.baselines import baseline_rows
 from analysis.planning.methods import UNIFORM, layout_for, make_plan
 from analysis.planning.plan_json import row_name
 from analysis.training.comparison_stats import PRIMARY, summarise
@@ -39,27 +37,6 @@ from analysis.training.runs import Request, train_runs
 from analysis.contract.result import Result
 from analysis.store.cache import Entry, Store
 
-
-
-def parse_rates(text: str | None) -> list[float] | None:
-    """'1e-4,3e-4,1e-3' -> rates; '', 'off' or 'none' -> None (no tuning: every run uses --lr)."""
-    if text is None or str(text).strip().lower() in ("", "off", "none", "no"):
-        return None
-    try:
-        rates = [float(part) for part in str(text).split(",") if part.strip()]
-    except ValueError:
-        rates = []
-    if not rates or not all(math.isfinite(r) and r > 0 for r in rates):
-        raise UserError(f"--tune-lr expects comma-separated positive learning rates such as 1e-4,3e-4,1e-3, or "
-                        f"'off', not '{text}'.")
-    return sorted(set(rates))
-
-
-def parse_budgets(text: str) -> list[str]:
-    budgets = [part.strip() for part in str(text).split(",") if part.strip()]
-    if not budgets:
-        raise UserError(f"--budgets expects comma-separated budgets such as r1,r2,r4,r8, not '{text}'.")
-    return list(dict.fromkeys(budgets))
 
 
 def _row(method: str, budget: str, plan: dict, seed: int, entry: Entry, task: str) -> dict:
@@ -88,7 +65,7 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
             config: TrainSettings, limits: Limits = Limits(), options: PlanOptions = PlanOptions(),
             store: Store | None = None, overrides: dict[str, dict[str, str]] | None = None,
             tune_lrs: list[float] | None = None,
-            baselines: list[str] | tuple[str, ...] = DEFAULT_BASELINES, adapters_at_once: int | None = None,
+            baselines: list[str] | tuple[str, ...] = CompareSettings().baselines, adapters_at_once: int | None = None,
             signal_limits: tuple = ()) -> Entry:
     """Retrain uniform LoRA, the module baselines (uniform LoRA on each family in `baselines` at the same budget)
     and every method at every budget with every seed (the learning rate tuned per method and budget on validation
@@ -96,19 +73,19 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
     one copy of the model (None: as many as fit; 1: one by one). `signal_limits`: the limits of signals' own plan rules
     (CKA's block rank, GoRA's rank range) as chosen."""
     store = store or Store()
-    budgets = parse_budgets(budget) if isinstance(budget, str) else list(dict.fromkeys(budget))
+    budgets = [budget] if isinstance(budget, str) else list(dict.fromkeys(budget))
     if not seeds:
         raise UserError("Give at least one seed.")
     prepared = prepare(settings, store)
     task = prepared.task
-    layout = layout_for(prepared.identity)
+    layout = layout_for(prepared.run)
     # Uniform LoRA is the first row, then the baselines that ask which modules, then the methods.
     baseline_methods, notes = baseline_rows(layout, list(baselines), limits)
     for note in notes:
         print(f"note: {note}")
     methods = [UNIFORM, *baseline_methods] + [m for m in dict.fromkeys(methods) if m not in (UNIFORM,
                                                                                              *baseline_methods)]
-    plans = {(b, method): make_plan(prepared.identity, method, b, limits, options, overrides=overrides,
+    plans = {(b, method): make_plan(prepared.run, method, b, limits, options, overrides=overrides,
                                     layout=layout, signal_limits=signal_limits) for b in budgets for method in methods}
     for (b, method), plan in plans.items():
         for warning in plan["warnings"]:
@@ -143,12 +120,11 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
     runs = pd.DataFrame(rows)
     tuning = pd.DataFrame(tuning_rows)
     summary = summarise(runs, task)
-    key = "comparison-" + hash_json({"context": prepared.key, "runs": runs["entry"].tolist(),
-                                     "tuning": tuning["entry"].tolist() if len(tuning) else [],
-                                     "grid": list(tune_lrs or []), "chosen": chosen})[:24]
+    key = store.key("comparison", {"context": prepared.key, "runs": runs["entry"].tolist(),
+                                   "tuning": tuning["entry"].tolist() if len(tuning) else [],
+                                   "grid": list(tune_lrs or []), "chosen": chosen})
     first = plans[(budgets[0], UNIFORM)]
-    meta = {"signal": "comparison", "title": "Comparison of plans" + (" at one budget" if len(budgets) == 1 else
-                                                                      f" at {len(budgets)} budgets"),
+    meta = {"title": "Comparison of plans" + (" at one budget" if len(budgets) == 1 else f" at {len(budgets)} budgets"),
             "context_key": prepared.key, **prepared.description, "budget": first["budget"], "budget_spec": budgets[0],
             "budgets": budgets, "budget_params": {b: plans[(b, UNIFORM)]["budget"] for b in budgets},
             "seeds": seeds, "methods": methods, "baselines": list(baselines), "config": to_dict(config),

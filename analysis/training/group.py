@@ -30,8 +30,7 @@ from analysis.model.sources import load_model
 from analysis.planning.plan_json import check_peft_model, lora_config, validate
 from analysis.settings import TrainSettings
 from analysis.signals.context import with_lm_labels
-from analysis.store.cache import Entry
-from analysis.store.hashing import hash_json
+from analysis.store.cache import Entry, Store
 from analysis.training.adapter_init import initialise
 from analysis.training.adapter_stack import AdapterStack, AdapterStart, float32_head
 from analysis.training.grouped_adamw import GroupedAdamW
@@ -171,7 +170,7 @@ def per_run_losses(logits: torch.Tensor, batch: dict, k: int, task: str) -> torc
 
 
 def group_key(runs: list[Run]) -> str:
-    return "group-" + hash_json(sorted(r.key for r in runs))[:24]
+    return Store.key("group", sorted(r.key for r in runs))
 
 
 def train_step(stack: AdapterStack, optimizer: GroupedAdamW, tokens: Pretokenised, order: DataOrder, runs: list[Run],

@@ -57,7 +57,6 @@ from analysis.signals.lora.warmup import head_parameters
 from analysis.contract.atomic import write_json_atomic
 from analysis.contract.result import Result, files_under
 from analysis.store.cache import Entry, Store
-from analysis.store.hashing import hash_json
 from analysis.training.adapter_init import initialise
 from analysis.training.adapter_stack import SeededDropout, dropout_seed, float32_head
 from analysis.training.outcome import classification_metrics, did_not_train, language_model_metrics, token_losses
@@ -72,8 +71,8 @@ def retrain_key(context_key: str, plan: dict, config: TrainSettings, processes: 
     settings = to_dict(config)
     if settings["init"] == "default":   # runs cached before there was a choice keep their keys
         del settings["init"]
-    return "retrain-" + hash_json({"context": context_key, "lora": lora, "config": settings,
-                                   "processes": processes, "version": VERSION})[:24]
+    return Store.key("retrain", {"context": context_key, "lora": lora, "config": settings, "processes": processes,
+                                 "version": VERSION})
 
 
 def evaluation_frame(prepared, config: TrainSettings) -> pd.DataFrame:
@@ -207,7 +206,7 @@ def store_run(store: Store, key: str, plan: dict, config: TrainSettings, prepare
               recorded: dict) -> Entry:
     """A finished run's entry (both training paths write the same): metrics, curve, head, saved adapter."""
     curve = pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses})
-    meta = {"signal": "retrain", "title": f"Retrain: {plan_name(plan)}", "context_key": prepared.key,
+    meta = {"title": f"Retrain: {plan_name(plan)}", "context_key": prepared.key,
             **prepared.description, "plan": plan, "config": to_dict(config), "metrics": metrics,
             "trainable_params": plan["trainable_params"], "eval_split": config.eval_split,
             "did_not_train": did_not_train(metrics, losses, prepared.task), **timing, **recorded}

@@ -7,14 +7,12 @@ import streamlit as st
 
 from analysis.allocation.budgets import parse_budget, uniform_cost
 from analysis.settings import Limits, to_argv
-from analysis.signals.context import RunIdentity
 from analysis.errors import UserError
 from analysis.planning.methods import UNIFORM, layout_for, method_scores
 from analysis.planning.preview import Outcome, preview, summary
 from analysis.contract.signal import Signal
 from analysis.signals.registry import signal_limits
-from analysis.store.runs import Run
-from analysis.store.cache import Store
+from analysis.contract.run import Run
 from pages.shared.widgets import setting_input
 
 
@@ -41,31 +39,30 @@ def limit_keys() -> list[str]:
 
 
 @st.cache_resource(show_spinner="Reading the model's layout from its config", max_entries=8)
-def _planning(run_key: str, _description: dict):
-    identity = RunIdentity.of_run(_description, run_key, Store())
-    return identity, layout_for(identity)
+def _layout(run_key: str, _run: Run):
+    return layout_for(_run)
 
 
 def planning(run: Run):
-    """The run's identity (settings, key, model files) and the model's layout (from its config: no data, no
-    weights), once per run; a model this machine cannot find stops the page with its one-sentence reason."""
+    """The model's layout of the run (from its config: no data, no weights), once per run; a model this machine
+    cannot find stops the page with its one-sentence reason."""
     try:
-        return _planning(run.key, run.description)
+        return _layout(run.key, run)
     except UserError as error:
         st.error(f"Cannot plan for this run here: {error}")
         st.stop()
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def _scores(run_key: str, method: str, entries: tuple, _prepared, _layout):
-    return method_scores(_prepared, method, _layout)
+def _scores(run_key: str, method: str, entries: tuple, _run: Run, _layout):
+    return method_scores(_run, method, _layout)
 
 
-def cached_scores(run: Run, method: str, prepared, layout):
+def cached_scores(run: Run, method: str, layout):
     """A method's scores, read from the cache once per state of the run's entries, so moving the budget only
     re-allocates. An entry recomputed with --force keeps its key, so its creation time is part of the state."""
     entries = tuple((variants[0].key, variants[0].meta.get("created")) for variants in run.entries.values())
-    return _scores(run.key, method, entries, prepared, layout)
+    return _scores(run.key, method, entries, run, layout)
 
 
 def _model_of(layout) -> str:
@@ -157,7 +154,7 @@ def outcomes_at(run: Run, methods: list[str], budget: str, chosen: ChosenLimits)
     """Uniform LoRA's and each method's allocation at the budget (in parameters, returned too). A method whose
     scores cannot be read (a blend naming a signal this run lacks) becomes an outcome with its reason; a
     budget that cannot be read stops the page with its one-sentence reason."""
-    prepared, layout = planning(run)
+    layout = planning(run)
     try:
         amount = parse_budget(budget, layout, chosen.limits)
     except UserError as error:
@@ -166,7 +163,7 @@ def outcomes_at(run: Run, methods: list[str], budget: str, chosen: ChosenLimits)
     scores, failed = {}, {}
     for method in [UNIFORM, *methods]:
         try:
-            scores[method] = cached_scores(run, method, prepared, layout)
+            scores[method] = cached_scores(run, method, layout)
         except UserError as error:
             failed[method] = Outcome(method, error=str(error))
     planned = {o.method: o for o in preview(scores, layout, amount, *chosen)}
@@ -176,7 +173,7 @@ def outcomes_at(run: Run, methods: list[str], budget: str, chosen: ChosenLimits)
 def plans_at_budget(run: Run, signals: dict[str, Signal]):
     """The budget controls, then every chosen method's allocation there: (layout, budget string, budget in
     parameters, limits, outcomes)."""
-    _, layout = planning(run)
+    layout = planning(run)
     available = [name for name in signals if name in run.entries]
     budget, methods, limits = budget_controls(layout, available, {n: s.title for n, s in signals.items()})
     amount, outcomes = outcomes_at(run, methods, budget, limits)
@@ -185,7 +182,7 @@ def plans_at_budget(run: Run, signals: dict[str, Signal]):
 
 def current_plans(run: Run, signals: dict[str, Signal]):
     """The plans as last set on the Budget or Retrain page, without drawing the controls (the Export page)."""
-    _, layout = planning(run)
+    layout = planning(run)
     state = st.session_state
     available = [name for name in signals if name in run.entries]
     methods = chosen_methods(available)

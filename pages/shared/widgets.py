@@ -16,7 +16,8 @@ from analysis.reporting.figures import learning_curves_figure
 from analysis.reporting.paper import FORMATS, MIME, WIDTHS
 from analysis.reporting.screen import on_screen
 from analysis.signals.registry import all_signals
-from analysis.store.runs import Run, chosen_entry, describe_options, runs, variants
+from analysis.contract.run import Run
+from analysis.store.lookups import chosen_entry, describe_options, runs, variants
 from analysis.store.cache import Store
 
 RUN_KEY = "current_run"   # the run every page opens with: the one last chosen on any page
@@ -49,33 +50,38 @@ def gpu_present() -> bool:
 
 def setting_input(container, group: type, name: str, key: str | None = None, label: str | None = None, **widget):
     """A widget for one field of an option group, made from the field itself: a number input within its range, a
-    radio (two or three choices) or select box over its choices, a checkbox for a flag, a text input otherwise, with
-    the field's help. With a `key` the widget's value lives in session state (set it first); without one it opens on
-    `value` (given in `widget`) or the field's default."""
+    radio (two choices), select box or multiselect (a list) over its choices, a checkbox for a flag, a text input
+    otherwise (a list comma-separated), with the field's help. With a `key` the widget's value lives in session
+    state (set it first); without one it opens on `value` (in `widget`) or the field's default. The group, made
+    from what the widgets return, checks the values."""
     f, kind = field_of(group, name), kind_of(group, name)
     meta = f.metadata
     label = label or meta.get("label") or meta["help"][0].upper() + meta["help"][1:]
-    widget = {"help": meta["help"], "key": key, **widget}
-    if key is None:
-        widget.setdefault("value", f.default)
-    value = widget.pop("value", None)
+    widget = {"help": meta["help"], **widget}
+    opened = key is None
+    value = widget.pop("value", f.default)
+    if not opened:
+        widget["key"] = key
     if meta.get("choices"):
         options = list(meta["choices"])
-        index = {"index": options.index(value)} if value is not None else {}
-        if len(options) <= 3:
-            return container.radio(label, options, horizontal=True, **index, **widget)
-        return container.selectbox(label, options, **index, **widget)
+        if kind is tuple:
+            return container.multiselect(label, options, **({"default": list(value)} if opened else {}), **widget)
+        chosen = {"index": options.index(value)} if opened else {}
+        if len(options) == 2:
+            return container.radio(label, options, horizontal=True, **chosen, **widget)
+        return container.selectbox(label, options, **chosen, **widget)
     if kind is bool:
-        return container.checkbox(label, **({"value": value} if value is not None else {}), **widget)
+        return container.checkbox(label, **({"value": value} if opened else {}), **widget)
     if kind in (int, float):
         low = meta.get("minimum") if meta.get("minimum") is not None else meta.get("above")
         bounds = {"min_value": kind(low) if low is not None else None,
                   "max_value": kind(meta["maximum"]) if meta.get("maximum") is not None else None}
         if kind is float:
             widget.setdefault("format", "%.4g")
-        return container.number_input(label, **bounds, **({"value": value} if value is not None else {}), **widget)
-    text = ",".join(map(str, value)) if isinstance(value, tuple) else value
-    return container.text_input(label, **({"value": "" if text is None else str(text)} if key is None else {}),
+        return container.number_input(label, **bounds, **({"value": value} if opened else {}), **widget)
+    if isinstance(value, tuple):
+        value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return container.text_input(label, **({"value": "" if value is None else str(value)} if opened else {}),
                                 **widget)
 
 
@@ -130,7 +136,7 @@ def run_differences(found: list[Run]) -> dict[str, str]:
 
 
 def pick(run: Run, signal: str, label: str):
-    """A signal's entry in the run by the rule every command and page follows (`store.runs.chosen_entry`); where
+    """A signal's entry in the run by the rule every command and page follows (`store.lookups.chosen_entry`); where
     its current version was computed with several option sets, a select box opened on that entry lets the user
     choose another."""
     record = all_signals()[signal]

@@ -100,7 +100,7 @@ def test_launching_a_comparison_from_the_browser_trains_and_shows_results(dashbo
         page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
     assert outside == [], f"the dashboard reached outside this machine: {outside[:5]}"
-    runs = [e for e in Store(cache_dir).entries() if e.meta.get("signal") == "retrain"]
+    runs = [e for e in Store(cache_dir).entries() if e.kind == "retrain"]
     assert len(runs) == 4 and {e.meta["config"]["steps"] for e in runs} == {4}
 
 
@@ -138,7 +138,7 @@ def test_a_comparison_at_two_budgets_draws_the_budget_curve_and_the_table_in_chr
         page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
     assert outside == [], f"the dashboard reached outside this machine: {outside[:5]}"
-    comparison = next(e for e in Store(cache_dir).entries() if e.meta.get("signal") == "comparison")
+    comparison = next(e for e in Store(cache_dir).entries() if e.kind == "comparison")
     assert comparison.meta["budgets"] == ["r1", "r2"] and comparison.meta["tune_lrs"] == []
     runs = comparison.table("runs")
     assert sorted(zip(runs["budget"], runs["method"])) == [("r1", "grad_norm"), ("r1", "uniform"),

@@ -256,5 +256,5 @@ def test_a_running_comparison_tells_run_k_of_n_and_time_left_then_warns_it_is_to
         assert "Only 16 test examples per run" in said and "20 training steps per run" in said, said
         browser.close()
     assert outside == [], f"the dashboard reached outside this machine: {outside[:5]}"
-    comparison = next(e for e in Store(cache_dir).entries() if e.meta.get("signal") == "comparison")
+    comparison = next(e for e in Store(cache_dir).entries() if e.kind == "comparison")
     assert comparison.meta["seeds"] == [0] and comparison.meta["methods"] == ["uniform", "grad_norm"]

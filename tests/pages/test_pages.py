@@ -178,8 +178,8 @@ def panel_titles(spec) -> list[str]:
 
 def planning_inputs(store: Store):
     """The prepared setting and layout of the store's only run, built here the way a command-line user would."""
-    identity = identify(from_dict(RunSettings, store.entries()[0].meta["settings"]), store)
-    return identity, layout_for(identity)
+    run = identify(from_dict(RunSettings, store.entries()[0].meta["settings"]), store)
+    return run, layout_for(run)
 
 
 def expected_plans(store: Store, methods: list[str], budget: int):
@@ -802,7 +802,7 @@ def test_each_choice_of_run_takes_effect_at_once(cache_dir):
     (an unkeyed box became a new widget when the current run changed, and dropped that choice)."""
     fill(cache_dir, MINILM, signals=("cka",))
     fill(cache_dir, dataclasses.replace(MINILM, val_size=32), signals=("cka",))
-    from analysis.store.runs import runs
+    from analysis.store.lookups import runs
 
     labels = {run.key: run.label for run in runs(Store(cache_dir), None)}
     app = run_page("budget")

@@ -12,7 +12,8 @@ from analysis.signals.registry import get_signal
 from analysis.settings import TrainSettings
 from analysis.signals.runner import run_signals
 from analysis.store.cache import Result, Store
-from analysis.store.runs import comparisons
+from analysis.contract.run import Run
+from analysis.store.lookups import comparisons
 from analysis.reporting.comparison_tables import formatted
 from analysis.training.comparison_stats import summarise, summary_of
 from tests.conftest import chart_specs
@@ -55,7 +56,7 @@ def test_plans_follow_the_budget_and_the_comparison_is_listed(filled):
     assert smaller[0] == params[0] // 2 and all(p <= smaller[0] for p in smaller)
     results = _table(app, 1)
     assert results["method"].tolist() == ["uniform", "grad_norm"] and (results["seeds"] == 2).all()
-    entry = comparisons(filled, filled_key(filled))[0]
+    entry = comparisons(Run(filled_key(filled), {}, store=filled))[0]
     expected = formatted(summary_of(entry), "classification")
     assert results["accuracy (%)"].tolist() == expected["accuracy (%)"].tolist()
     flagged = int(entry.table("runs")["did_not_train"].notna().sum())
@@ -64,7 +65,7 @@ def test_plans_follow_the_budget_and_the_comparison_is_listed(filled):
 
 
 def filled_key(store):
-    return next(e.meta["context_key"] for e in store.entries() if e.meta.get("signal") == "comparison")
+    return next(e.meta["context_key"] for e in store.entries() if e.kind == "comparison")
 
 
 def _synthetic_comparison(store, context_key):
@@ -91,7 +92,7 @@ def test_the_budget_curve_and_the_flagged_run_are_shown(filled):
     entry = _synthetic_comparison(filled, filled_key(filled))
     app = AppTest.from_file(PAGE, default_timeout=120).run()
     assert not app.exception
-    assert comparisons(filled, filled_key(filled))[0].key == entry.key   # the newest: shown first
+    assert comparisons(Run(filled_key(filled), {}, store=filled))[0].key == entry.key   # the newest: shown first
     results = _table(app, 1)
     assert results["budget"].tolist() == ["r1", "r1", "r2", "r2"]
     assert results["did not train"].tolist() == [0, 0, 0, 1]
@@ -128,7 +129,7 @@ def test_starting_a_comparison_launches_a_job_with_the_shown_settings(filled, ca
     assert start.value == "default" and start.options == ["default", "eva", "gora"]
     start.set_value("eva")
     [at_once] = [n for n in app.number_input if n.label.startswith("Adapters trained at once")]
-    assert at_once.value == 0   # by default as many as fit: no flag, compare measures
+    assert at_once.value is None   # by default as many as fit: no flag, compare measures
     form_button = [b for b in app.button if b.proto.label == "Retrain and compare"][0]
     form_button.click().run()
     assert not app.exception and "--adapters-at-once" not in started[0]

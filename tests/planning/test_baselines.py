@@ -10,10 +10,10 @@ import pytest
 
 from analysis.errors import UserError
 from analysis.model.layout import layout_of
-from analysis.planning.baselines import baseline_rows, parse_baselines
+from analysis.planning.baselines import baseline_rows
 from analysis.planning.methods import make_plan
 from analysis.planning.plan_json import lora_config
-from analysis.settings import Limits, RunSettings
+from analysis.settings import CompareSettings, Limits, RunSettings
 from tests.conftest import tiny_bert, tiny_gpt2, tiny_llama
 
 # Each architecture's module types by family, as its modelling code names the linears of a block.
@@ -98,10 +98,10 @@ def test_a_baseline_identical_to_uniform_is_left_out_with_a_note():
 
 
 def test_baseline_lists_are_read_or_refused_and_a_budget_too_small_says_which_baseline():
-    assert parse_baselines("attention, MLP,all,mlp") == ["attention", "mlp", "all"]
-    assert parse_baselines("none") == [] and parse_baselines("") == []
-    with pytest.raises(UserError, match="--baselines expects"):
-        parse_baselines("attention,ffn")
+    assert CompareSettings(baselines="attention, mlp,all,mlp").baselines == ("attention", "mlp", "all")
+    assert CompareSettings(baselines="none").baselines == () and CompareSettings(baselines="").baselines == ()
+    with pytest.raises(UserError, match="^--baselines must be one of attention, mlp, all, not 'ffn'.$"):
+        CompareSettings(baselines="attention,ffn")
     layout = layout_of(tiny_bert(LAYERS))
     # r1 on query alone is 64 x 3 parameters: less than rank 1 on every attention linear (256 x 3)
     with pytest.raises(UserError, match="'attention' baseline .* has no plan at r1"):

@@ -132,10 +132,10 @@ def test_every_exported_figure_keeps_the_paper_sizes_and_the_page(tmp_path):
     assert not set(signals) - set(MAKERS), f"tests/synthetic_store.py has no maker for {set(signals) - set(MAKERS)}"
     settings = RunSettings(val_size=16, device="cpu")
     store = fill(tmp_path / "cache", settings, signals=signals)
-    identity = prepare(settings, store, warn=None).identity
+    run = prepare(settings, store, warn=None).run
     fill_comparison(store, settings)
     exhibits = [exhibit for what in [*signals, "all", "plans", "comparison"]
-                for exhibit in exhibits_for(identity, what, "r4", Limits(), {})]
+                for exhibit in exhibits_for(run, what, "r4", Limits(), {})]
     entries = {entry.meta["signal"]: entry for entry in store.entries()}
     exhibits.append(agreement_exhibit(entries["shapley"], entries["adalora"], "Shapley", "AdaLoRA"))
     drawn = [exhibit for exhibit in exhibits if exhibit.figure is not None]

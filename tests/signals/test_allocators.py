@@ -233,8 +233,8 @@ def test_alpha_plan_on_minilm_follows_alphaloras_fit_and_names_weightwatchers(en
     ww = {"alpha": {"fit": "ww"}}
     run_signals(settings, [get_signal("alpha")], store=store)
     run_signals(settings, [get_signal("alpha")], ww, store=store)
-    default = make_plan(encoder.prepared.identity, "alpha", "r8")
-    weightwatcher = make_plan(encoder.prepared.identity, "alpha", "r8", overrides=ww)
+    default = make_plan(encoder.prepared.run, "alpha", "r8")
+    weightwatcher = make_plan(encoder.prepared.run, "alpha", "r8", overrides=ww)
     assert plan_name(default) == "alpha" and default["variant"] == ""
     assert plan_name(weightwatcher) == "alpha [WeightWatcher's fit, not AlphaLoRA's]"
     alphas = [_fix_finger_loop(encoder.model.get_submodule(m.path).weight.detach().float()) for m in encoder.modules]

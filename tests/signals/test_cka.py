@@ -166,5 +166,5 @@ def test_cka_signal_accumulated_over_batches_equals_the_matrix(encoder_context, 
 
 def test_cka_signal_refuses_token_pooling(encoder_context):
     signal = get_signal("cka")
-    with pytest.raises(UserError, match="token pooling"):
-        signal.compute(encoder_context, make_config(signal, {"pooling": "tokens"}))
+    with pytest.raises(UserError, match="^cka.pooling must be one of auto, cls, last, mean, not 'tokens'.$"):
+        make_config(signal, {"pooling": "tokens"})   # refused when the options are made, before any compute

@@ -1,4 +1,4 @@
-"""One rule picks a signal's entry in a run (store.runs.chosen_entry): of the signal's current code version, the
+"""One rule picks a signal's entry in a run (store.lookups.chosen_entry): of the signal's current code version, the
 entry with default options, else the newest. `show`, `plan`, `export` (one signal or all) and the pages' default
 choice all follow it, on a real store holding a default and a newer variant of one signal."""
 from __future__ import annotations
@@ -18,10 +18,10 @@ from analysis.planning.methods import layout_for, method_scores, scores_from_ent
 from analysis.reporting.exhibits import cached_signals, overview_exhibits, render, signal_exhibits
 from analysis.settings import RunSettings
 from analysis.signals.context import identify
-from analysis.signals.registry import all_signals, get_signal
-from analysis.signals.runner import find_entry
+from analysis.signals.registry import all_signals, get_signal, make_config
 from analysis.store.cache import Entry
-from analysis.store.runs import Run, chosen_entries, chosen_entry, run_of
+from analysis.contract.run import Run
+from analysis.store.lookups import chosen_entries, chosen_entry, find_entry
 from tests.synthetic_store import fill
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,15 +69,15 @@ def _cli(argv, capsys) -> str:
 
 def test_commands_exhibits_and_pages_pick_the_same_entry(two_variants, capsys, tmp_path):
     store, default, variant = two_variants
-    identity, cka = identify(SETTINGS, store), get_signal("cka")
+    run, cka = identify(SETTINGS, store), get_signal("cka")
 
     # show and plan (plan reads its scores through find_entry, as the Budget and Retrain plans do)
-    assert find_entry(identity, cka).key == default.key
-    assert find_entry(identity, cka, {"split": "validation"}).key == variant.key   # named options: exactly those
+    assert find_entry(run, cka).key == default.key
+    assert find_entry(run, cka, make_config(cka, {"split": "validation"})).key == variant.key   # named options: exactly those
     shown = pd.read_csv(io.StringIO(_cli(["show", "--signal", "cka", *FLAGS], capsys)))
     pd.testing.assert_frame_equal(shown, default.table(), check_dtype=False)
-    layout = layout_for(identity)
-    planned = method_scores(identity, "cka", layout).per_module
+    layout = layout_for(run)
+    planned = method_scores(run, "cka", layout).per_module
     np.testing.assert_array_equal(planned, scores_from_entry("cka", default, layout).per_module)
     assert not np.array_equal(planned, scores_from_entry("cka", variant, layout).per_module)
 
@@ -87,10 +87,9 @@ def test_commands_exhibits_and_pages_pick_the_same_entry(two_variants, capsys, t
         out = tmp_path / f"{what}.csv"
         _cli(["export", "--signal", what, "--figure", figure, "--out", str(out), *FLAGS], capsys)
         assert expected.name == figure and out.read_bytes() == render(expected, "csv")
-    assert cached_signals(identity)["cka"].key == default.key
+    assert cached_signals(run)["cka"].key == default.key
 
     # the pages: the All signals and Export pages' entries, and the default of a page's variant choice
-    run = run_of(store, identity.key)
     assert chosen_entries(run, all_signals())["cka"].key == default.key
     st.cache_resource.clear()
     app = AppTest.from_file(str(REPO / "pages" / "representation.py"), default_timeout=120).run()

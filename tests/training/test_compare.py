@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from analysis.reporting.comparison_tables import budget_table, curve_points, formatted
-from analysis.training.compare import choose_rate, parse_budgets, parse_rates
+from analysis.settings import CompareSettings
+from analysis.training.compare import choose_rate
 from analysis.training.comparison_stats import paired_difference, summarise, verdict
 from analysis.training.retrain import did_not_train
 from analysis.errors import UserError
@@ -138,15 +139,15 @@ def test_the_rate_is_chosen_on_validation_among_runs_that_trained():
 
 
 def test_rate_and_budget_lists_are_read_or_refused():
-    assert parse_rates("3e-3,1e-4, 1e-3") == [1e-4, 1e-3, 3e-3]
-    assert parse_rates("off") is None and parse_rates("") is None
-    with pytest.raises(UserError, match="--tune-lr"):
-        parse_rates("1e-3,fast")
-    with pytest.raises(UserError, match="--tune-lr"):
-        parse_rates("-1e-3")
-    assert parse_budgets("r1, r2,r1") == ["r1", "r2"]
-    with pytest.raises(UserError, match="--budgets"):
-        parse_budgets(" , ")
+    assert CompareSettings(tune_lr="3e-3,1e-4, 1e-3").tune_lr == (1e-4, 1e-3, 3e-3)
+    assert CompareSettings(tune_lr="off").tune_lr == () and CompareSettings(tune_lr="").tune_lr == ()
+    with pytest.raises(UserError, match="^--tune-lr expects a number, not 'fast'.$"):
+        CompareSettings(tune_lr="1e-3,fast")
+    with pytest.raises(UserError, match="^--tune-lr must be greater than 0"):
+        CompareSettings(tune_lr="-1e-3")
+    assert CompareSettings(budgets="r1, r2,r1").budgets == ("r1", "r2")
+    with pytest.raises(UserError, match="^--budgets names no budget"):
+        CompareSettings(budgets=" , ")
 
 
 def test_a_comparison_reports_run_k_of_n_over_tuning_and_seeds(tmp_path, monkeypatch):

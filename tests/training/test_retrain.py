@@ -225,7 +225,7 @@ def test_every_method_gets_the_same_head_and_data_order_for_a_seed(cache_dir):
     from analysis.training.retrain import _peft_model
 
     prepared = prepare(RunSettings(val_size=16, device="cpu"), Store(cache_dir))
-    small, large = (make_plan(prepared.identity, "uniform", budget) for budget in ("r1", "r8"))
+    small, large = (make_plan(prepared.run, "uniform", budget) for budget in ("r1", "r8"))
 
     def head(plan, seed):
         _, model, _ = _peft_model(plan, prepared, seed)   # (loaded model, peft model, what the init recorded)

@@ -28,13 +28,14 @@ from analysis.signals.alpha.esd_fit import fit_alphalora, fit_power_law, spectra
 from analysis.contract.signal import Signal
 from analysis.signals.registry import register
 from analysis.contract.result import Result
+from analysis.settings import SignalOptions
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 FITS = {"ww": fit_power_law, "alphalora": fit_alphalora}
 
 
 @dataclass
-class AlphaConfig:
+class AlphaConfig(SignalOptions):
     svd_dtype: str = field(default="float32", metadata={"choices": tuple(DTYPES),
         "help": "precision of the singular values: float32 (fast on a GPU) or float64 (what WeightWatcher uses; "
                 "slow on a GPU); the fit itself is always float64"})

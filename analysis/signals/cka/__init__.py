@@ -41,6 +41,7 @@ from analysis.signals.context import MEASURED_SPLITS
 from analysis.contract.signal import Signal, deferred
 from analysis.signals.registry import register
 from analysis.contract.result import Result
+from analysis.settings import SignalOptions
 
 
 # Below this many examples CKA between two layers is close to 1 for almost any pair (few points in a wide space).
@@ -48,33 +49,22 @@ MIN_EXAMPLES = 32
 
 
 @dataclass
-class CKAConfig:
+class CKAConfig(SignalOptions):
     split: str = field(default="train", metadata={"choices": MEASURED_SPLITS,
         "help": "train (the paper's selection code measures on training data) or validation"})
-    pooling: str = field(default="auto", metadata={
-        "help": "auto (CLS token for encoders, last real token for decoders), cls, last or mean"})
+    pooling: str = field(default="auto", metadata={"choices": ("auto", "cls", "last", "mean"),
+        "help": "auto (CLS token for encoders, last real token for decoders), cls, last or mean (not tokens: CKA "
+                "compares the same examples across layers, and token pooling samples other tokens per layer)"})
     unbiased: bool = field(default=False, metadata={
         "help": "use the unbiased HSIC estimator (less biased for few examples) instead of the plain one"})
     accumulate: bool = field(default=False, metadata={
         "help": "stream batches into running sums (memory independent of the number of examples); "
                 "gives the importances but not the layer x layer matrix"})
 
-    def check(self) -> None:
-        """Run by registry.make_config, before anything is computed."""
-        _check_pooling(self.pooling)
-        if self.pooling not in ("auto", "cls", "last", "mean"):
-            raise UserError(f"cka.pooling must be one of auto, cls, last, mean, not '{self.pooling}'.")
-
     @property
     def collects_states(self) -> bool:
         """Whether this run keeps every example's states (the shared capture pass)."""
         return not self.accumulate
-
-
-def _check_pooling(pooling: str) -> None:
-    if pooling == "tokens":
-        raise UserError("CKA compares the same examples across layers, but token pooling samples different "
-                        "tokens per layer; use auto, cls, last or mean.")
 
 
 def _consecutive_from_stream(context, config: CKAConfig) -> tuple[torch.Tensor, int]:
@@ -93,7 +83,6 @@ def _consecutive_from_stream(context, config: CKAConfig) -> tuple[torch.Tensor, 
 
 
 def compute(context, config: CKAConfig) -> Result:
-    _check_pooling(config.pooling)
     tables = {}
     if config.accumulate:
         consecutive, examples = _consecutive_from_stream(context, config)

@@ -44,11 +44,11 @@ from analysis.signals.context import MEASURED_SPLITS
 from analysis.contract.signal import Signal
 from analysis.signals.registry import register
 from analysis.contract.result import Result
-from analysis.settings import MAX_RANK
+from analysis.settings import MAX_RANK, SignalOptions
 
 
 @dataclass
-class EvaSignalConfig:
+class EvaSignalConfig(SignalOptions):
     split: str = field(default="train", metadata={"choices": MEASURED_SPLITS,
         "help": "train (peft feeds EVA the training dataloader) or validation"})
     r: int = field(default=8, metadata={"minimum": 1, "maximum": MAX_RANK,

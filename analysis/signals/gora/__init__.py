@@ -31,10 +31,11 @@ from analysis.signals.context import MEASURED_SPLITS
 from analysis.contract.signal import Signal
 from analysis.signals.registry import register
 from analysis.contract.result import Result
+from analysis.settings import SignalOptions
 
 
 @dataclass
-class GoRAConfig:
+class GoRAConfig(SignalOptions):
     split: str = field(default="train", metadata={"choices": MEASURED_SPLITS,
         "help": "train (GoRA averages the gradients of its first training batches) or validation"})
     importance: str = field(default="union_mean", metadata={"choices": tuple(IMPORTANCE),

@@ -14,10 +14,11 @@ from analysis.signals import parallel
 from analysis.contract.signal import Signal
 from analysis.signals.registry import register
 from analysis.contract.result import Result
+from analysis.settings import SignalOptions
 
 
 @dataclass
-class GradNormConfig:
+class GradNormConfig(SignalOptions):
     pass
 
 

@@ -36,6 +36,7 @@ from analysis.signals.registry import register
 from analysis.contract.result import Result
 from analysis.signals.id.id_plan import BOUNDS
 from analysis.signals.id.twonn import twonn
+from analysis.settings import SignalOptions
 
 
 # TwoNN fits a line through the neighbour-ratio distribution of the points: tens of points at the least.
@@ -43,7 +44,7 @@ MIN_EXAMPLES = 32
 
 
 @dataclass
-class IntrinsicDimConfig:
+class IntrinsicDimConfig(SignalOptions):
     split: str = field(default="validation", metadata={"choices": MEASURED_SPLITS,
                                                        "help": "validation or train: the examples measured"})
     pooling: str = field(default="mean", metadata={"choices": ("auto", "cls", "last", "mean", "tokens"),
@@ -55,7 +56,7 @@ class IntrinsicDimConfig:
         "help": "fraction of the largest neighbour-distance ratios TwoNN leaves out of its fit"})
 
     def check(self) -> None:
-        """Run by registry.make_config, before anything is computed: the estimator must exist."""
+        """When the options are made, before anything is computed: the estimator must exist."""
         if self.estimator != "twonn":
             estimator_for(self)
 

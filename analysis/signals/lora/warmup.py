@@ -35,18 +35,17 @@ import torch
 from analysis.signals import parallel
 from analysis.signals.lora import graphed_loss
 from analysis.signals.lora.gated_lora import gated_lora
-from analysis.store.hashing import hash_json
 from analysis.contract.progress import progress
 from analysis.contract.result import Result
-from analysis.store.cache import Entry
-from analysis.settings import MAX_RANK
+from analysis.store.cache import Entry, Store
+from analysis.settings import MAX_RANK, SignalOptions
 from analysis.signals.registry import all_signals
 
 VERSION = 1
 
 
 @dataclass
-class WarmupConfig:
+class WarmupConfig(SignalOptions):
     r_max: int = field(default=8, metadata={"minimum": 1, "maximum": MAX_RANK,
                                             "help": "rank of the uniform LoRA warmed up and analysed"})
     alpha: float = field(default=16.0, metadata={"above": 0, "help": "LoRA alpha of the warm-up adapter (scale alpha / r_max)"})
@@ -155,8 +154,8 @@ def warm_up(context, config: WarmupConfig) -> Entry:
     parts = {"context": context.prepared.key, "config": dataclasses.asdict(config), "version": VERSION}
     if parallel.count() > 1:   # as retrain's key: the processes set the global batch (one process: the old keys)
         parts["processes"] = parallel.count()
-    key = "warmup-" + hash_json(parts)[:24]
-    meta = {"signal": "warmup", "title": "LoRA warm-up", "config": dataclasses.asdict(config),
+    key = Store.key("warmup", parts)
+    meta = {"title": "LoRA warm-up", "config": dataclasses.asdict(config),
             "context_key": context.prepared.key, **context.prepared.description, "processes": parallel.count()}
     entry, _ = parallel.shared_entry(context.prepared.store, key, lambda: _train(context, config), meta)
     return entry

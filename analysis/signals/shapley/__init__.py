@@ -84,6 +84,11 @@ class ShapleyConfig(WarmupConfig):
         "help": "also compute the exact Shapley value of every rank by enumerating all coalitions of true loss "
                 "differences (2^ranks evaluations: tiny models only, at most 16 ranks in all)"})
 
+    def check(self) -> None:
+        if self.reading == "sensitivity" and self.coalition_per == "batch":
+            # |g dL/dg| of one batch, scaled up, is not an unbiased sample of |g dL/dg| of the whole loss.
+            raise UserError("The sensitivity reading needs shapley.coalition_per=pass.")
+
 
 @contextlib.contextmanager
 def checkpointing_in_eval(model: torch.nn.Module, enabled: bool):
@@ -241,13 +246,6 @@ def _exact_reference(gradient_at, value_at, parts: int, shape: tuple[int, int], 
 
 
 def compute(context, config: ShapleyConfig) -> Result:
-    if config.coalition_per not in ("batch", "pass"):
-        raise UserError(f"shapley.coalition_per must be batch or pass, not '{config.coalition_per}'.")
-    if config.reading not in shapley.READINGS:
-        raise UserError(f"shapley.reading must be shapley or sensitivity, not '{config.reading}'.")
-    if config.reading == "sensitivity" and config.coalition_per == "batch":
-        # |g dL/dg| of one batch, scaled up, is not an unbiased sample of |g dL/dg| of the whole loss.
-        raise UserError("The sensitivity reading needs shapley.coalition_per=pass.")
     model = context.model
     with warm_adapter(context, warmup_options(config)) as (gated, warm):
         gated.freeze_adapter(next(model.parameters()).dtype)

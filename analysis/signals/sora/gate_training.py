@@ -51,9 +51,9 @@ from analysis.signals.lora import graphed_loss
 from analysis.signals.lora.gated_lora import ADAPTER, GatedLoRA, gated_lora
 from analysis.contract.progress import progress
 from analysis.signals.lora.warmup import head_kept
-from analysis.settings import MAX_RANK
+from analysis.settings import MAX_RANK, SignalOptions
 from analysis.signals.sora.best_checkpoint import BestCheckpoint
-from analysis.signals.sora.gate_rules import (GRIDS, UPDATES, OfficialGateAdam, linear_schedule, proximal_step,
+from analysis.signals.sora.gate_rules import (OfficialGateAdam, linear_schedule, proximal_step,
                                               scheduler_thresholds as grid_thresholds)
 
 __all__ = ["SoraConfig", "learned_ranks", "proximal_step", "pruned_adapter", "save_pruned", "sora_step", "train"]
@@ -109,7 +109,7 @@ def save_pruned(gated: GatedLoRA, directory, base_model_name_or_path: str | None
 
 
 @dataclass
-class SoraConfig:
+class SoraConfig(SignalOptions):
     r_max: int = field(default=8, metadata={"minimum": 1, "maximum": MAX_RANK,
                                             "help": "gated ranks per adapted module at the start"})
     alpha: float = field(default=16.0, metadata={"above": 0,
@@ -169,7 +169,7 @@ class SoraConfig:
         return fields
 
     def check(self) -> None:
-        """Checks across options, run by registry.make_config before anything is computed."""
+        """Checks across options, when the options are made (before anything is computed)."""
         if self.rounds > 0 and not self.xi < self.xi_max:
             raise UserError(f"sora.xi ({self.xi:g}) must be below sora.xi_max ({self.xi_max:g}) when the scheduler "
                             f"runs rounds (sora.rounds={self.rounds}); set sora.rounds=0 to skip them.")
@@ -178,17 +178,6 @@ class SoraConfig:
 def scheduler_thresholds(config: SoraConfig) -> list[float]:
     """The thresholds of the scheduler's rounds (the official grids; see gate_rules)."""
     return grid_thresholds(config.xi, config.xi_max, config.rounds, config.grid)
-
-
-def check(config: SoraConfig) -> None:
-    if config.update not in UPDATES:
-        raise UserError(f"sora.update must be one of {', '.join(UPDATES)}, not '{config.update}'.")
-    if config.schedule not in ("linear", "constant"):
-        raise UserError(f"sora.schedule must be linear or constant, not '{config.schedule}'.")
-    if config.grid not in GRIDS and config.rounds > 0:
-        scheduler_thresholds(config)  # raises the sentence that explains
-    if config.checkpoint not in ("best", "last"):
-        raise UserError(f"sora.checkpoint must be best or last, not '{config.checkpoint}'.")
 
 
 def sora_step(gated: GatedLoRA, batch: dict, weights: torch.optim.Optimizer,
@@ -249,7 +238,6 @@ def train(context, config: SoraConfig, directory=None) -> dict:
     """Sparse training, then the scheduler's rounds; gate snapshots along the way. The learned gates are those of
     the training stage's best validation checkpoint (or its last step); with `directory`, the pruned adapter of
     those gates is saved there. Returns plain data for the store."""
-    check(config)
     model, modules = context.model, context.modules
     generator = torch.Generator().manual_seed(context.settings.seed)
     initial = torch.randn(len(modules), config.r_max, generator=generator)

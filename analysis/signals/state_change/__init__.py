@@ -15,10 +15,11 @@ from analysis.signals import parallel
 from analysis.contract.signal import Signal
 from analysis.signals.registry import register
 from analysis.contract.result import Result
+from analysis.settings import SignalOptions
 
 
 @dataclass
-class StateChangeConfig:
+class StateChangeConfig(SignalOptions):
     pooling: str = field(default="mean", metadata={"choices": ("auto", "cls", "last", "mean", "tokens"), "help": "auto, cls, last, mean or tokens"})
 
     @property
