@@ -332,7 +332,7 @@ class CompareSettings(Group):
                                                     "(default: --budget)")
     tune_lr: tuple[float, ...] = setting(DEFAULT_GRID, "learning rates tried per method and budget with the first "
                                                        "seed, chosen on validation; off: every run trains at --lr",
-                                         above=0, empty="off", label="Tune the learning rate over")
+                                         above=0, empty="off", label="Tune learning rate over")
     baselines: tuple[str, ...] = setting(tuple(MODULE_FAMILIES), "uniform LoRA on each of these module families at "
                                          "the same budget, as rows beside uniform on the allowed modules: attention "
                                          "(the attention projections only), mlp (the MLP only), all (every linear); "

@@ -1,6 +1,6 @@
 """Screenshots of every page of the dashboard, in Streamlit's light and dark themes, for the README and docs.
 
-    python docs/take_screenshots.py [--cache DIR] [--out docs/screenshots] [--populate]
+    python docs/take_screenshots.py [--cache DIR] [--out docs/screenshots] [--populate] [--pages cka,id]
 
 Serves app.py over a results cache with `streamlit run` (once per theme: `--theme.base light|dark`), opens each
 page in headless chromium (Debian's package, as the browser tests do), waits until the page has finished
@@ -29,10 +29,10 @@ sys.path.insert(0, str(REPO))
 
 from tests.pages.browser import open_page, requests_leaving_localhost, serve  # noqa: E402  (as the browser tests)
 
-# (url path, file name, the page's title): the app's home (Setup) and each page under pages/.
+# (url path, file name, the page's title): the app's home (Setup), each page under views/ and each signal's own page.
 PAGES = [("", "setup", "Where should the LoRA rank go?"), ("overview", "overview", "All signals"),
          ("shapley", "shapley", "Shapley sensitivity"), ("sora", "sora", "SoRA gate sparsity"),
-         ("representation", "representation", "CKA and intrinsic dimension"),
+         ("cka", "cka", "CKA layer importance"), ("id", "id", "Intrinsic dimension (GeLoRA)"),
          ("budget", "budget", "Budget and plans"), ("retrain", "retrain", "Retrain and compare"),
          ("export", "export", "Export for papers")]
 THEMES = ("light", "dark")
@@ -86,7 +86,7 @@ def shrink(path: Path) -> None:
         path.write_bytes(buffer.getvalue())
 
 
-def take(cache: Path, out: Path) -> list[Path]:
+def take(cache: Path, out: Path, names: set[str] | None = None) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def take(cache: Path, out: Path) -> list[Path]:
         with serve(cache, "--theme.base", theme) as url, sync_playwright() as playwright:
             browser, page = open_page(playwright, height=1000)
             outside = requests_leaving_localhost(page)
-            for path, name, title in PAGES:
+            for path, name, title in [p for p in PAGES if names is None or p[1] in names]:
                 page.goto(f"{url}/{path}")
                 page.get_by_role("heading", name=title).first.wait_for(timeout=120_000)
                 settled(page)
@@ -126,10 +126,11 @@ def main() -> None:
                         help="results cache to show (default: $ANALYSIS_CACHE_DIR or ./cache)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     parser.add_argument("--populate", action="store_true", help="compute what the pages show first (CPU, small)")
+    parser.add_argument("--pages", default=None, help="comma-separated file names of the pages to take (default: all)")
     args = parser.parse_args()
     if args.populate:
         populate(args.cache)
-    take(args.cache.resolve(), args.out.resolve())
+    take(args.cache.resolve(), args.out.resolve(), set(args.pages.split(",")) if args.pages else None)
 
 
 if __name__ == "__main__":

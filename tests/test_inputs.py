@@ -223,7 +223,7 @@ def test_shorten_cuts_at_a_word_boundary():
 
 # --- the dashboard says the same sentence ---------------------------------------------------------------------
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "setup.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "views" / "setup.py")
 
 
 def cli_sentence(argv: list[str], capsys) -> str:

@@ -1,5 +1,6 @@
 """What a signal is: the record every signal folder registers (analysis/signals/registry.py), and the parts of
-it a signal may bring beyond computing its table: its own plan family and a start for a retrain's adapter.
+it a signal may bring beyond computing its table: its own plan family, a start for a retrain's adapter and a page
+of the dashboard.
 
 A signal declares its name, a config dataclass (defaults and help text in field metadata), a function
 (context, config) -> Result whose main table is tidy (contract/result.py), optionally its own plan family, its
@@ -40,6 +41,21 @@ class AdapterStart:
 
 
 @dataclass(frozen=True)
+class Page:
+    """A signal's page of the dashboard, listed under Signals. The dashboard writes its title and caption, lets the
+    user choose a run holding the signal or one of those the page `shows` besides (or says that there are no
+    `results` yet and what to run), then calls `draw(ui, kit, run)`: `ui` is Streamlit itself, handed over so that the engine never imports
+    it, and `kit` the dashboard's widgets for a signal's entries (pick(run, name, label) -> the entry the user
+    chose, show(exhibit), chart(figure, data, name), exhibits(entry) -> any signal's figures)."""
+    title: str
+    icon: str                       # a Material icon, ":material/grid_on:"
+    caption: str
+    results: str                    # what its results are called in a sentence: "CKA", "Shapley or AdaLoRA"
+    draw: Callable
+    shows: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Signal:
     name: str
     title: str
@@ -51,6 +67,7 @@ class Signal:
     min_examples: int = 0         # fewer validation examples than this: the run warns that the result means little
     plan: PlanFamily | None = None   # its own plan family; None: the shared rules (best ranks or proportional)
     start: AdapterStart | None = None   # a start for a retrain's adapter (EVA's, GoRA's), offered as --init NAME
+    page: Page | None = None        # its own page of the dashboard (its figures are on the All signals page anyway)
     exhibits: Callable | None = None  # (store Entry) -> its figures and tables; None: reporting's generic one
     variant: Callable | None = None   # (an entry's config dict) -> what its rows are called where an option departs
                                       # from the paper's code ("" where none does); None: no such options

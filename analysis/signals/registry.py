@@ -6,9 +6,12 @@ by name.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 import pkgutil
+import sys
+from importlib.metadata import entry_points
 
 from analysis.contract.signal import AdapterStart, Signal
 from analysis.errors import UserError
@@ -54,9 +57,12 @@ def signal_limits() -> list[type]:
     return [s.plan.limits for s in all_signals().values() if s.plan is not None and s.plan.limits is not None]
 
 
-# Packages whose sub-folders are signals: ours, plus any named in this variable (comma-separated), so a
-# signal kept outside the repository registers the same way.
+# Where signals come from: every folder of analysis/signals; every folder of a package named in this variable
+# (comma-separated), so a signal kept outside the repository is one folder there; and every module an installed
+# package names under the entry-point group below (`[project.entry-points."analysis.signals"]` in its
+# pyproject.toml), which registers its signal when imported.
 EXTRA_PACKAGES = "ANALYSIS_SIGNAL_PACKAGES"
+ENTRY_POINTS = "analysis.signals"
 
 
 def _signal_packages() -> list[str]:
@@ -64,8 +70,15 @@ def _signal_packages() -> list[str]:
     return ["analysis.signals", *extra]
 
 
+@functools.lru_cache(maxsize=4)
+def _plugins(path: tuple[str, ...]) -> tuple:
+    """The installed packages' signal entry points, looked up once for a search path (a look-up reads every
+    installed package's metadata)."""
+    return tuple(entry_points(group=ENTRY_POINTS))
+
+
 def _load_all() -> None:
-    """Import every signal folder (a sub-package); its __init__ registers the signal."""
+    """Import every signal folder (a sub-package) and every plugin module; each registers its signal."""
     for name in _signal_packages():
         try:
             package = importlib.import_module(name)
@@ -75,6 +88,12 @@ def _load_all() -> None:
         for info in pkgutil.iter_modules(package.__path__):
             if info.ispkg:
                 importlib.import_module(f"{package.__name__}.{info.name}")
+    for point in _plugins(tuple(sys.path)):
+        try:
+            point.load()
+        except ImportError as exc:
+            raise UserError(f"The signal plugin '{point.name}' ({point.value}, installed by "
+                            f"{point.dist.name if point.dist else 'a package'}) cannot be imported ({exc}).") from None
 
 
 def all_signals() -> dict[str, Signal]:

@@ -49,7 +49,7 @@ def test_budget_preview_follows_the_slider_in_chromium(dashboard, cache_dir, tmp
 
 
 @pytest.mark.slow
-def test_representation_page_draws_real_cka_and_id_in_chromium(dashboard, cache_dir, tmp_path):
+def test_cka_and_id_pages_draw_real_results_in_chromium(dashboard, cache_dir, tmp_path):
     from playwright.sync_api import sync_playwright
 
     from analysis.settings import RunSettings
@@ -64,10 +64,13 @@ def test_representation_page_draws_real_cka_and_id_in_chromium(dashboard, cache_
         page = browser.new_page(viewport={"width": 1400, "height": 1500})
         outside = requests_leaving_localhost(page)
         page.goto(dashboard)  # from the start page, as a user does: the sidebar link is the navigation
-        page.get_by_text("CKA and intrinsic dimension").click()
+        page.get_by_text("Intrinsic dimension (GeLoRA)").click()
+        page.get_by_text("GeLoRA rank lower bound").wait_for(timeout=60_000)
+        assert page.locator(".js-plotly-plot").count() == 1
+        page.get_by_text("CKA layer importance").first.click()
         page.get_by_text("Layer x layer CKA").wait_for(timeout=60_000)
         page.locator(".js-plotly-plot .heatmaplayer").first.wait_for(timeout=60_000)
-        assert page.locator(".js-plotly-plot").count() == 3
+        assert page.locator(".js-plotly-plot").count() == 2
         assert page.locator(".js-plotly-plot").get_by_text("degenerate").count() == 1
         page.screenshot(path=str(screenshot), full_page=True)
         browser.close()

@@ -31,10 +31,11 @@ from analysis.planning.methods import layout_for, method_scores
 from analysis.planning.plan_json import flat_plan, plan_ranks
 from analysis.store.cache import Store
 from tests.conftest import chart_specs
+from tests.pages.signal_page import signal_page
 from tests.synthetic_store import fill
 
 REPO = Path(__file__).resolve().parents[2]
-PAGES = REPO / "pages"
+PAGES = REPO / "views"
 MINILM = RunSettings(val_size=16, device="cpu")
 SMOLLM2 = RunSettings(model="smollm2", val_size=16, device="cpu")
 FIVE = ["adalora", "cka", "id", "shapley", "sora"]        # the registry's order, which every page follows
@@ -137,7 +138,9 @@ def click_download(app: AppTest, deferred: dict, key: str):
 # --- helpers -------------------------------------------------------------------------------------------------
 
 def run_page(name: str) -> AppTest:
-    return AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=120).run()
+    """A page by its file under views/, or a signal's own page by the signal's name."""
+    page = PAGES / f"{name}.py"
+    return (AppTest.from_file(str(page), default_timeout=120) if page.exists() else signal_page(name)).run()
 
 
 def no_exception(app: AppTest) -> None:
@@ -215,7 +218,8 @@ def is_gray(colour: str) -> bool:
     ("overview", "No signals computed yet: run an analysis on the Setup page"),
     ("shapley", "No Shapley or AdaLoRA results yet: run an analysis with the shapley and adalora signals"),
     ("sora", "No SoRA results yet: run an analysis with the sora signal"),
-    ("representation", "No CKA or intrinsic-dimension results yet: run an analysis with the cka and id signals"),
+    ("cka", "No CKA results yet: run an analysis with the cka signal"),
+    ("id", "No intrinsic-dimension results yet: run an analysis with the id signal"),
     ("budget", "until then only uniform LoRA can be planned"),
     ("retrain", "No signals computed yet: run an analysis on the Setup page"),
     ("export", "No signals computed yet: run an analysis on the Setup page"),
@@ -323,13 +327,12 @@ def test_sora_page_follows_the_training_step(minilm):
     assert "step 10" in first["layout"]["title"]["text"]
 
 
-def test_representation_page_shows_dimensions_bounds_and_cka(minilm):
-    app = run_page("representation")
-    no_exception(app)
+def test_id_and_cka_pages_show_dimensions_bounds_and_cka(minilm):
+    id_page, cka_page = run_page("id"), run_page("cka")
+    no_exception(id_page)
+    no_exception(cka_page)
     entries = newest(minilm)
-    specs = chart_specs(app)
-    assert len(specs) == 3
-    ident, cka, matrix = specs
+    [ident], (cka, matrix) = chart_specs(id_page), chart_specs(cka_page)
     dimensions, bounds = entries["id"].table("dimensions"), entries["id"].table()
     line, bars = ident["data"]
     assert line["x"] == list(range(-1, 6)) and np.allclose(line["y"], dimensions["id"])
@@ -470,55 +473,36 @@ def test_budget_replans_after_a_signal_is_recomputed(cache_dir):
 
 # --- 4. budget state shared across pages (through app.py) ------------------------------------------------------
 
-@pytest.fixture
-def app_navigation(monkeypatch):
-    """Run app.py's st.navigation as the server does. AppTest resets PagesManager.uses_pages_directory before
-    every run and, seeing pages/ beside app.py, would run a switched-to page file alone (without app.py and its
-    keep()); the real server leaves that mode for good on the first run (st.navigation and
-    widgets._use_app_navigation set the flag to False), which is what this reproduces."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-    yield
-    PagesManager.uses_pages_directory = None
-
-
-def test_a_budget_set_on_the_budget_page_is_the_budget_on_retrain_and_export(minilm, app_navigation):
+def test_a_budget_set_on_the_budget_page_is_the_budget_on_retrain_and_export(minilm):
     prepared, layout = planning_inputs(minilm)
     app = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
     no_exception(app)
     assert app.title[0].value == "Where should the LoRA rank go?"
-    app.switch_page("pages/budget.py").run()
+    app.switch_page("views/budget.py").run()
     assert app.title[0].value == "Budget and plans"
     app.slider[0].set_value(6.0).run()
     assert app.dataframe[0].value["trainable params"].iloc[0] == uniform_cost(layout, 6)
-    app.switch_page("pages/retrain.py").run()
+    app.switch_page("views/retrain.py").run()
     no_exception(app)
     assert app.title[0].value == "Retrain and compare" and app.slider[0].value == 6.0
     assert app.dataframe[0].value["trainable params"].iloc[0] == uniform_cost(layout, 6)
-    app.switch_page("pages/setup.py").run()         # a page without the controls in between
-    app.switch_page("pages/retrain.py").run()
+    app.switch_page("views/setup.py").run()         # a page without the controls in between
+    app.switch_page("views/retrain.py").run()
     assert app.slider[0].value == 6.0
     app.radio[0].set_value("parameters").run()
     app.number_input[0].set_value(100_000).run()
     assert (app.dataframe[0].value["trainable params"] <= 100_000).all()
-    app.switch_page("pages/budget.py").run()
+    app.switch_page("views/budget.py").run()
     no_exception(app)
     assert app.radio[0].value == "parameters" and app.number_input[0].value == 100_000
     assert app.subheader[0].value == "Plans at 100,000 trainable parameters"
-    app.switch_page("pages/export.py").run()
+    app.switch_page("views/export.py").run()
     no_exception(app)
     assert "Plans at 100,000 parameters" in [s.value for s in app.subheader]
     assert {"export-plans_100000-pdf", "export-plans_100000_vs_uniform-csv"} <= download_keys(app)
 
 
-def test_opening_a_run_from_setup_goes_to_all_signals(minilm, app_navigation):
+def test_opening_a_run_from_setup_goes_to_all_signals(minilm):
     app = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
     [b for b in app.button if b.label == "Open on the signal pages"][0].click().run()
     no_exception(app)
@@ -585,9 +569,7 @@ def test_smollm2_signal_pages_draw_all_30_layers(smollm2):
     assert list(heatmap["data"][0]["y"]) == list(range(30)) and heatmap["data"][0]["x"] == SMOLLM2_TYPES
     assert heatmap["layout"]["yaxis"]["dtick"] == 1 and heatmap["layout"]["height"] >= 20 * 30
 
-    app = run_page("representation")
-    no_exception(app)
-    ident, cka, matrix = chart_specs(app)
+    [ident], (cka, matrix) = chart_specs(run_page("id")), chart_specs(run_page("cka"))
     assert ident["data"][0]["x"] == list(range(-1, 30)) and ident["data"][1]["x"] == list(range(30))
     assert cka["data"][0]["x"] == list(range(30))
     assert len(matrix["data"][0]["z"]) == 31 and matrix["data"][0]["x"] == ["emb", *map(str, range(30))]
@@ -743,7 +725,7 @@ def test_switching_runs_between_models_keeps_each_models_limits(tmp_path, monkey
         shutil.copytree(source, both, dirs_exist_ok=True)
     monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(both))
     app = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    app.switch_page("pages/budget.py").run()
+    app.switch_page("views/budget.py").run()
     no_exception(app)
     labels = app.selectbox[0].options
     minilm_label = next(label for label in labels if "MiniLM" in label)
@@ -761,18 +743,18 @@ def test_switching_runs_between_models_keeps_each_models_limits(tmp_path, monkey
     assert "q_proj" in module_types(app).value
     app.selectbox[0].set_value(minilm_label).run()
     assert module_types(app).value == ["query", "value"]
-    app.switch_page("pages/retrain.py").run()
+    app.switch_page("views/retrain.py").run()
     no_exception(app)
     assert module_types(app).value == ["query", "value"] and app.dataframe
 
 
-def test_switching_to_a_run_of_other_signals_keeps_methods_chosen(cache_dir, app_navigation):
+def test_switching_to_a_run_of_other_signals_keeps_methods_chosen(cache_dir):
     """Runs with different signals: each switch plans every method the run offers (never none, which would leave
     only uniform LoRA and Retrain's button disabled), and a method turned off stays off when its run comes back."""
     fill(cache_dir, MINILM, signals=("cka", "id"))
     fill(cache_dir, dataclasses.replace(MINILM, val_size=32), signals=("shapley", "sora"))
     app = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    app.switch_page("pages/budget.py").run()
+    app.switch_page("views/budget.py").run()
     run = lambda signals: next(label for label in app.selectbox[0].options   # noqa: E731
                                if f"{16 if 'cka' in signals else 32} validation examples" in label)
 
@@ -789,7 +771,7 @@ def test_switching_to_a_run_of_other_signals_keeps_methods_chosen(cache_dir, app
     app.selectbox[0].set_value(run("shapley")).run()
     no_exception(app)
     assert methods() == ["shapley", "sora"] and planned() == ["uniform", "shapley", "sora"]
-    app.switch_page("pages/retrain.py").run()
+    app.switch_page("views/retrain.py").run()
     assert planned() == ["uniform", "shapley", "sora"]
     assert not next(b for b in app.button if b.label == "Retrain and compare").disabled
     app.selectbox[0].set_value(run("cka")).run()

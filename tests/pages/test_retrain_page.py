@@ -20,7 +20,7 @@ from tests.conftest import chart_specs
 import numpy as np
 import pandas as pd
 
-PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "retrain.py")
+PAGE = str(Path(__file__).resolve().parents[2] / "views" / "retrain.py")
 SETTINGS = RunSettings(val_size=16, batch_size=8, device="cpu")
 
 

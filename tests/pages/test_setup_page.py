@@ -10,7 +10,7 @@ from analysis.settings import RunSettings
 from analysis.store.cache import Store
 from tests.synthetic_store import fill
 
-PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "setup.py")
+PAGE = str(Path(__file__).resolve().parents[2] / "views" / "setup.py")
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 

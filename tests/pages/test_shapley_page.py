@@ -1,8 +1,6 @@
 """The Shapley page under AppTest, on a store the real shapley and adalora signals filled (the page loads no model)."""
-from pathlib import Path
 
 import pandas as pd
-from streamlit.testing.v1 import AppTest
 
 from analysis.settings import RunSettings
 from analysis.contract.tidy import per_module
@@ -10,13 +8,13 @@ from analysis.signals.registry import get_signal
 from analysis.signals.runner import run_signals
 from analysis.store.cache import Result, Store
 from tests.conftest import chart_specs
+from tests.pages.signal_page import signal_page
 
-PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "shapley.py")
 WARMUP = {"warmup_steps": "4", "warmup_batch_size": "8", "r_max": "2"}
 
 
 def _page():
-    return AppTest.from_file(PAGE, default_timeout=60).run()
+    return signal_page("shapley", 60).run()
 
 
 def test_without_results_the_page_says_what_to_run(cache_dir):

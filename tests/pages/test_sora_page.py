@@ -1,21 +1,19 @@
 """The SoRA page under AppTest, on a store the real sora signal filled (the page trains nothing)."""
-from pathlib import Path
 
-from streamlit.testing.v1 import AppTest
 
 from analysis.settings import RunSettings
 from analysis.signals.registry import get_signal
 from analysis.signals.runner import run_signals
 from analysis.store.cache import Store
 from tests.conftest import chart_specs
+from tests.pages.signal_page import signal_page
 
-PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "sora.py")
 SHORT = {"r_max": "4", "steps": "8", "rounds": "2", "round_steps": "4", "snapshot_every": "4", "xi": "0.05",
          "xi_max": "0.4", "batch_size": "8"}
 
 
 def test_without_results_the_page_says_what_to_run(cache_dir):
-    app = AppTest.from_file(PAGE, default_timeout=60).run()
+    app = signal_page("sora", 60).run()
     assert not app.exception
     assert any("No SoRA results yet" in info.value for info in app.info)
 
@@ -25,7 +23,7 @@ def test_slider_moves_the_sparsity_heatmap_through_training(cache_dir):
                 Store(cache_dir))
     entry = Store(cache_dir).entries()[0]
     snapshots = entry.table("snapshots")
-    app = AppTest.from_file(PAGE, default_timeout=60).run()
+    app = signal_page("sora", 60).run()
     assert not app.exception
     assert any("update rule of this run: **official**" in info.value for info in app.info)  # the default, shown
     slider = app.select_slider[0]
@@ -47,7 +45,7 @@ def test_the_page_says_which_checkpoint_the_learned_ranks_come_from(cache_dir):
                 {"sora": {**SHORT, "eval_every": "4"}}, Store(cache_dir))
     entry = Store(cache_dir).entries()[0]
     best = entry.table("validation").query("best").iloc[0]
-    app = AppTest.from_file(PAGE, default_timeout=60).run()
+    app = signal_page("sora", 60).run()
     assert not app.exception
     assert any(f"at step {best['step']}: its gates give the learned ranks" in c.value for c in app.caption)
     assert any(f"Total learned rank (step {best['step']})" == m.label for m in app.metric)

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
-from streamlit.testing.v1 import AppTest
 
 from analysis.__main__ import main
 from analysis.planning.methods import layout_for, method_scores, scores_from_entry
@@ -22,6 +21,7 @@ from analysis.signals.registry import all_signals, get_signal, make_config
 from analysis.store.cache import Entry
 from analysis.contract.run import Run
 from analysis.store.lookups import chosen_entries, chosen_entry, find_entry
+from tests.pages.signal_page import signal_page
 from tests.synthetic_store import fill
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def test_commands_exhibits_and_pages_pick_the_same_entry(two_variants, capsys, t
     # the pages: the All signals and Export pages' entries, and the default of a page's variant choice
     assert chosen_entries(run, all_signals())["cka"].key == default.key
     st.cache_resource.clear()
-    app = AppTest.from_file(str(REPO / "pages" / "representation.py"), default_timeout=120).run()
+    app = signal_page("cka").run()
     assert not app.exception, [e.message for e in app.exception]
     [choice] = [s for s in app.selectbox if s.label == "CKA options"]
     assert choice.value.key == default.key and len(choice.options) == 2

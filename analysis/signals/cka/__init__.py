@@ -38,7 +38,7 @@ from analysis.signals import parallel
 from analysis.signals.cka.cka_plan import BLOCKS
 from analysis.signals.cka.linear_cka import CKAAccumulator, cka_matrix
 from analysis.signals.context import MEASURED_SPLITS
-from analysis.contract.signal import Signal, deferred
+from analysis.contract.signal import Page, Signal, deferred
 from analysis.signals.registry import register
 from analysis.contract.result import Result
 from analysis.settings import SignalOptions
@@ -113,4 +113,10 @@ register(Signal(
     description="1 - linear CKA between each block's input and output hidden states; "
                 "the plan adapts the most important blocks at a uniform rank.",
     config=CKAConfig, compute=compute, version=3, plan=BLOCKS, min_examples=MIN_EXAMPLES,
-    exhibits=deferred("analysis.signals.cka.cka_figures")))
+    exhibits=deferred("analysis.signals.cka.cka_figures"),
+    page=Page(title="CKA layer importance", icon=":material/stacked_line_chart:",
+              caption="How much each block re-shapes the pooled hidden states: 1 - linear CKA between its input and "
+                      "output. A decoder's last state is taken after its final norm, as transformers' "
+                      "hidden_states[-1] and the paper's code have it.",
+              results="CKA",
+              draw=deferred("analysis.signals.cka.cka_page", "draw"))))

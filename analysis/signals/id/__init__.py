@@ -31,7 +31,7 @@ import torch
 
 from analysis.errors import UserError
 from analysis.signals.context import MEASURED_SPLITS
-from analysis.contract.signal import Signal, deferred
+from analysis.contract.signal import Page, Signal, deferred
 from analysis.signals.registry import register
 from analysis.contract.result import Result
 from analysis.signals.id.id_plan import BOUNDS
@@ -156,4 +156,10 @@ register(Signal(
     name="id", title="Intrinsic dimension (GeLoRA)",
     description="Per-block LoRA rank lower bound from the growth of the hidden states' intrinsic dimension.",
     config=IntrinsicDimConfig, compute=compute, version=3, plan=BOUNDS, min_examples=MIN_EXAMPLES,
-    exhibits=deferred("analysis.signals.id.id_figures")))
+    exhibits=deferred("analysis.signals.id.id_figures"),
+    page=Page(title="Intrinsic dimension (GeLoRA)", icon=":material/show_chart:",
+              caption="How the intrinsic dimension of the pooled hidden states grows with depth, and the LoRA rank "
+                      "GeLoRA gives each block from it. A decoder's last state is taken after its final norm, as "
+                      "transformers' hidden_states[-1] and the paper's code have it.",
+              results="intrinsic-dimension",
+              draw=deferred("analysis.signals.id.id_page", "draw"))))

@@ -47,7 +47,7 @@ from analysis.errors import UserError
 from analysis.contract.progress import progress
 from analysis.contract.tidy import per_rank_table
 from analysis.signals.context import MEASURED_SPLITS
-from analysis.contract.signal import Signal, deferred
+from analysis.contract.signal import Page, Signal, deferred
 from analysis.signals.registry import register
 from analysis.contract.result import Result
 from analysis.signals.lora.gated_lora import repeated
@@ -298,4 +298,11 @@ register(Signal(
                 "as an option, our first-order Shapley value of the validation loss), from gate gradients (our "
                 "reading of ShapLoRA; its code is not public).",
     config=ShapleyConfig, compute=compute, version=2, trains=True, variant=variant,
-    exhibits=deferred("analysis.signals.shapley.shapley_figures")))
+    exhibits=deferred("analysis.signals.shapley.shapley_figures"),
+    page=Page(title="Shapley sensitivity (ShapLoRA)", icon=":material/grid_on:",
+              caption="Each LoRA rank's importance for lowering the validation loss, estimated from gate gradients at "
+                      "sampled coalitions of a warmed-up uniform LoRA. The ShapLoRA paper's code is not public: this "
+                      "is our reading of the method, checked against exact enumeration on toy problems and on a tiny "
+                      "model.",
+              results="Shapley or AdaLoRA",
+              draw=deferred("analysis.signals.shapley.shapley_page", "draw"), shows=("adalora",))))

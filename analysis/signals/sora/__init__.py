@@ -25,7 +25,7 @@ import pandas as pd
 
 from analysis.model.layout import lora_parameter_count
 from analysis.contract.tidy import per_rank_table
-from analysis.contract.signal import Signal, deferred
+from analysis.contract.signal import Page, Signal, deferred
 from analysis.signals.registry import register
 from analysis.signals.sora.sora_plan import LEARNED
 from analysis.signals.sora.gate_training import SoraConfig, learned_ranks, train
@@ -82,4 +82,13 @@ register(Signal(
     description="Learned rank per module from sparse LoRA training with thresholded gates (the official "
                 "SoRA update by default), and how ranks shrink as the threshold rises.",
     config=SoraConfig, compute=compute, version=3, trains=True, plan=LEARNED, variant=variant,
-    exhibits=deferred("analysis.signals.sora.sora_figures")))
+    exhibits=deferred("analysis.signals.sora.sora_figures"),
+    page=Page(title="SoRA gate sparsity", icon=":material/filter_alt:",
+              caption="A gated LoRA trained with thresholded gates (sparse LoRA): a rank whose gate is zero is pruned. "
+                      "The learned rank of a module is its number of non-zero gates at the training stage's best "
+                      "checkpoint on validation (the official scripts' load_best_model_at_end); the scheduler then "
+                      "raises the threshold, from that checkpoint, to show how ranks shrink. xi is that threshold: the "
+                      "size of the sparsifying step applied to the gates after each update; the larger it is, the "
+                      "more gates become zero.",
+              results="SoRA",
+              draw=deferred("analysis.signals.sora.sora_page", "draw"))))

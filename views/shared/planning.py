@@ -13,7 +13,7 @@ from analysis.planning.preview import Outcome, preview, summary
 from analysis.contract.signal import Signal
 from analysis.signals.registry import signal_limits
 from analysis.contract.run import Run
-from pages.shared.widgets import setting_input
+from views.shared.widgets import setting_input
 
 
 

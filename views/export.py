@@ -7,8 +7,8 @@ from analysis.reporting.exhibits import run_exhibits, zipped
 from analysis.reporting.paper import FORMATS, WIDTHS, paper_style
 from analysis.signals.registry import all_signals
 from analysis.store.lookups import chosen_entries, comparisons
-from pages.shared.planning import current_plans
-from pages.shared.widgets import choose_run, download_buttons
+from views.shared.planning import current_plans
+from views.shared.widgets import choose_run, download_buttons
 
 signals = all_signals()
 

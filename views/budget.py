@@ -10,8 +10,8 @@ from analysis.reporting.exhibits import plan_exhibit
 from analysis.planning.plan_json import plan_file
 from analysis.planning.preview import drawn, plan_json, uniform_ranks
 from analysis.signals.registry import all_signals
-from pages.shared.planning import plans_at_budget, summary_table
-from pages.shared.widgets import chart, choose_run
+from views.shared.planning import plans_at_budget, summary_table
+from views.shared.widgets import chart, choose_run
 
 signals = all_signals()
 

@@ -1,7 +1,7 @@
 """Widgets the pages share: the current run, a variant of a signal in it, figures with their downloads,
 the budget controls, and the job panel.
 
-Kept under pages/shared/ so that Streamlit never mistakes this module for a page of its own.
+Kept under views/shared/, apart from the pages app.py lists.
 """
 import json
 import time
@@ -26,20 +26,6 @@ RUN_CHOICE = "run_choice"  # the Run select box's own state
 # the methods, the export style.
 PERSISTENT_KEYS = ("budget_unit", "budget_rank", "budget_params", "plan_methods", "plan_blend", "plan_difference",
                    "export_width", "export_grayscale")
-
-
-def _use_app_navigation() -> None:
-    """When a fresh server's first request names a page (a bookmark), Streamlit sees the pages/ folder beside
-    app.py and runs that file alone, with file names as navigation, for the life of the process. Leave that
-    mode and rerun through app.py's grouped navigation; this runs once, when a page first imports this module."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
-_use_app_navigation()
 
 
 @st.cache_resource(show_spinner=False)

@@ -16,8 +16,8 @@ from analysis.settings import MODULE_FAMILIES, CompareSettings, RunSettings, Tra
 from analysis.training.compare import too_small
 from analysis.training.savings import RESAMPLES
 from analysis.store.cache import Store
-from pages.shared.planning import plans_at_budget, summary_table
-from pages.shared.widgets import choose_run, download_buttons, job_panel, setting_input, show
+from views.shared.planning import plans_at_budget, summary_table
+from views.shared.widgets import choose_run, download_buttons, job_panel, setting_input, show
 
 store = Store()
 signals = all_signals()

@@ -13,7 +13,7 @@ from analysis.contract.run import when
 from analysis.store.lookups import runs
 from analysis.store.cache import Store
 from analysis.store.timings import signal_costs
-from pages.shared.widgets import choose_run, gpu_present, job_panel
+from views.shared.widgets import choose_run, gpu_present, job_panel
 
 store = Store()
 signals = all_signals()
@@ -137,4 +137,4 @@ else:
             st.caption(f"{run.description.get('data')}: {warning}")
     choose_run(set(signals), "", found)
     if st.button("Open on the signal pages", icon=":material/open_in_new:"):
-        st.switch_page("pages/overview.py")
+        st.switch_page("views/overview.py")

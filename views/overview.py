@@ -5,7 +5,7 @@ import streamlit as st
 from analysis.reporting.exhibits import overview_exhibits
 from analysis.signals.registry import all_signals
 from analysis.store.lookups import chosen_entries
-from pages.shared.widgets import choose_run, show
+from views.shared.widgets import choose_run, show
 
 signals = all_signals()
 
