@@ -1,11 +1,13 @@
 """Every setting a user chooses, with its default, range and help, in one place.
 
-Four groups, each a frozen dataclass: RunSettings (model, data, split, sizes, device), Limits (what a
-plan may do per module), PlanOptions (alpha and dropout of a plan) and TrainSettings (a retrain).
-Everything else derives from these definitions: the command line's flags (`add_flags`), the
-dashboard's job commands (`to_argv`), the plan JSON and cache entries (`to_dict` / `from_dict`).
-A value is checked when the dataclass is built, so the command line, the pages and jobs all refuse
-the same bad input with the same sentence, before any model is loaded.
+Five groups, each a frozen dataclass deriving from `Group`: RunSettings (model, data, split, sizes, device),
+Limits (what any plan may do per module), PlanOptions (alpha and dropout of a plan), TrainSettings (a retrain)
+and CompareSettings (a comparison's seeds, budgets, learning rates, baselines). A signal's options derive from
+`SignalOptions`, and the limits of a signal's own plan rule from `Group`, both defined in the signal's folder.
+Everything else derives from these definitions: the command line's flags (`add_flags`), the dashboard's job
+commands (`to_argv`) and widgets (views/shared/widgets.setting_input), the plan JSON and cache entries
+(`to_dict` / `from_dict`). A value is checked when its group is made, so the command line, the pages and jobs all
+refuse the same bad input with the same sentence, before any model is loaded.
 """
 from __future__ import annotations
 

@@ -128,7 +128,7 @@ def test_show_plan_and_export_pick_the_same_entry_by_one_rule(cache_dir, capsys)
     [(_, variant, _)] = run_signals(settings, [signal], {"cka": {"unbiased": "true"}}, Store(cache_dir))
     run = prepare(settings, Store(cache_dir), warn=None).run
     assert find_entry(run, signal).key == variant.key                        # the newest variant
-    assert find_entry(run, signal, make_config(signal, {"unbiased": "false"})) is None           # exactly what was asked
+    assert find_entry(run, signal, make_config(signal, {"unbiased": "false"})) is None   # exactly what was asked
     code, out, err = run_cli(["show", "--signal", "cka", "--val-size", "16", "--device", "cpu"], capsys)
     assert code == 0 and len(out.splitlines()) > 1, err
     code, out, err = run_cli(["show", "--signal", "cka", "--val-size", "16", "--device", "cpu", "--set",

@@ -13,7 +13,7 @@ from analysis.contract.run import when
 from analysis.store.lookups import runs
 from analysis.store.cache import Store
 from analysis.store.timings import signal_costs
-from views.shared.widgets import choose_run, gpu_present, job_panel
+from views.shared.widgets import choose_run, gpu_present, job_panel, setting_input
 
 store = Store()
 signals = all_signals()
@@ -37,8 +37,7 @@ model_other = left.text_input("Hub name or local directory", placeholder="e.g. /
 data_choice = right.selectbox("Dataset", list(DATA), format_func=DATA.get)
 data_other = right.text_input("Local .csv / .jsonl / .parquet file or hub dataset name") \
     if data_choice == "other" else ""
-task = TASKS.get(model_choice) or left.selectbox(
-    "Task", ["auto", "classification", "causal-lm"], help="auto: classification for encoders, causal-lm for decoders")
+task = TASKS.get(model_choice) or setting_input(left, RunSettings, "task", label="Task")
 if model_choice in TASKS:
     left.caption(f"Task: {task} (" + ("a decoder trains as a causal language model, so no label column" if
                                      task == "causal-lm" else "an encoder classifies the labels") + ").")
@@ -55,7 +54,7 @@ def cost_text(name: str) -> str:
     """What the signal took here before (warm-up included), or a word on what it costs."""
     cost = costs.get(name)
     if cost is not None:
-        warm = f", incl. a {duration(cost.warmup_seconds)} warm-up shared by shapley and adalora" \
+        warm = f", incl. a {duration(cost.warmup_seconds)} warm-up shared by the signals that need one" \
             if cost.warmup_seconds else ""
         return f"about {duration(cost.total)}{warm}"
     return "trains; minutes on a CPU" if signals[name].trains else "one pass over the data; seconds to minutes"
@@ -80,11 +79,10 @@ with st.form("setup"):
         a, b = st.columns(2)
         train = a.number_input("Train fraction", 0.05, 0.95, defaults.fractions[0], 0.05)
         validation = b.number_input("Validation fraction", 0.01, 0.9, defaults.fractions[1], 0.01)
-        val_size = a.number_input("Validation examples used", min_value=8, max_value=100_000,
-                                  value=defaults.val_size, step=64)
-        seed = b.number_input("Split seed", 0, 2**31 - 1, defaults.seed)
-        max_length = a.number_input("Tokens per example", 8, 8192, defaults.max_length)
-        batch_size = b.number_input("Batch size", 1, 4096, defaults.batch_size)
+        val_size = setting_input(a, RunSettings, "val_size", label="Validation examples used", step=64)
+        seed = setting_input(b, RunSettings, "seed", label="Split seed")
+        max_length = setting_input(a, RunSettings, "max_length", label="Tokens per example")
+        batch_size = setting_input(b, RunSettings, "batch_size", label="Batch size")
     submitted = st.form_submit_button("Run analysis", type="primary")
 
 if submitted:

@@ -44,9 +44,10 @@ class AdapterStart:
 class Page:
     """A signal's page of the dashboard, listed under Signals. The dashboard writes its title and caption, lets the
     user choose a run holding the signal or one of those the page `shows` besides (or says that there are no
-    `results` yet and what to run), then calls `draw(ui, kit, run)`: `ui` is Streamlit itself, handed over so that the engine never imports
-    it, and `kit` the dashboard's widgets for a signal's entries (pick(run, name, label) -> the entry the user
-    chose, show(exhibit), chart(figure, data, name), exhibits(entry) -> any signal's figures)."""
+    `results` yet and what to run), then calls `draw(ui, kit, run)`: `ui` is Streamlit itself, handed over so that
+    the engine never imports it, and `kit` the dashboard's widgets for a signal's entries (pick(run, name, label)
+    -> the entry the user chose, show(exhibit), chart(figure, data, name), exhibits(entry) -> any signal's
+    figures)."""
     title: str
     icon: str                       # a Material icon, ":material/grid_on:"
     caption: str

@@ -73,7 +73,8 @@ def test_commands_exhibits_and_pages_pick_the_same_entry(two_variants, capsys, t
 
     # show and plan (plan reads its scores through find_entry, as the Budget and Retrain plans do)
     assert find_entry(run, cka).key == default.key
-    assert find_entry(run, cka, make_config(cka, {"split": "validation"})).key == variant.key   # named options: exactly those
+    named = make_config(cka, {"split": "validation"})
+    assert find_entry(run, cka, named).key == variant.key   # named options: exactly those
     shown = pd.read_csv(io.StringIO(_cli(["show", "--signal", "cka", *FLAGS], capsys)))
     pd.testing.assert_frame_equal(shown, default.table(), check_dtype=False)
     layout = layout_for(run)
