@@ -13,7 +13,7 @@ from analysis.contract.run import when
 from analysis.store.lookups import comparisons
 from analysis.errors import UserError
 from analysis.settings import MODULE_FAMILIES, CompareSettings, RunSettings, TrainSettings, from_dict, to_argv
-from analysis.training.compare import too_small
+from analysis.reporting.comparison_tables import too_small
 from analysis.training.savings import RESAMPLES
 from analysis.store.cache import Store
 from views.shared.planning import plans_at_budget, summary_table

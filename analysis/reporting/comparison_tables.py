@@ -1,7 +1,7 @@
 """A comparison as researchers write it: the results table (mean ± std, the paired difference from uniform with
 its interval), the per-budget table, the budget curve's points, the parameters each method needs to match
-uniform, and the Pareto points; Markdown for the command line. The numbers come from training/comparison_stats.py
-and training/savings.py.
+uniform, and the Pareto points; Markdown for the command line; and the sentences saying when a comparison is too small
+to mean much. The numbers come from training/comparison_stats.py and training/savings.py.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.planning.methods import UNIFORM
+from analysis.store.cache import Entry
 from analysis.training.comparison_stats import LEVEL, METRICS, PRIMARY
 
 # The metric the budget curve draws: perplexity for a decoder reads better than its logarithm.
@@ -170,3 +171,28 @@ def pareto_points(summary: pd.DataFrame, task: str) -> pd.DataFrame:
     frame["frontier"] = finite & ~dominated
     frame.insert(0, "metric", metric)
     return frame
+
+
+# Below these a comparison's numbers say little: the page, the table and the exports say so.
+MIN_SEEDS, MIN_TEST_EXAMPLES, MIN_STEPS = 3, 200, 50
+
+
+def too_small(entry: Entry) -> list[str]:
+    """Why a finished comparison is too small to mean much, one sentence each (none: it is not)."""
+    runs, meta = entry.table("runs"), entry.meta
+    notes = []
+    seeds = len(meta.get("seeds", []))
+    if seeds < MIN_SEEDS:
+        notes.append(f"{seeds} seed(s) per method: too few for a spread or a paired interval (use at least "
+                     f"{MIN_SEEDS}).")
+    examples = runs["test_examples"].min() if "test_examples" in runs else None
+    if examples is not None and examples < MIN_TEST_EXAMPLES:
+        notes.append(f"Only {int(examples)} test examples per run: one example moves accuracy by "
+                     f"{100 / examples:.1f} points.")
+    steps = (meta.get("config") or {}).get("steps")
+    if steps is not None and steps < MIN_STEPS:
+        notes.append(f"{steps} training steps per run: too few for the plans to differ.")
+    failed = int(runs["did_not_train"].notna().sum()) if "did_not_train" in runs else 0
+    if failed:
+        notes.append(f"{failed} of {len(runs)} runs did not train and are left out of the means.")
+    return notes

@@ -17,8 +17,7 @@ from analysis.contract.exhibit import Exhibit
 from analysis.allocation.budgets import parse_budget
 from analysis.settings import Limits
 from analysis.reporting.comparison_tables import (budget_table, curve_points, formatted, pareto_points,
-                                                   savings_table)
-from analysis.training.compare import too_small
+                                                   savings_table, too_small)
 from analysis.training.comparison_stats import summary_of
 from analysis.training.savings import RESAMPLES, savings
 from analysis.errors import UserError

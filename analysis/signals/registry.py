@@ -1,7 +1,7 @@
 """The signal registry: every signal is one folder under analysis/signals (or under a package named in
-ANALYSIS_SIGNAL_PACKAGES) whose __init__ calls `register` with its record (contract/signal.py). Pages, the command
-line, planning and training find a signal and what it brings (its plan family and limits, its adapter start) here,
-by name.
+ANALYSIS_SIGNAL_PACKAGES, or a module an installed package names under the `analysis.signals` entry points) that
+calls `register` with its record (contract/signal.py) when imported. Pages, the command line, planning and training
+find a signal and what it brings (its plan family and limits, its adapter start, its page) here, by name.
 """
 from __future__ import annotations
 

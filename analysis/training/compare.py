@@ -135,28 +135,3 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
     if len(tuning):
         tables["tuning"] = tuning
     return store.put(key, Result(summary, tables=tables), meta)
-
-
-# Below these a comparison's numbers say little: the page, the table and the exports say so.
-MIN_SEEDS, MIN_TEST_EXAMPLES, MIN_STEPS = 3, 200, 50
-
-
-def too_small(entry: Entry) -> list[str]:
-    """Why a finished comparison is too small to mean much, one sentence each (none: it is not)."""
-    runs, meta = entry.table("runs"), entry.meta
-    notes = []
-    seeds = len(meta.get("seeds", []))
-    if seeds < MIN_SEEDS:
-        notes.append(f"{seeds} seed(s) per method: too few for a spread or a paired interval (use at least "
-                     f"{MIN_SEEDS}).")
-    examples = runs["test_examples"].min() if "test_examples" in runs else None
-    if examples is not None and examples < MIN_TEST_EXAMPLES:
-        notes.append(f"Only {int(examples)} test examples per run: one example moves accuracy by "
-                     f"{100 / examples:.1f} points.")
-    steps = (meta.get("config") or {}).get("steps")
-    if steps is not None and steps < MIN_STEPS:
-        notes.append(f"{steps} training steps per run: too few for the plans to differ.")
-    failed = int(runs["did_not_train"].notna().sum()) if "did_not_train" in runs else 0
-    if failed:
-        notes.append(f"{failed} of {len(runs)} runs did not train and are left out of the means.")
-    return notes

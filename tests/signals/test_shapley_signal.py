@@ -164,14 +164,14 @@ def test_a_coalition_per_batch_and_per_pass_estimate_the_same_values():
     assert (difference <= 4 * combined).all(), (difference, combined)
 
 
-def test_coalition_mode_is_checked(encoder_context):
+def test_coalition_mode_is_checked():
     signal = get_signal("shapley")
     with pytest.raises(UserError, match="shapley.coalition_per must be one of pass, batch, not 'bogus'"):
         make_config(signal, {"coalition_per": "bogus"})   # refused where the option is read, before any work
-    config = make_config(signal, {})
-    config.coalition_per = "bogus"                        # a config built by hand still cannot run
-    with pytest.raises(UserError, match="batch or pass"):
-        signal.compute(encoder_context, config)
+    with pytest.raises(UserError, match="shapley.coalition_per must be one of pass, batch, not 'bogus'"):
+        signal.config(coalition_per="bogus")              # the options check themselves however they are made
+    with pytest.raises(UserError, match="^The sensitivity reading needs shapley.coalition_per=pass.$"):
+        signal.config(coalition_per="batch")              # a rule across options, checked when they are made
 
 
 def test_a_compiled_forward_gives_the_same_gate_gradient():

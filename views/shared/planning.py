@@ -16,8 +16,6 @@ from analysis.contract.run import Run
 from views.shared.widgets import setting_input
 
 
-
-
 class ChosenLimits(NamedTuple):
     """The limits as chosen: what any plan may give a module, and the limits of signals' own plan rules."""
     limits: Limits
@@ -43,7 +41,7 @@ def _layout(run_key: str, _run: Run):
     return layout_for(_run)
 
 
-def planning(run: Run):
+def run_layout(run: Run):
     """The model's layout of the run (from its config: no data, no weights), once per run; a model this machine
     cannot find stops the page with its one-sentence reason."""
     try:
@@ -154,7 +152,7 @@ def outcomes_at(run: Run, methods: list[str], budget: str, chosen: ChosenLimits)
     """Uniform LoRA's and each method's allocation at the budget (in parameters, returned too). A method whose
     scores cannot be read (a blend naming a signal this run lacks) becomes an outcome with its reason; a
     budget that cannot be read stops the page with its one-sentence reason."""
-    layout = planning(run)
+    layout = run_layout(run)
     try:
         amount = parse_budget(budget, layout, chosen.limits)
     except UserError as error:
@@ -173,7 +171,7 @@ def outcomes_at(run: Run, methods: list[str], budget: str, chosen: ChosenLimits)
 def plans_at_budget(run: Run, signals: dict[str, Signal]):
     """The budget controls, then every chosen method's allocation there: (layout, budget string, budget in
     parameters, limits, outcomes)."""
-    layout = planning(run)
+    layout = run_layout(run)
     available = [name for name in signals if name in run.entries]
     budget, methods, limits = budget_controls(layout, available, {n: s.title for n, s in signals.items()})
     amount, outcomes = outcomes_at(run, methods, budget, limits)
@@ -182,7 +180,7 @@ def plans_at_budget(run: Run, signals: dict[str, Signal]):
 
 def current_plans(run: Run, signals: dict[str, Signal]):
     """The plans as last set on the Budget or Retrain page, without drawing the controls (the Export page)."""
-    layout = planning(run)
+    layout = run_layout(run)
     state = st.session_state
     available = [name for name in signals if name in run.entries]
     methods = chosen_methods(available)
