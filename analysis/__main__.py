@@ -286,6 +286,11 @@ def cmd_compare(args) -> int:
     entry = compare(settings, methods, budgets, seeds, _retrain_config(args), _limits(args), _plan_options(args),
                     _store(args), overrides=overrides, tune_lrs=parse_rates(args.tune_lr), baselines=baselines,
                     adapters_at_once=grouping.adapters_at_once)
+    from analysis.signals import parallel
+    main = parallel.is_main()
+    parallel.stop()
+    if not main:   # another process of a launch: the main one reports
+        return 0
     task = entry.meta["task"]
     table, saved = formatted(entry.table(), task), savings(entry.table("runs"), task)
     text = markdown(table)

@@ -29,6 +29,7 @@ from analysis.model.layout import layout_of
 from analysis.model.sources import load_model
 from analysis.planning.plan_json import check_peft_model, lora_config, validate
 from analysis.settings import TrainSettings
+from analysis.signals import parallel
 from analysis.signals.context import with_lm_labels
 from analysis.store.cache import Entry
 from analysis.store.hashing import hash_json
@@ -300,6 +301,7 @@ def train_group(runs: list[Run], frozen: FrozenModel, rows_per_pass: int | None 
             # each run's share of the group's time, and the group it trained in
             timing = {"train_seconds": round(train_seconds / len(runs), 3), "seconds": round(seconds / len(runs), 3),
                       "processes": 1, "device": str(prepared.device), "adapters_at_once": len(runs),
+                      "launched_rank": parallel.rank(),
                       "group_seconds": round(seconds, 3)}
             entries.append(store_run(store, run.key, run.plan, run.config, prepared, metrics[k], losses[k],
                                      stack.head_state(k), frozen.saved_adapter(run.plan, stack.lora_state(k)),

@@ -4,7 +4,8 @@
 trained `adapters_at_once` at a time on one copy of the model (training/group.py), or one by one through
 `retrain` when that is 1. Either way a run ends as the entry `retrain` would write, under the same key, so
 each path finds the other's results. A run another process is training (its key locked) is left to that
-process and read once it is done.
+process and read once it is done. Under a launcher with several processes (one GPU each), the runs are
+spread over the processes and each process trains its share together.
 
 The default group size is what fits in the device's memory, from a measured cost: one training step of one
 adapter and of two, at the split's longest examples, gives the memory a further adapter costs (CUDA's peak
@@ -13,6 +14,7 @@ allocation; on the CPU, the bytes autograd saves for the backward pass plus the 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +23,8 @@ import torch
 from analysis.errors import UserError
 from analysis.jobs.progress import phase
 from analysis.settings import RunSettings, TrainSettings, from_dict
-from analysis.signals.context import prepare
+from analysis.signals import parallel
+from analysis.signals.context import prepare, resolve_device
 from analysis.store.cache import Entry, Store
 from analysis.training.group import FrozenModel, Run, shared_settings, train_group
 from analysis.training.retrain import retrain, retrain_key
@@ -47,6 +50,11 @@ def train_runs(requests: list[Request], store: Store, adapters_at_once: int | No
     if len(settings) != 1:
         raise UserError("Runs trained together must share one model, data set and split.")
     run_settings = from_dict(RunSettings, requests[0].plan.get("settings"), **({"device": device} if device else {}))
+    # Under a launcher (torchrun, accelerate launch) the runs are spread over the processes, each run trained
+    # whole by one of them on its own GPU (one at a time, a run is trained data-parallel by all of them instead).
+    spread = int(os.environ.get("WORLD_SIZE", "1")) > 1 and adapters_at_once != 1
+    if spread:
+        parallel.start(resolve_device(run_settings.device))   # compare has joined already; a direct caller may not
     prepared = prepare(run_settings, store, warn=None)
     runs = [Run(r.plan, r.config, retrain_key(prepared.key, r.plan, r.config), r.label) for r in requests]
     found: dict[str, Entry] = {}
@@ -58,13 +66,20 @@ def train_runs(requests: list[Request], store: Store, adapters_at_once: int | No
     before, total = counted or (0, len(runs))
     done = before + len(runs) - len(todo)
     if todo and adapters_at_once != 1:
-        trained = _grouped(todo, prepared, adapters_at_once, done, total)
+        share = todo[parallel.rank()::parallel.count()] if spread else todo
+        trained = _grouped(share, prepared, adapters_at_once, done, total)
+        if spread:   # every process's runs, once all are stored
+            parallel.barrier()
+            trained = {run.key: entry for run in todo if (entry := store.get(run.key))}
         found.update(trained)
         done += len(trained)
     for run in [r for r in todo if r.key not in found]:   # one at a time, or held by another process
         done += 1
         phase(f"run {done} of {total}: {run.label}", done, total)
         found[run.key] = retrain(run.plan, run.config, store, device=device, label=run.label)
+    if parallel.count() > 1:   # data-parallel runs: only the main process wrote them
+        parallel.barrier()
+        found = {run.key: found.get(run.key) or store.get(run.key) for run in runs}
     return [found[run.key] for run in runs]
 
 
@@ -92,7 +107,7 @@ def _grouped(todo: list[Run], prepared, adapters_at_once: int | None, done: int,
         groups = [same[i: i + size] for same in batches.values() for i in range(0, len(same), size)]
         for group in groups:
             phase(f"runs {done + 1}-{done + len(group)} of {total}, {len(group)} trained together", done + 1, total)
-            print(f"runs {done + 1}-{done + len(group)} of {total}: {len(group)} adapters together", flush=True)
+            parallel.say(f"runs {done + 1}-{done + len(group)} of {total}: {len(group)} adapters together", flush=True)
             for entry in train_group(group, frozen):
                 found[entry.key] = entry
             done += len(group)
@@ -136,7 +151,7 @@ def fitting_group_size(frozen: FrozenModel, runs: list[Run]) -> int:
     fixed = max(0, costs[0] - per_adapter)
     available = _free_bytes(prepared.device) * MEMORY_SHARE - fixed
     size = int(max(1, min(MAX_AT_ONCE, len(runs), math.floor(available / per_adapter))))
-    print(f"adapters at once: {size} (one more adapter costs {per_adapter / 2**20:.0f} MiB at the longest batch; "
+    parallel.say(f"adapters at once: {size} (one more adapter costs {per_adapter / 2**20:.0f} MiB at the longest batch; "
           f"{_free_bytes(prepared.device) / 2**30:.1f} GiB free)", flush=True)
     return size
 

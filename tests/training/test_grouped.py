@@ -164,9 +164,10 @@ def test_lora_dropout_draws_each_adapters_masks_as_its_run_alone_would():
 @pytest.mark.slow
 def test_a_killed_group_resumes_from_its_checkpoint_and_ends_as_if_never_stopped(tiny_models, tmp_path):
     from analysis.jobs import launch as jobs
-    args = ["compare", "--model", str(tiny_models / "encoder"), "--signals", "uniform", "--seeds", "0,1,2",
-            "--tune-lr", "off", "--steps", "40", "--checkpoint-every", "10", "--train-batch-size", "8",
-            "--test-size", "40", "--val-size", "16", "--device", "cpu", "--adapters-at-once", "3"]
+    args = ["compare", "--model", str(tiny_models / "encoder"), "--signals", "uniform", "--baselines", "none",
+            "--seeds", "0,1,2", "--tune-lr", "off", "--steps", "40", "--checkpoint-every", "10",
+            "--train-batch-size", "8", "--test-size", "40", "--val-size", "16", "--device", "cpu",
+            "--adapters-at-once", "3"]
     killed, fresh = tmp_path / "killed", tmp_path / "fresh"
     job_id = jobs.start_job(args, killed)
     checkpoint = lambda: next(iter(killed.glob("retrain/group-*/checkpoint.pt")), None)   # noqa: E731
@@ -222,3 +223,37 @@ def test_default_start_draws_what_peft_draws(make):
         for path, (a, b, scale, dropout) in made.items():
             assert torch.equal(mine[path][0], a) and torch.equal(mine[path][1], b)
             assert mine[path][2:] == pytest.approx((scale, dropout))
+
+
+@pytest.mark.slow
+def test_a_launch_spreads_the_runs_over_its_processes_each_trained_whole_and_as_alone(tiny_models, tmp_path):
+    """Two gloo processes under torchrun (as one process per GPU): each trains its share of the comparison's runs
+    together, the main one writes the comparison, and every run equals the one-process run under the same key."""
+    import subprocess
+    import sys
+
+    from tests.test_cli import REPO
+    # no --signals: torchrun would take it for its own --signals-to-handle; with no signal cached, uniform alone
+    args = ["compare", "--model", str(tiny_models / "encoder"), "--baselines", "none",
+            "--seeds", "0,1,2,3", "--tune-lr", "off", "--steps", "6", "--train-batch-size", "8", "--test-size", "24",
+            "--val-size", "16", "--device", "cpu", "--adapters-at-once", "2"]
+    launched, single = tmp_path / "launched", tmp_path / "single"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "analysis",
+                           *args], cwd=REPO, env={**os.environ, "ANALYSIS_CACHE_DIR": str(launched)},
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = cli(single, *args)
+    assert alone.returncode == 0
+    assert done.stdout.count("| uniform |") == alone.stdout.count("| uniform |") > 0   # one process reports
+    assert done.stdout.count("training: 1 plans x 4 seeds") == 1
+    keys = sorted(p.name for p in launched.glob("entries/retrain-*"))
+    assert keys == sorted(p.name for p in single.glob("entries/retrain-*")) and len(keys) == 4
+    ranks = []
+    for key in keys:
+        spread, alone = Store(launched).get(key), Store(single).get(key)
+        ranks.append(spread.meta["launched_rank"])
+        assert spread.meta["adapters_at_once"] == 2 and spread.meta["processes"] == 1
+        np.testing.assert_allclose(spread.table("curve")["loss"], alone.table("curve")["loss"], rtol=1e-5)
+        assert spread.meta["metrics"] == pytest.approx(alone.meta["metrics"], rel=1e-5)
+    assert sorted(ranks) == [0, 0, 1, 1]
+    assert len(list(launched.glob("entries/comparison-*"))) == 1
