@@ -19,6 +19,7 @@ from analysis.planning.plan_json import build_plan
 from analysis.settings import PlanOptions, RunSettings, TrainSettings
 from analysis.signals.context import prepare
 from analysis.store.cache import Store
+from analysis.training import group
 from analysis.training.retrain import retrain
 from analysis.training.runs import Request, train_runs
 from tests.test_cli import cli
@@ -94,10 +95,16 @@ def test_runs_trained_together_equal_the_same_runs_trained_alone(kind, tiny_mode
     alone_store, group_store = Store(tmp_path / "alone"), Store(tmp_path / "group")
     prepared = prepare(settings, alone_store)
     requests = _requests(prepared)
-    # runs whose ranks, modules, seeds, rates, starts, dropout, decay and clipping all differ
+    # runs whose ranks, modules, seeds, rates, starts, dropout, decay and clipping all differ; trained as one group
+    # in passes of two runs (the CPU's pass of 16 rows), runs of similar lengths together
     assert len({r.plan["trainable_params"] for r in requests}) == 4
+    monkeypatch.setattr("analysis.training.runs.CPU_PASS_ROWS", 16)
+    passes = []
+    monkeypatch.setattr("analysis.training.group.passes", lambda lengths, per_pass, real=group.passes:
+                        passes.append(per_pass) or real(lengths, per_pass))
     grouped = train_runs(requests, group_store, adapters_at_once=4)
     assert all(e.meta["adapters_at_once"] == 4 for e in grouped)
+    assert passes[:2] == [1, 2] and set(passes[2:]) == {2}   # the memory probe, then every step
     alone = [retrain(r.plan, r.config, alone_store) for r in requests]
     texts = prepared.splits.test["text"].iloc[:6].tolist()
     from analysis.model.sources import load_model
@@ -257,3 +264,11 @@ def test_a_launch_spreads_the_runs_over_its_processes_each_trained_whole_and_as_
         assert spread.meta["metrics"] == pytest.approx(alone.meta["metrics"], rel=1e-5)
     assert sorted(ranks) == [0, 0, 1, 1]
     assert len(list(launched.glob("entries/comparison-*"))) == 1
+
+
+def test_a_steps_passes_take_every_run_once_runs_of_similar_lengths_together():
+    from analysis.training.group import passes
+    assert passes([5, 9, 3], 3) == [slice(0, 3)]   # one pass when they fit
+    made = passes([40, 12, 33, 12, 7, 25, 31], 3)
+    assert sorted(k for part in made for k in part) == list(range(7)) and [len(p) for p in made] == [3, 3, 1]
+    assert made[0] == [4, 1, 3] and made[-1] == [0]   # shortest first, ties in run order
