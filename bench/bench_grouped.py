@@ -117,7 +117,7 @@ def minilm(device: str, dtype: str, sizes: list[int], repeats: int, cache: Path)
 def llama(device: str, batch: int, length: int, adapters: int, repeats: int, shape: str, layers: int | None) -> dict:
     from peft import get_peft_model
 
-    from analysis.training.runs import MEMORY_SHARE
+    from analysis.training.many_runs import MEMORY_SHARE
     from bench.llama_shapes import random_llama
 
     dev = torch.device(device)

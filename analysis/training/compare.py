@@ -36,7 +36,7 @@ from analysis.planning.methods import UNIFORM, layout_for, make_plan
 from analysis.planning.plan_json import row_name
 from analysis.training.comparison_stats import PRIMARY, summarise
 from analysis.training.outcome import did_not_train
-from analysis.training.runs import Request, train_runs
+from analysis.training.many_runs import Request, train_runs
 from analysis.store.cache import Entry, Result, Store
 
 

@@ -7,7 +7,7 @@ schedule, weight decay and clipping are its own (training/grouped_adamw.py). Its
 own rows, so the sum the backward pass takes gives each adapter exactly its own gradient.
 
 A group needs runs of one setting (data, model, split) and one step count, batch size and evaluation;
-training/runs.py forms the groups. Every `checkpoint_every` steps the whole group's state goes to
+training/many_runs.py forms the groups. Every `checkpoint_every` steps the whole group's state goes to
 <cache>/retrain/group-<members>/checkpoint.pt; started again with the same runs, it resumes there.
 """
 from __future__ import annotations

@@ -154,7 +154,7 @@ def test_a_comparison_reports_run_k_of_n_over_tuning_and_seeds(tmp_path, monkeyp
     whether runs train one at a time or together."""
     from analysis.settings import RunSettings, TrainSettings
     from analysis.store.cache import Store
-    from analysis.training import compare as comparison, runs as training
+    from analysis.training import compare as comparison, many_runs as training
 
     def fake_entry(plan, config, *args, **kwargs):   # what compare reads from a finished run
         return SimpleNamespace(key=f"run-{config.lr}-{config.seed}-{plan['budget']}", meta={

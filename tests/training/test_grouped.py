@@ -21,7 +21,7 @@ from analysis.signals.context import prepare
 from analysis.store.cache import Store
 from analysis.training import group
 from analysis.training.retrain import retrain
-from analysis.training.runs import Request, train_runs
+from analysis.training.many_runs import Request, train_runs
 from tests.test_cli import cli
 from tests.training.test_retrain import _wait
 
@@ -98,7 +98,7 @@ def test_runs_trained_together_equal_the_same_runs_trained_alone(kind, tiny_mode
     # runs whose ranks, modules, seeds, rates, starts, dropout, decay and clipping all differ; trained as one group
     # in passes of two runs (the CPU's pass of 16 rows), runs of similar lengths together
     assert len({r.plan["trainable_params"] for r in requests}) == 4
-    monkeypatch.setattr("analysis.training.runs.CPU_PASS_ROWS", 16)
+    monkeypatch.setattr("analysis.training.many_runs.CPU_PASS_ROWS", 16)
     passes = []
     monkeypatch.setattr("analysis.training.group.passes", lambda lengths, per_pass, real=group.passes:
                         passes.append(per_pass) or real(lengths, per_pass))
@@ -122,7 +122,7 @@ def test_runs_trained_together_equal_the_same_runs_trained_alone(kind, tiny_mode
                                    rtol=1e-5, atol=1e-5)
         assert together.meta["init"] == request.config.init
     # either path finds the other's entries: nothing is trained again
-    monkeypatch.setattr("analysis.training.runs.train_group", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr("analysis.training.many_runs.train_group", lambda *a, **k: pytest.fail("trained again"))
     monkeypatch.setattr("analysis.training.retrain._train", lambda *a, **k: pytest.fail("trained again"))
     assert [e.key for e in train_runs(requests, alone_store)] == [e.key for e in alone]
     assert [retrain(r.plan, r.config, group_store).key for r in requests] == [e.key for e in grouped]
