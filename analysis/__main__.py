@@ -305,6 +305,11 @@ def cmd_compare(args) -> int:
                     _plan_options(args), _store(args), overrides=overrides, tune_lrs=list(chosen.tune_lr) or None,
                     baselines=chosen.baselines, adapters_at_once=chosen.adapters_at_once,
                     signal_limits=_signal_limits(args))
+    from analysis.signals import parallel
+    main = parallel.is_main()
+    parallel.stop()
+    if not main:   # another process of a launch: the main one reports
+        return 0
     task = entry.meta["task"]
     table, saved = formatted(entry.table(), task), savings(entry.table("runs"), task)
     text = markdown(table)

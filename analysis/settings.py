@@ -310,7 +310,7 @@ class TrainSettings(Group):
     test_size: int = setting(0, "test examples to evaluate on (0: the whole test split)", minimum=0)
     eval_split: str = setting("test", "the split the metrics come from: test, or validation (what learning-rate "
                                       "tuning selects on; never test)", choices=("test", "validation"))
-    max_grad_norm: float = setting(1.0, "clip each run's gradient to this norm before every step (0: no clipping)",
+    max_grad_norm: float = setting(0.0, "clip each run's gradient to this norm before every step (0: no clipping)",
                                    minimum=0.0)
     checkpoint_every: int = setting(50, "steps between resumable checkpoints", minimum=1)
     seed: int = setting(0, "training seed: the adapter's and the head's start and the data order (--seed is the "

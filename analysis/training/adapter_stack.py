@@ -1,7 +1,7 @@
 """K LoRA adapters, each with its own task head, on one frozen copy of a model.
 
-A step's input holds the adapters' batches one after another (adapter k owns rows k*b to (k+1)*b). The
-frozen layers run once over all of them; a forward hook on every adapted linear adds each adapter's LoRA
+A pass's input holds the adapters' batches one after another (adapter k owns rows k*b to (k+1)*b, or the
+adapters `only` names, in its order). The frozen layers run once over all of them; a forward hook on every adapted linear adds each adapter's LoRA
 to its own rows only: the rows viewed as (K, b*T, d_in), one batched product with A (K, r, d_in), the ranks
 masked and scaled, one batched product with B (K, d_out, r). Ranks are padded to the largest of the
 adapters in each module; the padding is zero, its mask is zero, so it gets no gradient and stays zero under
@@ -127,7 +127,7 @@ class AdapterStack:
         self.generators = [torch.Generator(device=device).manual_seed(dropout_seed(s.seed)) for s in starts]
         self.lengths: list[int] | None = None   # each adapter's own longest example this step (dropout's shape)
         self.training = False
-        self.active = slice(0, self.k)   # the adapters whose rows the input holds (see `only`)
+        self.active: slice | torch.Tensor = slice(0, self.k)   # whose rows the input holds (see `only`)
         self.head_modules = head_modules
         self._hooks = []
         self.attach()
@@ -142,14 +142,17 @@ class AdapterStack:
     # --- forward -----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def only(self, first: int, count: int):
-        """Forward passes whose input holds the rows of adapters first..first+count-1 only (an evaluation
+    def only(self, adapters: slice | list[int]):
+        """Forward passes whose input holds the rows of these adapters only, in this order (a step or an evaluation
         split into several passes)."""
-        self.active = slice(first, first + count)
+        self.active = adapters if isinstance(adapters, slice) else torch.as_tensor(adapters, device=self.device)
         try:
             yield
         finally:
             self.active = slice(0, self.k)
+
+    def _ids(self) -> list[int]:
+        return list(range(self.k))[self.active] if isinstance(self.active, slice) else self.active.tolist()
 
     def _view(self, key) -> torch.Tensor:
         return self.blocks[key].view(self.flat)[self.active]
@@ -166,11 +169,12 @@ class AdapterStack:
         return hook
 
     def _dropout(self, xs: torch.Tensor, path: str, shape: torch.Size) -> torch.Tensor:
-        """Each adapter's LoRA dropout on its own rows (training passes hold every adapter)."""
-        rows = shape[0] // self.k
+        """Each adapter's LoRA dropout on its own rows."""
+        ids = self._ids()
+        rows = shape[0] // len(ids)
         parts = []
-        for k, p in enumerate(self.dropouts[path]):
-            part = xs[k]
+        for position, k in enumerate(ids):
+            part, p = xs[position], self.dropouts[path][k]
             if p > 0:
                 full = (rows, *shape[1:])
                 own = (rows, self.lengths[k], *shape[2:]) if len(shape) == 3 else full

@@ -27,13 +27,14 @@ import pandas as pd
 
 from analysis.errors import UserError
 from analysis.settings import CompareSettings, Limits, PlanOptions, RunSettings, TrainSettings, to_dict
-from analysis.signals.context import prepare
+from analysis.signals import parallel
+from analysis.signals.context import prepare, resolve_device
 from analysis.planning.baselines import baseline_rows
 from analysis.planning.methods import UNIFORM, layout_for, make_plan
 from analysis.planning.plan_json import row_name
 from analysis.training.comparison_stats import PRIMARY, summarise
 from analysis.training.outcome import did_not_train
-from analysis.training.runs import Request, train_runs
+from analysis.training.many_runs import Request, train_runs
 from analysis.contract.result import Result
 from analysis.store.cache import Entry, Store
 
@@ -73,6 +74,7 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
     one copy of the model (None: as many as fit; 1: one by one). `signal_limits`: the limits of signals' own plan rules
     (CKA's block rank, GoRA's rank range) as chosen."""
     store = store or Store()
+    parallel.start(resolve_device(settings.device))   # under a launcher: join its processes (they share the runs)
     budgets = [budget] if isinstance(budget, str) else list(dict.fromkeys(budget))
     if not seeds:
         raise UserError("Give at least one seed.")
@@ -82,14 +84,23 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
     # Uniform LoRA is the first row, then the baselines that ask which modules, then the methods.
     baseline_methods, notes = baseline_rows(layout, list(baselines), limits)
     for note in notes:
-        print(f"note: {note}")
+        parallel.say(f"note: {note}")
     methods = [UNIFORM, *baseline_methods] + [m for m in dict.fromkeys(methods) if m not in (UNIFORM,
                                                                                              *baseline_methods)]
-    plans = {(b, method): make_plan(prepared.run, method, b, limits, options, overrides=overrides,
-                                    layout=layout, signal_limits=signal_limits) for b in budgets for method in methods}
+    plans, left_out_plans = {}, {}
+    for b in budgets:
+        for method in methods:
+            try:
+                plans[(b, method)] = make_plan(prepared.run, method, b, limits, options, overrides=overrides,
+                                               layout=layout, signal_limits=signal_limits)
+            except UserError as error:   # a method whose rule cannot spend this budget (CKA's block at r1) sits it out
+                if method == UNIFORM:
+                    raise
+                left_out_plans[f"{b}/{method}"] = str(error)
+                parallel.say(f"note: {method} is left out at {b}: {error}")
     for (b, method), plan in plans.items():
         for warning in plan["warnings"]:
-            print(f"note ({method} at {b}): {warning}")
+            parallel.say(f"note ({method} at {b}): {warning}")
     rows, tuning_rows, chosen = [], [], {}
     started = time.time()
     final = dataclasses.replace(config, eval_split="test")
@@ -97,7 +108,8 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
     if tune_lrs:   # every method's tuning runs first (trained together), then every final run
         trials = {(b, m): [(rate, dataclasses.replace(final, lr=rate, seed=seeds[0], eval_split="validation"))
                            for rate in tune_lrs] for (b, m) in plans}
-        print(f"tuning: {len(plans)} plans x {len(tune_lrs)} rates (seed {seeds[0]}, validation)", flush=True)
+        parallel.say(f"tuning: {len(plans)} plans x {len(tune_lrs)} rates (seed {seeds[0]}, validation)",
+                     flush=True)
         entries = iter(train_runs([Request(plans[pair], trial, f"{pair[1]} · {pair[0]} · lr {rate:g} (tuning)")
                                    for pair, tried in trials.items() for rate, trial in tried], store,
                                   adapters_at_once, counted=(0, total)))
@@ -109,14 +121,14 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
     else:
         chosen = {f"{b}/{m}": config.lr for (b, m) in plans}
     finals = [((b, method), seed) for (b, method) in plans for seed in seeds]
-    print(f"training: {len(plans)} plans x {len(seeds)} seeds", flush=True)
+    parallel.say(f"training: {len(plans)} plans x {len(seeds)} seeds", flush=True)
     entries = train_runs([Request(plans[pair], dataclasses.replace(final, lr=chosen[f"{pair[0]}/{pair[1]}"], seed=seed),
                                   f"{pair[1]} · {pair[0]} · seed {seed}") for pair, seed in finals], store,
                          adapters_at_once, counted=(total - len(finals), total))
     for ((b, method), seed), entry in zip(finals, entries):
         rows.append({**_row(method, b, plans[(b, method)], seed, entry, task), "init": final.init})   # which start
         if rows[-1]["did_not_train"]:
-            print(f"  {method} at {b}, seed {seed} did not train: {rows[-1]['did_not_train']}", flush=True)
+            parallel.say(f"  {method} at {b}, seed {seed} did not train: {rows[-1]['did_not_train']}", flush=True)
     runs = pd.DataFrame(rows)
     tuning = pd.DataFrame(tuning_rows)
     summary = summarise(runs, task)
@@ -130,8 +142,13 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
             "seeds": seeds, "methods": methods, "baselines": list(baselines), "config": to_dict(config),
             "tune_lrs": list(tune_lrs or []), "chosen_lrs": chosen,
             "left_out": int(runs["did_not_train"].notna().sum()),
-            "plans": {f"{b}/{m}": p for (b, m), p in plans.items()}, "seconds": round(time.time() - started, 1)}
+            "plans": {f"{b}/{m}": p for (b, m), p in plans.items()}, "left_out_plans": left_out_plans, "seconds": round(time.time() - started, 1)}
     tables = {"runs": runs}
     if len(tuning):
         tables["tuning"] = tuning
-    return store.put(key, Result(summary, tables=tables), meta)
+    if not parallel.is_main():   # a launch's other processes read what the main one writes
+        parallel.barrier()
+        return store.get(key)
+    entry = store.put(key, Result(summary, tables=tables), meta)
+    parallel.barrier()
+    return entry

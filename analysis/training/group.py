@@ -7,7 +7,7 @@ schedule, weight decay and clipping are its own (training/grouped_adamw.py). Its
 own rows, so the sum the backward pass takes gives each adapter exactly its own gradient.
 
 A group needs runs of one setting (data, model, split) and one step count, batch size and evaluation;
-training/runs.py forms the groups. Every `checkpoint_every` steps the whole group's state goes to
+training/many_runs.py forms the groups. Every `checkpoint_every` steps the whole group's state goes to
 <cache>/retrain/group-<members>/checkpoint.pt; started again with the same runs, it resumes there.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ from analysis.model.layout import layout_of
 from analysis.model.sources import load_model
 from analysis.planning.plan_json import check_peft_model, lora_config, validate
 from analysis.settings import TrainSettings
+from analysis.signals import parallel
 from analysis.signals.context import with_lm_labels
 from analysis.store.cache import Entry, Store
 from analysis.training.adapter_init import initialise
@@ -173,22 +174,37 @@ def group_key(runs: list[Run]) -> str:
     return Store.key("group", sorted(r.key for r in runs))
 
 
+def passes(lengths: list[int], per_pass: int) -> list[slice | list[int]]:
+    """The forward passes of one step: every run in one pass when they fit, else runs of similar longest
+    examples together (each pass is padded to its own longest, so sorting by length saves the padding)."""
+    if per_pass >= len(lengths):
+        return [slice(0, len(lengths))]
+    by_length = np.argsort(lengths, kind="stable").tolist()
+    return [by_length[first: first + per_pass] for first in range(0, len(lengths), per_pass)]
+
+
 def train_step(stack: AdapterStack, optimizer: GroupedAdamW, tokens: Pretokenised, order: DataOrder, runs: list[Run],
-               step: int, task: str, schedules: list) -> torch.Tensor:
-    """One step of every run of the group; (K,) losses, left on the device."""
+               step: int, task: str, schedules: list, per_pass: int | None = None) -> torch.Tensor:
+    """One step of every run of the group, `per_pass` runs per forward and backward pass (default: all); each
+    run's rows are in one pass, so its gradient is its own whatever the passes; (K,) losses, on the device."""
     rows = [order.rows(step, r.config.batch_size, r.config.seed) for r in runs]
     stack.lengths = [int(tokens.lengths[r].max()) for r in rows]
-    batch = tokens.batch(np.concatenate(rows))
-    if task != "classification":
-        batch = with_lm_labels(batch)
-    logits = stack.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    losses = per_run_losses(logits, batch, stack.k, task)
-    losses.sum().backward()
+    losses = torch.empty(stack.k, device=stack.device)
+    for adapters in passes(stack.lengths, per_pass or stack.k):
+        ids = list(range(stack.k))[adapters] if isinstance(adapters, slice) else adapters
+        batch = tokens.batch(np.concatenate([rows[k] for k in ids]))
+        if task != "classification":
+            batch = with_lm_labels(batch)
+        with stack.only(adapters):
+            logits = stack.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        part = per_run_losses(logits, batch, len(ids), task)
+        part.sum().backward()
+        losses[adapters if isinstance(adapters, slice) else torch.as_tensor(ids, device=stack.device)] = part.detach()
     optimizer.clip([r.config.max_grad_norm for r in runs])
     lrs = torch.tensor([r.config.lr * schedule(step) for r, schedule in zip(runs, schedules)])
     optimizer.step(lrs.to(stack.device, non_blocking=True))
     optimizer.zero_grad()
-    return losses.detach()
+    return losses
 
 
 @torch.no_grad()
@@ -214,7 +230,7 @@ def evaluate(stack: AdapterStack, frozen: FrozenModel, runs: list[Run], rows_per
             m = min(per_pass, k - first)
             chunk_inputs = {key: value[first * len(batch["input_ids"]): (first + m) * len(batch["input_ids"])]
                             for key, value in inputs.items()}
-            with stack.only(first, m):
+            with stack.only(slice(first, first + m)):
                 chunks.append(stack.model(**chunk_inputs).logits)
         logits = torch.cat(chunks)
         n = len(batch["input_ids"])
@@ -253,9 +269,9 @@ def _restore(path: Path, stack: AdapterStack, optimizer: GroupedAdamW) -> tuple[
     return state["step"], state["losses"], state["elapsed"]
 
 
-def train_group(runs: list[Run], frozen: FrozenModel, rows_per_pass: int | None = None) -> list[Entry]:
-    """Train the runs together (each as `retrain` would alone) and store each one's entry under its key.
-    `rows_per_pass`: most rows an evaluation pass may hold (default: a training step's)."""
+def train_group(runs: list[Run], frozen: FrozenModel, per_pass: int | None = None) -> list[Entry]:
+    """Train the runs together (each as `retrain` would alone) and store each one's entry under its key,
+    `per_pass` runs per forward and backward pass (default: all)."""
     prepared, store, config = frozen.prepared, frozen.prepared.store, runs[0].config
     assert len({shared_settings(r.config) for r in runs}) == 1, "a group's runs share steps, batch and evaluation"
     work = store.root / "retrain" / group_key(runs)
@@ -280,7 +296,8 @@ def train_group(runs: list[Run], frozen: FrozenModel, rows_per_pass: int | None 
         stack.training = True
         steps = range(start, config.steps)
         for step in progress(steps, total=len(steps), desc=f"retrain {len(runs)} adapters", unit="step"):
-            pending.append(train_step(stack, optimizer, tokens, order, runs, step, prepared.task, schedules))
+            pending.append(train_step(stack, optimizer, tokens, order, runs, step, prepared.task, schedules,
+                                      per_pass))
             done = step + 1
             if done % 10 == 0 or done % config.checkpoint_every == 0 or done == config.steps:
                 new = torch.stack(pending).float().cpu().T.tolist()
@@ -292,13 +309,14 @@ def train_group(runs: list[Run], frozen: FrozenModel, rows_per_pass: int | None 
                 _save(checkpoint, stack, optimizer, done, losses, time.perf_counter() - started)
         stack.training = False
         train_seconds = time.perf_counter() - started
-        metrics = evaluate(stack, frozen, runs, rows_per_pass or len(runs) * config.batch_size)
+        metrics = evaluate(stack, frozen, runs, (per_pass or len(runs)) * config.batch_size)
         seconds = time.perf_counter() - started
         entries = []
         for k, run in enumerate(runs):
             # each run's share of the group's time, and the group it trained in
             timing = {"train_seconds": round(train_seconds / len(runs), 3), "seconds": round(seconds / len(runs), 3),
                       "processes": 1, "device": str(prepared.device), "adapters_at_once": len(runs),
+                      "launched_rank": parallel.rank(),
                       "group_seconds": round(seconds, 3)}
             entries.append(store_run(store, run.key, run.plan, run.config, prepared, metrics[k], losses[k],
                                      stack.head_state(k), frozen.saved_adapter(run.plan, stack.lora_state(k)),

@@ -12,7 +12,7 @@ What a run is (version 3), on this path and on the many-adapters path (training/
 model runs as in evaluation (its own dropout off; decoders such as Llama have none anyway), so a run's
 randomness is its seed's: the data order, the head's and the adapter's initialisation and the LoRA dropout
 masks, drawn from a generator of the run's own. LoRA weights and the head are float32 whatever the base
-model's dtype. Each step clips the run's gradient to `max_grad_norm` and takes an AdamW step.
+model's dtype. Each step clips the run's gradient to `max_grad_norm` (when set) and takes an AdamW step.
 
 This module trains one run in its own process: peft's model, torch's AdamW. It is the reference the
 grouped path is tested against, and the path `retrain --plan` and data-parallel launches take.

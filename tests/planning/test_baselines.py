@@ -115,7 +115,7 @@ def test_a_comparison_puts_the_baselines_after_uniform_and_before_the_methods(tm
     from analysis.settings import TrainSettings
     from analysis.training import compare as comparison
 
-    def fake_runs(requests, store, adapters_at_once=None):
+    def fake_runs(requests, store, adapters_at_once=None, counted=None):
         return [SimpleNamespace(key=f"run-{r.plan['signal']}-{r.plan['budget']}-{r.config.seed}", meta={
             "config": {"lr": r.config.lr}, "metrics": {"accuracy": 0.8, "f1": 0.8, "test_loss": 0.5},
             "train_seconds": 1.0, "did_not_train": None}) for r in requests]

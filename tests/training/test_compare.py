@@ -155,7 +155,7 @@ def test_a_comparison_reports_run_k_of_n_over_tuning_and_seeds(tmp_path, monkeyp
     whether runs train one at a time or together."""
     from analysis.settings import RunSettings, TrainSettings
     from analysis.store.cache import Store
-    from analysis.training import compare as comparison, runs as training
+    from analysis.training import compare as comparison, many_runs as training
 
     def fake_entry(plan, config, *args, **kwargs):   # what compare reads from a finished run
         return SimpleNamespace(key=f"run-{config.lr}-{config.seed}-{plan['budget']}", meta={
@@ -181,3 +181,38 @@ def test_a_comparison_reports_run_k_of_n_over_tuning_and_seeds(tmp_path, monkeyp
                            adapters_at_once=size)
         assert [k for _, k, _ in phases] == expected and {n for _, _, n in phases} == {10}
     assert phases[0][0] == "runs 1-3 of 10" and phases[-1][0] == "runs 8-10 of 10"
+
+
+def test_a_method_that_cannot_spend_a_budget_sits_that_budget_out(tmp_path, monkeypatch):
+    """CKA's smallest block does not fit r1 on MiniLM: the comparison goes on without that cell, says why, and keeps
+    the method at the budgets it fits (a plan uniform LoRA cannot make still stops it)."""
+    from analysis.errors import UserError
+    from analysis.settings import RunSettings, TrainSettings
+    from analysis.store.cache import Store
+    from analysis.training import compare as comparison, many_runs as training
+
+    real_plan = comparison.make_plan
+
+    def plan_or_refuse(run, method, budget, *args, **kwargs):
+        if method == "blocky" and budget == "r1":
+            raise UserError("A budget of 1 parameters does not fit a single block at rank 8.")
+        return real_plan(run, "uniform" if method == "blocky" else method, budget, *args, **kwargs)
+
+    def fake_entry(plan, config, *args, **kwargs):
+        return SimpleNamespace(key=f"run-{config.seed}-{plan['budget']}-{id(plan)}", meta={
+            "config": {"lr": config.lr}, "metrics": {"accuracy": 0.8, "f1": 0.8, "test_loss": 0.5},
+            "train_seconds": 1.0, "did_not_train": None})
+
+    monkeypatch.setattr(comparison, "make_plan", plan_or_refuse)
+    monkeypatch.setattr(training, "retrain", fake_entry)
+    entry = comparison.compare(RunSettings(val_size=16, device="cpu"), ["blocky"], ["r1", "r2"], [0, 1],
+                               TrainSettings(), store=Store(tmp_path), baselines=(), adapters_at_once=1)
+    runs = entry.table("runs")
+    assert sorted(set(zip(runs["budget"], runs["method"]))) == [("r1", "uniform"), ("r2", "blocky"),
+                                                                    ("r2", "uniform")]
+    assert list(entry.meta["left_out_plans"]) == ["r1/blocky"]
+    assert "does not fit a single block" in entry.meta["left_out_plans"]["r1/blocky"]
+    monkeypatch.setattr(comparison, "make_plan", lambda *a, **k: (_ for _ in ()).throw(UserError("no plan")))
+    with pytest.raises(UserError, match="no plan"):
+        comparison.compare(RunSettings(val_size=16, device="cpu"), ["blocky"], ["r1"], [0], TrainSettings(),
+                           store=Store(tmp_path), baselines=(), adapters_at_once=1)

@@ -19,8 +19,9 @@ from analysis.planning.plan_json import build_plan
 from analysis.settings import PlanOptions, RunSettings, TrainSettings
 from analysis.signals.context import prepare
 from analysis.store.cache import Store
+from analysis.training import group
 from analysis.training.retrain import retrain
-from analysis.training.runs import Request, train_runs
+from analysis.training.many_runs import Request, train_runs
 from tests.test_cli import cli
 from tests.training.test_retrain import _wait
 
@@ -94,10 +95,16 @@ def test_runs_trained_together_equal_the_same_runs_trained_alone(kind, tiny_mode
     alone_store, group_store = Store(tmp_path / "alone"), Store(tmp_path / "group")
     prepared = prepare(settings, alone_store)
     requests = _requests(prepared)
-    # runs whose ranks, modules, seeds, rates, starts, dropout, decay and clipping all differ
+    # runs whose ranks, modules, seeds, rates, starts, dropout, decay and clipping all differ; trained as one group
+    # in passes of two runs (the CPU's pass of 16 rows), runs of similar lengths together
     assert len({r.plan["trainable_params"] for r in requests}) == 4
+    monkeypatch.setattr("analysis.training.many_runs.CPU_PASS_ROWS", 16)
+    passes = []
+    monkeypatch.setattr("analysis.training.group.passes", lambda lengths, per_pass, real=group.passes:
+                        passes.append(per_pass) or real(lengths, per_pass))
     grouped = train_runs(requests, group_store, adapters_at_once=4)
     assert all(e.meta["adapters_at_once"] == 4 for e in grouped)
+    assert passes[:2] == [1, 2] and set(passes[2:]) == {2}   # the memory probe, then every step
     alone = [retrain(r.plan, r.config, alone_store) for r in requests]
     texts = prepared.splits.test["text"].iloc[:6].tolist()
     from analysis.model.sources import load_model
@@ -115,7 +122,7 @@ def test_runs_trained_together_equal_the_same_runs_trained_alone(kind, tiny_mode
                                    rtol=1e-5, atol=1e-5)
         assert together.meta["init"] == request.config.init
     # either path finds the other's entries: nothing is trained again
-    monkeypatch.setattr("analysis.training.runs.train_group", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr("analysis.training.many_runs.train_group", lambda *a, **k: pytest.fail("trained again"))
     monkeypatch.setattr("analysis.training.retrain._train", lambda *a, **k: pytest.fail("trained again"))
     assert [e.key for e in train_runs(requests, alone_store)] == [e.key for e in alone]
     assert [retrain(r.plan, r.config, group_store).key for r in requests] == [e.key for e in grouped]
@@ -164,9 +171,10 @@ def test_lora_dropout_draws_each_adapters_masks_as_its_run_alone_would():
 @pytest.mark.slow
 def test_a_killed_group_resumes_from_its_checkpoint_and_ends_as_if_never_stopped(tiny_models, tmp_path):
     from analysis.jobs import launch as jobs
-    args = ["compare", "--model", str(tiny_models / "encoder"), "--signals", "uniform", "--seeds", "0,1,2",
-            "--tune-lr", "off", "--steps", "40", "--checkpoint-every", "10", "--train-batch-size", "8",
-            "--test-size", "40", "--val-size", "16", "--device", "cpu", "--adapters-at-once", "3"]
+    args = ["compare", "--model", str(tiny_models / "encoder"), "--signals", "uniform", "--baselines", "none",
+            "--seeds", "0,1,2", "--tune-lr", "off", "--steps", "40", "--checkpoint-every", "10",
+            "--train-batch-size", "8", "--test-size", "40", "--val-size", "16", "--device", "cpu",
+            "--adapters-at-once", "3"]
     killed, fresh = tmp_path / "killed", tmp_path / "fresh"
     job_id = jobs.start_job(args, killed)
     checkpoint = lambda: next(iter(killed.glob("retrain/group-*/checkpoint.pt")), None)   # noqa: E731
@@ -222,3 +230,45 @@ def test_default_start_draws_what_peft_draws(make):
         for path, (a, b, scale, dropout) in made.items():
             assert torch.equal(mine[path][0], a) and torch.equal(mine[path][1], b)
             assert mine[path][2:] == pytest.approx((scale, dropout))
+
+
+@pytest.mark.slow
+def test_a_launch_spreads_the_runs_over_its_processes_each_trained_whole_and_as_alone(tiny_models, tmp_path):
+    """Two gloo processes under torchrun (as one process per GPU): each trains its share of the comparison's runs
+    together, the main one writes the comparison, and every run equals the one-process run under the same key."""
+    import subprocess
+    import sys
+
+    from tests.test_cli import REPO
+    # no --signals: torchrun would take it for its own --signals-to-handle; with no signal cached, uniform alone
+    args = ["compare", "--model", str(tiny_models / "encoder"), "--baselines", "none",
+            "--seeds", "0,1,2,3", "--tune-lr", "off", "--steps", "6", "--train-batch-size", "8", "--test-size", "24",
+            "--val-size", "16", "--device", "cpu", "--adapters-at-once", "2"]
+    launched, single = tmp_path / "launched", tmp_path / "single"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "analysis",
+                           *args], cwd=REPO, env={**os.environ, "ANALYSIS_CACHE_DIR": str(launched)},
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = cli(single, *args)
+    assert alone.returncode == 0
+    assert done.stdout.count("| uniform |") == alone.stdout.count("| uniform |") > 0   # one process reports
+    assert done.stdout.count("training: 1 plans x 4 seeds") == 1
+    keys = sorted(p.name for p in launched.glob("entries/retrain-*"))
+    assert keys == sorted(p.name for p in single.glob("entries/retrain-*")) and len(keys) == 4
+    ranks = []
+    for key in keys:
+        spread, alone = Store(launched).get(key), Store(single).get(key)
+        ranks.append(spread.meta["launched_rank"])
+        assert spread.meta["adapters_at_once"] == 2 and spread.meta["processes"] == 1
+        np.testing.assert_allclose(spread.table("curve")["loss"], alone.table("curve")["loss"], rtol=1e-5)
+        assert spread.meta["metrics"] == pytest.approx(alone.meta["metrics"], rel=1e-5)
+    assert sorted(ranks) == [0, 0, 1, 1]
+    assert len(list(launched.glob("entries/comparison-*"))) == 1
+
+
+def test_a_steps_passes_take_every_run_once_runs_of_similar_lengths_together():
+    from analysis.training.group import passes
+    assert passes([5, 9, 3], 3) == [slice(0, 3)]   # one pass when they fit
+    made = passes([40, 12, 33, 12, 7, 25, 31], 3)
+    assert sorted(k for part in made for k in part) == list(range(7)) and [len(p) for p in made] == [3, 3, 1]
+    assert made[0] == [4, 1, 3] and made[-1] == [0]   # shortest first, ties in run order

@@ -4,15 +4,17 @@
 trained `adapters_at_once` at a time on one copy of the model (training/group.py), or one by one through
 `retrain` when that is 1. Either way a run ends as the entry `retrain` would write, under the same key, so
 each path finds the other's results. A run another process is training (its key locked) is left to that
-process and read once it is done.
+process and read once it is done. Under a launcher with several processes (one GPU each), the runs are
+spread over the processes and each process trains its share together.
 
-The default group size is what fits in the device's memory, from a measured cost: one training step of one
-adapter and of two, at the split's longest examples, gives the memory a further adapter costs (CUDA's peak
-allocation; on the CPU, the bytes autograd saves for the backward pass plus the adapters' own state).
+The default group size is what fits in the device's memory, from a measured cost (`group_sizes`): one training
+step of one adapter and of two, at the split's longest examples, gives the memory a further adapter costs in a
+forward and backward pass (CUDA's peak allocation; on the CPU, the bytes autograd saves for the backward pass)
+and what it keeps between steps. A step may take several passes, runs of similar lengths together.
 """
 from __future__ import annotations
 
-import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,13 +23,15 @@ import torch
 from analysis.errors import UserError
 from analysis.contract.progress import phase
 from analysis.settings import RunSettings, TrainSettings, from_dict
-from analysis.signals.context import prepare
+from analysis.signals import parallel
+from analysis.signals.context import prepare, resolve_device
 from analysis.store.cache import Entry, Store
 from analysis.training.group import FrozenModel, Run, shared_settings, train_group
 from analysis.training.retrain import retrain, retrain_key
 
 MEMORY_SHARE = 0.85   # of the free memory a group may plan for (the rest: allocator slack, evaluation)
 MAX_AT_ONCE = 512
+CPU_PASS_ROWS = 128   # rows per pass on the CPU: its matrix products are as fast per row from about here
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,11 @@ def train_runs(requests: list[Request], store: Store, adapters_at_once: int | No
     if len(settings) != 1:
         raise UserError("Runs trained together must share one model, data set and split.")
     run_settings = from_dict(RunSettings, requests[0].plan.get("settings"), **({"device": device} if device else {}))
+    # Under a launcher (torchrun, accelerate launch) the runs are spread over the processes, each run trained
+    # whole by one of them on its own GPU (one at a time, a run is trained data-parallel by all of them instead).
+    spread = int(os.environ.get("WORLD_SIZE", "1")) > 1 and adapters_at_once != 1
+    if spread:
+        parallel.start(resolve_device(run_settings.device))   # compare has joined already; a direct caller may not
     prepared = prepare(run_settings, store, warn=None)
     runs = [Run(r.plan, r.config, retrain_key(prepared.key, r.plan, r.config), r.label) for r in requests]
     found: dict[str, Entry] = {}
@@ -58,13 +67,20 @@ def train_runs(requests: list[Request], store: Store, adapters_at_once: int | No
     before, total = counted or (0, len(runs))
     done = before + len(runs) - len(todo)
     if todo and adapters_at_once != 1:
-        trained = _grouped(todo, prepared, adapters_at_once, done, total)
+        share = todo[parallel.rank()::parallel.count()] if spread else todo
+        trained = _grouped(share, prepared, adapters_at_once, done, total)
+        if spread:   # every process's runs, once all are stored
+            parallel.barrier()
+            trained = {run.key: entry for run in todo if (entry := store.get(run.key))}
         found.update(trained)
         done += len(trained)
     for run in [r for r in todo if r.key not in found]:   # one at a time, or held by another process
         done += 1
         phase(f"run {done} of {total}: {run.label}", done, total)
         found[run.key] = retrain(run.plan, run.config, store, device=device, label=run.label)
+    if parallel.count() > 1:   # data-parallel runs: only the main process wrote them
+        parallel.barrier()
+        found = {run.key: found.get(run.key) or store.get(run.key) for run in runs}
     return [found[run.key] for run in runs]
 
 
@@ -85,15 +101,16 @@ def _grouped(todo: list[Run], prepared, adapters_at_once: int | None, done: int,
         if not mine:
             return found
         frozen = FrozenModel(prepared)
-        size = adapters_at_once or fitting_group_size(frozen, mine)
+        size, per_pass = group_sizes(frozen, mine, adapters_at_once)
         batches = {}
         for run in mine:
             batches.setdefault(shared_settings(run.config), []).append(run)
         groups = [same[i: i + size] for same in batches.values() for i in range(0, len(same), size)]
         for group in groups:
             phase(f"runs {done + 1}-{done + len(group)} of {total}, {len(group)} trained together", done + 1, total)
-            print(f"runs {done + 1}-{done + len(group)} of {total}: {len(group)} adapters together", flush=True)
-            for entry in train_group(group, frozen):
+            parallel.say(f"runs {done + 1}-{done + len(group)} of {total}: {len(group)} adapters together, "
+                         f"{min(per_pass, len(group))} per pass", flush=True)
+            for entry in train_group(group, frozen, per_pass):
                 found[entry.key] = entry
             done += len(group)
     finally:
@@ -102,16 +119,19 @@ def _grouped(todo: list[Run], prepared, adapters_at_once: int | None, done: int,
     return found
 
 
-def fitting_group_size(frozen: FrozenModel, runs: list[Run]) -> int:
-    """How many of these runs fit in the device's memory at once, from one measured training step of one
-    adapter and of two (the runs' largest plan, the split's longest examples)."""
+def group_sizes(frozen: FrozenModel, runs: list[Run], adapters_at_once: int | None = None) -> tuple[int, int]:
+    """(runs trained together, runs per forward and backward pass). Measured: one training step of one adapter
+    and of two, in one pass at the split's longest examples with the runs' largest plan, gives what a further
+    adapter costs in a pass (its activations) and what every adapter of the group keeps (its weights, gradient
+    and AdamW moments). The group is as many runs as half the free memory keeps, at most MAX_AT_ONCE (or
+    `adapters_at_once`); a pass as many as the rest holds, on the CPU at most CPU_PASS_ROWS rows."""
     from analysis.training.adapter_stack import AdapterStack
     from analysis.training.grouped_adamw import GroupedAdamW
     from analysis.training.group import train_step
     from analysis.training.steps import DataOrder, Pretokenised
 
-    if len(runs) == 1:
-        return 1
+    if len(runs) == 1 or adapters_at_once == 1:
+        return 1, 1
     prepared = frozen.prepared
     largest = max(runs, key=lambda r: r.plan["trainable_params"])
     start = frozen.start(largest)
@@ -130,15 +150,22 @@ def fitting_group_size(frozen: FrozenModel, runs: list[Run]) -> int:
             order = DataOrder(len(longest))
             costs.append(_peak_bytes(lambda: train_step(stack, optimizer, tokens, order, probe, 0, prepared.task,
                                                         [lambda step: 1.0] * k), stack, optimizer, prepared.device))
+            state = 4 * stack.flat[0].numel() * stack.flat.element_size()   # weights, gradient, two moments
         finally:
             stack.remove()
     per_adapter = max(1, costs[1] - costs[0])
     fixed = max(0, costs[0] - per_adapter)
-    available = _free_bytes(prepared.device) * MEMORY_SHARE - fixed
-    size = int(max(1, min(MAX_AT_ONCE, len(runs), math.floor(available / per_adapter))))
-    print(f"adapters at once: {size} (one more adapter costs {per_adapter / 2**20:.0f} MiB at the longest batch; "
-          f"{_free_bytes(prepared.device) / 2**30:.1f} GiB free)", flush=True)
-    return size
+    free = _free_bytes(prepared.device)
+    available = free * MEMORY_SHARE - fixed
+    size = adapters_at_once or int(max(2, min(MAX_AT_ONCE, len(runs), available / 2 // state)))
+    size = min(size, len(runs))
+    per_pass = int(max(1, min(size, (available - size * state) // per_adapter)))
+    if prepared.device.type == "cpu":   # the CPU gains little from wide passes and pays for their padding
+        per_pass = min(per_pass, max(1, CPU_PASS_ROWS // largest.config.batch_size))
+    parallel.say(f"adapters at once: {size}, {per_pass} per pass (a further adapter costs {per_adapter / 2**20:.0f} MiB "
+                 f"in a pass at the longest batch and keeps {state / 2**20:.1f} MiB; {free / 2**30:.1f} GiB free)",
+                 flush=True)
+    return size, per_pass
 
 
 def _lengths(frozen: FrozenModel, texts: list[str], max_length: int) -> np.ndarray:
