@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -42,6 +43,21 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("session-cache")
+
+
+@pytest.fixture(scope="session")
+def dequantized_smollm2(tmp_path_factory) -> Path:
+    """A cache holding only the embedded SmolLM2 dequantized from its GGUF (about 20 s), made once per session."""
+    from analysis.model.sources import resolve_model
+    root = tmp_path_factory.mktemp("smollm2-dequantized")
+    resolve_model("smollm2", root)
+    return root
+
+
+def with_smollm2(cache: Path, dequantized: Path) -> Path:
+    """`cache` given the session's dequantized SmolLM2 as hard links, as if an earlier run had made it there."""
+    shutil.copytree(dequantized / "models", Path(cache) / "models", copy_function=os.link, dirs_exist_ok=True)
+    return cache
 
 
 @pytest.fixture(scope="session")
