@@ -23,6 +23,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "0")  # hub names must fail by reaching 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with the most slow tests first, each file's tests kept together in their order (so a module's fixtures
+    are made once): `make test`'s two processes then share the long tests out early instead of one process
+    finishing them alone at the end."""
+    files: dict[str, list] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+    slow = {name: sum(bool(t.get_closest_marker("slow")) for t in tests) for name, tests in files.items()}
+    items[:] = [t for name in sorted(files, key=lambda name: -slow[name]) for t in files[name]]
+
+
 @pytest.fixture(autouse=True)
 def restore_main_module():
     """Streamlit's AppTest leaves the page installed as sys.modules["__main__"]; spawned worker
