@@ -25,9 +25,13 @@ system-packages:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium poppler-utils; \
 	  else echo "The tests need Debian's chromium and poppler-utils: sudo apt-get install chromium poppler-utils"; exit 1; fi; }
 
-# pytest exits 5 when it collected nothing; that is a failure, not a pass.
+# Two test processes (pytest-xdist), one per core of a two-core machine, each with one torch thread
+# (tests/conftest.py); a process that runs out of tests takes some of the other's. pytest exits 5 when it
+# collected nothing; that is a failure, not a pass.
+PARALLEL := -n 2 --dist worksteal
+
 test: $(STAMP) system-packages
-	$(BIN)/python -m pytest -q; code=$$?; if [ $$code -eq 5 ]; then echo "no tests ran"; fi; exit $$code
+	$(BIN)/python -m pytest -q $(PARALLEL); code=$$?; if [ $$code -eq 5 ]; then echo "no tests ran"; fi; exit $$code
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(PARALLEL) -m "not slow"

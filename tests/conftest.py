@@ -4,15 +4,34 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# One BLAS thread per process, this one and every process a test starts (set before torch is imported): the
+# suite's models are small, and on two shared cores a second thread mostly waits for the first (a tiny Llama's
+# backward pass took 25 times as long with two as with one on a busy machine); `make test` runs two test
+# processes instead, one per core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 os.environ.setdefault("HF_HUB_OFFLINE", "0")  # hub names must fail by reaching for the network, as for users
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with the most slow tests first, each file's tests kept together in their order (so a module's fixtures
+    are made once): `make test`'s two processes then share the long tests out early instead of one process
+    finishing them alone at the end."""
+    files: dict[str, list] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+    slow = {name: sum(bool(t.get_closest_marker("slow")) for t in tests) for name, tests in files.items()}
+    items[:] = [t for name in sorted(files, key=lambda name: -slow[name]) for t in files[name]]
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +57,21 @@ def session_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def dequantized_smollm2(tmp_path_factory) -> Path:
+    """A cache holding only the embedded SmolLM2 dequantized from its GGUF (about 20 s), made once per session."""
+    from analysis.model.sources import resolve_model
+    root = tmp_path_factory.mktemp("smollm2-dequantized")
+    resolve_model("smollm2", root)
+    return root
+
+
+def with_smollm2(cache: Path, dequantized: Path) -> Path:
+    """`cache` given the session's dequantized SmolLM2 as hard links, as if an earlier run had made it there."""
+    shutil.copytree(dequantized / "models", Path(cache) / "models", copy_function=os.link, dirs_exist_ok=True)
+    return cache
+
+
+@pytest.fixture(scope="session")
 def minilm(session_cache):
     from analysis.model.sources import load_model, resolve_model
     return load_model(resolve_model("minilm", session_cache), "classification", num_labels=2, seed=0)
@@ -48,8 +82,7 @@ def small_comparison(tmp_path_factory, minilm):
     """A real comparison on the CPU, as small as one can be with every kind of row: a tiny Llama (2 blocks of width
     32, MiniLM's tokenizer) as a causal LM on 200 short sentences; uniform LoRA on q_proj and v_proj (peft's default
     for Llama), the three module baselines and grad_norm's plan; budgets r8 and r16; seeds 0 and 1; 12 steps at one
-    rate; 16 test examples. Made by the command line (`run`, then `compare --out`), on one CPU thread (on two
-    shared cores, two threads made each step of this tiny model ten times slower): (cache folder, --out folder)."""
+    rate; 16 test examples. Made by the command line (`run`, then `compare --out`): (cache folder, --out folder)."""
     from analysis.__main__ import main
 
     root = tmp_path_factory.mktemp("small-comparison")
@@ -64,15 +97,10 @@ def small_comparison(tmp_path_factory, minilm):
                                                                                              index=False)
     common = ["--model", str(root / "model"), "--data", str(root / "text.csv"), "--val-size", "16", "--device",
               "cpu", "--cache-dir", str(root / "cache")]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["run", *common, "--signals", "grad_norm"]) == 0
-        assert main(["compare", *common, "--signals", "grad_norm", "--modules", "q_proj,v_proj", "--budgets",
-                     "r8,r16", "--seeds", "0,1", "--steps", "12", "--test-size", "16", "--train-batch-size", "8",
-                     "--tune-lr", "off", "--lr", "1e-2", "--out", str(root / "out")]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["run", *common, "--signals", "grad_norm"]) == 0
+    assert main(["compare", *common, "--signals", "grad_norm", "--modules", "q_proj,v_proj", "--budgets",
+                 "r8,r16", "--seeds", "0,1", "--steps", "12", "--test-size", "16", "--train-batch-size", "8",
+                 "--tune-lr", "off", "--lr", "1e-2", "--out", str(root / "out")]) == 0
     return root / "cache", root / "out"
 
 

@@ -3,15 +3,11 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import torch
-
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def test_bench_allocators_runs_at_tiny_size(tmp_path):
     sys.path.insert(0, str(BENCH))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # tiny matrices: extra BLAS threads on a busy 2-core machine only wait
     try:
         spec = importlib.util.spec_from_file_location("bench_allocators", BENCH / "bench_allocators.py")
         bench = importlib.util.module_from_spec(spec)
@@ -20,7 +16,6 @@ def test_bench_allocators_runs_at_tiny_size(tmp_path):
                              "--length", "16", "--batch-size", "2", "--repeats", "1", "--out", str(tmp_path / "r.json")])
     finally:
         sys.path.remove(str(BENCH))
-        torch.set_num_threads(threads)
     tiny = report["tiny"]
     assert tiny["eva"]["forwards"] == 3 and tiny["eva"]["vs_forward"] > 0
     assert tiny["gora"]["vs_forward_backward"] > 0

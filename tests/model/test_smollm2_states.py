@@ -12,7 +12,7 @@ from skdim.id import TwoNN
 from analysis.settings import RunSettings
 from analysis.signals.context import AnalysisContext, prepare
 from analysis.store.cache import Store
-from tests.conftest import reference_states
+from tests.conftest import reference_states, with_smollm2
 from tests.model.test_decoder_states import numpy_cka
 from tests.test_cli import cli
 
@@ -20,7 +20,8 @@ ARGS = ["--model", "smollm2", "--val-size", "32", "--device", "cpu"]
 
 
 @pytest.mark.slow
-def test_smollm2_cka_and_id_tables_equal_transformers_hidden_states(cache_dir):
+def test_smollm2_cka_and_id_tables_equal_transformers_hidden_states(cache_dir, dequantized_smollm2):
+    with_smollm2(cache_dir, dequantized_smollm2)
     run = cli(cache_dir, "run", "--signals", "cka,id", *ARGS)
     assert run.returncode == 0, run.stderr
     cka = pd.read_csv(StringIO(cli(cache_dir, "show", "--signal", "cka", *ARGS).stdout))

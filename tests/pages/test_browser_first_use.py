@@ -9,6 +9,7 @@ import pytest
 
 from analysis.settings import RunSettings
 from analysis.store.cache import Store
+from tests.conftest import with_smollm2
 from tests.pages.browser import launch_comparison, open_page, requests_leaving_localhost, serve
 from tests.synthetic_store import fill
 
@@ -44,8 +45,8 @@ def fill_two_models(cache) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_models(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("two-models")
+def two_models(tmp_path_factory, dequantized_smollm2):
+    cache = with_smollm2(tmp_path_factory.mktemp("two-models"), dequantized_smollm2)
     fill_two_models(cache)
     return cache
 

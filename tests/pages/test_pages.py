@@ -30,7 +30,7 @@ from analysis.settings import RunSettings, from_dict
 from analysis.planning.methods import layout_for, method_scores
 from analysis.planning.plan_json import flat_plan, plan_ranks
 from analysis.store.cache import Store
-from tests.conftest import chart_specs
+from tests.conftest import chart_specs, with_smollm2
 from tests.pages.signal_page import signal_page
 from tests.synthetic_store import fill
 
@@ -92,9 +92,9 @@ def minilm(minilm_dir, monkeypatch) -> Store:
 
 
 @pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("smollm2-store")
-    fill(root, SMOLLM2)     # the first prepare dequantizes the embedded GGUF (about 20 s), once per module
+def smollm2_dir(tmp_path_factory, dequantized_smollm2) -> Path:
+    root = with_smollm2(tmp_path_factory.mktemp("smollm2-store"), dequantized_smollm2)
+    fill(root, SMOLLM2)
     return root
 
 

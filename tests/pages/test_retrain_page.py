@@ -1,5 +1,6 @@
 """The Retrain and compare page under AppTest, on a store real signals and a real comparison filled."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,13 +31,22 @@ def test_without_signals_the_page_says_what_to_run(cache_dir):
     assert any("No signals computed yet" in info.value for info in app.info)
 
 
-@pytest.fixture
-def filled(cache_dir):
-    store = Store(cache_dir)
+@pytest.fixture(scope="module")
+def filled_once(tmp_path_factory) -> Path:
+    """Real grad_norm and cka results and a real comparison (two seeds, two steps), computed once for the module."""
+    root = tmp_path_factory.mktemp("retrain-page-store")
+    store = Store(root)
     run_signals(SETTINGS, [get_signal("grad_norm"), get_signal("cka")], None, store)
     compare(SETTINGS, ["grad_norm"], "r2", [0, 1], TrainSettings(steps=2, test_size=16, batch_size=4), store=store,
             baselines=())
-    return store
+    return root
+
+
+@pytest.fixture
+def filled(filled_once, cache_dir):
+    """A copy of that store as this test's cache, which the test may add to."""
+    shutil.copytree(filled_once, cache_dir, dirs_exist_ok=True)
+    return Store(cache_dir)
 
 
 def _table(app, index):

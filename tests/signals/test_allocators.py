@@ -18,15 +18,6 @@ from analysis.store.cache import Store
 from tests.conftest import tiny_llama
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One BLAS thread: on a CI machine with 2 busy cores, two threads make small SVDs 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
     """MiniLM on 12 snippets of a split in one batch (EVA's PCA converges on a repeated batch in a few passes)."""
