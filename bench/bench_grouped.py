@@ -214,14 +214,19 @@ def main() -> None:
     parser.add_argument("--parts", default="minilm,llama")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes: checks the paths run")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/bench-grouped-cache"))
+    parser.add_argument("--dtypes", default="bfloat16,float32", help="MiniLM's weights, in this order")
+    parser.add_argument("--sizes", default="1/1,16/16,64/64,256/256,256/64,512/128",
+                        help="MiniLM: adapters/adapters per pass, comma-separated")
     args = parser.parse_args()
     device = "cpu" if args.smoke else "cuda"
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
     if "minilm" in args.parts:
         sizes, repeats = (([1, 1], [4, 4], [4, 2]), 2) if args.smoke else \
-            (([1, 1], [16, 16], [64, 64], [256, 256], [256, 64], [512, 128]), 10)
-        for dtype in (["float32"] if args.smoke else ["float32", "bfloat16"]):
+            ([[int(n) for n in size.split("/")] for size in args.sizes.split(",")], 10)
+        for dtype in (["float32"] if args.smoke else args.dtypes.split(",")):
             result[f"minilm_{dtype}"] = minilm(device, dtype, sizes, repeats, args.cache)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=1))   # what a time limit leaves is kept
     if "llama" in args.parts:
         result["llama"] = (llama(device, 2, 16, 3, 1, "tiny", None) if args.smoke else
                            llama(device, 16, 512, 8, 5, "1b", None))
