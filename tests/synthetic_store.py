@@ -175,11 +175,11 @@ def fill_comparison(store: Store, settings: RunSettings, methods=("shapley", "ck
     from unittest import mock
 
     from analysis.settings import TrainSettings
-    from analysis.training import compare as comparison
+    from analysis.training import compare as comparison, many_runs
 
     rng = np.random.default_rng(seed)
 
-    def retrain(plan, config, store, label=None):   # what compare reads of a finished run's entry
+    def retrain(plan, config, store, label=None, **_):   # what compare reads of a finished run's entry
         accuracy = float(np.clip(0.7 + 0.02 * np.log2(plan["trainable_params"] / 1e4) + rng.normal(0, 0.01), 0, 1))
         metrics = {"accuracy": accuracy, "f1": accuracy - 0.01, "test_loss": 1.2 - accuracy, "test_examples": 400,
                    "predicted_classes": 2}
@@ -187,5 +187,6 @@ def fill_comparison(store: Store, settings: RunSettings, methods=("shapley", "ck
                                meta={"config": {"lr": config.lr}, "metrics": metrics, "train_seconds": 1.0,
                                      "did_not_train": None})
 
-    with mock.patch.object(comparison, "retrain", retrain), mock.patch.object(comparison, "phase", lambda *a: None):
-        return comparison.compare(settings, list(methods), list(budgets), list(seeds), TrainSettings(), store=store)
+    with mock.patch.object(many_runs, "retrain", retrain), mock.patch.object(many_runs, "phase", lambda *a: None):
+        return comparison.compare(settings, list(methods), list(budgets), list(seeds), TrainSettings(), store=store,
+                                  adapters_at_once=1)

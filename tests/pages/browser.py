@@ -78,11 +78,11 @@ def launch_comparison(page, seeds: str, steps: int, test_size: int, lr: float | 
     """On the Retrain page: fill the form (every run at one learning rate, no tuning; the module baselines, which
     multiply the runs, only with `baselines`) and start the comparison."""
     page.get_by_text("Plans at this budget").wait_for(timeout=90_000)
-    page.get_by_label("Seeds").fill(seeds)
-    page.get_by_label("Steps").fill(str(steps))
+    page.locator('input[aria-label="Seeds"]').fill(seeds)
+    page.locator('input[aria-label="Steps"]').fill(str(steps))
     if lr is not None:
-        page.get_by_label("Learning rate (without tuning)").fill(f"{lr:g}")
-    page.get_by_label("Test examples (0 = all)").fill(str(test_size))
+        page.locator('input[aria-label="Learning rate (without tuning)"]').fill(f"{lr:g}")
+    page.locator('input[aria-label="Test examples (0 = all)"]').fill(str(test_size))
     if budgets is not None:
         page.get_by_role("textbox", name="Budgets").fill(budgets)   # the label also names its help button
     page.get_by_role("textbox", name="Tune learning rate over").fill("")

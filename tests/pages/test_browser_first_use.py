@@ -224,8 +224,8 @@ def test_setup_follows_smollm2_without_a_label_column_and_with_costs_from_its_ea
 @pytest.mark.slow
 def test_a_running_comparison_tells_run_k_of_n_and_time_left_then_warns_it_is_too_small(cache_dir):
     """A comparison launched from the Retrain page (uniform and grad_norm, one seed, 16 test examples): while it
-    runs, the job panel names the run, k of 2 and the time left for the whole job; once done, the page says the
-    comparison is too small to mean much."""
+    runs, the job panel names the runs (both trained together on one copy of the model), k of 2 and the time left
+    for the whole job; once done, the page says the comparison is too small to mean much."""
     from playwright.sync_api import sync_playwright
 
     from analysis.jobs import launch as jobs
@@ -238,8 +238,8 @@ def test_a_running_comparison_tells_run_k_of_n_and_time_left_then_warns_it_is_to
         launch_comparison(page, seeds="0", steps=20, test_size=16, lr=0.003)
         page.get_by_text("Compare at r4").first.wait_for(timeout=60_000)
 
-        # While the first run trains, the bar's text: which run, k of N, its time left and the whole job's.
-        running = re.compile(r"Compare at r4: uniform, grad_norm: run uniform at r4, seed 0 \(1 of 2\) · .*"
+        # While the runs train, the bar's text: which runs, k of N, the step's time left and the whole job's.
+        running = re.compile(r"Compare at r4: uniform, grad_norm: runs 1-2 of 2, 2 trained together \(1 of 2\) · .*"
                              f"about {DURATION} left in this step and {DURATION} in all")
         seen, deadline = [], time.time() + 400
         while not any(running.search(text) for text in seen):

@@ -136,7 +136,7 @@ def test_every_exported_figure_keeps_the_paper_sizes_and_the_page(tmp_path):
     fill_comparison(store, settings)
     exhibits = [exhibit for what in [*signals, "all", "plans", "comparison"]
                 for exhibit in exhibits_for(run, what, "r4", Limits(), {})]
-    entries = {entry.meta["signal"]: entry for entry in store.entries()}
+    entries = {entry.meta.get("signal", entry.kind): entry for entry in store.entries()}
     exhibits.append(agreement_exhibit(entries["shapley"], entries["adalora"], "Shapley", "AdaLoRA"))
     drawn = [exhibit for exhibit in exhibits if exhibit.figure is not None]
     assert {"alpha_esd_largest", "comparison_budgets", "comparison_pareto", "signal_agreement", "all_signals_layers", "eva", "gora",

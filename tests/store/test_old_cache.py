@@ -1,5 +1,6 @@
-"""A cache written by the code as it was before the packages were reordered (commit d8d45e3) is found whole by
-today's code: the same signal, warm-up, retrain and comparison keys, every entry's kind, the run they form.
+"""A cache written by the code as it was before the packages were reordered (commit 3fdeceb, whose retrain defaults
+are today's) is found whole by today's code: the same signal, warm-up, retrain and comparison keys, every entry's
+kind, the run they form.
 
 The old code is taken from the repository's history (`git archive`), run in its own processes on tiny settings,
 and today's command line then asks for the same things: nothing may be computed or trained again, and nothing new
@@ -22,7 +23,7 @@ from analysis.store.cache import Store
 from analysis.store.lookups import comparisons, runs
 
 REPO = Path(__file__).resolve().parents[2]
-OLD = "d8d45e3"   # the last commit before keys and kinds moved into the store
+OLD = "3fdeceb"   # the last commit before keys and kinds moved into the store (retrain defaults as today)
 SETTING = ["--val-size", "16", "--batch-size", "8", "--max-length", "32", "--device", "cpu"]
 WARMUP = ["--set", "adalora.warmup_steps=2", "--set", "adalora.r_max=2", "--set", "adalora.warmup_batch_size=4"]
 TRAINING = ["--steps", "2", "--train-batch-size", "4", "--test-size", "8"]
