@@ -64,11 +64,6 @@ def field_of(group: type, name: str) -> dataclasses.Field:
     return next(f for f in dataclasses.fields(group) if f.name == name)
 
 
-def choices_of(group, name: str) -> tuple:
-    """The values a setting accepts, as its field declares them (for pages' select boxes)."""
-    return tuple(field_of(group, name).metadata["choices"])
-
-
 def kind_of(group: type, name: str) -> type:
     """A field's value type: int, float, str, bool or tuple (None-able fields give their other type)."""
     return _kind(field_of(group, name), group)

@@ -32,8 +32,8 @@ from analysis.planning.plan_json import build_plan, lora_config  # noqa: E402
 from analysis.settings import PlanOptions, RunSettings, TrainSettings  # noqa: E402
 from analysis.signals.context import prepare  # noqa: E402
 from analysis.store.cache import Store  # noqa: E402
-from analysis.training.adapter_stack import AdapterStack, AdapterStart  # noqa: E402
-from analysis.training.group import FrozenModel, Run, per_run_losses, train_step  # noqa: E402
+from analysis.training.adapter_stack import AdapterStack, StartingWeights  # noqa: E402
+from analysis.training.group import FrozenModel, TrainingRun, per_run_losses, train_step  # noqa: E402
 from analysis.training.grouped_adamw import GroupedAdamW  # noqa: E402
 from analysis.training.peft_form import default_start  # noqa: E402
 from analysis.training.steps import DataOrder, Pretokenised  # noqa: E402
@@ -96,7 +96,7 @@ def minilm(device: str, dtype: str, sizes: list[int], repeats: int, cache: Path)
 
     out["alone_ms"] = 1e3 * _timed(alone, repeats, prepared.device)
     for k, per_pass in sizes:
-        runs = [Run(plan, dataclasses.replace(config, seed=s), f"k{s}", "") for s in range(k)]
+        runs = [TrainingRun(plan, dataclasses.replace(config, seed=s), f"k{s}", "") for s in range(k)]
         starts = [frozen.start(run) for run in runs]
         stack = AdapterStack(frozen.model, starts, prepared.device)
         stack.training = True
@@ -158,7 +158,7 @@ def llama(device: str, batch: int, length: int, adapters: int, repeats: int, sha
     print(f"llama: {adapters} separate steps {sum(separate):.3f} s, peak {_peak(dev):.1f} GiB", flush=True)
 
     # the group engine: as many adapters at once as its measured memory cost allows
-    starts = [AdapterStart(default_start(model, plan, i), {}, i) for i, plan in enumerate(plans)]
+    starts = [StartingWeights(default_start(model, plan, i), {}, i) for i, plan in enumerate(plans)]
     batch_of = lambda lo, hi: {"input_ids": ids[lo * batch: hi * batch], "attention_mask": mask[lo * batch: hi * batch],
                                "labels": labels[lo * batch: hi * batch]}   # noqa: E731
 

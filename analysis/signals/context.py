@@ -245,10 +245,6 @@ class AnalysisContext:
                             "(test is kept for the retrain's report).")
         return self.frame(split).iloc[: self.settings.val_size]
 
-    def num_batches(self, split: str = "validation", batch_size: int | None = None) -> int:
-        size = batch_size or self.settings.batch_size
-        return -(-len(self.frame(split)) // size)
-
     def batches(self, split: str = "validation", batch_size: int | None = None, desc: str | None = None,
                 frame: pd.DataFrame | None = None, show_progress: bool = True, shard: bool = False,
                 fixed_length: bool = False):

@@ -65,7 +65,7 @@ def float32_head(model: torch.nn.Module, head_names) -> None:
 
 
 @dataclass
-class AdapterStart:
+class StartingWeights:
     """One adapter's starting values, as peft built them for its run: per adapted module (path relative to the
     model) A (r, d_in), B (d_out, r), the scaling and the dropout; and its head's parameters by name."""
     lora: dict[str, tuple[torch.Tensor, torch.Tensor, float, float]]
@@ -87,7 +87,7 @@ class _Block:
 class AdapterStack:
     """K adapters on `model` (frozen, in evaluation mode, on `device`); call `remove()` to take the hooks off."""
 
-    def __init__(self, model: torch.nn.Module, starts: list[AdapterStart], device: torch.device):
+    def __init__(self, model: torch.nn.Module, starts: list[StartingWeights], device: torch.device):
         self.model, self.k, self.device = model, len(starts), device
         order = [name for name, _ in model.named_modules()]
         paths = sorted({p for s in starts for p in s.lora}, key=order.index)

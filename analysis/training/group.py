@@ -33,7 +33,7 @@ from analysis.signals import parallel
 from analysis.signals.context import with_lm_labels
 from analysis.store.cache import Entry, Store
 from analysis.training.adapter_init import initialise
-from analysis.training.adapter_stack import AdapterStack, AdapterStart, float32_head
+from analysis.training.adapter_stack import AdapterStack, StartingWeights, float32_head
 from analysis.training.grouped_adamw import GroupedAdamW
 from analysis.training.outcome import classification_metrics, language_model_metrics, token_losses
 from analysis.training.peft_form import adapter_files, default_start
@@ -44,7 +44,7 @@ CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass(frozen=True)
-class Run:
+class TrainingRun:
     """One run to train: its plan, its settings, its cache key and the label its live curve is drawn under."""
     plan: dict
     config: TrainSettings
@@ -108,13 +108,13 @@ class FrozenModel:
             for name, value in head.items():
                 state[name].copy_(value)
 
-    def start(self, run: Run) -> AdapterStart:
+    def start(self, run: TrainingRun) -> StartingWeights:
         """The run's starting adapter and head: peft's initialisation under the run's seed, then its `init`
         (EVA's or GoRA's start, computed with the run's own head in place)."""
         validate(run.plan, self.layout)
         head = self.head(run.config.seed)
         if run.config.init == "default" and self._default_start_agrees(run):
-            return AdapterStart(default_start(self.model, run.plan, run.config.seed), head, run.config.seed,
+            return StartingWeights(default_start(self.model, run.plan, run.config.seed), head, run.config.seed,
                                 {"init": "default"})
         self.load_head(head)
         peft_model = self.peft(run.plan, run.config.seed)
@@ -124,9 +124,9 @@ class FrozenModel:
             lora = _lora_values(peft_model)
         finally:
             self.unpeft(peft_model)
-        return AdapterStart(lora, head, run.config.seed, {"init": run.config.init, **recorded})
+        return StartingWeights(lora, head, run.config.seed, {"init": run.config.init, **recorded})
 
-    def _default_start_agrees(self, run: Run) -> bool:
+    def _default_start_agrees(self, run: TrainingRun) -> bool:
         """Whether peft_form.default_start gives what peft gives (checked once, on the first run)."""
         if self._fast_start is None:
             peft_model = self.peft(run.plan, run.config.seed)
@@ -170,7 +170,7 @@ def per_run_losses(logits: torch.Tensor, batch: dict, k: int, task: str) -> torc
     return per_token.sum(1) / counts
 
 
-def group_key(runs: list[Run]) -> str:
+def group_key(runs: list[TrainingRun]) -> str:
     return Store.key("group", sorted(r.key for r in runs))
 
 
@@ -183,8 +183,9 @@ def passes(lengths: list[int], per_pass: int) -> list[slice | list[int]]:
     return [by_length[first: first + per_pass] for first in range(0, len(lengths), per_pass)]
 
 
-def train_step(stack: AdapterStack, optimizer: GroupedAdamW, tokens: Pretokenised, order: DataOrder, runs: list[Run],
-               step: int, task: str, schedules: list, per_pass: int | None = None) -> torch.Tensor:
+def train_step(stack: AdapterStack, optimizer: GroupedAdamW, tokens: Pretokenised, order: DataOrder,
+               runs: list[TrainingRun], step: int, task: str, schedules: list,
+               per_pass: int | None = None) -> torch.Tensor:
     """One step of every run of the group, `per_pass` runs per forward and backward pass (default: all); each
     run's rows are in one pass, so its gradient is its own whatever the passes; (K,) losses, on the device."""
     rows = [order.rows(step, r.config.batch_size, r.config.seed) for r in runs]
@@ -208,7 +209,7 @@ def train_step(stack: AdapterStack, optimizer: GroupedAdamW, tokens: Pretokenise
 
 
 @torch.no_grad()
-def evaluate(stack: AdapterStack, frozen: FrozenModel, runs: list[Run], rows_per_pass: int) -> list[dict]:
+def evaluate(stack: AdapterStack, frozen: FrozenModel, runs: list[TrainingRun], rows_per_pass: int) -> list[dict]:
     """Each run's metrics on its evaluation split: every batch repeated for the runs, `rows_per_pass` rows
     at most per forward pass (the group is split into as many passes as that takes)."""
     prepared, config = frozen.prepared, runs[0].config
@@ -269,7 +270,7 @@ def _restore(path: Path, stack: AdapterStack, optimizer: GroupedAdamW) -> tuple[
     return state["step"], state["losses"], state["elapsed"]
 
 
-def train_group(runs: list[Run], frozen: FrozenModel, per_pass: int | None = None) -> list[Entry]:
+def train_group(runs: list[TrainingRun], frozen: FrozenModel, per_pass: int | None = None) -> list[Entry]:
     """Train the runs together (each as `retrain` would alone) and store each one's entry under its key,
     `per_pass` runs per forward and backward pass (default: all)."""
     prepared, store, config = frozen.prepared, frozen.prepared.store, runs[0].config

@@ -26,7 +26,7 @@ from analysis.settings import RunSettings, TrainSettings, from_dict
 from analysis.signals import parallel
 from analysis.signals.context import prepare, resolve_device
 from analysis.store.cache import Entry, Store
-from analysis.training.group import FrozenModel, Run, shared_settings, train_group
+from analysis.training.group import FrozenModel, TrainingRun, shared_settings, train_group
 from analysis.training.retrain import retrain, retrain_key
 
 MEMORY_SHARE = 0.85   # of the free memory a group may plan for (the rest: allocator slack, evaluation)
@@ -57,7 +57,7 @@ def train_runs(requests: list[Request], store: Store, adapters_at_once: int | No
     if spread:
         parallel.start(resolve_device(run_settings.device))   # compare has joined already; a direct caller may not
     prepared = prepare(run_settings, store, warn=None)
-    runs = [Run(r.plan, r.config, retrain_key(prepared.key, r.plan, r.config), r.label) for r in requests]
+    runs = [TrainingRun(r.plan, r.config, retrain_key(prepared.key, r.plan, r.config), r.label) for r in requests]
     found: dict[str, Entry] = {}
     for run in runs:
         entry = store.get(run.key)
@@ -84,7 +84,8 @@ def train_runs(requests: list[Request], store: Store, adapters_at_once: int | No
     return [found[run.key] for run in runs]
 
 
-def _grouped(todo: list[Run], prepared, adapters_at_once: int | None, done: int, total: int) -> dict[str, Entry]:
+def _grouped(todo: list[TrainingRun], prepared, adapters_at_once: int | None, done: int,
+             total: int) -> dict[str, Entry]:
     """Train the runs no other process holds, in groups of runs that share their step settings."""
     store = prepared.store
     locks = {}
@@ -119,7 +120,7 @@ def _grouped(todo: list[Run], prepared, adapters_at_once: int | None, done: int,
     return found
 
 
-def group_sizes(frozen: FrozenModel, runs: list[Run], adapters_at_once: int | None = None) -> tuple[int, int]:
+def group_sizes(frozen: FrozenModel, runs: list[TrainingRun], adapters_at_once: int | None = None) -> tuple[int, int]:
     """(runs trained together, runs per forward and backward pass). Measured: one training step of one adapter
     and of two, in one pass at the split's longest examples with the runs' largest plan, gives what a further
     adapter costs in a pass (its activations) and what every adapter of the group keeps (its weights, gradient

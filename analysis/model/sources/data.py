@@ -19,7 +19,6 @@ from analysis.store.memo import recall, remember
 from analysis.model.sources.models import _package_dir
 
 EMBEDDED = "rotten_tomatoes"
-SPLIT_NAMES = ("train", "validation", "test")
 
 
 @dataclass

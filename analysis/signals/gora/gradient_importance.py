@@ -6,7 +6,6 @@ Reference: hhnqqq/MyTransformers, common/lora_modules/gora.py (`gora_reinit`, `c
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -67,8 +66,3 @@ def gradient_b(a: torch.Tensor, grad: torch.Tensor, lora_alpha: float, stable_ga
     gram = a @ a.T + 1e-8 * torch.eye(a.shape[0], device=a.device)
     b = grad.float() @ (a.T @ torch.linalg.pinv(gram))
     return b * (stable_gamma / lora_alpha)
-
-
-def scaled_gamma(lr: float, rank: int, d_in: int, scale_rank: float) -> float:
-    """GoRA's --gora-scale-by-lr gamma: (lr / sqrt(r / d_in)) * scale_rank."""
-    return (lr / math.sqrt(rank / d_in)) * scale_rank

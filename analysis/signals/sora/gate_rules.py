@@ -27,7 +27,6 @@ import torch
 
 from analysis.errors import UserError
 
-UPDATES = ("official", "soft")
 GRIDS = ("exp_linear", "log_linear", "linear")
 
 
