@@ -164,7 +164,8 @@ def group_sizes(frozen: FrozenModel, runs: list[TrainingRun], adapters_at_once: 
     if prepared.device.type == "cpu":   # the CPU gains little from wide passes and pays for their padding
         per_pass = min(per_pass, max(1, CPU_PASS_ROWS // largest.config.batch_size))
     parallel.say(f"adapters at once: {size}, {per_pass} per pass (a further adapter costs "
-                 f"{per_adapter / 2**20:.0f} MiB in a pass at the longest batch and keeps {state / 2**20:.1f} MiB; {free / 2**30:.1f} GiB free)",
+                 f"{per_adapter / 2**20:.0f} MiB in a pass at the longest batch and keeps {state / 2**20:.1f} MiB; "
+                 f"{free / 2**30:.1f} GiB free)",
                  flush=True)
     return size, per_pass
 
