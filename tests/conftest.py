@@ -24,14 +24,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Files with the most slow tests first, each file's tests kept together in their order (so a module's fixtures
-    are made once): `make test`'s two processes then share the long tests out early instead of one process
-    finishing them alone at the end."""
+    """The longest files first (seconds per file from `pytest --durations=60` in a full run, summed into
+    tests/durations.json; then files with more slow tests), each file's tests kept together in their order (so a module's fixtures are made once): `make test`'s
+    two processes then share the long tests out early instead of one process finishing them alone at the end."""
+    measured = json.loads((Path(__file__).parent / "durations.json").read_text())
     files: dict[str, list] = {}
     for item in items:
         files.setdefault(item.nodeid.split("::")[0], []).append(item)
     slow = {name: sum(bool(t.get_closest_marker("slow")) for t in tests) for name, tests in files.items()}
-    items[:] = [t for name in sorted(files, key=lambda name: -slow[name]) for t in files[name]]
+    order = sorted(files, key=lambda name: (-measured.get(name, 0), -slow[name]))
+    items[:] = [t for name in order for t in files[name]]
 
 
 @pytest.fixture(autouse=True)

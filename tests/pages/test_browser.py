@@ -130,7 +130,7 @@ def test_a_comparison_at_two_budgets_draws_the_budget_curve_and_the_table_in_chr
         page.goto(f"{dashboard}/retrain")
         launch_comparison(page, seeds="0", steps=30, test_size=32, lr=0.003, budgets="r1,r2")
         page.get_by_text("Compare at r1, r2").first.wait_for(timeout=60_000)
-        page.get_by_text("Budget curve").wait_for(timeout=900_000)   # CI: two cores shared with the server
+        page.get_by_text("Budget curve", exact=True).wait_for(timeout=900_000)   # CI: two cores shared with the server
         curve = page.locator(".js-plotly-plot", has_text="Trainable LoRA parameters")
         curve.first.wait_for(timeout=60_000)
         curve.first.locator(".legendtext").first.wait_for(state="attached", timeout=30_000)
