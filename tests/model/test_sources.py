@@ -107,6 +107,7 @@ def test_config_facts_are_transformers_own_and_remembered_until_the_config_chang
     assert config_facts(tmp_path / "bert", memo).positions == (128,) and read == [tmp_path / "bert"]
 
 
+@pytest.mark.slow
 def test_embedded_decoder_is_dequantized_once(session_cache):
     source = resolve_model("smollm2", session_cache)
     assert (source.path / "config.json").exists() and list(source.path.glob("*.safetensors"))
@@ -159,9 +160,12 @@ def test_bad_datasets_are_clear_errors(tmp_path, rows, columns, message):
         load_data(str(path), *columns)
 
 
-def test_missing_file_and_missing_hub_dataset():
+def test_missing_file_and_missing_hub_dataset(monkeypatch):
     with pytest.raises(UserError, match="does not exist"):
         load_data("/nonexistent/data.csv")
+    # the same requests to the hub and the same error, without the 23 s the hub client waits between its retries
+    from huggingface_hub.utils import _http
+    monkeypatch.setattr(_http.time, "sleep", lambda seconds: None)
     with pytest.raises(UserError, match="Could not load dataset 'no-such-owner/no-such-dataset'"):
         load_data("no-such-owner/no-such-dataset")
 

@@ -183,6 +183,7 @@ def test_plan_figure_difference_is_rank_minus_uniform(prepared):
     np.testing.assert_array_equal(np.asarray(trace.z), expected.to_numpy())
 
 
+@pytest.mark.slow
 def test_export_command_writes_every_format_atomically(store_dir, tmp_path):
     listed = cli(store_dir, "export", "--signal", "all", "--list", "--val-size", "16")
     assert listed.returncode == 0 and "all_signals_heatmaps" in listed.stdout and "signal_agreement" in listed.stdout

@@ -47,28 +47,31 @@ def test_batches_depend_only_on_seed_and_step():
     assert not (batch_indices(0, 8, 20, seed=4) == first[0]).all()
 
 
-def test_retrain_beats_chance_on_the_embedded_data_and_writes_its_outputs(cache_dir, uniform_plan, tmp_path, minilm):
+@pytest.mark.slow
+def test_the_default_retrain_command_reaches_78_percent_and_writes_its_outputs(cache_dir, tmp_path, minilm):
+    """`retrain` with every default (uniform r4, seed 0) as a user runs it: at least 78% on the whole test split,
+    its curve, metrics and a peft-loadable adapter; run again, it comes from the cache. Seeds 1-4 of the same
+    defaults are test_the_default_settings_train_uniform_rank_4_for_every_seed."""
+    plan = tmp_path / "plan.json"
+    made = cli(cache_dir, "plan", "--budget", "r4", "--device", "cpu", "--out", str(plan))
+    assert made.returncode == 0, made.stderr
     out = tmp_path / "run"
-    # 60 steps: short enough for the fast suite, at the rate that learns in so few (the default, 1e-3, is
-    # chosen for the default 200 steps; test_the_default_settings_train_uniform_rank_4_for_every_seed)
-    result = cli(cache_dir, "retrain", "--plan", str(uniform_plan), "--steps", "60", "--lr", "3e-3",
-                 "--test-size", "200", "--out", str(out))
+    result = cli(cache_dir, "retrain", "--plan", str(plan), "--out", str(out))
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    # chance is 50%; 61% is three standard errors above it on 200 examples
-    assert metrics["accuracy"] > 0.61 and metrics["test_examples"] == 200 and 0 < metrics["f1"] <= 1
+    assert metrics["test_examples"] == 1275 and metrics["predicted_classes"] == 2 and 0 < metrics["f1"] <= 1
+    assert metrics["accuracy"] >= 0.78, metrics
     curve = pd.read_csv(out / "curve.csv")
-    assert curve["step"].tolist() == list(range(1, 61))
-    assert curve["loss"].tail(10).mean() < curve["loss"].head(10).mean()
+    assert curve["step"].tolist() == list(range(1, TrainSettings().steps + 1))
+    assert curve["loss"].tail(20).mean() < curve["loss"].head(20).mean()
     from peft import PeftModel
     # peft may shorten the saved target_modules to suffixes that match the same modules; what counts is
     # that the loaded adapter has exactly the plan's ranks and parameter count
     # a copy: from_pretrained adapts the model in place, and the session's shared model must stay plain
     loaded = PeftModel.from_pretrained(copy.deepcopy(minilm.model), out / "adapter", is_trainable=True)
-    check_peft_model(read_plan(uniform_plan), loaded)
+    check_peft_model(read_plan(plan), loaded)
     assert len(retrain_entries(cache_dir)) == 1
-    again = cli(cache_dir, "retrain", "--plan", str(uniform_plan), "--steps", "60", "--lr", "3e-3",
-                "--test-size", "200")
+    again = cli(cache_dir, "retrain", "--plan", str(plan))
     assert again.returncode == 0 and "retrain:" not in again.stderr   # cached: no training bar
     assert len(retrain_entries(cache_dir)) == 1
 
@@ -182,6 +185,7 @@ def test_plan_json_loads_into_peft_as_is(cache_dir, uniform_plan):
     assert isinstance(config, LoraConfig) and config.r == plan["r"] and config.lora_alpha == plan["lora_alpha"]
 
 
+@pytest.mark.slow
 def test_comparison_puts_uniform_first_and_summarises_seeds(cache_dir, tmp_path):
     ran = cli(cache_dir, "run", "--signals", "grad_norm", "--val-size", "16", "--device", "cpu")
     assert ran.returncode == 0, ran.stderr
@@ -309,10 +313,11 @@ def test_causal_lm_comparison_reports_loss_and_perplexity_per_budget(cache_dir, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(5))   # one test per seed: `make test`'s two processes share them out
+@pytest.mark.parametrize("seed", range(1, 5))   # one test per seed: `make test`'s two processes share them out
 def test_the_default_settings_train_uniform_rank_4_for_every_seed(cache_dir, seed):
     """With the retrain defaults, uniform LoRA at r4 on the embedded MiniLM and Rotten Tomatoes
-    reaches 78% test accuracy on the whole test split for each of seeds 0-4, and no run collapses."""
+    reaches 78% test accuracy on the whole test split for each of seeds 1-4 (seed 0 is the command's own test,
+    test_the_default_retrain_command_reaches_78_percent_and_writes_its_outputs), and no run collapses."""
     from analysis.planning.methods import make_plan
     from analysis.settings import RunSettings
     from analysis.signals.context import identify
