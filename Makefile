@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
-	# torch first: pip then takes the pinned build instead of pulling a CUDA build for another package. No byte-compiling
-	# at install: Python compiles the modules it imports when it first imports them (saves about half a minute).
-	$(BIN)/pip install --disable-pip-version-check --no-compile -q torch==2.13.0
-	$(BIN)/pip install --disable-pip-version-check --no-compile -q -r requirements.txt
-	$(BIN)/pip install --disable-pip-version-check --no-compile -q --no-deps -r requirements-nodeps.txt
+	# torch first: pip then takes the pinned build instead of pulling a CUDA build for another package. pip byte-compiles
+	# at install on purpose: where PYTHONDONTWRITEBYTECODE is set (as on CI), nothing else ever writes the .pyc files and
+	# every test process would compile torch and transformers again (a fresh `make test` took 3 minutes longer).
+	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
 # .streamlit/config.toml binds the dashboard to localhost.
