@@ -225,26 +225,29 @@ def evaluate(stack: AdapterStack, frozen: FrozenModel, runs: list[TrainingRun], 
                                   prepared.settings.max_length, stack.device, labels):
         if task != "classification":
             batch = with_lm_labels(batch)
-        inputs = {key: value.repeat(k, *[1] * (value.dim() - 1)) for key, value in batch.items() if key != "labels"}
-        chunks = []
+        n = len(batch["input_ids"])
+        inputs = {key: value.repeat(per_pass, *[1] * (value.dim() - 1)) for key, value in batch.items()
+                  if key != "labels"}
+        batch_predictions = []
         for first in range(0, k, per_pass):   # a pass over the runs first..first+m-1 only
             m = min(per_pass, k - first)
-            chunk_inputs = {key: value[first * len(batch["input_ids"]): (first + m) * len(batch["input_ids"])]
-                            for key, value in inputs.items()}
             with stack.only(slice(first, first + m)):
-                chunks.append(stack.model(**chunk_inputs).logits)
-        logits = torch.cat(chunks)
-        n = len(batch["input_ids"])
+                logits = stack.model(**{key: value[: m * n] for key, value in inputs.items()}).logits
+            # losses right after each pass: a causal LM's logits for the whole group need not fit (44 SmolLM2 runs
+            # over 64 tweets asked for 17 GiB more on an H100)
+            if task == "classification":
+                logits = logits.float().view(m, n, -1)
+                loss_sums[first: first + m] += torch.nn.functional.cross_entropy(
+                    logits.flatten(0, 1), batch["labels"].repeat(m), reduction="none").view(m, n).sum(1)
+                batch_predictions.append(logits.argmax(-1))
+            else:
+                targets = batch["labels"].repeat(m, 1)
+                loss_sums[first: first + m] += token_losses(logits, targets).view(m, -1).sum(1)
+                counts[first: first + m] += (targets[:, 1:] != -100).view(m, -1).sum(1)
+            del logits
         if task == "classification":
-            logits = logits.float().view(k, n, -1)
-            loss_sums += torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].repeat(k),
-                                                           reduction="none").view(k, n).sum(1)
             counts += n
-            predictions.append(logits.argmax(-1))
-        else:
-            targets = batch["labels"].repeat(k, 1)
-            loss_sums += token_losses(logits, targets).view(k, -1).sum(1)
-            counts += (targets[:, 1:] != -100).view(k, -1).sum(1)
+            predictions.append(torch.cat(batch_predictions))
     if task != "classification":
         return [language_model_metrics(float(s), int(c)) for s, c in zip(loss_sums.tolist(), counts.tolist())]
     predicted = torch.cat(predictions, dim=1).tolist()
@@ -306,10 +309,13 @@ def train_group(runs: list[TrainingRun], frozen: FrozenModel, per_pass: int | No
                     job_folder.append_curve(run.label, list(zip(range(done - len(values) + 1, done + 1), values)))
                     curve += values
                 pending = []
-            if done % config.checkpoint_every == 0 and done < config.steps:
+            if done % config.checkpoint_every == 0 or done == config.steps:   # the last too: evaluating may fail
                 _save(checkpoint, stack, optimizer, done, losses, time.perf_counter() - started)
         stack.training = False
         train_seconds = time.perf_counter() - started
+        del optimizer   # its moments, and the training passes' cached blocks, make room for evaluation's
+        if stack.device.type == "cuda":
+            torch.cuda.empty_cache()
         metrics = evaluate(stack, frozen, runs, (per_pass or len(runs)) * config.batch_size)
         seconds = time.perf_counter() - started
         entries = []

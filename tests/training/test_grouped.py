@@ -87,8 +87,9 @@ def _outputs(entry, prepared, batch) -> torch.Tensor:
         return model(**batch).logits
 
 
-@pytest.mark.parametrize("kind", ["encoder", "decoder"])
-def test_runs_trained_together_equal_the_same_runs_trained_alone(kind, tiny_models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind, evaluated_per_pass", [("encoder", 1), ("decoder", 1), ("decoder", 3)])
+def test_runs_trained_together_equal_the_same_runs_trained_alone(kind, evaluated_per_pass, tiny_models, tmp_path,
+                                                                 monkeypatch):
     data = "rotten_tomatoes" if kind == "encoder" else str(tiny_models / "text.csv")
     settings = RunSettings(model=str(tiny_models / kind), data=data, val_size=16, device="cpu", dtype="float32",
                            max_length=32)
@@ -102,6 +103,10 @@ def test_runs_trained_together_equal_the_same_runs_trained_alone(kind, tiny_mode
     passes = []
     monkeypatch.setattr("analysis.training.group.passes", lambda lengths, per_pass, real=group.passes:
                         passes.append(per_pass) or real(lengths, per_pass))
+    # evaluation in passes of one run (what two runs' training rows hold) or of three (a last pass of one run)
+    evaluate = group.evaluate
+    monkeypatch.setattr("analysis.training.group.evaluate", lambda stack, frozen, runs, rows: evaluate(
+        stack, frozen, runs, evaluated_per_pass * runs[0].config.eval_batch_size))
     grouped = train_runs(requests, group_store, adapters_at_once=4)
     assert all(e.meta["adapters_at_once"] == 4 for e in grouped)
     assert passes[:2] == [1, 2] and set(passes[2:]) == {2}   # the memory probe, then every step
