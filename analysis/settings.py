@@ -30,12 +30,14 @@ MAX_RANK = 1024
 
 
 def setting(default, help: str, *, flag: str | None = None, minimum=None, maximum=None, choices=None,
-            above: float | None = None, label: str | None = None, empty: str | None = None):
+            above: float | None = None, label: str | None = None, empty: str | None = None, offered=None):
     """A field with its help text and the range its values must lie in (checked on construction; for a list, each
     of its values); `label` names it on a page where its help is too long for that; `empty` is the word (none,
-    off) by which a list field may be given empty."""
+    off) by which a list field may be given empty; `offered`, the values a page lists for a field whose accepted
+    values are an open set (devices: cuda:N too)."""
     return field(default=default, metadata={"help": help, "flag": flag, "minimum": minimum, "maximum": maximum,
-                                            "choices": choices, "above": above, "label": label, "empty": empty})
+                                            "choices": choices, "above": above, "label": label, "empty": empty,
+                                            "offered": offered})
 
 
 class OpenChoices:
@@ -253,11 +255,11 @@ class RunSettings(Group):
                         choices=("auto", "classification", "causal-lm"))
     seed: int = setting(0, "split and head-initialisation seed", minimum=0, maximum=2**31 - 1)
     fractions: tuple[float, float, float] = setting((0.8, 0.1, 0.1), "train, validation and test fractions, "
-                                                                     "comma-separated")
+                                                                     "comma-separated", above=0, maximum=1)
     val_size: int = setting(512, "validation examples used for importance", minimum=1)
     max_length: int = setting(128, "tokens per example (truncation)", minimum=2)
     batch_size: int = setting(32, "examples per forward pass of an analysis", minimum=1)
-    device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
+    device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:N", offered=("auto", "cpu", "cuda"))
     dtype: str = setting("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16",
                          choices=("auto", "float32", "bfloat16", "float16"))
     device_map: str = setting("none", "none (the whole model on --device) or auto (accelerate splits the model's "

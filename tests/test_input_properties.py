@@ -55,14 +55,17 @@ def _check_group(group, flag_values: dict[str, str], verb: str, prefix: str = ""
     except UserError as error:
         assert is_one_sentence(error), str(error)
         return
-    for f in dataclasses.fields(built):   # what is accepted is of its type, finite and in range
-        value = getattr(built, f.name)
-        if isinstance(value, float):
-            assert math.isfinite(value)
-        if f.metadata.get("minimum") is not None and value is not None:
-            assert value >= f.metadata["minimum"]
-        if f.metadata.get("maximum") is not None and value is not None:
-            assert value <= f.metadata["maximum"]
+    for f in dataclasses.fields(built):   # what is accepted is of its type, finite and in range (a list: each value)
+        given = getattr(built, f.name)
+        for value in given if isinstance(given, tuple) else [given]:
+            if isinstance(value, float):
+                assert math.isfinite(value)
+            if f.metadata.get("minimum") is not None and value is not None:
+                assert value >= f.metadata["minimum"]
+            if f.metadata.get("maximum") is not None and value is not None:
+                assert value <= f.metadata["maximum"]
+            if f.metadata.get("above") is not None and value is not None:
+                assert value > f.metadata["above"]
 
 
 def _fields(group, exclude=()):

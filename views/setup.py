@@ -6,7 +6,7 @@ import streamlit as st
 from analysis.jobs import launch as jobs
 from analysis.jobs.launch import duration
 from analysis.errors import UserError
-from analysis.settings import RunSettings, to_argv
+from analysis.settings import RunSettings, field_of, to_argv
 from analysis.signals.context import prepare
 from analysis.signals.registry import all_signals
 from analysis.contract.run import when
@@ -41,7 +41,8 @@ task = TASKS.get(model_choice) or setting_input(left, RunSettings, "task", label
 if model_choice in TASKS:
     left.caption(f"Task: {task} (" + ("a decoder trains as a causal language model, so no label column" if
                                      task == "causal-lm" else "an encoder classifies the labels") + ").")
-device = left.selectbox("Device", ["auto", "cpu", "cuda"], help="auto uses the GPU when there is one")
+device_field = field_of(RunSettings, "device").metadata
+device = left.selectbox("Device", device_field["offered"], help=device_field["help"])
 split = device != "cpu" and gpu_present() and left.checkbox(
     "Split the model across every GPU", help="For a model larger than one GPU: accelerate places its layers across "
                                              "the GPUs (--device-map auto).")
@@ -77,8 +78,11 @@ with st.form("setup"):
     force = st.checkbox("Recompute even when cached")
     with st.expander("Split and sizes"):
         a, b = st.columns(2)
-        train = a.number_input("Train fraction", 0.05, 0.95, defaults.fractions[0], 0.05)
-        validation = b.number_input("Validation fraction", 0.01, 0.9, defaults.fractions[1], 0.01)
+        # each fraction above the field's lower bound by a step, leaving a step for each other split
+        share, step = field_of(RunSettings, "fractions").metadata, 0.01
+        low, high = share["above"] + step, share["maximum"] - 2 * step
+        train = a.number_input("Train fraction", low, high, defaults.fractions[0], 0.05, help=share["help"])
+        validation = b.number_input("Validation fraction", low, high, defaults.fractions[1], step, help=share["help"])
         val_size = setting_input(a, RunSettings, "val_size", label="Validation examples used", step=64)
         seed = setting_input(b, RunSettings, "seed", label="Split seed")
         max_length = setting_input(a, RunSettings, "max_length", label="Tokens per example")
