@@ -298,13 +298,11 @@ def cmd_compare(args) -> int:
     else:  # every signal already computed for this setting
         cached = identify(settings, _store(args)).entries
         methods = [name for name in all_signals() if name in cached]
-    budgets = chosen.budgets or [args.budget]
+    chosen = dataclasses.replace(chosen, budgets=chosen.budgets or (args.budget,))   # one budget: --budget
     overrides = _overrides(args.set)
     _check_set(overrides, _method_signals(methods), "that no compared method uses")
-    entry = compare(settings, methods, list(budgets), list(chosen.seeds), _retrain_config(args), _limits(args),
-                    _plan_options(args), _store(args), overrides=overrides, tune_lrs=list(chosen.tune_lr) or None,
-                    baselines=chosen.baselines, adapters_at_once=chosen.adapters_at_once,
-                    signal_limits=_signal_limits(args))
+    entry = compare(settings, methods, chosen, _retrain_config(args), _limits(args), _plan_options(args),
+                    _store(args), overrides=overrides, signal_limits=_signal_limits(args))
     from analysis.signals import parallel
     main = parallel.is_main()
     parallel.stop()

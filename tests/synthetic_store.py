@@ -174,7 +174,7 @@ def fill_comparison(store: Store, settings: RunSettings, methods=("shapley", "ck
     from types import SimpleNamespace
     from unittest import mock
 
-    from analysis.settings import TrainSettings
+    from analysis.settings import CompareSettings, TrainSettings
     from analysis.training import compare as comparison, many_runs
 
     rng = np.random.default_rng(seed)
@@ -188,5 +188,6 @@ def fill_comparison(store: Store, settings: RunSettings, methods=("shapley", "ck
                                      "did_not_train": None})
 
     with mock.patch.object(many_runs, "retrain", retrain), mock.patch.object(many_runs, "phase", lambda *a: None):
-        return comparison.compare(settings, list(methods), list(budgets), list(seeds), TrainSettings(), store=store,
-                                  adapters_at_once=1)
+        return comparison.compare(settings, list(methods), CompareSettings(budgets=tuple(budgets), seeds=tuple(seeds),
+                                                                           tune_lr=(), adapters_at_once=1),
+                                  TrainSettings(), store=store)

@@ -6,7 +6,7 @@ The protocol (docs/architecture.md, "The comparison protocol" in the design note
 
 - Every method runs the same seeds as uniform LoRA; a seed fixes the data order and the task head's
   initialisation (retrain.py), so each method's run with seed s is paired with uniform's run with seed s.
-- With a learning-rate grid (`tune_lrs`), each method at each budget is trained once per rate with the first
+- With a learning-rate grid (`CompareSettings.tune_lr`), each method at each budget is trained once per rate with the first
   seed and evaluated on the validation split (never test); the best rate is then run with every seed.
 - A run that did not train (retrain.did_not_train) is kept in the runs table, flagged, and left out of the
   means, with a count.
@@ -62,22 +62,21 @@ def choose_rate(tuning: pd.DataFrame, task: str) -> float:
     return float(ordered["lr"].iloc[0])
 
 
-def compare(settings: RunSettings, methods: list[str], budget: str | list[str], seeds: list[int],
-            config: TrainSettings, limits: Limits = Limits(), options: PlanOptions = PlanOptions(),
-            store: Store | None = None, overrides: dict[str, dict[str, str]] | None = None,
-            tune_lrs: list[float] | None = None,
-            baselines: list[str] | tuple[str, ...] = CompareSettings().baselines, adapters_at_once: int | None = None,
-            signal_limits: tuple = ()) -> Entry:
-    """Retrain uniform LoRA, the module baselines (uniform LoRA on each family in `baselines` at the same budget)
-    and every method at every budget with every seed (the learning rate tuned per method and budget on validation
-    when `tune_lrs` is given; else `config.lr`); the comparison's entry. `adapters_at_once` runs train together on
-    one copy of the model (None: as many as fit; 1: one by one). `signal_limits`: the limits of signals' own plan rules
-    (CKA's block rank, GoRA's rank range) as chosen."""
+def compare(settings: RunSettings, methods: list[str], comparison: CompareSettings, config: TrainSettings,
+            limits: Limits = Limits(), options: PlanOptions = PlanOptions(), store: Store | None = None,
+            overrides: dict[str, dict[str, str]] | None = None, signal_limits: tuple = ()) -> Entry:
+    """Retrain uniform LoRA, the module baselines (uniform LoRA on each family in `comparison.baselines` at the same
+    budget) and every method at each of `comparison.budgets` with each of its seeds (the learning rate tuned per
+    method and budget on validation over `comparison.tune_lr` when it names rates; else `config.lr`); the
+    comparison's entry. `comparison.adapters_at_once` runs train together on one copy of the model (None: as many as
+    fit; 1: one by one). `signal_limits`: the limits of signals' own plan rules (CKA's block rank, GoRA's rank
+    range) as chosen."""
+    if not comparison.budgets:
+        raise UserError("Give the comparison at least one budget.")
+    budgets, seeds, tune_lrs = list(comparison.budgets), list(comparison.seeds), list(comparison.tune_lr)
+    baselines, adapters_at_once = comparison.baselines, comparison.adapters_at_once
     store = store or Store()
     parallel.start(resolve_device(settings.device))   # under a launcher: join its processes (they share the runs)
-    budgets = [budget] if isinstance(budget, str) else list(dict.fromkeys(budget))
-    if not seeds:
-        raise UserError("Give at least one seed.")
     prepared = prepare(settings, store)
     task = prepared.task
     layout = layout_for(prepared.run)
@@ -104,7 +103,7 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
     rows, tuning_rows, chosen = [], [], {}
     started = time.time()
     final = dataclasses.replace(config, eval_split="test")
-    total = len(plans) * (len(tune_lrs or []) + len(seeds))   # the job's progress counts every training run
+    total = len(plans) * (len(tune_lrs) + len(seeds))   # the job's progress counts every training run
     if tune_lrs:   # every method's tuning runs first (trained together), then every final run
         trials = {(b, m): [(rate, dataclasses.replace(final, lr=rate, seed=seeds[0], eval_split="validation"))
                            for rate in tune_lrs] for (b, m) in plans}
@@ -134,13 +133,13 @@ def compare(settings: RunSettings, methods: list[str], budget: str | list[str], 
     summary = summarise(runs, task)
     key = store.key("comparison", {"context": prepared.key, "runs": runs["entry"].tolist(),
                                    "tuning": tuning["entry"].tolist() if len(tuning) else [],
-                                   "grid": list(tune_lrs or []), "chosen": chosen})
+                                   "grid": tune_lrs, "chosen": chosen})
     first = plans[(budgets[0], UNIFORM)]
     meta = {"title": "Comparison of plans" + (" at one budget" if len(budgets) == 1 else f" at {len(budgets)} budgets"),
             "context_key": prepared.key, **prepared.description, "budget": first["budget"], "budget_spec": budgets[0],
             "budgets": budgets, "budget_params": {b: plans[(b, UNIFORM)]["budget"] for b in budgets},
             "seeds": seeds, "methods": methods, "baselines": list(baselines), "config": to_dict(config),
-            "tune_lrs": list(tune_lrs or []), "chosen_lrs": chosen,
+            "tune_lrs": tune_lrs, "chosen_lrs": chosen,
             "left_out": int(runs["did_not_train"].notna().sum()),
             "plans": {f"{b}/{m}": p for (b, m), p in plans.items()}, "left_out_plans": left_out_plans,
             "seconds": round(time.time() - started, 1)}

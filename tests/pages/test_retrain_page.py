@@ -10,7 +10,7 @@ from analysis.jobs import launch as jobs
 from analysis.training.compare import compare
 from analysis.settings import RunSettings
 from analysis.signals.registry import get_signal
-from analysis.settings import TrainSettings
+from analysis.settings import CompareSettings, TrainSettings
 from analysis.signals.runner import run_signals
 from analysis.store.cache import Result, Store
 from analysis.contract.run import Run
@@ -37,8 +37,8 @@ def filled_once(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("retrain-page-store")
     store = Store(root)
     run_signals(SETTINGS, [get_signal("grad_norm"), get_signal("cka")], None, store)
-    compare(SETTINGS, ["grad_norm"], "r2", [0, 1], TrainSettings(steps=2, test_size=16, batch_size=4), store=store,
-            baselines=())
+    compare(SETTINGS, ["grad_norm"], CompareSettings(budgets=("r2",), seeds=(0, 1), tune_lr=(), baselines=()),
+            TrainSettings(steps=2, test_size=16, batch_size=4), store=store)
     return root
 
 

@@ -120,7 +120,8 @@ def test_a_comparison_puts_the_baselines_after_uniform_and_before_the_methods(tm
             "config": {"lr": r.config.lr}, "metrics": {"accuracy": 0.8, "f1": 0.8, "test_loss": 0.5},
             "train_seconds": 1.0, "did_not_train": None}) for r in requests]
     monkeypatch.setattr(comparison, "train_runs", fake_runs)
-    entry = comparison.compare(RunSettings(val_size=16, device="cpu"), [], ["r1", "r2"], [0, 1], TrainSettings(),
+    entry = comparison.compare(RunSettings(val_size=16, device="cpu"), [],
+                               CompareSettings(budgets=("r1", "r2"), seeds=(0, 1), tune_lr=()), TrainSettings(),
                                store=Store(tmp_path))
     assert "uniform LoRA already adapts every linear" in capsys.readouterr().out
     assert entry.meta["methods"] == ["uniform", "uniform-attention", "uniform-mlp"]

@@ -176,9 +176,9 @@ def test_a_comparison_reports_run_k_of_n_over_tuning_and_seeds(tmp_path, monkeyp
     for size, expected in ((1, list(range(1, 11))), (3, [1, 4, 5, 8])):   # 2 budgets x (2 rates + 3 seeds)
         phases = []
         monkeypatch.setattr(training, "phase", lambda text, k, n: phases.append((text, k, n)))
-        comparison.compare(RunSettings(val_size=16, device="cpu"), [], ["r1", "r2"], [0, 1, 2], TrainSettings(),
-                           store=Store(tmp_path / str(size)), tune_lrs=[1e-3, 3e-3], baselines=(),
-                           adapters_at_once=size)
+        comparison.compare(RunSettings(val_size=16, device="cpu"), [],
+                           CompareSettings(budgets=("r1", "r2"), seeds=(0, 1, 2), tune_lr=(1e-3, 3e-3), baselines=(),
+                                           adapters_at_once=size), TrainSettings(), store=Store(tmp_path / str(size)))
         assert [k for _, k, _ in phases] == expected and {n for _, _, n in phases} == {10}
     assert phases[0][0] == "runs 1-3 of 10" and phases[-1][0] == "runs 8-10 of 10"
 
@@ -205,8 +205,9 @@ def test_a_method_that_cannot_spend_a_budget_sits_that_budget_out(tmp_path, monk
 
     monkeypatch.setattr(comparison, "make_plan", plan_or_refuse)
     monkeypatch.setattr(training, "retrain", fake_entry)
-    entry = comparison.compare(RunSettings(val_size=16, device="cpu"), ["blocky"], ["r1", "r2"], [0, 1],
-                               TrainSettings(), store=Store(tmp_path), baselines=(), adapters_at_once=1)
+    entry = comparison.compare(RunSettings(val_size=16, device="cpu"), ["blocky"],
+                               CompareSettings(budgets=("r1", "r2"), seeds=(0, 1), tune_lr=(), baselines=(),
+                                               adapters_at_once=1), TrainSettings(), store=Store(tmp_path))
     runs = entry.table("runs")
     assert sorted(set(zip(runs["budget"], runs["method"]))) == [("r1", "uniform"), ("r2", "blocky"),
                                                                     ("r2", "uniform")]
@@ -214,5 +215,6 @@ def test_a_method_that_cannot_spend_a_budget_sits_that_budget_out(tmp_path, monk
     assert "does not fit a single block" in entry.meta["left_out_plans"]["r1/blocky"]
     monkeypatch.setattr(comparison, "make_plan", lambda *a, **k: (_ for _ in ()).throw(UserError("no plan")))
     with pytest.raises(UserError, match="no plan"):
-        comparison.compare(RunSettings(val_size=16, device="cpu"), ["blocky"], ["r1"], [0], TrainSettings(),
-                           store=Store(tmp_path), baselines=(), adapters_at_once=1)
+        comparison.compare(RunSettings(val_size=16, device="cpu"), ["blocky"],
+                           CompareSettings(budgets=("r1",), seeds=(0,), tune_lr=(), baselines=(), adapters_at_once=1),
+                           TrainSettings(), store=Store(tmp_path))

@@ -20,7 +20,7 @@ from analysis.jobs import launch as jobs
 from analysis.planning.plan_json import check_peft_model, lora_config, read_plan
 from analysis.training.compare import choose_rate
 from analysis.training.retrain import CHECKPOINT, batch_indices, did_not_train, retrain
-from analysis.settings import TrainSettings
+from analysis.settings import CompareSettings, TrainSettings
 from analysis.store.cache import Store
 from tests.test_cli import REPO, cli, entries
 
@@ -253,7 +253,8 @@ def test_tuning_chooses_on_validation_and_a_new_method_trains_only_its_own_runs(
     store = Store(cache_dir)
     run_signals(settings, [get_signal("grad_norm")], None, store)
     config = TrainSettings(steps=8, test_size=32, batch_size=8)
-    first = compare(settings, [], "r2", [0, 1], config, store=store, tune_lrs=[3e-4, 3e-3], baselines=())
+    tuned = CompareSettings(budgets=("r2",), seeds=(0, 1), tune_lr=(3e-4, 3e-3), baselines=())
+    first = compare(settings, [], tuned, config, store=store)
     tuning, runs = first.table("tuning"), first.table("runs")
     assert sorted(tuning["lr"]) == [3e-4, 3e-3] and (tuning["seed"] == 0).all()
     for key in tuning["entry"]:
@@ -265,8 +266,7 @@ def test_tuning_chooses_on_validation_and_a_new_method_trains_only_its_own_runs(
     for key in runs["entry"]:
         assert store.get(key).meta["eval_split"] == "test"
     before = set(retrain_entries(cache_dir))
-    second = compare(settings, ["grad_norm"], "r2", [0, 1], config, store=store, tune_lrs=[3e-4, 3e-3],
-                     baselines=())
+    second = compare(settings, ["grad_norm"], tuned, config, store=store)
     new = set(retrain_entries(cache_dir)) - before
     assert len(new) == 4   # grad_norm's two tuning runs and two seeds; uniform's all came from the cache
     assert {store.get(k).meta["plan"]["signal"] for k in new} == {"grad_norm"}
@@ -292,8 +292,9 @@ def test_causal_lm_comparison_reports_loss_and_perplexity_per_budget(cache_dir, 
     settings = RunSettings(model=str(tmp_path / "lm"), data=str(data), val_size=16, device="cpu")
     store = Store(cache_dir)
     run_signals(settings, [get_signal("grad_norm")], None, store)
-    entry = compare(settings, ["grad_norm"], ["r2", "r4"], [0, 1], TrainSettings(steps=12, lr=1e-2, batch_size=8),
-                    store=store, baselines=())
+    entry = compare(settings, ["grad_norm"], CompareSettings(budgets=("r2", "r4"), seeds=(0, 1), tune_lr=(),
+                                                             baselines=()),
+                    TrainSettings(steps=12, lr=1e-2, batch_size=8), store=store)
     runs, summary = entry.table("runs"), entry.table()
     assert entry.meta["task"] == "causal-lm" and len(runs) == 8 and "accuracy" not in runs
     assert runs["did_not_train"].isna().all()
