@@ -60,9 +60,12 @@ def session_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dequantized_smollm2(tmp_path_factory) -> Path:
-    """A cache holding only the embedded SmolLM2 dequantized from its GGUF (about 20 s), made once per session."""
+    """A cache holding only the embedded SmolLM2 dequantized from its GGUF (about 20 s), made once per session: under
+    pytest-xdist in the session's folder that every worker shares (the model source's own lock makes a second worker
+    wait for the first and then find it)."""
     from analysis.model.sources import resolve_model
-    root = tmp_path_factory.mktemp("smollm2-dequantized")
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "smollm2-dequantized"
     resolve_model("smollm2", root)
     return root
 
