@@ -182,9 +182,8 @@ def _check(instance, label_of=flag_of) -> None:
         label = label_of(f)
         value = _convert(f, owner, getattr(instance, f.name), label)
         object.__setattr__(instance, f.name, value)
-        if f.name != "fractions":   # a list's values each lie in the field's range
-            for item in value if isinstance(value, tuple) else [value]:
-                _in_range(item, f.metadata, label)
+        for item in value if isinstance(value, tuple) else [value]:   # a list's values each lie in the range
+            _in_range(item, f.metadata, label)
 
 
 def _in_range(value, meta, label: str) -> None:

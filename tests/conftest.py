@@ -25,8 +25,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def pytest_collection_modifyitems(config, items):
     """The longest files first (seconds per file from `pytest --durations=60` in a full run, summed into
-    tests/durations.json; then files with more slow tests), each file's tests kept together in their order (so a module's fixtures are made once): `make test`'s
-    two processes then share the long tests out early instead of one process finishing them alone at the end."""
+    tests/durations.json; then files with more slow tests), each file's tests kept together in their order (so a
+    module's fixtures are made once): `make test`'s two processes then share the long tests out early instead of one
+    process finishing them alone at the end."""
     measured = json.loads((Path(__file__).parent / "durations.json").read_text())
     files: dict[str, list] = {}
     for item in items:

@@ -79,7 +79,8 @@ with st.form("setup"):
     with st.expander("Split and sizes"):
         a, b = st.columns(2)
         # each fraction above the field's lower bound by a step, leaving a step for each other split
-        share, step = field_of(RunSettings, "fractions").metadata, 0.01
+        share = field_of(RunSettings, "fractions").metadata
+        step = 0.01
         low, high = share["above"] + step, share["maximum"] - 2 * step
         train = a.number_input("Train fraction", low, high, defaults.fractions[0], 0.05, help=share["help"])
         validation = b.number_input("Validation fraction", low, high, defaults.fractions[1], step, help=share["help"])

@@ -6,8 +6,8 @@ The protocol (docs/architecture.md, "The comparison protocol" in the design note
 
 - Every method runs the same seeds as uniform LoRA; a seed fixes the data order and the task head's
   initialisation (retrain.py), so each method's run with seed s is paired with uniform's run with seed s.
-- With a learning-rate grid (`CompareSettings.tune_lr`), each method at each budget is trained once per rate with the first
-  seed and evaluated on the validation split (never test); the best rate is then run with every seed.
+- With a learning-rate grid (`CompareSettings.tune_lr`), each method at each budget is trained once per rate with
+  the first seed and evaluated on the validation split (never test); the best rate is then run with every seed.
 - A run that did not train (retrain.did_not_train) is kept in the runs table, flagged, and left out of the
   means, with a count.
 - The summary gives mean ± std over the runs that trained and, per method, the paired difference from
